@@ -1,4 +1,8 @@
 //! synchro: an offline-first sync server for PostgreSQL.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
+pub mod config;
+pub mod pgurl;
+pub mod store;
 pub mod types;

@@ -1,0 +1,327 @@
+//! Connection strings: `postgres://` URLs and `key=value` conninfo, parsed into [`ConnParams`].
+//!
+//! Our own replication connection needs the pieces (host, port, user, password, database,
+//! `sslmode`), and configuration needs to derive `REPLICATION_URL` from `DATABASE_URL`.
+//! The pool hands the original string to the `postgres` crate, which parses it again.
+
+use std::fmt;
+
+/// A connection string that could not be parsed; the message says what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnStringError(pub String);
+
+impl fmt::Display for ConnStringError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConnStringError {}
+
+/// Where to connect: a TCP host or the directory of a Unix-domain socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// A host name or IP address.
+    Tcp(String),
+    /// A directory holding `.s.PGSQL.<port>` (a host that starts with `/`).
+    UnixDir(String),
+}
+
+/// The parsed parts of a connection string. Unknown parameters are kept in `params`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnParams {
+    /// The host (default `localhost`).
+    pub host: Host,
+    /// The port (default 5432).
+    pub port: u16,
+    /// The role (default `postgres`).
+    pub user: String,
+    /// The password, if any.
+    pub password: Option<String>,
+    /// The database (default: the user name).
+    pub dbname: String,
+    /// Every other parameter, in order (`sslmode`, `replication`, `application_name`, ...).
+    pub params: Vec<(String, String)>,
+}
+
+impl ConnParams {
+    /// The value of a parameter other than host/port/user/password/dbname.
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.params.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses a `postgres://` / `postgresql://` URL or a `key=value` conninfo string.
+pub fn parse(s: &str) -> Result<ConnParams, ConnStringError> {
+    let s = s.trim();
+    if let Some(rest) = s.strip_prefix("postgres://").or_else(|| s.strip_prefix("postgresql://")) {
+        parse_url(rest)
+    } else if s.contains('=') {
+        parse_conninfo(s)
+    } else {
+        Err(ConnStringError("expected a postgres://user:password@host:port/dbname URL or key=value pairs".to_string()))
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String, ConnStringError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                let value = hex.and_then(|h| u8::from_str_radix(h, 16).ok());
+                match value {
+                    Some(v) => out.push(v),
+                    None => return Err(ConnStringError(format!("invalid percent-encoding in {s:?}"))),
+                }
+                i += 3;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| ConnStringError(format!("percent-encoding in {s:?} is not UTF-8")))
+}
+
+fn parse_port(s: &str) -> Result<u16, ConnStringError> {
+    match s.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(ConnStringError(format!("invalid port {s:?}: expected 1-65535"))),
+    }
+}
+
+fn host_of(h: String) -> Host {
+    if h.starts_with('/') {
+        Host::UnixDir(h)
+    } else {
+        Host::Tcp(h)
+    }
+}
+
+fn parse_url(rest: &str) -> Result<ConnParams, ConnStringError> {
+    let (main, query) = match rest.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match main.split_once('/') {
+        Some((a, p)) => (a, p),
+        None => (main, ""),
+    };
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let (mut user, mut password) = (None, None);
+    if let Some(u) = userinfo {
+        match u.split_once(':') {
+            Some((name, pass)) => {
+                user = Some(percent_decode(name)?);
+                password = Some(percent_decode(pass)?);
+            }
+            None => user = Some(percent_decode(u)?),
+        }
+    }
+    let (mut host, mut port) = (None, None);
+    if let Some(v6) = hostport.strip_prefix('[') {
+        let (addr, after) =
+            v6.split_once(']').ok_or_else(|| ConnStringError("unterminated [IPv6] host".to_string()))?;
+        host = Some(addr.to_string());
+        if let Some(p) = after.strip_prefix(':') {
+            port = Some(parse_port(p)?);
+        } else if !after.is_empty() {
+            return Err(ConnStringError(format!("unexpected {after:?} after the IPv6 host")));
+        }
+    } else if !hostport.is_empty() {
+        if hostport.contains(',') {
+            return Err(ConnStringError("several hosts in one URL are not supported".to_string()));
+        }
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => {
+                host = Some(percent_decode(h)?);
+                port = Some(parse_port(p)?);
+            }
+            None => host = Some(percent_decode(hostport)?),
+        }
+    }
+    let mut params = Vec::new();
+    let mut dbname = if path.is_empty() { None } else { Some(percent_decode(path)?) };
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').ok_or_else(|| ConnStringError(format!("parameter {pair:?} has no value")))?;
+        let (k, v) = (percent_decode(k)?, percent_decode(v)?);
+        match k.as_str() {
+            "host" => host = Some(v),
+            "port" => port = Some(parse_port(&v)?),
+            "user" => user = Some(v),
+            "password" => password = Some(v),
+            "dbname" => dbname = Some(v),
+            _ => params.push((k, v)),
+        }
+    }
+    finish(host, port, user, password, dbname, params)
+}
+
+fn finish(
+    host: Option<String>,
+    port: Option<u16>,
+    user: Option<String>,
+    password: Option<String>,
+    dbname: Option<String>,
+    params: Vec<(String, String)>,
+) -> Result<ConnParams, ConnStringError> {
+    let user = user.filter(|u| !u.is_empty()).unwrap_or_else(|| "postgres".to_string());
+    let dbname = dbname.filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+    let host = host_of(host.filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".to_string()));
+    Ok(ConnParams { host, port: port.unwrap_or(5432), user, password, dbname, params })
+}
+
+fn parse_conninfo(s: &str) -> Result<ConnParams, ConnStringError> {
+    let mut chars = s.chars().peekable();
+    let (mut host, mut port, mut user, mut password, mut dbname) = (None, None, None, None, None);
+    let mut params = Vec::new();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some('=') {
+            return Err(ConnStringError(format!("conninfo key {key:?} is not followed by '='")));
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('\\') => match chars.next() {
+                        Some(c) => value.push(c),
+                        None => return Err(ConnStringError("unterminated quoted conninfo value".to_string())),
+                    },
+                    Some('\'') => break,
+                    Some(c) => value.push(c),
+                    None => return Err(ConnStringError("unterminated quoted conninfo value".to_string())),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                if c == '\\' {
+                    chars.next();
+                    if let Some(n) = chars.next() {
+                        value.push(n);
+                    }
+                    continue;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        match key.as_str() {
+            "host" | "hostaddr" => host = Some(value),
+            "port" => port = Some(parse_port(&value)?),
+            "user" => user = Some(value),
+            "password" => password = Some(value),
+            "dbname" => dbname = Some(value),
+            "" => return Err(ConnStringError("empty conninfo key".to_string())),
+            _ => params.push((key, value)),
+        }
+    }
+    finish(host, port, user, password, dbname, params)
+}
+
+/// Returns `url` with `replication=database` set, in the same syntax (URL or conninfo).
+pub fn with_replication_database(url: &str) -> String {
+    let url = url.trim();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (url, ""),
+        };
+        let mut pairs: Vec<&str> =
+            query.split('&').filter(|p| !p.is_empty() && !p.starts_with("replication=")).collect();
+        pairs.push("replication=database");
+        format!("{base}?{}", pairs.join("&"))
+    } else {
+        format!("{url} replication=database")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let p = parse("postgres://al%40ice:p%3Ass@db.example:6543/app?sslmode=require&application_name=x").unwrap();
+        assert_eq!(p.host, Host::Tcp("db.example".into()));
+        assert_eq!((p.port, p.user.as_str(), p.password.as_deref()), (6543, "al@ice", Some("p:ss")));
+        assert_eq!(p.dbname, "app");
+        assert_eq!(p.param("sslmode"), Some("require"));
+        let p = parse("postgresql://[::1]:5433/d").unwrap();
+        assert_eq!((p.host, p.port, p.user.as_str()), (Host::Tcp("::1".into()), 5433, "postgres"));
+        let p = parse("postgres:///app?host=/var/run/postgresql&user=u").unwrap();
+        assert_eq!((p.host, p.dbname.as_str()), (Host::UnixDir("/var/run/postgresql".into()), "app"));
+        let p = parse("postgres://u@h").unwrap();
+        assert_eq!((p.port, p.dbname.as_str()), (5432, "u"));
+    }
+
+    #[test]
+    fn parses_conninfo() {
+        let p = parse("host=localhost port=5433 user=me password='a b\\'c' dbname=x sslmode=disable").unwrap();
+        assert_eq!((p.port, p.user.as_str(), p.password.as_deref()), (5433, "me", Some("a b'c")));
+        assert_eq!((p.dbname.as_str(), p.param("sslmode")), ("x", Some("disable")));
+    }
+
+    #[test]
+    fn rejects_malformed_strings() {
+        for bad in [
+            "localhost",
+            "postgres://h:0/x",
+            "postgres://h:99999/x",
+            "postgres://h:x/x",
+            "postgres://[::1/x",
+            "postgres://h/x?novalue",
+            "postgres://h%zz/x",
+            "postgres://a,b/x",
+            "port=abc",
+            "password='unterminated",
+            "=x",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn derives_replication_urls() {
+        assert_eq!(with_replication_database("postgres://u@h/d"), "postgres://u@h/d?replication=database");
+        assert_eq!(
+            with_replication_database("postgres://u@h/d?sslmode=require&replication=true"),
+            "postgres://u@h/d?sslmode=require&replication=database"
+        );
+        assert_eq!(with_replication_database("host=h dbname=d"), "host=h dbname=d replication=database");
+        assert_eq!(
+            parse(&with_replication_database("postgres://u@h/d")).unwrap().param("replication"),
+            Some("database")
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! The infrastructure tables of the contract (§10), as versioned, idempotent migration steps.
+//!
+//! Every step is `CREATE ... IF NOT EXISTS`-style so synchro can take over a database that the
+//! reference server already initialised; a row per applied step in `synchro_migrations` records
+//! what ran. [`statements`] hands the SQL to embedders who run their own migration pipeline.
+
+use postgres::GenericClient;
+
+/// One migration step.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Monotonic step number, recorded in `synchro_migrations.version`.
+    pub version: i32,
+    /// Short description.
+    pub name: &'static str,
+    /// The SQL of the step (several statements, idempotent).
+    pub sql: &'static str,
+}
+
+/// Serialises concurrent starts: two instances migrating the same database at once would
+/// otherwise race on `CREATE TABLE IF NOT EXISTS` (which is not concurrency-safe in PostgreSQL).
+const MIGRATION_LOCK: i64 = 91_110_043;
+
+/// All steps, in order.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "contract infrastructure tables",
+        sql: r#"
+CREATE TABLE IF NOT EXISTS sync_changelog (
+    seq        BIGSERIAL PRIMARY KEY,
+    bucket_id  TEXT NOT NULL,
+    table_name TEXT NOT NULL,
+    record_id  TEXT NOT NULL,
+    operation  SMALLINT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS idx_sync_changelog_bucket_seq ON sync_changelog (bucket_id, seq);
+CREATE INDEX IF NOT EXISTS idx_sync_changelog_record ON sync_changelog (table_name, record_id);
+
+CREATE TABLE IF NOT EXISTS sync_clients (
+    id            UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id       TEXT NOT NULL,
+    client_id     TEXT NOT NULL,
+    client_name   TEXT,
+    platform      TEXT NOT NULL DEFAULT '',
+    app_version   TEXT NOT NULL DEFAULT '',
+    bucket_subs   TEXT[] NOT NULL DEFAULT '{}',
+    last_sync_at  TIMESTAMPTZ,
+    last_pull_at  TIMESTAMPTZ,
+    last_push_at  TIMESTAMPTZ,
+    last_pull_seq BIGINT,
+    is_active     BOOLEAN NOT NULL DEFAULT true,
+    created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    UNIQUE (user_id, client_id)
+);
+CREATE INDEX IF NOT EXISTS idx_sync_clients_user_id ON sync_clients (user_id);
+
+CREATE TABLE IF NOT EXISTS sync_client_checkpoints (
+    user_id    TEXT NOT NULL,
+    client_id  TEXT NOT NULL,
+    bucket_id  TEXT NOT NULL,
+    checkpoint BIGINT NOT NULL DEFAULT 0,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, client_id, bucket_id)
+);
+
+CREATE TABLE IF NOT EXISTS sync_bucket_edges (
+    table_name TEXT NOT NULL,
+    record_id  TEXT NOT NULL,
+    bucket_id  TEXT NOT NULL,
+    checksum   INTEGER,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (table_name, record_id, bucket_id)
+);
+CREATE INDEX IF NOT EXISTS idx_sync_bucket_edges_bucket ON sync_bucket_edges (bucket_id, table_name, record_id);
+
+CREATE TABLE IF NOT EXISTS sync_rule_failures (
+    id         BIGSERIAL PRIMARY KEY,
+    table_name TEXT NOT NULL,
+    record_id  TEXT NOT NULL,
+    operation  SMALLINT NOT NULL,
+    error_text TEXT NOT NULL,
+    payload    JSONB,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS idx_sync_rule_failures_created ON sync_rule_failures (created_at);
+
+CREATE TABLE IF NOT EXISTS sync_schema_manifest (
+    schema_version BIGINT PRIMARY KEY,
+    schema_hash    TEXT NOT NULL,
+    created_at     TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX IF NOT EXISTS idx_sync_schema_manifest_hash ON sync_schema_manifest (schema_hash);
+
+CREATE TABLE IF NOT EXISTS sync_wal_position (
+    slot_name     TEXT PRIMARY KEY,
+    confirmed_lsn BIGINT NOT NULL DEFAULT 0,
+    updated_at    TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+"#,
+    },
+    Migration {
+        version: 2,
+        name: "bucket edge checksums on databases created by 0.1.2",
+        sql: "ALTER TABLE sync_bucket_edges ADD COLUMN IF NOT EXISTS checksum INTEGER;",
+    },
+    Migration {
+        version: 3,
+        name: "synchro watermarks (compaction boundary, history resets)",
+        sql: r#"
+CREATE TABLE IF NOT EXISTS synchro_watermarks (
+    name       TEXT PRIMARY KEY,
+    seq        BIGINT NOT NULL DEFAULT 0,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+"#,
+    },
+];
+
+const LEDGER: &str = r#"
+CREATE TABLE IF NOT EXISTS synchro_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+"#;
+
+/// Every statement needed to bring an empty database up to date, ledger rows included, for
+/// embedders who apply migrations with their own tooling (`synchrod migrate --print`).
+pub fn statements() -> Vec<String> {
+    let mut out = vec![LEDGER.trim().to_string()];
+    for m in MIGRATIONS {
+        out.push(m.sql.trim().to_string());
+        out.push(format!(
+            "INSERT INTO synchro_migrations (version, name) VALUES ({}, '{}') ON CONFLICT (version) DO NOTHING;",
+            m.version,
+            m.name.replace('\'', "''")
+        ));
+    }
+    out
+}
+
+/// Applies every step not yet recorded, in one transaction under an advisory lock, and returns
+/// the versions it applied (empty when the database was already up to date).
+pub fn apply(client: &mut impl GenericClient) -> Result<Vec<i32>, postgres::Error> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute(LEDGER)?;
+    let done: Vec<i32> = tx.query("SELECT version FROM synchro_migrations", &[])?.iter().map(|r| r.get(0)).collect();
+    let mut applied = Vec::new();
+    for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
+        tx.batch_execute(m.sql)?;
+        tx.execute("INSERT INTO synchro_migrations (version, name) VALUES ($1, $2)", &[&m.version, &m.name])?;
+        applied.push(m.version);
+    }
+    tx.commit()?;
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_strictly_increasing() {
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
+        assert_eq!(statements().len(), 1 + 2 * MIGRATIONS.len());
+    }
+}

@@ -1,0 +1,3 @@
+//! All SQL lives here: migrations, registry introspection, changelog, clients, snapshot.
+
+pub mod migrations;

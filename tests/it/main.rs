@@ -1,0 +1,5 @@
+//! Integration tests against a real PostgreSQL (see `harness`).
+
+mod cluster;
+mod harness;
+mod migrations;
