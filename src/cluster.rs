@@ -95,7 +95,8 @@ pub struct ClusterOptions {
     pub port: Option<u16>,
     /// Extra `postgresql.conf` lines, appended on every start (later lines win).
     pub extra_conf: Vec<String>,
-    /// Favour speed over durability (`fsync=off` and friends): for tests, never for data you keep.
+    /// Favour speed over durability against OS crashes (`fsync=off`): committed data still
+    /// survives a killed server process. For tests, never for data you keep.
     pub fast_unsafe: bool,
 }
 
@@ -302,7 +303,7 @@ impl LocalCluster {
             "log_min_messages = warning".to_string(),
         ];
         if opts.fast_unsafe {
-            conf.extend(["fsync = off", "synchronous_commit = off", "full_page_writes = off"].map(String::from));
+            conf.extend(["fsync = off", "full_page_writes = off"].map(String::from));
         }
         conf.extend(opts.extra_conf.iter().cloned());
         let synchro_conf = self.data_dir().join("synchro.conf");
