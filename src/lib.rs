@@ -3,6 +3,8 @@
 
 pub mod cluster;
 pub mod config;
+pub mod dev;
+pub mod logging;
 pub mod pgurl;
 pub mod store;
 pub mod types;
