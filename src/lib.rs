@@ -6,5 +6,6 @@ pub mod config;
 pub mod dev;
 pub mod logging;
 pub mod pgurl;
+pub mod server;
 pub mod store;
 pub mod types;

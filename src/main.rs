@@ -1,1 +1,100 @@
-fn main() {}
+//! `synchrod`: environment and arguments in, a validated `Config` handed to the library.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::ExitCode;
+
+use synchro::config::{help_text, Config};
+use synchro::{dev, logging, server, store};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = args.first().map(String::as_str).unwrap_or("serve");
+    match command {
+        "-h" | "--help" | "help" => {
+            print!("{}", help_text());
+            ExitCode::SUCCESS
+        }
+        "serve" => serve(std::env::vars().collect()),
+        "dev" => run_dev(),
+        "migrate" => migrate(args.iter().any(|a| a == "--print")),
+        other => {
+            eprintln!("synchrod: unknown command {other:?}\n\n{}", help_text());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_config(vars: &HashMap<String, String>) -> Result<Config, ExitCode> {
+    Config::from_vars(vars).map_err(|e| {
+        eprintln!("synchrod: configuration error: {e}\n(run `synchrod --help` for every variable)");
+        ExitCode::from(2)
+    })
+}
+
+fn serve(vars: HashMap<String, String>) -> ExitCode {
+    let config = match load_config(&vars) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    logging::set_level(config.log_level);
+    match server::run(config, None) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            synchro::error!("synchrod stopped", error = e.to_string());
+            eprintln!("synchrod: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_dev() -> ExitCode {
+    let env = match dev::prepare(Path::new(".synchro"), std::env::vars().collect()) {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("synchrod dev: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match load_config(&env.vars) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    logging::set_level(config.log_level);
+    let banner = move |base_url: &str| println!("{}", dev::banner(base_url, &env));
+    match server::run(config, Some(Box::new(banner))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("synchrod dev: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrate(print_only: bool) -> ExitCode {
+    if print_only {
+        for statement in store::migrations::statements() {
+            println!("{statement}\n");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let vars: HashMap<String, String> = std::env::vars().collect();
+    let config = match load_config(&vars) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match server::migrate(&config) {
+        Ok(applied) if applied.is_empty() => {
+            println!("synchrod migrate: already up to date");
+            ExitCode::SUCCESS
+        }
+        Ok(applied) => {
+            println!("synchrod migrate: applied steps {applied:?}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("synchrod migrate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
