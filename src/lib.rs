@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod config;
 pub mod dev;
+pub mod jwt;
 pub mod logging;
 pub mod pgurl;
 pub mod server;

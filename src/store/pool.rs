@@ -110,7 +110,8 @@ impl From<r2d2::Error> for StoreError {
 /// Parses `url` for the `postgres` crate with every session in UTC (contract C16) and a
 /// connect timeout, so a dead database fails requests fast instead of hanging workers.
 pub fn pg_config(url: &str) -> Result<postgres::Config, StoreError> {
-    let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| StoreError::BadUrl { detail: e.to_string() })?;
+    let mut config: postgres::Config =
+        url.parse().map_err(|e: postgres::Error| StoreError::BadUrl { detail: e.to_string() })?;
     config.options("-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c bytea_output=hex");
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
