@@ -1,4 +1,6 @@
 //! All SQL lives here: migrations, registry introspection, changelog, clients, snapshot.
 
+pub mod changelog;
+pub mod clients;
 pub mod migrations;
 pub mod pool;

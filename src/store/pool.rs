@@ -34,6 +34,11 @@ pub enum StoreError {
         /// Why.
         detail: String,
     },
+    /// A stored value breaks an invariant of the infrastructure tables.
+    Corrupt {
+        /// What was found.
+        detail: String,
+    },
 }
 
 impl StoreError {
@@ -49,7 +54,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::PoolTimeout { .. } => true,
-            StoreError::BadUrl { .. } => false,
+            StoreError::BadUrl { .. } | StoreError::Corrupt { .. } => false,
             StoreError::Query { source, .. } => is_transient_pg(source),
         }
     }
@@ -88,6 +93,7 @@ impl fmt::Display for StoreError {
                 None => write!(f, "{context}: {source}"),
             },
             StoreError::BadUrl { detail } => write!(f, "invalid database URL: {detail}"),
+            StoreError::Corrupt { detail } => write!(f, "inconsistent sync tables: {detail}"),
         }
     }
 }

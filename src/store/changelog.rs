@@ -1,0 +1,155 @@
+//! Reading `sync_changelog` and `sync_bucket_edges` for pulls, rebuilds and debug (§6, §8.2,
+//! §10.1, §10.4), plus the watermarks synchro keeps beside them.
+
+use postgres::types::ToSql;
+use postgres::GenericClient;
+
+use super::pool::StoreError;
+use crate::types::{Op, Seq};
+
+/// One changelog row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangelogEntry {
+    /// Position in the global order.
+    pub seq: Seq,
+    /// The bucket the row was written for.
+    pub bucket: String,
+    /// The unqualified table name.
+    pub table: String,
+    /// The record's primary key as text.
+    pub record_id: String,
+    /// What happened to the record in that bucket.
+    pub op: Op,
+}
+
+/// Reads up to `limit` entries in `seq` order, for each bucket only those after that bucket's
+/// position, optionally limited to `tables`.
+///
+/// The per-bucket filter is inside SQL (contract C7): each bucket is read through the
+/// `(bucket_id, seq)` index with its own `LIMIT`, then merged, so one lagging bucket can neither
+/// starve another nor make the query scan the whole backlog.
+pub fn read_page(
+    db: &mut impl GenericClient,
+    positions: &[(String, i64)],
+    tables: Option<&[String]>,
+    limit: i64,
+) -> Result<Vec<ChangelogEntry>, StoreError> {
+    if positions.is_empty() || limit <= 0 {
+        return Ok(Vec::new());
+    }
+    let table_list: Vec<&str> = tables.unwrap_or(&[]).iter().map(String::as_str).collect();
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&limit];
+    let table_filter = match tables {
+        Some(t) if !t.is_empty() => {
+            params.push(&table_list);
+            " AND table_name = ANY($2)"
+        }
+        _ => "",
+    };
+    let mut parts = Vec::with_capacity(positions.len());
+    for (bucket, after) in positions {
+        let b = params.len() + 1;
+        params.push(bucket);
+        params.push(after);
+        parts.push(format!(
+            "(SELECT seq, bucket_id, table_name, record_id, operation FROM sync_changelog \
+             WHERE bucket_id = ${b} AND seq > ${}{table_filter} ORDER BY seq LIMIT $1)",
+            b + 1
+        ));
+    }
+    let sql = format!("SELECT * FROM ({}) AS page ORDER BY seq LIMIT $1", parts.join(" UNION ALL "));
+    let rows = db.query(&sql, &params).map_err(StoreError::query("reading the changelog"))?;
+    rows.iter()
+        .map(|r| {
+            let code: i16 = r.get(4);
+            let op = Op::from_code(code).ok_or_else(|| StoreError::Corrupt {
+                detail: format!("sync_changelog row {} has operation {code}", r.get::<_, i64>(0)),
+            })?;
+            Ok(ChangelogEntry { seq: Seq(r.get(0)), bucket: r.get(1), table: r.get(2), record_id: r.get(3), op })
+        })
+        .collect()
+}
+
+/// `COALESCE(MIN(seq), 0)` and `COALESCE(MAX(seq), 0)` of the changelog.
+pub fn bounds(db: &mut impl GenericClient) -> Result<(i64, i64), StoreError> {
+    // Two index probes instead of one aggregate: MIN and MAX each read one end of the pkey.
+    let row = db
+        .query_one(
+            "SELECT COALESCE((SELECT seq FROM sync_changelog ORDER BY seq ASC LIMIT 1), 0), \
+                    COALESCE((SELECT seq FROM sync_changelog ORDER BY seq DESC LIMIT 1), 0)",
+            &[],
+        )
+        .map_err(StoreError::query("reading changelog bounds"))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// `MAX(seq)` only: the checkpoint a snapshot or rebuild starts from.
+pub fn max_seq(db: &mut impl GenericClient) -> Result<i64, StoreError> {
+    Ok(bounds(db)?.1)
+}
+
+/// `BIT_XOR(checksum)` over each bucket's edges with a checksum; buckets without any are absent.
+pub fn bucket_checksums(db: &mut impl GenericClient, buckets: &[String]) -> Result<Vec<(String, i32)>, StoreError> {
+    if buckets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = db
+        .query(
+            "SELECT bucket_id, BIT_XOR(checksum) FROM sync_bucket_edges \
+             WHERE bucket_id = ANY($1) AND checksum IS NOT NULL GROUP BY bucket_id ORDER BY bucket_id",
+            &[&buckets],
+        )
+        .map_err(StoreError::query("computing bucket checksums"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// One page of a bucket's members in `(table_name, record_id)` order, after `after` (exclusive).
+pub fn bucket_members(
+    db: &mut impl GenericClient,
+    bucket: &str,
+    after: Option<(&str, &str)>,
+    limit: i64,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let rows = match after {
+        Some((t, r)) => db.query(
+            "SELECT table_name, record_id FROM sync_bucket_edges WHERE bucket_id = $1 AND (table_name, record_id) > ($2, $3) \
+             ORDER BY table_name, record_id LIMIT $4",
+            &[&bucket, &t, &r, &limit],
+        ),
+        None => db.query(
+            "SELECT table_name, record_id FROM sync_bucket_edges WHERE bucket_id = $1 \
+             ORDER BY table_name, record_id LIMIT $2",
+            &[&bucket, &limit],
+        ),
+    }
+    .map_err(StoreError::query("reading bucket members"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Names of the rows in `synchro_watermarks`.
+pub mod watermark {
+    /// The highest `seq` compaction has deleted (contract C12).
+    pub const COMPACTED_THROUGH: &str = "compacted_through";
+    /// Changes up to this `seq` may be missing because the replication slot was lost and
+    /// recreated: clients positioned at or below it must re-snapshot (`history_unavailable`).
+    pub const HISTORY_RESET: &str = "history_reset";
+}
+
+/// Reads a watermark (0 when never set).
+pub fn read_watermark(db: &mut impl GenericClient, name: &str) -> Result<i64, StoreError> {
+    let row = db
+        .query_opt("SELECT seq FROM synchro_watermarks WHERE name = $1", &[&name])
+        .map_err(StoreError::query("reading a watermark"))?;
+    Ok(row.map(|r| r.get(0)).unwrap_or(0))
+}
+
+/// Raises a watermark to `seq` (never lowers it).
+pub fn raise_watermark(db: &mut impl GenericClient, name: &str, seq: i64) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO synchro_watermarks (name, seq) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET seq = EXCLUDED.seq, updated_at = now() WHERE synchro_watermarks.seq < EXCLUDED.seq",
+        &[&name, &seq],
+    )
+    .map_err(StoreError::query("raising a watermark"))?;
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! `sync_clients` and `sync_client_checkpoints`: registration, lookup, checkpoint persistence
+//! (contract §1.2, §6.9, §10.2, §10.3).
+
+use std::time::SystemTime;
+
+use postgres::GenericClient;
+
+use super::pool::StoreError;
+use crate::types::{BucketId, UserId};
+
+/// A registered device of a user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientRow {
+    /// `sync_clients.id` as lower-case UUID text.
+    pub id: String,
+    /// The owning user (lower-cased).
+    pub user_id: String,
+    /// The device's own stable id.
+    pub client_id: String,
+    /// Free-form device name.
+    pub client_name: Option<String>,
+    /// `ios`, `android`, ...
+    pub platform: String,
+    /// The app version it registered with.
+    pub app_version: String,
+    /// Subscribed buckets (never empty in practice; empty means the default pair).
+    pub bucket_subs: Vec<String>,
+    /// Last pull or push.
+    pub last_sync_at: Option<SystemTime>,
+    /// Last pull that reached the data phase.
+    pub last_pull_at: Option<SystemTime>,
+    /// Last push.
+    pub last_push_at: Option<SystemTime>,
+    /// Legacy checkpoint.
+    pub last_pull_seq: Option<i64>,
+    /// False once compaction deactivated it.
+    pub is_active: bool,
+}
+
+impl ClientRow {
+    /// The subscriptions, with the default pair when none are stored (§6.1 step 4).
+    pub fn subscriptions(&self, user: &UserId) -> Vec<String> {
+        if self.bucket_subs.is_empty() {
+            default_subscriptions(user)
+        } else {
+            self.bucket_subs.clone()
+        }
+    }
+}
+
+/// `['user:<id>', 'global']`, the subscriptions of every new client.
+pub fn default_subscriptions(user: &UserId) -> Vec<String> {
+    vec![BucketId::user(user.as_str()).into_string(), BucketId::global().into_string()]
+}
+
+/// What a device sends when it registers.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    /// Stable device id.
+    pub client_id: String,
+    /// Optional device name.
+    pub client_name: Option<String>,
+    /// Platform string.
+    pub platform: String,
+    /// App version string.
+    pub app_version: String,
+}
+
+const CLIENT_COLUMNS: &str = "id::text, user_id, client_id, client_name, platform, app_version, bucket_subs, \
+     last_sync_at, last_pull_at, last_push_at, last_pull_seq, is_active";
+
+fn client_from_row(row: &postgres::Row) -> ClientRow {
+    ClientRow {
+        id: row.get(0),
+        user_id: row.get(1),
+        client_id: row.get(2),
+        client_name: row.get(3),
+        platform: row.get(4),
+        app_version: row.get(5),
+        bucket_subs: row.get(6),
+        last_sync_at: row.get(7),
+        last_pull_at: row.get(8),
+        last_push_at: row.get(9),
+        last_pull_seq: row.get(10),
+        is_active: row.get(11),
+    }
+}
+
+/// Upserts the client on `(user, client_id)` (§1.2 step 3) and makes sure a checkpoint row exists
+/// for every subscribed bucket (step 4). Subscriptions, checkpoints and sync times are kept.
+pub fn register(db: &mut impl GenericClient, user: &UserId, reg: &Registration) -> Result<ClientRow, StoreError> {
+    let subs = default_subscriptions(user);
+    let row = db
+        .query_one(
+            &format!(
+                "INSERT INTO sync_clients (user_id, client_id, client_name, platform, app_version, bucket_subs, is_active) \
+                 VALUES ($1, $2, $3, $4, $5, $6, true) \
+                 ON CONFLICT (user_id, client_id) DO UPDATE SET client_name = EXCLUDED.client_name, \
+                   platform = EXCLUDED.platform, app_version = EXCLUDED.app_version, is_active = true, updated_at = now() \
+                 RETURNING {CLIENT_COLUMNS}"
+            ),
+            &[&user.as_str(), &reg.client_id, &reg.client_name, &reg.platform, &reg.app_version, &subs],
+        )
+        .map_err(StoreError::query("registering the client"))?;
+    let client = client_from_row(&row);
+    db.execute(
+        "INSERT INTO sync_client_checkpoints (user_id, client_id, bucket_id, checkpoint) \
+         SELECT $1, $2, b, 0 FROM unnest($3::text[]) AS b ON CONFLICT DO NOTHING",
+        &[&user.as_str(), &reg.client_id, &client.subscriptions(user)],
+    )
+    .map_err(StoreError::query("creating bucket checkpoints"))?;
+    Ok(client)
+}
+
+/// Loads the client of `(user, client_id)`.
+pub fn load(db: &mut impl GenericClient, user: &UserId, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
+    let row = db
+        .query_opt(
+            &format!("SELECT {CLIENT_COLUMNS} FROM sync_clients WHERE user_id = $1 AND client_id = $2"),
+            &[&user.as_str(), &client_id],
+        )
+        .map_err(StoreError::query("loading the client"))?;
+    Ok(row.as_ref().map(client_from_row))
+}
+
+/// Every checkpoint row of the client, ordered by bucket id.
+pub fn bucket_checkpoints(
+    db: &mut impl GenericClient,
+    user: &UserId,
+    client_id: &str,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT bucket_id, checkpoint FROM sync_client_checkpoints WHERE user_id = $1 AND client_id = $2 ORDER BY bucket_id",
+            &[&user.as_str(), &client_id],
+        )
+        .map_err(StoreError::query("loading bucket checkpoints"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Legacy advance (§6.9): raises `last_pull_seq` and stamps the pull, then raises every bucket
+/// row of the client that is below `seq`.
+pub fn advance_legacy(db: &mut impl GenericClient, user: &UserId, client_id: &str, seq: i64) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE sync_clients SET last_pull_seq = $3, last_pull_at = now(), last_sync_at = now() \
+         WHERE user_id = $1 AND client_id = $2 AND (last_pull_seq IS NULL OR last_pull_seq < $3)",
+        &[&user.as_str(), &client_id, &seq],
+    )
+    .map_err(StoreError::query("advancing the client checkpoint"))?;
+    db.execute(
+        "UPDATE sync_client_checkpoints SET checkpoint = $3, updated_at = now() \
+         WHERE user_id = $1 AND client_id = $2 AND checkpoint < $3",
+        &[&user.as_str(), &client_id, &seq],
+    )
+    .map_err(StoreError::query("advancing bucket checkpoints"))?;
+    Ok(())
+}
+
+/// Per-bucket advance (§6.9): upserts each `(bucket, seq)`, only ever raising the stored value.
+pub fn raise_bucket_checkpoints(
+    db: &mut impl GenericClient,
+    user: &UserId,
+    client_id: &str,
+    checkpoints: &[(String, i64)],
+) -> Result<(), StoreError> {
+    if checkpoints.is_empty() {
+        return Ok(());
+    }
+    let buckets: Vec<&str> = checkpoints.iter().map(|(b, _)| b.as_str()).collect();
+    let seqs: Vec<i64> = checkpoints.iter().map(|(_, s)| *s).collect();
+    db.execute(
+        "INSERT INTO sync_client_checkpoints (user_id, client_id, bucket_id, checkpoint) \
+         SELECT $1, $2, b, s FROM unnest($3::text[], $4::bigint[]) AS t(b, s) \
+         ON CONFLICT (user_id, client_id, bucket_id) DO UPDATE SET checkpoint = EXCLUDED.checkpoint, updated_at = now() \
+         WHERE sync_client_checkpoints.checkpoint < EXCLUDED.checkpoint",
+        &[&user.as_str(), &client_id, &buckets, &seqs],
+    )
+    .map_err(StoreError::query("raising bucket checkpoints"))?;
+    Ok(())
+}
+
+/// Rebuild set (§6.9): the bucket's checkpoint becomes exactly `seq`, even if lower.
+pub fn set_bucket_checkpoint(
+    db: &mut impl GenericClient,
+    user: &UserId,
+    client_id: &str,
+    bucket: &str,
+    seq: i64,
+) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO sync_client_checkpoints (user_id, client_id, bucket_id, checkpoint) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (user_id, client_id, bucket_id) DO UPDATE SET checkpoint = EXCLUDED.checkpoint, updated_at = now()",
+        &[&user.as_str(), &client_id, &bucket, &seq],
+    )
+    .map_err(StoreError::query("setting the bucket checkpoint"))?;
+    Ok(())
+}
+
+/// Stamps a pull that reached the data phase.
+pub fn touch_pull(db: &mut impl GenericClient, user: &UserId, client_id: &str) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE sync_clients SET last_pull_at = now(), last_sync_at = now() WHERE user_id = $1 AND client_id = $2",
+        &[&user.as_str(), &client_id],
+    )
+    .map_err(StoreError::query("recording the pull"))?;
+    Ok(())
+}
+
+/// Stamps a push.
+pub fn touch_push(db: &mut impl GenericClient, user: &UserId, client_id: &str) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE sync_clients SET last_push_at = now(), last_sync_at = now() WHERE user_id = $1 AND client_id = $2",
+        &[&user.as_str(), &client_id],
+    )
+    .map_err(StoreError::query("recording the push"))?;
+    Ok(())
+}
+
+/// Marks the client active again (final snapshot or rebuild page).
+pub fn reactivate(db: &mut impl GenericClient, user: &UserId, client_id: &str) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE sync_clients SET is_active = true, updated_at = now() WHERE user_id = $1 AND client_id = $2",
+        &[&user.as_str(), &client_id],
+    )
+    .map_err(StoreError::query("reactivating the client"))?;
+    Ok(())
+}

@@ -1,0 +1,119 @@
+use crate::harness::TestDb;
+use synchro::store::{changelog, clients, migrations};
+use synchro::types::{Op, UserId};
+
+fn migrated() -> (TestDb<'static>, postgres::Client) {
+    let db = TestDb::new();
+    let mut c = db.client();
+    migrations::apply(&mut c).unwrap();
+    (db, c)
+}
+
+fn insert(c: &mut postgres::Client, rows: &[(&str, &str, &str, i16)]) {
+    for (bucket, table, id, op) in rows {
+        c.execute(
+            "INSERT INTO sync_changelog (bucket_id, table_name, record_id, operation) VALUES ($1, $2, $3, $4)",
+            &[bucket, table, id, op],
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn register_upserts_and_keeps_checkpoints() {
+    let (_db, mut c) = migrated();
+    let alice = UserId::new("Alice").unwrap();
+    let reg = clients::Registration { client_id: "phone".into(), platform: "ios".into(), ..Default::default() };
+    let first = clients::register(&mut c, &alice, &reg).unwrap();
+    assert_eq!(first.bucket_subs, vec!["user:alice", "global"]);
+    assert_eq!(first.id.len(), 36);
+    clients::advance_legacy(&mut c, &alice, "phone", 7).unwrap();
+    let again =
+        clients::register(&mut c, &alice, &clients::Registration { client_name: Some("Mine".into()), ..reg.clone() })
+            .unwrap();
+    assert_eq!(again.id, first.id, "re-register returns the same id");
+    assert_eq!(again.client_name.as_deref(), Some("Mine"));
+    assert_eq!(again.last_pull_seq, Some(7), "checkpoints are not reset");
+    assert_eq!(
+        clients::bucket_checkpoints(&mut c, &alice, "phone").unwrap(),
+        vec![("global".to_string(), 7), ("user:alice".to_string(), 7)]
+    );
+    // Another user with the same device id is a different client.
+    let bob = UserId::new("bob").unwrap();
+    assert!(clients::load(&mut c, &bob, "phone").unwrap().is_none());
+}
+
+#[test]
+fn checkpoints_only_rise_except_on_rebuild() {
+    let (_db, mut c) = migrated();
+    let u = UserId::new("u").unwrap();
+    clients::register(&mut c, &u, &clients::Registration { client_id: "d".into(), ..Default::default() }).unwrap();
+    clients::raise_bucket_checkpoints(&mut c, &u, "d", &[("global".into(), 10), ("user:u".into(), 3)]).unwrap();
+    clients::raise_bucket_checkpoints(&mut c, &u, "d", &[("global".into(), 4)]).unwrap();
+    clients::advance_legacy(&mut c, &u, "d", 5).unwrap();
+    clients::advance_legacy(&mut c, &u, "d", 2).unwrap();
+    let cps = clients::bucket_checkpoints(&mut c, &u, "d").unwrap();
+    assert_eq!(cps, vec![("global".to_string(), 10), ("user:u".to_string(), 5)]);
+    clients::set_bucket_checkpoint(&mut c, &u, "d", "global", 1).unwrap();
+    assert_eq!(clients::bucket_checkpoints(&mut c, &u, "d").unwrap()[0], ("global".to_string(), 1));
+    assert_eq!(clients::load(&mut c, &u, "d").unwrap().unwrap().last_pull_seq, Some(5));
+}
+
+#[test]
+fn pages_filter_each_bucket_in_sql() {
+    let (_db, mut c) = migrated();
+    // A leading bucket with many rows must not hide a lagging one (the reference's livelock).
+    let mut rows = vec![("user:b", "t", "early", 1)];
+    for i in 0..50 {
+        rows.push(("user:a", "t", if i % 2 == 0 { "x" } else { "y" }, 2));
+    }
+    rows.push(("user:b", "t", "late", 1));
+    rows.push(("user:c", "t", "other", 1));
+    let rows: Vec<(&str, &str, &str, i16)> = rows.into_iter().collect();
+    insert(&mut c, &rows);
+    let page = changelog::read_page(&mut c, &[("user:a".into(), 51), ("user:b".into(), 0)], None, 5).unwrap();
+    let ids: Vec<&str> = page.iter().map(|e| e.record_id.as_str()).collect();
+    assert_eq!(ids, vec!["early", "late"]);
+    let page = changelog::read_page(&mut c, &[("user:a".into(), 0), ("user:b".into(), 0)], None, 3).unwrap();
+    assert_eq!(page.len(), 3);
+    assert!(page.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(page[0].op, Op::Create);
+    let filtered =
+        changelog::read_page(&mut c, &[("user:b".into(), 0)], Some(&["other_table".to_string()]), 10).unwrap();
+    assert!(filtered.is_empty());
+    assert_eq!(changelog::bounds(&mut c).unwrap(), (1, 53));
+}
+
+#[test]
+fn corrupt_operations_are_reported_not_panicked() {
+    let (_db, mut c) = migrated();
+    insert(&mut c, &[("global", "t", "1", 9)]);
+    let err = changelog::read_page(&mut c, &[("global".into(), 0)], None, 10).unwrap_err();
+    assert!(err.to_string().contains("operation 9"), "{err}");
+}
+
+#[test]
+fn checksums_and_members_come_from_edges() {
+    let (_db, mut c) = migrated();
+    c.batch_execute(
+        "INSERT INTO sync_bucket_edges (table_name, record_id, bucket_id, checksum) VALUES \
+         ('a', '1', 'global', -1549353149), ('a', '2', 'global', -434270003), ('b', '1', 'global', NULL), \
+         ('a', '3', 'user:x', 5)",
+    )
+    .unwrap();
+    let sums = changelog::bucket_checksums(&mut c, &["global".into(), "user:x".into(), "user:none".into()]).unwrap();
+    assert_eq!(sums, vec![("global".to_string(), 1169895310), ("user:x".to_string(), 5)]);
+    let first = changelog::bucket_members(&mut c, "global", None, 2).unwrap();
+    assert_eq!(first, vec![("a".to_string(), "1".to_string()), ("a".to_string(), "2".to_string())]);
+    let rest = changelog::bucket_members(&mut c, "global", Some(("a", "2")), 2).unwrap();
+    assert_eq!(rest, vec![("b".to_string(), "1".to_string())]);
+}
+
+#[test]
+fn watermarks_only_rise() {
+    let (_db, mut c) = migrated();
+    assert_eq!(changelog::read_watermark(&mut c, changelog::watermark::COMPACTED_THROUGH).unwrap(), 0);
+    changelog::raise_watermark(&mut c, changelog::watermark::COMPACTED_THROUGH, 9).unwrap();
+    changelog::raise_watermark(&mut c, changelog::watermark::COMPACTED_THROUGH, 3).unwrap();
+    assert_eq!(changelog::read_watermark(&mut c, changelog::watermark::COMPACTED_THROUGH).unwrap(), 9);
+}
