@@ -1,12 +1,15 @@
 //! synchro: an offline-first sync server for PostgreSQL.
 #![forbid(unsafe_code)]
 
+pub mod checksum;
 pub mod cluster;
 pub mod config;
 pub mod dev;
+pub mod json_text;
 pub mod jwt;
 pub mod logging;
 pub mod pgurl;
 pub mod server;
 pub mod store;
+pub mod time;
 pub mod types;
