@@ -9,6 +9,7 @@ pub mod json_text;
 pub mod jwt;
 pub mod logging;
 pub mod pgurl;
+pub mod protocol;
 pub mod server;
 pub mod store;
 pub mod time;
