@@ -10,6 +10,7 @@ pub mod jwt;
 pub mod logging;
 pub mod pgurl;
 pub mod protocol;
+pub mod registry;
 pub mod server;
 pub mod store;
 pub mod time;
