@@ -11,6 +11,7 @@ pub mod logging;
 pub mod pgurl;
 pub mod protocol;
 pub mod registry;
+pub mod schema;
 pub mod server;
 pub mod store;
 pub mod time;

@@ -2,5 +2,6 @@
 
 pub mod changelog;
 pub mod clients;
+pub mod introspect;
 pub mod migrations;
 pub mod pool;

@@ -2,5 +2,6 @@
 
 mod cluster;
 mod harness;
+mod introspect;
 mod migrations;
 mod store;

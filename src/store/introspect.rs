@@ -1,0 +1,377 @@
+//! Reading the registry from `pg_catalog`, validating it, the schema manifest (§4.6) and a
+//! catalog fingerprint that tells when DDL touched a registered table.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use postgres::GenericClient;
+
+use super::pool::StoreError;
+use crate::config::TableName;
+use crate::registry::{Column, ForeignKey, ParentLink, Registry, SyncTable, TimestampColumn};
+use crate::schema::{logical_type, Schema, SchemaError, TypeCatalog};
+use crate::types::Oid;
+
+/// What to introspect: the declared tables and naming conventions.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// Synced tables in registration order.
+    pub tables: Vec<TableName>,
+    /// Tables clients may not push to.
+    pub read_only: Vec<TableName>,
+    /// The owner column name.
+    pub owner_column: String,
+    /// Columns left out of the schema.
+    pub excluded: Vec<(TableName, String)>,
+    /// The updated-at column name.
+    pub updated_at_column: String,
+    /// The deleted-at column name.
+    pub deleted_at_column: String,
+}
+
+/// Why the declared tables cannot be synced. Every message names the table and says what to do.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The catalog could not be read.
+    Store(StoreError),
+    /// A declared table does not exist.
+    TableMissing {
+        /// As declared.
+        table: String,
+    },
+    /// Two declared tables share a name in different schemas (the wire name is unqualified).
+    DuplicateName {
+        /// The name.
+        table: String,
+    },
+    /// No primary key.
+    NoPrimaryKey {
+        /// Table.
+        table: String,
+    },
+    /// A composite primary key.
+    CompositePrimaryKey {
+        /// Table.
+        table: String,
+        /// Its key columns.
+        columns: Vec<String>,
+    },
+    /// `EXCLUDE_COLUMNS` names a column that does not exist.
+    ExcludedColumnMissing {
+        /// Table.
+        table: String,
+        /// Column.
+        column: String,
+    },
+    /// Foreign keys among registered tables form a cycle.
+    ForeignKeyCycle {
+        /// Tables on the cycle.
+        tables: Vec<String>,
+    },
+    /// A NOT NULL foreign key points at a table that is not synced.
+    ForeignKeyToUnregistered {
+        /// Table.
+        table: String,
+        /// FK column.
+        column: String,
+        /// The unsynced target.
+        target: String,
+    },
+    /// A read-only table that is not synced.
+    ReadOnlyNotSynced {
+        /// Table.
+        table: String,
+    },
+    /// A column the SDKs cannot handle.
+    Schema(SchemaError),
+}
+
+impl fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegistryError::Store(e) => write!(f, "reading the catalog: {e}"),
+            RegistryError::TableMissing { table } => {
+                write!(f, "table {table} does not exist (check SYNC_TABLES and the search_path, or qualify it as schema.table)")
+            }
+            RegistryError::DuplicateName { table } => {
+                write!(f, "two synced tables are named {table} in different schemas; clients address tables by bare name, sync only one")
+            }
+            RegistryError::NoPrimaryKey { table } => write!(f, "table {table} has no primary key; add one (clients address rows by it)"),
+            RegistryError::CompositePrimaryKey { table, columns } => write!(
+                f,
+                "table {table} has a composite primary key ({}); composite keys are not supported (the protocol's record id is one \
+                 column): add a single-column key, e.g. a uuid, and keep the old key as a UNIQUE constraint",
+                columns.join(", ")
+            ),
+            RegistryError::ExcludedColumnMissing { table, column } => {
+                write!(f, "EXCLUDE_COLUMNS names {table}.{column}, but {table} has no column {column}")
+            }
+            RegistryError::ForeignKeyCycle { tables } => write!(
+                f,
+                "foreign keys among synced tables form a cycle ({}); clients apply parents before children, break the cycle or sync fewer tables",
+                tables.join(" -> ")
+            ),
+            RegistryError::ForeignKeyToUnregistered { table, column, target } => write!(
+                f,
+                "{table}.{column} is a NOT NULL foreign key to {target}, which is not synced: clients could not create valid {table} rows; add {target} to SYNC_TABLES"
+            ),
+            RegistryError::ReadOnlyNotSynced { table } => write!(f, "READ_ONLY_TABLES names {table}, which is not synced"),
+            RegistryError::Schema(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for RegistryError {}
+
+impl From<StoreError> for RegistryError {
+    fn from(e: StoreError) -> Self {
+        RegistryError::Store(e)
+    }
+}
+
+/// The tables of an existing publication, in name order (used when `SYNC_TABLES` is unset).
+pub fn publication_tables(db: &mut impl GenericClient, publication: &str) -> Result<Vec<TableName>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1 ORDER BY schemaname, tablename",
+            &[&publication],
+        )
+        .map_err(StoreError::query("reading the publication's tables"))?;
+    Ok(rows.iter().map(|r| TableName { schema: Some(r.get(0)), name: r.get(1) }).collect())
+}
+
+/// Enum and domain names for logical-type rules 16 and 17.
+pub fn type_catalog(db: &mut impl GenericClient) -> Result<TypeCatalog, StoreError> {
+    let mut cat = TypeCatalog::default();
+    for r in db
+        .query("SELECT typname::text, typtype::text, format_type(typbasetype, typtypmod) FROM pg_type WHERE typtype IN ('e', 'd')", &[])
+        .map_err(StoreError::query("reading enum and domain types"))?
+    {
+        let name: String = r.get(0);
+        if r.get::<_, String>(1) == "e" {
+            cat.enums.insert(name);
+        } else {
+            cat.domains.insert(name, r.get::<_, Option<String>>(2).unwrap_or_default());
+        }
+    }
+    Ok(cat)
+}
+
+fn resolve(db: &mut impl GenericClient, t: &TableName) -> Result<Option<(Oid, String, String)>, StoreError> {
+    let row = match &t.schema {
+        Some(schema) => db.query_opt(
+            "SELECT c.oid, n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[schema, &t.name],
+        ),
+        None => db.query_opt(
+            "SELECT c.oid, n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname = $1 AND c.relkind IN ('r', 'p') AND n.nspname = ANY (current_schemas(false)) \
+             ORDER BY array_position(current_schemas(false), n.nspname) LIMIT 1",
+            &[&t.name],
+        ),
+    }
+    .map_err(StoreError::query(format!("looking up table {t}")))?;
+    Ok(row.map(|r| (Oid(r.get(0)), r.get(1), r.get(2))))
+}
+
+struct RawTable {
+    oid: Oid,
+    schema: String,
+    name: String,
+    columns: Vec<Column>,
+    pk: Vec<String>,
+    /// (local column, target schema, target table, target column, local NOT NULL)
+    fks: Vec<(String, String, String, String, bool)>,
+}
+
+fn read_table(db: &mut impl GenericClient, oid: Oid, schema: String, name: String) -> Result<RawTable, StoreError> {
+    let columns = db
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, NOT a.attnotnull, \
+                    COALESCE(pg_get_expr(d.adbin, d.adrelid), ''), \
+                    CASE WHEN t.typcategory = 'A' THEN format_type(t.typelem, NULL) END \
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            &[&oid.0],
+        )
+        .map_err(StoreError::query(format!("reading the columns of {name}")))?
+        .iter()
+        .map(|r| Column {
+            name: r.get(0),
+            db_type: r.get(1),
+            type_oid: Oid(r.get(2)),
+            nullable: r.get(3),
+            default_sql: r.get(4),
+            element_type: r.get(5),
+            logical: None,
+            excluded: false,
+        })
+        .collect();
+    let pk = db
+        .query(
+            "SELECT a.attname::text FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
+            &[&oid.0],
+        )
+        .map_err(StoreError::query(format!("reading the primary key of {name}")))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let fks = db
+        .query(
+            "SELECT a.attname::text, rn.nspname::text, rc.relname::text, ra.attname::text, a.attnotnull \
+             FROM pg_constraint con CROSS JOIN LATERAL unnest(con.conkey, con.confkey) WITH ORDINALITY AS k(lnum, rnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.lnum \
+             JOIN pg_class rc ON rc.oid = con.confrelid JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
+             JOIN pg_attribute ra ON ra.attrelid = con.confrelid AND ra.attnum = k.rnum \
+             WHERE con.conrelid = $1 AND con.contype = 'f' ORDER BY con.conname, k.ord",
+            &[&oid.0],
+        )
+        .map_err(StoreError::query(format!("reading the foreign keys of {name}")))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    Ok(RawTable { oid, schema, name, columns, pk, fks })
+}
+
+fn matches(declared: &TableName, schema: &str, name: &str) -> bool {
+    declared.name == name && declared.schema.as_deref().is_none_or(|s| s == schema)
+}
+
+/// Reads and validates the registry of the declared tables.
+pub fn load_registry(db: &mut impl GenericClient, settings: &RegistrySettings) -> Result<Registry, RegistryError> {
+    let catalog = type_catalog(db)?;
+    let mut raw = Vec::with_capacity(settings.tables.len());
+    let mut names = HashSet::new();
+    for declared in &settings.tables {
+        let (oid, schema, name) =
+            resolve(db, declared)?.ok_or_else(|| RegistryError::TableMissing { table: declared.to_string() })?;
+        if !names.insert(name.clone()) {
+            return Err(RegistryError::DuplicateName { table: name });
+        }
+        raw.push(read_table(db, oid, schema, name)?);
+    }
+    if let Some(ro) = settings.read_only.iter().find(|ro| !raw.iter().any(|t| matches(ro, &t.schema, &t.name))) {
+        return Err(RegistryError::ReadOnlyNotSynced { table: ro.to_string() });
+    }
+    let registered: HashSet<(String, String)> = raw.iter().map(|t| (t.schema.clone(), t.name.clone())).collect();
+    let mut tables = Vec::with_capacity(raw.len());
+    for t in raw {
+        let pk = match t.pk.as_slice() {
+            [] => return Err(RegistryError::NoPrimaryKey { table: t.name }),
+            [one] => one.clone(),
+            many => return Err(RegistryError::CompositePrimaryKey { table: t.name.clone(), columns: many.to_vec() }),
+        };
+        let mut columns = t.columns;
+        for (decl, col) in settings.excluded.iter().filter(|(d, _)| matches(d, &t.schema, &t.name)) {
+            match columns.iter_mut().find(|c| &c.name == col) {
+                Some(c) => c.excluded = true,
+                None => {
+                    return Err(RegistryError::ExcludedColumnMissing { table: decl.to_string(), column: col.clone() })
+                }
+            }
+        }
+        for c in &mut columns {
+            c.logical = logical_type(&c.db_type, &catalog);
+        }
+        let mut foreign_keys = Vec::new();
+        for (column, tschema, ttable, tcolumn, not_null) in t.fks {
+            if registered.contains(&(tschema.clone(), ttable.clone())) {
+                foreign_keys.push(ForeignKey { column, ref_table: ttable, ref_column: tcolumn });
+            } else if not_null {
+                return Err(RegistryError::ForeignKeyToUnregistered {
+                    table: t.name,
+                    column,
+                    target: format!("{tschema}.{ttable}"),
+                });
+            }
+        }
+        let parent = match foreign_keys.as_slice() {
+            [only] => Some(ParentLink {
+                table: only.ref_table.clone(),
+                fk_column: only.column.clone(),
+                parent_column: only.ref_column.clone(),
+            }),
+            _ => None,
+        };
+        let has = |n: &str| columns.iter().any(|c| c.name == n);
+        let ts = |n: &str| {
+            if has(n) {
+                TimestampColumn::Real(n.to_string())
+            } else {
+                TimestampColumn::Virtual(n.to_string())
+            }
+        };
+        tables.push(SyncTable {
+            oid: t.oid,
+            pk,
+            owner: has(&settings.owner_column).then(|| settings.owner_column.clone()),
+            updated_at: ts(&settings.updated_at_column),
+            deleted_at: ts(&settings.deleted_at_column),
+            created_at: has("created_at").then(|| "created_at".to_string()),
+            read_only: settings.read_only.iter().any(|ro| matches(ro, &t.schema, &t.name)),
+            foreign_keys,
+            parent,
+            columns,
+            schema: t.schema,
+            name: t.name,
+        });
+    }
+    let registry = Registry { tables };
+    if let Some(cycle) = registry.find_cycle() {
+        return Err(RegistryError::ForeignKeyCycle { tables: cycle });
+    }
+    Schema::build(&registry, &catalog).map_err(RegistryError::Schema)?;
+    Ok(registry)
+}
+
+/// A fingerprint of everything in the catalog that shapes the registry of these relations:
+/// it changes with any column, type, nullability, default or constraint change, and when a
+/// relation is dropped. Cheap enough to run per request.
+pub fn catalog_fingerprint(db: &mut impl GenericClient, oids: &[Oid]) -> Result<String, StoreError> {
+    let oids: Vec<u32> = oids.iter().map(|o| o.0).collect();
+    let row = db
+        .query_one(
+            "SELECT md5(COALESCE(string_agg(x, '|' ORDER BY x), '')) FROM ( \
+               SELECT a.attrelid::text || ':' || a.attnum || ':' || a.attname || ':' || a.atttypid || ':' || a.atttypmod \
+                      || ':' || a.attnotnull || ':' || a.attisdropped || ':' || COALESCE(pg_get_expr(d.adbin, d.adrelid), '') AS x \
+               FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+               WHERE a.attrelid = ANY ($1::oid[]) AND a.attnum > 0 \
+               UNION ALL SELECT 'c:' || conrelid || ':' || conname || ':' || pg_get_constraintdef(oid) FROM pg_constraint \
+               WHERE conrelid = ANY ($1::oid[]) \
+               UNION ALL SELECT 'r:' || oid || ':' || relname FROM pg_class WHERE oid = ANY ($1::oid[])) s",
+            &[&oids],
+        )
+        .map_err(StoreError::query("fingerprinting the catalog"))?;
+    Ok(row.get(0))
+}
+
+/// Advisory lock serialising manifest updates across instances (§4.6).
+const MANIFEST_LOCK: i64 = 91_110_042;
+
+/// The `schema_version` of `hash` (§4.6): its stored version, or the next one, inserted.
+pub fn manifest_version(db: &mut impl GenericClient, hash: &str) -> Result<i64, StoreError> {
+    let mut tx = db.transaction().map_err(StoreError::query("starting the manifest transaction"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MANIFEST_LOCK])
+        .map_err(StoreError::query("locking the manifest"))?;
+    let existing = tx
+        .query_opt("SELECT schema_version FROM sync_schema_manifest WHERE schema_hash = $1", &[&hash])
+        .map_err(StoreError::query("reading the manifest"))?;
+    let version = match existing {
+        Some(r) => r.get(0),
+        None => tx
+            .query_one(
+                "INSERT INTO sync_schema_manifest (schema_version, schema_hash) \
+                 SELECT COALESCE(MAX(schema_version), 0) + 1, $1 FROM sync_schema_manifest RETURNING schema_version",
+                &[&hash],
+            )
+            .map_err(StoreError::query("recording the schema version"))?
+            .get(0),
+    };
+    tx.commit().map_err(StoreError::query("committing the manifest"))?;
+    Ok(version)
+}
