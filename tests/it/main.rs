@@ -2,6 +2,7 @@
 
 mod cluster;
 mod harness;
+mod http;
 mod introspect;
 mod migrations;
 mod store;

@@ -1,0 +1,257 @@
+//! Routing and the contract's processing order (§1.1): path -> authentication (401) ->
+//! version gate (426) -> method (405) -> body (413/400) -> handler.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::{ApiError, Authenticator, Reply, SyncApi};
+use crate::version::VersionGate;
+
+/// The endpoints of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// POST /sync/register
+    Register,
+    /// POST /sync/pull
+    Pull,
+    /// POST /sync/push
+    Push,
+    /// POST /sync/snapshot
+    Snapshot,
+    /// POST /sync/rebuild
+    Rebuild,
+    /// GET /sync/tables
+    Tables,
+    /// GET /sync/schema
+    Schema,
+    /// GET /sync/debug
+    Debug,
+    /// GET /healthz
+    Health,
+}
+
+impl Endpoint {
+    /// The endpoint at `path` (exact match, no trailing slash).
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        Some(match path {
+            "/sync/register" => Endpoint::Register,
+            "/sync/pull" => Endpoint::Pull,
+            "/sync/push" => Endpoint::Push,
+            "/sync/snapshot" => Endpoint::Snapshot,
+            "/sync/rebuild" => Endpoint::Rebuild,
+            "/sync/tables" => Endpoint::Tables,
+            "/sync/schema" => Endpoint::Schema,
+            "/sync/debug" => Endpoint::Debug,
+            "/healthz" => Endpoint::Health,
+            _ => return None,
+        })
+    }
+
+    /// The one method it answers.
+    pub fn method(self) -> &'static str {
+        match self {
+            Endpoint::Register | Endpoint::Pull | Endpoint::Push | Endpoint::Snapshot | Endpoint::Rebuild => "POST",
+            Endpoint::Tables | Endpoint::Schema | Endpoint::Debug | Endpoint::Health => "GET",
+        }
+    }
+
+    /// A short name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Register => "register",
+            Endpoint::Pull => "pull",
+            Endpoint::Push => "push",
+            Endpoint::Snapshot => "snapshot",
+            Endpoint::Rebuild => "rebuild",
+            Endpoint::Tables => "tables",
+            Endpoint::Schema => "schema",
+            Endpoint::Debug => "debug",
+            Endpoint::Health => "healthz",
+        }
+    }
+}
+
+/// Why a body could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    /// Over the limit (by `Content-Length` or while reading).
+    TooLarge,
+    /// The connection failed while reading.
+    Io(String),
+}
+
+/// One request as the router sees it.
+pub struct Incoming<'a> {
+    /// The method, upper-case.
+    pub method: &'a str,
+    /// The request target (path and query).
+    pub url: &'a str,
+    /// Header lookup by lower-case name.
+    pub header: &'a dyn Fn(&str) -> Option<String>,
+    /// Reads the body within the size limit (called at most once, only for POST endpoints).
+    pub read_body: &'a mut dyn FnMut() -> Result<Vec<u8>, BodyError>,
+}
+
+/// The routing context shared by every worker.
+pub struct Router {
+    /// The endpoints' implementation.
+    pub api: Arc<dyn SyncApi>,
+    /// Who requests speak for.
+    pub auth: Arc<dyn Authenticator>,
+    /// `MIN_CLIENT_VERSION`.
+    pub gate: VersionGate,
+}
+
+/// Parses a body per §0.2: the first JSON value must be an object; bytes after it are ignored.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let invalid = || ApiError::BadRequest("invalid request body".into());
+    let mut values = serde_json::Deserializer::from_slice(body).into_iter::<Value>();
+    match values.next() {
+        Some(Ok(Value::Object(map))) => Ok(map),
+        _ => Err(invalid()),
+    }
+}
+
+fn query_param(url: &str, key: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Router {
+    /// Answers one request. Never panics on input; the caller still wraps it in `catch_unwind`.
+    pub fn handle(&self, req: &mut Incoming<'_>) -> (Option<Endpoint>, Reply) {
+        let path = req.url.split('?').next().unwrap_or("");
+        let Some(endpoint) = Endpoint::from_path(path) else {
+            return (None, Reply::text(404, "404 page not found\n"));
+        };
+        if endpoint == Endpoint::Health {
+            let reply = if req.method != "GET" && req.method != "HEAD" {
+                Reply::text(405, "Method Not Allowed\n").with_header("Allow", "GET")
+            } else if self.api.health() {
+                Reply {
+                    status: 200,
+                    body: br#"{"status":"ok"}"#.to_vec(),
+                    content_type: "application/json",
+                    headers: vec![],
+                }
+            } else {
+                Reply {
+                    status: 503,
+                    body: br#"{"status":"unavailable"}"#.to_vec(),
+                    content_type: "application/json",
+                    headers: vec![("Retry-After", "5".into())],
+                }
+            };
+            return (Some(endpoint), reply);
+        }
+        let user = match self.auth.authenticate(req.header) {
+            Ok(user) => user,
+            Err(failure) => {
+                crate::debug!("request refused", endpoint = endpoint.name(), reason = failure.reason.clone());
+                return (
+                    Some(endpoint),
+                    Reply::error(401, failure.client_message).with_header("WWW-Authenticate", "Bearer"),
+                );
+            }
+        };
+        if self.gate.check(&(req.header)("x-app-version").unwrap_or_default()).is_err() {
+            return (Some(endpoint), ApiError::UpgradeRequired.reply());
+        }
+        if req.method != endpoint.method() {
+            return (Some(endpoint), Reply::error(405, "method not allowed").with_header("Allow", endpoint.method()));
+        }
+        let result = match endpoint {
+            Endpoint::Tables => self.api.tables(&user),
+            Endpoint::Schema => self.api.schema(&user),
+            Endpoint::Debug => match query_param(req.url, "client_id").filter(|c| !c.is_empty()) {
+                Some(client_id) => self.api.debug(&user, &client_id),
+                None => Err(ApiError::BadRequest("client_id query parameter is required".into())),
+            },
+            _ => {
+                let body = match (req.read_body)() {
+                    Ok(body) => body,
+                    Err(BodyError::TooLarge) => return (Some(endpoint), Reply::error(413, "request body too large")),
+                    Err(BodyError::Io(_)) => return (Some(endpoint), Reply::error(400, "invalid request body")),
+                };
+                match parse_object(&body) {
+                    Err(e) => Err(e),
+                    Ok(map) => match endpoint {
+                        Endpoint::Register => self.api.register(&user, &map),
+                        Endpoint::Pull => self.api.pull(&user, &map),
+                        Endpoint::Push => self.api.push(&user, &map),
+                        Endpoint::Snapshot => self.api.snapshot(&user, &map),
+                        _ => self.api.rebuild(&user, &map),
+                    },
+                }
+            }
+        };
+        match result {
+            Ok(body) => (Some(endpoint), Reply::json(body)),
+            Err(e) => (Some(endpoint), e.reply()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_must_start_with_an_object() {
+        assert!(parse_object(br#"{"a":1} trailing garbage"#).is_ok());
+        for bad in [&b""[..], b"null", b"[]", b"1", b"\"s\"", b"{", b"\xff\xfe", b"   "] {
+            assert!(parse_object(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn query_parameters() {
+        assert_eq!(query_param("/sync/debug?client_id=a%20b&x=1", "client_id").as_deref(), Some("a b"));
+        assert_eq!(query_param("/sync/debug?client_id=", "client_id").as_deref(), Some(""));
+        assert_eq!(query_param("/sync/debug", "client_id"), None);
+        assert_eq!(query_param("/sync/debug?client_id=%zz%", "client_id").as_deref(), Some("%zz%"));
+    }
+
+    #[test]
+    fn paths_are_exact() {
+        assert_eq!(Endpoint::from_path("/sync/pull"), Some(Endpoint::Pull));
+        assert_eq!(Endpoint::from_path("/sync/pull/"), None);
+        assert_eq!(Endpoint::from_path("/sync/Pull"), None);
+        assert_eq!(Endpoint::from_path("/sync/"), None);
+    }
+}
