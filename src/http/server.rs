@@ -87,7 +87,7 @@ fn new_server(listener: &TcpListener) -> io::Result<tiny_http::Server> {
 fn respond(request: tiny_http::Request, reply: Reply) {
     let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
     let mut headers = vec![("Content-Type", reply.content_type.to_string())];
-    headers.extend(reply.headers.into_iter());
+    headers.extend(reply.headers);
     for (name, value) in headers {
         if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
             response.add_header(h);
