@@ -1,9 +1,21 @@
 //! The composition root: pool, migrations, registry, HTTP workers, change capture, shutdown.
 
 use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{parse_listen_addr, AuthMode, Config};
+use crate::engine::{Engine, EngineError, EngineSettings};
+use crate::http::routes::Router;
+use crate::http::{Authenticator, HeaderAuthenticator, HttpConfig, HttpServer, JwtSecretAuthenticator};
+use crate::jwt::ClaimRules;
+use crate::service::EngineApi;
+use crate::store::introspect::{self, RegistrySettings};
+use crate::store::publication::{self, PublicationChange};
 use crate::store::{migrations, pool};
+use crate::version::VersionGate;
 
 /// Why the server could not start or stopped.
 #[derive(Debug)]
@@ -11,12 +23,26 @@ use crate::store::{migrations, pool};
 pub enum ServerError {
     /// A store failure during startup.
     Store(pool::StoreError),
+    /// The synced tables cannot be served.
+    Engine(EngineError),
+    /// Configuration that is valid alone but unusable here.
+    Config(String),
+    /// The HTTP listener could not be bound.
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServerError::Store(e) => write!(f, "{e}"),
+            ServerError::Engine(e) => write!(f, "{e}"),
+            ServerError::Config(m) => f.write_str(m),
+            ServerError::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
         }
     }
 }
@@ -29,20 +55,188 @@ impl From<pool::StoreError> for ServerError {
     }
 }
 
+impl From<EngineError> for ServerError {
+    fn from(e: EngineError) -> Self {
+        ServerError::Engine(e)
+    }
+}
+
 /// Applies the infrastructure migrations and returns the steps applied.
 pub fn migrate(config: &Config) -> Result<Vec<i32>, ServerError> {
     let mut client = pool::connect(&config.database_url)?;
     Ok(migrations::apply(&mut client).map_err(pool::StoreError::query("applying migrations"))?)
 }
 
+/// Connects and migrates, retrying with capped backoff while PostgreSQL is unreachable.
+fn migrate_with_retry(config: &Config, give_up_after: Duration) -> Result<(), ServerError> {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match migrate(config) {
+            Ok(applied) => {
+                if !applied.is_empty() {
+                    crate::info!("migrations applied", steps = format!("{applied:?}"));
+                }
+                return Ok(());
+            }
+            Err(ServerError::Store(e)) if e.is_transient() && started.elapsed() < give_up_after => {
+                crate::warn!(
+                    "PostgreSQL not reachable yet, retrying",
+                    error = e.to_string(),
+                    retry_in_ms = delay.as_millis() as u64
+                );
+                thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The engine settings a configuration describes (reading the publication when `SYNC_TABLES`
+/// is unset).
+pub fn engine_settings(config: &Config) -> Result<EngineSettings, ServerError> {
+    let mut tables = config.sync_tables.clone();
+    if tables.is_empty() {
+        let mut db = pool::connect(&config.database_url)?;
+        tables = introspect::publication_tables(&mut db, &config.publication_name)?;
+        if tables.is_empty() {
+            return Err(ServerError::Config(format!(
+                "no tables to sync: set SYNC_TABLES (e.g. SYNC_TABLES=orders,order_items) or create the publication \
+                 (CREATE PUBLICATION {} FOR TABLE orders, order_items)",
+                config.publication_name
+            )));
+        }
+        crate::info!(
+            "syncing the tables of the publication",
+            publication = config.publication_name.clone(),
+            tables = tables.len() as u64
+        );
+    }
+    Ok(EngineSettings {
+        registry: RegistrySettings {
+            tables,
+            read_only: config.read_only_tables.clone(),
+            owner_column: config.owner_column.clone(),
+            excluded: config.exclude_columns.clone(),
+            updated_at_column: config.updated_at_column.clone(),
+            deleted_at_column: config.deleted_at_column.clone(),
+        },
+        min_client_version: config.min_client_version.clone(),
+    })
+}
+
+fn authenticator(config: &Config) -> Result<Arc<dyn Authenticator>, ServerError> {
+    match &config.auth {
+        AuthMode::JwtSecret(secret) => Ok(Arc::new(JwtSecretAuthenticator::new(
+            secret.as_bytes(),
+            ClaimRules { user_claim: config.jwt_user_claim.clone(), ..ClaimRules::default() },
+        ))),
+        AuthMode::Jwks(_) => Err(ServerError::Config(
+            "JWKS_URL is not supported by this build yet; use JWT_SECRET (HS256/384/512)".into(),
+        )),
+        AuthMode::DevHeader => {
+            crate::warn!(
+                "no JWT_SECRET or JWKS_URL: requests are authenticated by the X-User-ID header; \
+                 this is for development only, anyone can act as any user"
+            );
+            Ok(Arc::new(HeaderAuthenticator))
+        }
+    }
+}
+
 /// A callback run once the HTTP listener is bound, with the base URL (the dev banner).
 pub type OnListening = Box<dyn FnOnce(&str) + Send>;
 
-/// Runs the server until it is shut down.
-pub fn run(config: Config, on_listening: Option<OnListening>) -> Result<(), ServerError> {
-    migrate(&config)?;
-    if let Some(f) = on_listening {
-        f(&config.listen_addr);
+/// A running server: its address and the pieces to stop.
+pub struct Running {
+    /// The bound HTTP address.
+    pub addr: SocketAddr,
+    http: HttpServer,
+    /// The engine (for embedders and tests).
+    pub engine: Arc<Engine>,
+}
+
+impl Running {
+    /// Stops accepting requests and waits for in-flight ones (up to `deadline`).
+    pub fn shutdown(self, deadline: Duration) {
+        self.http.shutdown(deadline);
     }
-    Ok(())
+}
+
+/// Starts everything and returns once the HTTP listener accepts requests.
+pub fn start(config: &Config) -> Result<Running, ServerError> {
+    migrate_with_retry(config, Duration::from_secs(60))?;
+    let settings = engine_settings(config)?;
+    let pool = pool::connect_pool(&config.database_url, (config.http_threads as u32).saturating_add(4))?;
+    let engine = Arc::new(Engine::new(pool, settings)?);
+    {
+        let mut db = engine.pool().get().map_err(pool::StoreError::from)?;
+        let cat = engine.cached_catalog();
+        match publication::ensure_publication(&mut *db, &config.publication_name, &cat.registry)? {
+            PublicationChange::Unchanged => {}
+            PublicationChange::Created => {
+                crate::info!("publication created", publication = config.publication_name.clone())
+            }
+            PublicationChange::Added(t) => {
+                crate::info!(
+                    "tables added to the publication",
+                    publication = config.publication_name.clone(),
+                    tables = t.join(",")
+                )
+            }
+        }
+    }
+    let addr = parse_listen_addr(&config.listen_addr)?;
+    let mut http = HttpConfig::new(addr);
+    http.threads = config.http_threads;
+    http.queue = config.http_threads * 64;
+    http.max_body_bytes = config.max_body_bytes;
+    http.idle_timeout = config.http_idle_timeout;
+    let router = Router {
+        api: Arc::new(EngineApi::new(engine.clone())),
+        auth: authenticator(config)?,
+        gate: VersionGate::new(&config.min_client_version),
+    };
+    let http = HttpServer::start(http, router)
+        .map_err(|source| ServerError::Listen { addr: config.listen_addr.clone(), source })?;
+    let addr = http.local_addr();
+    crate::info!(
+        "synchrod listening",
+        addr = addr.to_string(),
+        schema_version = engine.cached_catalog().version,
+        tables = engine.cached_catalog().registry.tables.len() as u64
+    );
+    Ok(Running { addr, http, engine })
+}
+
+impl From<crate::config::ConfigError> for ServerError {
+    fn from(e: crate::config::ConfigError) -> Self {
+        ServerError::Config(e.to_string())
+    }
+}
+
+/// The base URL clients on this machine can use for a bound address.
+pub fn base_url(addr: SocketAddr) -> String {
+    let host = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => "[::1]".to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        ip => ip.to_string(),
+    };
+    format!("http://{host}:{}", addr.port())
+}
+
+/// Runs the server until the process is stopped.
+pub fn run(config: Config, on_listening: Option<OnListening>) -> Result<(), ServerError> {
+    if config.replication_url_derived {
+        crate::info!("REPLICATION_URL not set: using DATABASE_URL with replication=database");
+    }
+    let running = start(&config)?;
+    if let Some(f) = on_listening {
+        f(&base_url(running.addr));
+    }
+    loop {
+        thread::park();
+    }
 }

@@ -20,6 +20,9 @@ pub struct ChangelogEntry {
     pub record_id: String,
     /// What happened to the record in that bucket.
     pub op: Op,
+    /// When the writer recorded it (advances with every change; the `updated_at` of records
+    /// whose table has no updated-at column, or whose column a direct write did not bump).
+    pub created_at: std::time::SystemTime,
 }
 
 /// Reads up to `limit` entries in `seq` order, for each bucket only those after that bucket's
@@ -52,7 +55,7 @@ pub fn read_page(
         params.push(bucket);
         params.push(after);
         parts.push(format!(
-            "(SELECT seq, bucket_id, table_name, record_id, operation FROM sync_changelog \
+            "(SELECT seq, bucket_id, table_name, record_id, operation, created_at FROM sync_changelog \
              WHERE bucket_id = ${b} AND seq > ${}{table_filter} ORDER BY seq LIMIT $1)",
             b + 1
         ));
@@ -65,7 +68,14 @@ pub fn read_page(
             let op = Op::from_code(code).ok_or_else(|| StoreError::Corrupt {
                 detail: format!("sync_changelog row {} has operation {code}", r.get::<_, i64>(0)),
             })?;
-            Ok(ChangelogEntry { seq: Seq(r.get(0)), bucket: r.get(1), table: r.get(2), record_id: r.get(3), op })
+            Ok(ChangelogEntry {
+                seq: Seq(r.get(0)),
+                bucket: r.get(1),
+                table: r.get(2),
+                record_id: r.get(3),
+                op,
+                created_at: r.get(5),
+            })
         })
         .collect()
 }

@@ -5,3 +5,4 @@ pub mod clients;
 pub mod introspect;
 pub mod migrations;
 pub mod pool;
+pub mod publication;

@@ -1,0 +1,42 @@
+//! The registry, served schema and manifest version, cached and reloaded on DDL.
+
+use postgres::GenericClient;
+
+use super::EngineError;
+use crate::registry::Registry;
+use crate::schema::{Schema, TypeCatalog};
+use crate::store::introspect::{self, RegistrySettings};
+use crate::types::Oid;
+
+/// A consistent view of the synced tables at one catalog state.
+#[derive(Debug, Clone)]
+pub struct CatalogState {
+    /// The introspected tables.
+    pub registry: Registry,
+    /// Enum and domain names.
+    pub types: TypeCatalog,
+    /// The served schema and its hash.
+    pub schema: Schema,
+    /// The manifest version of `schema.hash`.
+    pub version: i64,
+    fingerprint: String,
+    oids: Vec<Oid>,
+}
+
+impl CatalogState {
+    /// Introspects, validates, serves and versions the registered tables.
+    pub fn load(db: &mut impl GenericClient, settings: &RegistrySettings) -> Result<CatalogState, EngineError> {
+        let registry = introspect::load_registry(db, settings)?;
+        let types = introspect::type_catalog(db)?;
+        let schema = Schema::build(&registry, &types).map_err(|e| EngineError::Schema(e.to_string()))?;
+        let version = introspect::manifest_version(db, &schema.hash)?;
+        let oids: Vec<Oid> = registry.tables.iter().map(|t| t.oid).collect();
+        let fingerprint = introspect::catalog_fingerprint(db, &oids)?;
+        Ok(CatalogState { registry, types, schema, version, fingerprint, oids })
+    }
+
+    /// True when no DDL touched the registered tables since this state was loaded.
+    pub fn is_current(&self, db: &mut impl GenericClient) -> Result<bool, EngineError> {
+        Ok(introspect::catalog_fingerprint(db, &self.oids)? == self.fingerprint)
+    }
+}

@@ -1,0 +1,203 @@
+//! The sync engine: register, pull, push, snapshot, rebuild, schema, tables and debug as a
+//! library API over a connection pool, with no HTTP and no threads of its own. An embedding
+//! application calls it with a user id it has authenticated itself.
+
+mod catalog;
+mod pull;
+mod register;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::RwLock;
+
+use crate::protocol::BadRequest;
+use crate::store::introspect::{RegistryError, RegistrySettings};
+use crate::store::pool::{Pool, PooledClient, StoreError};
+
+pub use catalog::CatalogState;
+
+/// What the engine can answer besides success. The HTTP layer maps each to a status.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The request breaks the contract (400).
+    BadRequest(String),
+    /// No client `(user, client_id)` (404 or 500 depending on the endpoint).
+    ClientNotRegistered,
+    /// The client's schema pair is not the current one (409).
+    SchemaMismatch {
+        /// Current version.
+        version: i64,
+        /// Current hash.
+        hash: String,
+    },
+    /// The client's `app_version` is below the minimum (426).
+    UpgradeRequired,
+    /// The request asks for something the user may not have (403).
+    Forbidden(String),
+    /// The registered tables cannot be served (500): DDL made the schema unsupported.
+    Schema(String),
+    /// A database failure; transient ones become 503.
+    Store(StoreError),
+}
+
+impl EngineError {
+    /// True when a retry may succeed (→ 503 with `Retry-After`).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, EngineError::Store(e) if e.is_transient())
+    }
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::BadRequest(m) => write!(f, "bad request: {m}"),
+            EngineError::ClientNotRegistered => f.write_str("client not registered"),
+            EngineError::SchemaMismatch { version, .. } => write!(f, "schema mismatch (server version {version})"),
+            EngineError::UpgradeRequired => f.write_str("client upgrade required"),
+            EngineError::Forbidden(m) => write!(f, "forbidden: {m}"),
+            EngineError::Schema(m) => write!(f, "schema unavailable: {m}"),
+            EngineError::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        EngineError::Store(e)
+    }
+}
+
+impl From<BadRequest> for EngineError {
+    fn from(e: BadRequest) -> Self {
+        EngineError::BadRequest(e.0)
+    }
+}
+
+impl From<RegistryError> for EngineError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Store(s) => EngineError::Store(s),
+            other => EngineError::Schema(other.to_string()),
+        }
+    }
+}
+
+/// Engine settings beyond the registry.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Which tables and conventions.
+    pub registry: RegistrySettings,
+    /// `MIN_CLIENT_VERSION` (empty = off), checked on the register body's `app_version`.
+    pub min_client_version: String,
+}
+
+/// The sync engine.
+pub struct Engine {
+    pool: Pool,
+    settings: EngineSettings,
+    catalog: RwLock<Arc<CatalogState>>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Loads and validates the registry and the schema manifest. Fails on any table the SDKs
+    /// could not sync (C15), with a message saying how to fix it.
+    pub fn new(pool: Pool, settings: EngineSettings) -> Result<Engine, EngineError> {
+        let mut db = pool.get().map_err(StoreError::from)?;
+        let state = CatalogState::load(&mut *db, &settings.registry)?;
+        drop(db);
+        Ok(Engine { pool, settings, catalog: RwLock::new(Arc::new(state)) })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    fn db(&self) -> Result<PooledClient, EngineError> {
+        Ok(self.pool.get().map_err(StoreError::from)?)
+    }
+
+    /// The current catalog, reloaded first when DDL touched a registered table (so a schema
+    /// change is seen by the very next request, §4.6).
+    pub fn catalog(&self, db: &mut PooledClient) -> Result<Arc<CatalogState>, EngineError> {
+        let cached = match self.catalog.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        if cached.is_current(&mut **db)? {
+            return Ok(cached);
+        }
+        let fresh = Arc::new(CatalogState::load(&mut **db, &self.settings.registry)?);
+        crate::info!("schema changed", schema_version = fresh.version, schema_hash = fresh.schema.hash.clone());
+        match self.catalog.write() {
+            Ok(mut c) => *c = fresh.clone(),
+            Err(p) => *p.into_inner() = fresh.clone(),
+        }
+        Ok(fresh)
+    }
+
+    /// The catalog as last loaded, without checking for DDL (for change capture routing).
+    pub fn cached_catalog(&self) -> Arc<CatalogState> {
+        match self.catalog.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// True when PostgreSQL answers a trivial query.
+    pub fn health(&self) -> bool {
+        // A pooled connection may have died with a restarted server: try twice.
+        (0..2).any(|_| self.db().map(|mut db| db.simple_query("SELECT 1").is_ok()).unwrap_or(false))
+    }
+
+    /// `GET /sync/schema` body: version, hash, server time and the served tables.
+    pub fn schema_json(&self) -> Result<Vec<u8>, EngineError> {
+        let mut db = self.db()?;
+        let cat = self.catalog(&mut db)?;
+        let mut out = String::with_capacity(cat.schema.tables_json.len() + 160);
+        out.push_str(&format!(
+            "{{\"schema_version\":{},\"schema_hash\":\"{}\",\"server_time\":\"{}\",\"tables\":",
+            cat.version,
+            cat.schema.hash,
+            crate::time::format_timestamp(std::time::SystemTime::now())
+        ));
+        out.push_str(&cat.schema.tables_json);
+        out.push('}');
+        Ok(out.into_bytes())
+    }
+
+    /// `GET /sync/tables` body.
+    pub fn tables_json(&self) -> Result<Vec<u8>, EngineError> {
+        let mut db = self.db()?;
+        let cat = self.catalog(&mut db)?;
+        let body = serde_json::json!({
+            "tables": crate::schema::table_meta(&cat.registry),
+            "server_time": crate::time::format_timestamp(std::time::SystemTime::now()),
+            "schema_version": cat.version,
+            "schema_hash": cat.schema.hash,
+        });
+        Ok(serde_json::to_vec(&body).unwrap_or_default())
+    }
+
+    /// Fails with 409 unless `(version, hash)` is the current pair (§3.3 handshake rule).
+    pub fn check_schema(cat: &CatalogState, version: i64, hash: &str) -> Result<(), EngineError> {
+        if version <= 0 || hash.is_empty() || version != cat.version || hash != cat.schema.hash {
+            return Err(EngineError::SchemaMismatch { version: cat.version, hash: cat.schema.hash.clone() });
+        }
+        Ok(())
+    }
+}

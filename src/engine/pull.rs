@@ -1,0 +1,295 @@
+//! POST /sync/pull (§6) with the fixes of Appendix C: the per-bucket filter runs inside SQL
+//! (C7), staleness is measured against the compaction watermark (C12), a lost replication slot
+//! sends clients back to a snapshot (`history_unavailable`), and hydration errors fail the
+//! request instead of silently skipping rows (C9).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+use postgres::GenericClient;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::{CatalogState, Engine, EngineError};
+use crate::checksum::record_checksum;
+use crate::protocol::{BucketUpdate, DeleteEntry, PullRequest, PullResponse, Record};
+use crate::registry::SyncTable;
+use crate::store::changelog::{self, watermark, ChangelogEntry};
+use crate::store::clients;
+use crate::store::pool::StoreError;
+use crate::time::format_timestamp;
+use crate::types::{Op, UserId};
+
+/// A hydrated row.
+pub(crate) struct Hydrated {
+    pub data: String,
+    pub updated_at: Option<SystemTime>,
+    pub deleted_at: Option<SystemTime>,
+}
+
+/// Reads the current rows of `ids` in one query (RLS applies in the caller's transaction).
+/// The key is compared in its own type so the primary key index is used.
+pub(crate) fn hydrate(
+    db: &mut impl GenericClient,
+    table: &SyncTable,
+    ids: &[String],
+) -> Result<HashMap<String, Hydrated>, StoreError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let pk = crate::registry::quote_ident(&table.pk);
+    let pk_type = table.column(&table.pk).map(|c| c.db_type.as_str()).unwrap_or("text");
+    let ts = |c: Option<&str>| {
+        c.map(crate::registry::quote_ident).map(|c| format!("t.{c}")).unwrap_or("NULL::timestamptz".into())
+    };
+    let sql = format!(
+        "SELECT t.{pk}::text, row_to_json(t)::text, ({})::timestamptz, ({})::timestamptz FROM {} t WHERE t.{pk} = ANY ($1::text[]::{pk_type}[])",
+        ts(table.updated_at.real()),
+        ts(table.deleted_at.real()),
+        table.qualified(),
+    );
+    let rows = db.query(&sql, &[&ids]).map_err(StoreError::query(format!("reading changed rows of {}", table.name)))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.get(0), Hydrated { data: r.get(1), updated_at: r.get(2), deleted_at: r.get(3) }))
+        .collect())
+}
+
+/// A Record from a hydrated row. `changed_at` is when the change was recorded: the record's
+/// `updated_at` never goes below it, so SDKs that already hold the row apply changes made by
+/// writers that did not bump the updated-at column (or tables without one).
+pub(crate) fn to_record(
+    table: &str,
+    id: String,
+    row: Hydrated,
+    changed_at: Option<SystemTime>,
+    bucket: Option<String>,
+    with_checksum: bool,
+) -> Result<Record, StoreError> {
+    let updated = match (row.updated_at, changed_at) {
+        (Some(u), Some(c)) => u.max(c),
+        (Some(u), None) => u,
+        (None, Some(c)) => c,
+        (None, None) => SystemTime::now(),
+    };
+    let checksum = with_checksum.then(|| record_checksum(&row.data));
+    let data = RawValue::from_string(row.data)
+        .map_err(|e| StoreError::Corrupt { detail: format!("row_to_json of {table} is not JSON: {e}") })?;
+    Ok(Record {
+        id,
+        table_name: table.to_string(),
+        bucket_id: bucket,
+        data,
+        updated_at: format_timestamp(updated),
+        deleted_at: row.deleted_at.map(format_timestamp),
+        checksum,
+    })
+}
+
+struct Staleness {
+    min_seq: i64,
+    compacted: i64,
+    reset: i64,
+}
+
+impl Staleness {
+    fn read(db: &mut impl GenericClient) -> Result<Staleness, StoreError> {
+        let (min_seq, _) = changelog::bounds(db)?;
+        Ok(Staleness {
+            min_seq,
+            compacted: changelog::read_watermark(db, watermark::COMPACTED_THROUGH)?,
+            reset: changelog::read_watermark(db, watermark::HISTORY_RESET)?,
+        })
+    }
+
+    /// Whether a client positioned at `cp` has missed compacted history.
+    fn behind_retention(&self, cp: i64) -> bool {
+        if self.compacted > 0 {
+            cp < self.compacted
+        } else {
+            cp > 0 && self.min_seq > 0 && cp < self.min_seq
+        }
+    }
+}
+
+impl Engine {
+    /// Decodes, pulls and serialises (the HTTP path).
+    pub fn pull_json(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, EngineError> {
+        let req = PullRequest::decode(body)?;
+        let resp = self.pull(user, &req)?;
+        serde_json::to_vec(&resp).map_err(|e| EngineError::Schema(format!("serialising the pull response: {e}")))
+    }
+
+    /// One pull page.
+    pub fn pull(&self, user: &UserId, req: &PullRequest) -> Result<PullResponse, EngineError> {
+        let mut db = self.db()?;
+        let cat = self.catalog(&mut db)?;
+        Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
+        let client = clients::load(&mut *db, user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        let subs = client.subscriptions(user);
+        let stale = Staleness::read(&mut *db)?;
+        let per_bucket = !req.bucket_checkpoints.is_empty();
+        let empty = |checkpoint: i64| PullResponse {
+            changes: vec![],
+            deletes: vec![],
+            checkpoint,
+            bucket_checkpoints: per_bucket.then(|| req.bucket_checkpoints.clone()),
+            has_more: false,
+            rebuild_buckets: vec![],
+            bucket_checksums: BTreeMap::new(),
+            snapshot_required: false,
+            snapshot_reason: None,
+            bucket_updates: None,
+            schema_version: cat.version,
+            schema_hash: cat.schema.hash.clone(),
+        };
+        let positions: Vec<(String, i64)> = if per_bucket {
+            let rebuild: Vec<String> = subs
+                .iter()
+                .filter(|b| match req.bucket_checkpoints.get(*b) {
+                    None => stale.min_seq > 0 || stale.compacted > 0,
+                    // C12: after any compaction a bucket at 0 may have missed compacted rows.
+                    Some(&cp) => stale.behind_retention(cp) || (stale.reset > 0 && cp < stale.reset),
+                })
+                .cloned()
+                .collect();
+            if !rebuild.is_empty() {
+                return Ok(PullResponse { rebuild_buckets: rebuild, ..empty(req.checkpoint) });
+            }
+            subs.iter().map(|b| (b.clone(), req.bucket_checkpoints.get(b).copied().unwrap_or(0))).collect()
+        } else {
+            let reason = if req.checkpoint == 0 && client.last_pull_at.is_none() {
+                Some("initial_sync_required")
+            } else if stale.reset > 0 && req.checkpoint < stale.reset {
+                Some("history_unavailable")
+            } else if stale.behind_retention(req.checkpoint) {
+                Some("checkpoint_before_retention")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                let resp =
+                    PullResponse { snapshot_required: true, snapshot_reason: Some(reason), ..empty(req.checkpoint) };
+                self.notify_snapshot_required(user, &req.client_id, reason);
+                return Ok(resp);
+            }
+            subs.iter().map(|b| (b.clone(), req.checkpoint)).collect()
+        };
+        let from = positions.iter().map(|(_, p)| *p).min().unwrap_or(0);
+
+        let mut tx = db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the pull"))?;
+        tx.execute("SELECT set_config('app.user_id', $1, true)", &[&user.as_str()])
+            .map_err(StoreError::query("setting app.user_id"))?;
+        let tables = (!req.tables.is_empty()).then_some(req.tables.as_slice());
+        let mut entries = changelog::read_page(&mut tx, &positions, tables, req.limit + 1)?;
+        let has_more = entries.len() as i64 > req.limit;
+        entries.truncate(req.limit as usize);
+        let Some(last) = entries.last() else {
+            drop(tx);
+            clients::touch_pull(&mut *db, user, &req.client_id)?;
+            let checkpoint = if per_bucket { from } else { req.checkpoint };
+            return Ok(PullResponse { bucket_updates: bucket_updates(&subs, &req.known_buckets), ..empty(checkpoint) });
+        };
+        let checkpoint = last.seq.0;
+        let (changes, deletes) = materialise(&mut tx, &cat, &entries)?;
+        let bucket_checksums: BTreeMap<String, i32> =
+            if has_more { BTreeMap::new() } else { changelog::bucket_checksums(&mut tx, &subs)?.into_iter().collect() };
+        tx.commit().map_err(StoreError::query("finishing the pull"))?;
+
+        let bucket_checkpoints = per_bucket.then(|| {
+            let mut map = req.bucket_checkpoints.clone();
+            for e in &entries {
+                let slot = map.entry(e.bucket.clone()).or_insert(0);
+                *slot = (*slot).max(e.seq.0);
+            }
+            map
+        });
+        // Best-effort bookkeeping after the data is safely out: a failure here is logged, the
+        // client simply pulls the same rows again.
+        let bookkeeping = (|| -> Result<(), StoreError> {
+            if let Some(map) = &bucket_checkpoints {
+                let pairs: Vec<(String, i64)> = map.iter().map(|(b, s)| (b.clone(), *s)).collect();
+                clients::raise_bucket_checkpoints(&mut *db, user, &req.client_id, &pairs)?;
+            }
+            if checkpoint > req.checkpoint {
+                clients::advance_legacy(&mut *db, user, &req.client_id, checkpoint)?;
+            }
+            clients::touch_pull(&mut *db, user, &req.client_id)
+        })();
+        if let Err(e) = bookkeeping {
+            crate::warn!("recording pull progress failed", error = e.to_string());
+        }
+        Ok(PullResponse {
+            changes,
+            deletes,
+            checkpoint,
+            bucket_checkpoints,
+            has_more,
+            rebuild_buckets: vec![],
+            bucket_checksums,
+            snapshot_required: false,
+            snapshot_reason: None,
+            bucket_updates: bucket_updates(&subs, &req.known_buckets),
+            schema_version: cat.version,
+            schema_hash: cat.schema.hash.clone(),
+        })
+    }
+
+    fn notify_snapshot_required(&self, user: &UserId, client_id: &str, reason: &str) {
+        crate::debug!("snapshot required", user = user.as_str(), client_id = client_id, reason = reason);
+    }
+}
+
+/// §6.7: only when the client listed `known_buckets`.
+fn bucket_updates(subs: &[String], known: &[String]) -> Option<BucketUpdate> {
+    if known.is_empty() {
+        return None;
+    }
+    let update = BucketUpdate {
+        added: subs.iter().filter(|b| !known.contains(b)).cloned().collect(),
+        removed: known.iter().filter(|b| !subs.contains(b)).cloned().collect(),
+    };
+    (!update.added.is_empty() || !update.removed.is_empty()).then_some(update)
+}
+
+/// §6.4: de-duplicate by record (position of first occurrence, operation and bucket of the
+/// last), split into changes and deletes, hydrate changes with one query per table.
+fn materialise(
+    db: &mut impl GenericClient,
+    cat: &CatalogState,
+    entries: &[ChangelogEntry],
+) -> Result<(Vec<Record>, Vec<DeleteEntry>), EngineError> {
+    let mut order: Vec<(&str, &str)> = Vec::new();
+    let mut last: HashMap<(&str, &str), &ChangelogEntry> = HashMap::new();
+    for e in entries {
+        let key = (e.table.as_str(), e.record_id.as_str());
+        if last.insert(key, e).is_none() {
+            order.push(key);
+        }
+    }
+    let mut deletes = Vec::new();
+    let mut wanted: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for key in &order {
+        let e = last[key];
+        if e.op == Op::Delete {
+            deletes.push(DeleteEntry { id: e.record_id.clone(), table_name: e.table.clone() });
+        } else {
+            wanted.entry(key.0).or_default().push(key.1.to_string());
+        }
+    }
+    let mut changes = Vec::new();
+    for (table_name, ids) in wanted {
+        let table = cat.registry.table(table_name).ok_or_else(|| {
+            // C9: a changelog row for a table no longer synced fails the request (the client
+            // retries) rather than silently advancing past it.
+            EngineError::Schema(format!("changelog refers to table {table_name}, which is not synced"))
+        })?;
+        let mut rows = hydrate(db, table, &ids)?;
+        for id in ids {
+            let Some(row) = rows.remove(&id) else { continue };
+            let e = last[&(table_name, id.as_str())];
+            changes.push(to_record(table_name, id, row, Some(e.created_at), Some(e.bucket.clone()), true)?);
+        }
+    }
+    Ok((changes, deletes))
+}

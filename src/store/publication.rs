@@ -1,0 +1,69 @@
+//! The publication the replication slot streams: created when absent, extended when
+//! `SYNC_TABLES` grows. Tables are never removed from it automatically (another consumer may
+//! rely on them); `synchrod check` reports extra ones.
+
+use postgres::GenericClient;
+
+use super::pool::StoreError;
+use crate::registry::{quote_ident, Registry};
+
+/// What [`ensure_publication`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicationChange {
+    /// Nothing: it already covered every synced table.
+    Unchanged,
+    /// It was created for the synced tables.
+    Created,
+    /// These tables were added to it.
+    Added(Vec<String>),
+}
+
+/// Makes `publication` cover every registered table.
+pub fn ensure_publication(
+    db: &mut impl GenericClient,
+    publication: &str,
+    registry: &Registry,
+) -> Result<PublicationChange, StoreError> {
+    let exists = db
+        .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&publication])
+        .map_err(StoreError::query("looking up the publication"))?;
+    let tables: Vec<String> = registry.tables.iter().map(|t| t.qualified()).collect();
+    match exists {
+        None => {
+            if tables.is_empty() {
+                return Ok(PublicationChange::Unchanged);
+            }
+            db.batch_execute(&format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                quote_ident(publication),
+                tables.join(", ")
+            ))
+            .map_err(StoreError::query(format!("creating publication {publication}")))?;
+            Ok(PublicationChange::Created)
+        }
+        Some(row) if row.get::<_, bool>(0) => Ok(PublicationChange::Unchanged),
+        Some(_) => {
+            let covered: Vec<(String, String)> = db
+                .query(
+                    "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+                    &[&publication],
+                )
+                .map_err(StoreError::query("reading the publication's tables"))?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            let missing: Vec<&crate::registry::SyncTable> = registry
+                .tables
+                .iter()
+                .filter(|t| !covered.iter().any(|(s, n)| s == &t.schema && n == &t.name))
+                .collect();
+            if missing.is_empty() {
+                return Ok(PublicationChange::Unchanged);
+            }
+            let list: Vec<String> = missing.iter().map(|t| t.qualified()).collect();
+            db.batch_execute(&format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(publication), list.join(", ")))
+                .map_err(StoreError::query(format!("adding tables to publication {publication}")))?;
+            Ok(PublicationChange::Added(missing.iter().map(|t| t.name.clone()).collect()))
+        }
+    }
+}
