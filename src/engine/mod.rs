@@ -161,7 +161,12 @@ impl Engine {
     /// True when PostgreSQL answers a trivial query.
     pub fn health(&self) -> bool {
         // A pooled connection may have died with a restarted server: try twice.
-        (0..2).any(|_| self.db().map(|mut db| db.simple_query("SELECT 1").is_ok()).unwrap_or(false))
+        (0..2).any(|_| {
+            self.pool
+                .get_timeout(std::time::Duration::from_secs(1))
+                .map(|mut db| db.simple_query("SELECT 1").is_ok())
+                .unwrap_or(false)
+        })
     }
 
     /// `GET /sync/schema` body: version, hash, server time and the served tables.

@@ -18,8 +18,25 @@ pub enum PublicationChange {
     Added(Vec<String>),
 }
 
-/// Makes `publication` cover every registered table.
+/// Serialises publication changes of instances starting at the same time.
+const PUBLICATION_LOCK: i64 = 91_110_044;
+
+/// Makes `publication` cover every registered table (one transaction, under an advisory lock so
+/// concurrent starts do not race on `CREATE PUBLICATION`).
 pub fn ensure_publication(
+    db: &mut impl GenericClient,
+    publication: &str,
+    registry: &Registry,
+) -> Result<PublicationChange, StoreError> {
+    let mut tx = db.transaction().map_err(StoreError::query("starting the publication transaction"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PUBLICATION_LOCK])
+        .map_err(StoreError::query("locking the publication"))?;
+    let change = ensure_in(&mut tx, publication, registry)?;
+    tx.commit().map_err(StoreError::query("committing the publication change"))?;
+    Ok(change)
+}
+
+fn ensure_in(
     db: &mut impl GenericClient,
     publication: &str,
     registry: &Registry,

@@ -1,7 +1,7 @@
 //! The HTTP layer against a stub API over real sockets.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,6 +12,8 @@ use synchro::http::{ApiError, HeaderAuthenticator, HttpConfig, HttpServer, SyncA
 use synchro::protocol::PullRequest;
 use synchro::types::UserId;
 use synchro::version::VersionGate;
+
+use crate::client::{get, post, read_response};
 
 struct Stub {
     gate: Mutex<Option<crossbeam_channel::Receiver<()>>>,
@@ -52,61 +54,6 @@ fn start(threads: usize, queue: usize, min_version: &str) -> (HttpServer, Arc<St
     config.idle_timeout = Duration::from_secs(2);
     let router = Router { api: stub.clone(), auth: Arc::new(HeaderAuthenticator), gate: VersionGate::new(min_version) };
     (HttpServer::start(config, router).unwrap(), stub, tx)
-}
-
-/// A response: status, lower-case headers, body.
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-}
-
-fn read_response(stream: &mut TcpStream) -> Resp {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        let n = stream.read(&mut byte).expect("read head");
-        assert!(n > 0, "connection closed before a response");
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8(buf).unwrap();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (k, v) = l.split_once(':').unwrap();
-            (k.trim().to_ascii_lowercase(), v.trim().to_string())
-        })
-        .collect();
-    let len: usize = headers.iter().find(|(k, _)| k == "content-length").map(|(_, v)| v.parse().unwrap()).unwrap_or(0);
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).unwrap();
-    Resp { status, headers, body: String::from_utf8(body).unwrap() }
-}
-
-fn request(addr: SocketAddr, raw: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(raw).unwrap();
-    read_response(&mut s)
-}
-
-fn post(addr: SocketAddr, path: &str, headers: &str, body: &[u8]) -> Resp {
-    let mut raw =
-        format!("POST {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: {}\r\n\r\n", body.len()).into_bytes();
-    raw.extend_from_slice(body);
-    request(addr, &raw)
-}
-
-fn get(addr: SocketAddr, path: &str, headers: &str) -> Resp {
-    request(addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes())
 }
 
 const USER: &str = "X-User-ID: Alice\r\n";

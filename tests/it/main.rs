@@ -1,8 +1,10 @@
 //! Integration tests against a real PostgreSQL (see `harness`).
 
+mod client;
 mod cluster;
 mod harness;
 mod http;
 mod introspect;
 mod migrations;
+mod server;
 mod store;

@@ -1,0 +1,246 @@
+//! synchrod end to end: in-process servers over real sockets against the test cluster, and the
+//! binary as a subprocess.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use synchro::config::Config;
+use synchro::server::{self, Running};
+
+use crate::client::{get, post};
+use crate::harness::{private_cluster, TestDb};
+
+const USER: &str = "X-User-ID: alice\r\n";
+
+pub fn start(db: &TestDb, vars: &[(&str, &str)]) -> Running {
+    synchro::logging::set_level(synchro::config::LogLevel::Error);
+    let mut map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    map.insert("DATABASE_URL".into(), db.url());
+    map.entry("LISTEN_ADDR".into()).or_insert_with(|| "127.0.0.1:0".into());
+    map.entry("HTTP_THREADS".into()).or_insert_with(|| "4".into());
+    let config = Config::from_vars(&map).unwrap();
+    server::start(&config).unwrap_or_else(|e| panic!("server start: {e}"))
+}
+
+const WIDE: &str = "CREATE TYPE mood AS ENUM ('happy', 'sad');
+    CREATE TABLE wide (
+      id uuid PRIMARY KEY DEFAULT gen_random_uuid(), user_id text, b boolean NOT NULL DEFAULT false,
+      i4 integer DEFAULT 0, i8 bigint, n2 numeric(10,2) NOT NULL DEFAULT 1.50, vc varchar(20), jb jsonb NOT NULL DEFAULT '{}',
+      arr text[] NOT NULL DEFAULT '{}', bin bytea, dt date, tm time, tstz timestamptz, iv interval, m mood NOT NULL DEFAULT 'happy',
+      created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(), deleted_at timestamptz);
+    CREATE TABLE notes (id bigserial PRIMARY KEY, wide_id uuid REFERENCES wide (id), body text);";
+
+#[test]
+fn schema_and_tables_are_served_exactly() {
+    let db = TestDb::new();
+    db.execute(WIDE);
+    let server = start(&db, &[("SYNC_TABLES", "wide,notes"), ("READ_ONLY_TABLES", "notes")]);
+    let r = get(server.addr, "/sync/schema", USER);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v = r.json();
+    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["schema_hash"].as_str().unwrap().len(), 64);
+    assert!(v["server_time"].as_str().unwrap().ends_with('Z'));
+    let tables = v["tables"].as_array().unwrap();
+    assert_eq!(tables.iter().map(|t| t["table_name"].as_str().unwrap()).collect::<Vec<_>>(), vec!["notes", "wide"]);
+    let notes = &tables[0];
+    assert_eq!(notes["push_policy"], "enabled", "schema always says enabled");
+    assert_eq!(notes["parent_table"], "wide");
+    assert_eq!(notes["parent_fk_col"], "wide_id");
+    assert_eq!(notes["dependencies"], serde_json::json!(["wide"]));
+    assert_eq!(notes["updated_at_column"], "updated_at");
+    let note_cols: Vec<&str> =
+        notes["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        note_cols,
+        vec!["id", "wide_id", "body", "updated_at", "deleted_at"],
+        "virtual timestamp columns appended"
+    );
+    let wide = &tables[1];
+    let col = |name: &str| wide["columns"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
+    assert_eq!(
+        col("n2"),
+        serde_json::json!({"name":"n2","db_type":"numeric(10,2)","logical_type":"float","nullable":false,
+            "default_sql":"1.50","default_kind":"portable","sqlite_default_sql":"1.50","is_primary_key":false})
+    );
+    assert_eq!(
+        col("id"),
+        serde_json::json!({"name":"id","db_type":"uuid","logical_type":"string","nullable":false,
+            "default_sql":"gen_random_uuid()","default_kind":"server_only","is_primary_key":true})
+    );
+    assert_eq!(col("m")["sqlite_default_sql"], "'happy'");
+    assert_eq!(col("arr")["logical_type"], "json");
+    assert_eq!(col("bin")["logical_type"], "bytes");
+    assert_eq!(col("iv")["logical_type"], "string");
+    assert_eq!(col("tstz")["default_kind"], "none");
+    assert!(col("tstz").get("default_sql").is_none());
+
+    let r = get(server.addr, "/sync/tables", USER);
+    let v = r.json();
+    assert_eq!(v["schema_hash"], get(server.addr, "/sync/schema", USER).json()["schema_hash"]);
+    assert_eq!(v["tables"][0]["push_policy"], "disabled", "read-only in /sync/tables");
+    assert_eq!(v["tables"][1]["push_policy"], "enabled");
+    assert_eq!(v["tables"][1]["dependencies"], serde_json::json!([]));
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn ddl_is_seen_by_the_next_request_and_the_version_only_moves_with_the_hash() {
+    let db = TestDb::new();
+    db.execute("CREATE TABLE items (id uuid PRIMARY KEY, title text NOT NULL DEFAULT '', updated_at timestamptz NOT NULL DEFAULT now(), deleted_at timestamptz)");
+    let server = start(&db, &[("SYNC_TABLES", "items")]);
+    let v1 = get(server.addr, "/sync/schema", USER).json();
+    let v1b = get(server.addr, "/sync/schema", USER).json();
+    assert_eq!(
+        (v1["schema_version"].clone(), v1["schema_hash"].clone()),
+        (v1b["schema_version"].clone(), v1b["schema_hash"].clone())
+    );
+    let reg = post(server.addr, "/sync/register", USER, br#"{"client_id":"d1","schema_version":0,"schema_hash":""}"#);
+    assert_eq!(reg.status, 200);
+    db.execute("ALTER TABLE items ADD COLUMN note text");
+    let pull = format!(
+        r#"{{"client_id":"d1","schema_version":{},"schema_hash":{}}}"#,
+        v1["schema_version"], v1["schema_hash"]
+    );
+    let r = post(server.addr, "/sync/pull", USER, pull.as_bytes());
+    assert_eq!(r.status, 409);
+    let body = r.json();
+    assert_eq!(body["code"], "schema_mismatch");
+    assert_eq!(body["server_schema_version"], 2);
+    assert_ne!(body["server_schema_hash"], v1["schema_hash"]);
+    server.shutdown(Duration::from_secs(5));
+    // A restart on the same schema keeps version and hash.
+    let again = start(&db, &[("SYNC_TABLES", "items")]);
+    let v2 = get(again.addr, "/sync/schema", USER).json();
+    assert_eq!(v2["schema_version"], 2);
+    assert_eq!(v2["schema_hash"], body["server_schema_hash"]);
+    again.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn concurrent_starts_agree_on_the_schema_version() {
+    let db = TestDb::new();
+    db.execute("CREATE TABLE items (id int PRIMARY KEY, title text)");
+    let url = db.url();
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut map = HashMap::new();
+                map.insert("DATABASE_URL".to_string(), url);
+                map.insert("LISTEN_ADDR".to_string(), "127.0.0.1:0".to_string());
+                map.insert("SYNC_TABLES".to_string(), "items".to_string());
+                let running = server::start(&Config::from_vars(&map).unwrap()).unwrap();
+                let v = get(running.addr, "/sync/schema", USER).json()["schema_version"].as_i64().unwrap();
+                running.shutdown(Duration::from_secs(5));
+                v
+            })
+        })
+        .collect();
+    let versions: Vec<i64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(versions, vec![1, 1, 1]);
+}
+
+#[test]
+fn healthz_follows_postgresql_availability() {
+    let cluster = private_cluster();
+    let db = TestDb::on(&cluster);
+    db.execute("CREATE TABLE items (id int PRIMARY KEY)");
+    let server = start(&db, &[("SYNC_TABLES", "items")]);
+    assert_eq!(get(server.addr, "/healthz", "").status, 200);
+    cluster.stop().unwrap();
+    let r = get(server.addr, "/healthz", "");
+    assert_eq!((r.status, r.body.as_str()), (503, r#"{"status":"unavailable"}"#));
+    // Requests that need the database get 503 + Retry-After, not 500.
+    let r = post(server.addr, "/sync/register", USER, br#"{"client_id":"d","schema_version":0,"schema_hash":""}"#);
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("5")));
+    assert_eq!(r.json()["retry_after"], 5);
+    cluster.start_again().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if get(server.addr, "/healthz", "").status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "healthz never recovered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = post(server.addr, "/sync/register", USER, br#"{"client_id":"d","schema_version":0,"schema_hash":""}"#);
+    assert_eq!(r.status, 200);
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn startup_refuses_unsyncable_tables_with_a_precise_message() {
+    let db = TestDb::new();
+    db.execute("CREATE TABLE pairs (a int, b int, PRIMARY KEY (a, b))");
+    let mut map = HashMap::new();
+    map.insert("DATABASE_URL".to_string(), db.url());
+    map.insert("LISTEN_ADDR".to_string(), "127.0.0.1:0".to_string());
+    map.insert("SYNC_TABLES".to_string(), "pairs".to_string());
+    let err = server::start(&Config::from_vars(&map).unwrap()).err().expect("must refuse");
+    assert!(err.to_string().contains("composite primary key"), "{err}");
+    map.remove("SYNC_TABLES");
+    let err = server::start(&Config::from_vars(&map).unwrap()).err().expect("must refuse");
+    assert!(err.to_string().contains("set SYNC_TABLES"), "{err}");
+}
+
+fn synchrod(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_synchrod"));
+    cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn the_binary_names_missing_and_invalid_variables() {
+    let out = synchrod(&[], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DATABASE_URL"), "{err}");
+    let out = synchrod(&[], &[("DATABASE_URL", "postgres://u@h/d"), ("HTTP_THREADS", "lots")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP_THREADS"));
+    let out = synchrod(&["--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for var in [
+        "DATABASE_URL",
+        "REPLICATION_URL",
+        "JWT_SECRET",
+        "JWKS_URL",
+        "JWT_USER_CLAIM",
+        "LISTEN_ADDR",
+        "SLOT_NAME",
+        "PUBLICATION_NAME",
+        "MIN_CLIENT_VERSION",
+        "LOG_LEVEL",
+        "SYNC_TABLES",
+        "READ_ONLY_TABLES",
+        "OWNER_COLUMN",
+        "EXCLUDE_COLUMNS",
+        "UPDATED_AT_COLUMN",
+        "DELETED_AT_COLUMN",
+        "HTTP_THREADS",
+        "MAX_BODY_BYTES",
+    ] {
+        assert!(help.contains(var), "{var} missing from --help");
+    }
+    assert!(!synchrod(&["frobnicate"], &[]).status.success());
+}
+
+#[test]
+fn migrate_applies_and_prints() {
+    let db = TestDb::new();
+    let out = synchrod(&["migrate"], &[("DATABASE_URL", &db.url())]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied"));
+    let out = synchrod(&["migrate"], &[("DATABASE_URL", &db.url())]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
+    let out = synchrod(&["migrate", "--print"], &[]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CREATE TABLE IF NOT EXISTS sync_changelog"));
+}
