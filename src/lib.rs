@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod config;
 pub mod dev;
 pub mod engine;
+pub mod fuzzing;
 pub mod http;
 pub mod json_text;
 pub mod jwt;

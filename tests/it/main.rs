@@ -2,6 +2,7 @@
 
 mod client;
 mod cluster;
+mod fuzz_corpus;
 mod harness;
 mod http;
 mod introspect;
