@@ -31,3 +31,22 @@ pub fn text_inputs(data: &[u8]) {
     let _ = crate::version::parse(&text);
     let _ = crate::checksum::record_checksum(&text);
 }
+
+/// pgoutput messages.
+pub fn pgoutput(data: &[u8]) {
+    let _ = crate::wire::pgoutput::decode(data);
+}
+
+/// A stream of backend frames, with replication payloads and pgoutput inside CopyData.
+pub fn frame(data: &[u8]) {
+    use crate::wire::backend::{self, BackendMessage, ReplicationMessage};
+    let mut rest = data;
+    while let Ok(Some((frame, used))) = backend::next_frame(rest, 1 << 20) {
+        if let Ok(BackendMessage::CopyData(payload)) = backend::decode(frame) {
+            if let Ok(ReplicationMessage::XLogData { data, .. }) = backend::decode_replication(payload) {
+                let _ = crate::wire::pgoutput::decode(data);
+            }
+        }
+        rest = &rest[used..];
+    }
+}

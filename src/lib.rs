@@ -21,3 +21,4 @@ pub mod store;
 pub mod time;
 pub mod types;
 pub mod version;
+pub mod wire;

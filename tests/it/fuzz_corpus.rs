@@ -33,3 +33,13 @@ fn jwt_corpus() {
 fn text_inputs_corpus() {
     replay("text_inputs", synchro::fuzzing::text_inputs);
 }
+
+#[test]
+fn pgoutput_corpus() {
+    replay("pgoutput", synchro::fuzzing::pgoutput);
+}
+
+#[test]
+fn frame_corpus() {
+    replay("frame", synchro::fuzzing::frame);
+}
