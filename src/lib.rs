@@ -14,6 +14,7 @@ pub mod logging;
 pub mod pgurl;
 pub mod protocol;
 pub mod registry;
+pub mod replication;
 pub mod schema;
 pub mod server;
 pub mod service;

@@ -7,5 +7,6 @@ mod harness;
 mod http;
 mod introspect;
 mod migrations;
+mod replication_conn;
 mod server;
 mod store;

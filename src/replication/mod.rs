@@ -1,0 +1,5 @@
+//! Change capture: our own replication connection, the stream loop, and the pipeline that
+//! feeds the changelog writer.
+
+pub mod conn;
+pub mod scram;
