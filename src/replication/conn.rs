@@ -30,7 +30,7 @@ pub enum ReplError {
         /// What we were doing.
         context: String,
         /// Its fields (SQLSTATE in `code`).
-        fields: PgErrorFields,
+        fields: Box<PgErrorFields>,
     },
     /// The server sent bytes that are not valid protocol.
     Decode {
@@ -467,5 +467,5 @@ fn server_error(context: &str, fields: PgErrorFields) -> ReplError {
             fields.message
         ));
     }
-    ReplError::Server { context: context.to_string(), fields }
+    ReplError::Server { context: context.to_string(), fields: Box::new(fields) }
 }
