@@ -65,7 +65,9 @@ pub enum DecodeEventError {
 impl fmt::Display for DecodeEventError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeEventError::UnknownRelation { rel } => write!(f, "change for relation {rel} before its Relation message"),
+            DecodeEventError::UnknownRelation { rel } => {
+                write!(f, "change for relation {rel} before its Relation message")
+            }
             DecodeEventError::ColumnCountMismatch { table, expected, got } => {
                 write!(f, "{table}: tuple has {got} columns, relation has {expected}")
             }
@@ -170,7 +172,8 @@ impl Decoder {
                     })?),
                     None => None,
                 };
-                let previous = self.relations.insert(*rel, CachedRelation { table: name.to_string(), columns: names, pk_index });
+                let previous =
+                    self.relations.insert(*rel, CachedRelation { table: name.to_string(), columns: names, pk_index });
                 let changed = match &previous {
                     Some(p) => p.columns != self.relations[rel].columns,
                     None => false,
@@ -229,9 +232,12 @@ impl Decoder {
         }
         let key_of = |t: &[TupleValue<'_>]| -> Result<String, DecodeEventError> {
             match t.get(pk_index) {
-                Some(TupleValue::Text(bytes)) => std::str::from_utf8(bytes).map(str::to_string).map_err(|_| {
-                    DecodeEventError::BadKey { table: relation.table.clone(), column: relation.columns[pk_index].clone() }
-                }),
+                Some(TupleValue::Text(bytes)) => {
+                    std::str::from_utf8(bytes).map(str::to_string).map_err(|_| DecodeEventError::BadKey {
+                        table: relation.table.clone(),
+                        column: relation.columns[pk_index].clone(),
+                    })
+                }
                 _ => Err(DecodeEventError::BadKey {
                     table: relation.table.clone(),
                     column: relation.columns[pk_index].clone(),

@@ -1,9 +1,12 @@
 //! synchro: an offline-first sync server for PostgreSQL.
 #![forbid(unsafe_code)]
 
+pub mod buckets;
+pub mod change;
 pub mod checksum;
 pub mod cluster;
 pub mod config;
+pub mod decode;
 pub mod dev;
 pub mod engine;
 pub mod fuzzing;
@@ -23,3 +26,4 @@ pub mod time;
 pub mod types;
 pub mod version;
 pub mod wire;
+pub mod writer;

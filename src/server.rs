@@ -15,6 +15,8 @@ use crate::service::EngineApi;
 use crate::store::introspect::{self, RegistrySettings};
 use crate::store::publication::{self, PublicationChange};
 use crate::store::{migrations, pool};
+use crate::buckets::DefaultAssigner;
+use crate::replication::stream::{self as capture, CaptureConfig, CaptureHandle, CaptureTables};
 use crate::version::VersionGate;
 
 /// Why the server could not start or stopped.
@@ -155,12 +157,16 @@ pub struct Running {
     http: HttpServer,
     /// The engine (for embedders and tests).
     pub engine: Arc<Engine>,
+    /// Change capture.
+    pub capture: CaptureHandle,
 }
 
 impl Running {
-    /// Stops accepting requests and waits for in-flight ones (up to `deadline`).
+    /// Stops accepting requests and waits for in-flight ones (up to `deadline`), then stops
+    /// change capture (the writer commits what is complete and the position is confirmed).
     pub fn shutdown(self, deadline: Duration) {
         self.http.shutdown(deadline);
+        self.capture.stop();
     }
 }
 
@@ -187,6 +193,7 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
             }
         }
     }
+    let capture = start_capture(config, &engine)?;
     let addr = parse_listen_addr(&config.listen_addr)?;
     let mut http = HttpConfig::new(addr);
     http.threads = config.http_threads;
@@ -207,7 +214,23 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
         schema_version = engine.cached_catalog().version,
         tables = engine.cached_catalog().registry.tables.len() as u64
     );
-    Ok(Running { addr, http, engine })
+    Ok(Running { addr, http, engine, capture })
+}
+
+/// Backfills bucket edges for rows that predate the consumer (C17), then starts the pipeline.
+fn start_capture(config: &Config, engine: &Engine) -> Result<CaptureHandle, ServerError> {
+    let cat = engine.cached_catalog();
+    let tables = CaptureTables::from_registry(&cat.registry);
+    let assigner = Arc::new(DefaultAssigner);
+    let mut db = pool::connect(&config.database_url)?;
+    let started = Instant::now();
+    let edges = crate::writer::backfill_edges(&mut db, &tables.routing, assigner.as_ref(), crate::checksum::record_checksum)?;
+    if edges > 0 {
+        crate::info!("bucket edges backfilled", edges = edges, millis = started.elapsed().as_millis() as u64);
+    }
+    let capture_config =
+        CaptureConfig::new(&config.replication_url, &config.database_url, &config.slot_name, &config.publication_name);
+    capture::start(capture_config, tables, assigner).map_err(|e| ServerError::Config(e.to_string()))
 }
 
 impl From<crate::config::ConfigError> for ServerError {

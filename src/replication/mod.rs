@@ -3,3 +3,4 @@
 
 pub mod conn;
 pub mod scram;
+pub mod stream;

@@ -1,0 +1,89 @@
+//! The events that flow from the replication thread to the changelog writer.
+
+use std::time::SystemTime;
+
+use crate::types::Lsn;
+
+/// A column value in pgoutput's text form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnValue {
+    /// SQL NULL.
+    Null,
+    /// The text rendering of the value.
+    Text(String),
+    /// A TOASTed value the update did not change and pgoutput did not send: never NULL.
+    UnchangedToast,
+}
+
+impl ColumnValue {
+    /// The text, if any.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            ColumnValue::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// What happened to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// INSERT.
+    Insert,
+    /// UPDATE.
+    Update,
+    /// DELETE.
+    Delete,
+}
+
+/// One row change of a registered table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowChange {
+    /// The registered (unqualified) table name.
+    pub table: String,
+    /// What happened.
+    pub kind: ChangeKind,
+    /// The primary key as PostgreSQL text.
+    pub key: String,
+    /// For an update that changed the primary key: the old key.
+    pub old_key: Option<String>,
+    /// Column values (new tuple; for deletes the old tuple, possibly key-only).
+    pub values: Vec<(String, ColumnValue)>,
+}
+
+impl RowChange {
+    /// The value of a column, if the tuple carried it.
+    pub fn value(&self, column: &str) -> Option<&ColumnValue> {
+        self.values.iter().find(|(c, _)| c == column).map(|(_, v)| v)
+    }
+}
+
+/// An event of the replication stream, in WAL order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalEvent {
+    /// A transaction starts; `final_lsn` is its commit record's position.
+    Begin {
+        /// LSN of the commit record.
+        final_lsn: Lsn,
+    },
+    /// A row change inside the current transaction.
+    Row(RowChange),
+    /// TRUNCATE of registered tables inside the current transaction.
+    Truncate {
+        /// The tables.
+        tables: Vec<String>,
+    },
+    /// The transaction committed; replication resumes after `end_lsn`.
+    Commit {
+        /// End of the transaction.
+        end_lsn: Lsn,
+        /// Commit time.
+        commit_time: SystemTime,
+    },
+    /// Nothing is in flight up to `wal_end` (a keepalive outside any transaction): once every
+    /// earlier event is committed, this position may be confirmed.
+    Idle {
+        /// The server's WAL end.
+        wal_end: Lsn,
+    },
+}

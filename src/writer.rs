@@ -1,0 +1,603 @@
+//! The changelog writer: one thread that turns [`WalEvent`]s into changelog rows, bucket edges
+//! and the confirmed LSN, crash-safely.
+//!
+//! Invariants:
+//! * One PostgreSQL transaction per batch; a batch ends only at a replicated commit, spans many
+//!   small replicated transactions, and is cut by size and time (and at once when the channel
+//!   is empty, so latency stays low when traffic is light).
+//! * The confirmed LSN (`sync_wal_position`) is written in the same transaction as the rows it
+//!   covers, so after a crash nothing at or below it is written twice: replayed transactions
+//!   whose commit precedes the stored LSN are skipped.
+//! * A replicated transaction is never held in memory: rows are written in chunks inside the
+//!   still-open database transaction (memory is bounded by the chunk size).
+//! * Within a chunk, removal rows precede addition rows (contract C8), and edge checksums are the
+//!   checksum hydration would emit for the current row (C6).
+//! * The writer is the only writer of the changelog, so `seq` order is commit order.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use postgres::GenericClient;
+
+use crate::buckets::{dedup_buckets, resolve_owners, BucketAssigner, RoutingTable, TableRouting};
+use crate::change::{ChangeKind, ColumnValue, RowChange, WalEvent};
+use crate::registry::quote_ident;
+use crate::store::pool::{self, StoreError};
+use crate::types::{Lsn, Op};
+
+/// A writer failure. The pipeline restarts replication from the stored LSN after one.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum WriterError {
+    /// A database error while writing a batch.
+    Store(StoreError),
+    /// The stored position is unreadable.
+    Position(String),
+}
+
+impl fmt::Display for WriterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriterError::Store(e) => write!(f, "changelog writer: {e}"),
+            WriterError::Position(m) => write!(f, "changelog writer: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for WriterError {}
+
+impl From<StoreError> for WriterError {
+    fn from(e: StoreError) -> Self {
+        WriterError::Store(e)
+    }
+}
+
+impl WriterError {
+    /// True when reconnecting may cure it.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, WriterError::Store(e) if e.is_transient())
+    }
+}
+
+/// Writer settings.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Where the changelog lives.
+    pub database_url: String,
+    /// The slot whose position is stored.
+    pub slot_name: String,
+    /// Close a batch after this many rows (at the next commit).
+    pub max_batch_rows: usize,
+    /// Close a batch after this long (at the next commit).
+    pub max_batch_delay: Duration,
+    /// Rows written per statement group inside a transaction.
+    pub chunk_rows: usize,
+    /// The per-record checksum of a row's `row_to_json` text.
+    pub checksum: fn(&str) -> i32,
+}
+
+impl WriterConfig {
+    /// Defaults for `database_url` and `slot_name`.
+    pub fn new(database_url: &str, slot_name: &str) -> WriterConfig {
+        WriterConfig {
+            database_url: database_url.to_string(),
+            slot_name: slot_name.to_string(),
+            max_batch_rows: 5000,
+            max_batch_delay: Duration::from_millis(50),
+            chunk_rows: 1000,
+            checksum: crate::checksum::record_checksum,
+        }
+    }
+}
+
+/// Progress the writer publishes to the replication thread and to metrics.
+#[derive(Debug, Default)]
+pub struct WriterProgress {
+    /// The highest LSN whose effects are committed (what may be confirmed to the server).
+    pub committed_lsn: AtomicU64,
+    /// Batches committed.
+    pub batches: AtomicU64,
+    /// Changelog rows written.
+    pub rows: AtomicU64,
+    /// The most row changes ever buffered at once (bounded by the chunk size).
+    pub max_buffered: AtomicUsize,
+}
+
+/// A running writer.
+pub struct WriterHandle {
+    /// Published progress.
+    pub progress: Arc<WriterProgress>,
+    /// The thread; its result says why it stopped.
+    pub join: JoinHandle<Result<(), WriterError>>,
+}
+
+/// Reads the stored position of `slot`.
+pub fn stored_position(db: &mut impl GenericClient, slot: &str) -> Result<Lsn, StoreError> {
+    let row = db
+        .query_opt("SELECT confirmed_lsn FROM sync_wal_position WHERE slot_name = $1", &[&slot])
+        .map_err(StoreError::query("reading the stored WAL position"))?;
+    Ok(Lsn(row.map(|r| r.get::<_, i64>(0) as u64).unwrap_or(0)))
+}
+
+fn store_position(db: &mut impl GenericClient, slot: &str, lsn: Lsn) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO sync_wal_position (slot_name, confirmed_lsn, updated_at) VALUES ($1, $2, now()) \
+         ON CONFLICT (slot_name) DO UPDATE SET confirmed_lsn = EXCLUDED.confirmed_lsn, updated_at = now() \
+         WHERE sync_wal_position.confirmed_lsn < EXCLUDED.confirmed_lsn",
+        &[&slot, &(lsn.0 as i64)],
+    )
+    .map_err(StoreError::query("storing the WAL position"))?;
+    Ok(())
+}
+
+/// Starts the writer thread.
+pub fn spawn(
+    config: WriterConfig,
+    routing: Arc<RoutingTable>,
+    assigner: Arc<dyn BucketAssigner>,
+    rx: Receiver<WalEvent>,
+) -> Result<WriterHandle, WriterError> {
+    let mut db = pool::connect(&config.database_url)?;
+    let stored = stored_position(&mut db, &config.slot_name)?;
+    let progress = Arc::new(WriterProgress::default());
+    progress.committed_lsn.store(stored.0, Ordering::Release);
+    let p = progress.clone();
+    let join = thread::Builder::new()
+        .name("changelog-writer".into())
+        .spawn(move || {
+            let mut w = Writer { config, routing, assigner, progress: p, stored };
+            w.run(&mut db, &rx)
+        })
+        .map_err(|e| WriterError::Position(format!("spawning the writer thread: {e}")))?;
+    Ok(WriterHandle { progress, join })
+}
+
+struct Writer {
+    config: WriterConfig,
+    routing: Arc<RoutingTable>,
+    assigner: Arc<dyn BucketAssigner>,
+    progress: Arc<WriterProgress>,
+    /// Replicated transactions that committed at or before this LSN are already applied.
+    stored: Lsn,
+}
+
+/// The state of one open batch.
+#[derive(Default)]
+struct Batch {
+    chunk: Vec<RowChange>,
+    rows_in_batch: usize,
+    in_txn: bool,
+    skip_txn: bool,
+    last_end: Option<Lsn>,
+    idle_end: Option<Lsn>,
+    changelog_rows: u64,
+}
+
+impl Writer {
+    fn run(&mut self, db: &mut postgres::Client, rx: &Receiver<WalEvent>) -> Result<(), WriterError> {
+        loop {
+            let first = match rx.recv() {
+                Ok(e) => e,
+                Err(_) => return Ok(()),
+            };
+            if let WalEvent::Idle { wal_end } = first {
+                // Nothing in flight: confirm the server's WAL end (otherwise writes to
+                // unpublished tables make the slot retain WAL forever).
+                self.publish(wal_end);
+                continue;
+            }
+            let started = Instant::now();
+            let mut tx = db.transaction().map_err(StoreError::query("starting a changelog batch"))?;
+            let mut batch = Batch::default();
+            self.apply(&mut tx, &mut batch, first)?;
+            let mut closed = false;
+            loop {
+                let due = batch.rows_in_batch >= self.config.max_batch_rows
+                    || started.elapsed() >= self.config.max_batch_delay;
+                let next = if batch.in_txn {
+                    // A replicated transaction must be finished before the batch can commit.
+                    rx.recv().ok()
+                } else if due {
+                    break;
+                } else {
+                    match rx.try_recv() {
+                        Ok(e) => Some(e),
+                        Err(TryRecvError::Empty) => {
+                            // Nothing queued: commit now for latency, unless more is about to come.
+                            match rx.recv_timeout(Duration::from_millis(1)) {
+                                Ok(e) => Some(e),
+                                Err(RecvTimeoutError::Timeout) => break,
+                                Err(RecvTimeoutError::Disconnected) => None,
+                            }
+                        }
+                        Err(TryRecvError::Disconnected) => None,
+                    }
+                };
+                match next {
+                    Some(e) => self.apply(&mut tx, &mut batch, e)?,
+                    None => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            if batch.in_txn {
+                // The stream ended mid-transaction: discard it (it will be replayed).
+                drop(tx);
+                return Ok(());
+            }
+            self.flush_chunk(&mut tx, &mut batch)?;
+            let confirm = match (batch.last_end, batch.idle_end) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(lsn) = confirm {
+                store_position(&mut tx, &self.config.slot_name, lsn)?;
+            }
+            tx.commit().map_err(StoreError::query("committing a changelog batch"))?;
+            if let Some(lsn) = confirm {
+                self.stored = self.stored.max(lsn);
+                self.publish(lsn);
+            }
+            self.progress.batches.fetch_add(1, Ordering::Relaxed);
+            self.progress.rows.fetch_add(batch.changelog_rows, Ordering::Relaxed);
+            crate::debug!(
+                "changelog batch",
+                rows = batch.changelog_rows,
+                lsn = confirm.map(|l| l.to_string()).unwrap_or_default()
+            );
+            if closed {
+                return Ok(());
+            }
+        }
+    }
+
+    fn publish(&self, lsn: Lsn) {
+        self.progress.committed_lsn.fetch_max(lsn.0, Ordering::AcqRel);
+    }
+
+    fn apply(&mut self, db: &mut impl GenericClient, batch: &mut Batch, event: WalEvent) -> Result<(), WriterError> {
+        match event {
+            WalEvent::Begin { final_lsn } => {
+                batch.in_txn = true;
+                // Its commit record precedes the stored position: applied before a crash.
+                batch.skip_txn = !self.stored.is_zero() && final_lsn < self.stored;
+            }
+            WalEvent::Row(change) => {
+                if batch.skip_txn || self.routing.get(&change.table).is_none() {
+                    return Ok(());
+                }
+                batch.chunk.push(change);
+                batch.rows_in_batch += 1;
+                self.progress.max_buffered.fetch_max(batch.chunk.len(), Ordering::Relaxed);
+                if batch.chunk.len() >= self.config.chunk_rows {
+                    self.flush_chunk(db, batch)?;
+                }
+            }
+            WalEvent::Truncate { tables } => {
+                if batch.skip_txn {
+                    return Ok(());
+                }
+                self.flush_chunk(db, batch)?;
+                let n = db
+                    .execute(
+                        "WITH gone AS (DELETE FROM sync_bucket_edges WHERE table_name = ANY ($1) \
+                         RETURNING table_name, record_id, bucket_id) \
+                         INSERT INTO sync_changelog (bucket_id, table_name, record_id, operation) \
+                         SELECT bucket_id, table_name, record_id, 3 FROM gone ORDER BY table_name, record_id, bucket_id",
+                        &[&tables],
+                    )
+                    .map_err(StoreError::query("recording a TRUNCATE"))?;
+                batch.changelog_rows += n;
+            }
+            WalEvent::Commit { end_lsn, .. } => {
+                if !batch.skip_txn {
+                    batch.last_end = Some(end_lsn);
+                } else {
+                    crate::debug!("skipped a replayed transaction", end_lsn = end_lsn.to_string());
+                }
+                batch.in_txn = false;
+                batch.skip_txn = false;
+            }
+            WalEvent::Idle { wal_end } => {
+                if !batch.in_txn {
+                    batch.idle_end = Some(batch.idle_end.map_or(wal_end, |l| l.max(wal_end)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered changes: edges looked up and owners resolved for the whole chunk,
+    /// then one statement each for changelog rows, edge removals, edge upserts and failures.
+    fn flush_chunk(&self, db: &mut impl GenericClient, batch: &mut Batch) -> Result<(), WriterError> {
+        if batch.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::take(&mut batch.chunk);
+        let out = plan_chunk(db, &self.routing, self.assigner.as_ref(), &chunk, self.config.checksum)?;
+        batch.changelog_rows += write_plan(db, &out)?;
+        Ok(())
+    }
+}
+
+/// What a chunk writes.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    changelog: Vec<(String, String, String, i16)>,
+    edge_deletes: Vec<(String, String, String)>,
+    edge_upserts: Vec<(String, String, String, Option<i32>)>,
+    failures: Vec<(String, String, i16, String, String)>,
+}
+
+type RecordKey = (String, String);
+
+fn is_soft_delete(t: &TableRouting, c: &RowChange) -> bool {
+    c.kind == ChangeKind::Update
+        && t.deleted_at.as_deref().is_some_and(|col| matches!(c.value(col), Some(ColumnValue::Text(_))))
+}
+
+fn payload_json(c: &RowChange) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = c
+        .values
+        .iter()
+        .filter_map(|(k, v)| match v {
+            ColumnValue::Null => Some((k.clone(), serde_json::Value::Null)),
+            ColumnValue::Text(t) => Some((k.clone(), serde_json::Value::String(t.clone()))),
+            ColumnValue::UnchangedToast => None,
+        })
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+/// Computes the changelog rows and net edge changes of a chunk (§9.4 with C6 and C8).
+pub(crate) fn plan_chunk(
+    db: &mut impl GenericClient,
+    routing: &RoutingTable,
+    assigner: &dyn BucketAssigner,
+    chunk: &[RowChange],
+    checksum: fn(&str) -> i32,
+) -> Result<Plan, StoreError> {
+    // Every record the chunk touches, including old keys of key changes.
+    let mut keys: Vec<RecordKey> = Vec::new();
+    for c in chunk {
+        keys.push((c.table.clone(), c.key.clone()));
+        if let Some(old) = &c.old_key {
+            keys.push((c.table.clone(), old.clone()));
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    let tables: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+    let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    let mut initial: HashMap<RecordKey, BTreeSet<String>> = HashMap::new();
+    for r in db
+        .query(
+            "SELECT e.table_name, e.record_id, e.bucket_id FROM sync_bucket_edges e \
+             JOIN unnest($1::text[], $2::text[]) AS k(t, r) ON e.table_name = k.t AND e.record_id = k.r",
+            &[&tables, &ids],
+        )
+        .map_err(StoreError::query("reading bucket edges"))?
+    {
+        initial.entry((r.get(0), r.get(1))).or_default().insert(r.get(2));
+    }
+    // Owners for every change that may need an assignment, in one pass.
+    let needs: Vec<&RowChange> = chunk.iter().collect();
+    let owners = resolve_owners(db, routing, &needs)?;
+
+    let mut state: HashMap<RecordKey, BTreeSet<String>> = initial.clone();
+    let mut plan = Plan::default();
+    for (c, owner) in chunk.iter().zip(owners.iter()) {
+        let Some(t) = routing.get(&c.table) else { continue };
+        if let Some(old) = &c.old_key {
+            // The primary key changed: the old record leaves all its buckets.
+            let k = (c.table.clone(), old.clone());
+            for b in state.remove(&k).unwrap_or_default() {
+                plan.changelog.push((b, c.table.clone(), old.clone(), Op::Delete.code()));
+            }
+            state.insert(k, BTreeSet::new());
+        }
+        let key = (c.table.clone(), c.key.clone());
+        let existing = state.get(&key).cloned().unwrap_or_default();
+        let removal = c.kind == ChangeKind::Delete || is_soft_delete(t, c);
+        if removal && !existing.is_empty() {
+            for b in &existing {
+                plan.changelog.push((b.clone(), c.table.clone(), c.key.clone(), Op::Delete.code()));
+            }
+            state.insert(key, BTreeSet::new());
+            continue;
+        }
+        let desired = match assigner.assign(t, c, owner) {
+            Ok(b) => dedup_buckets(b),
+            Err(why) => {
+                let op = match c.kind {
+                    ChangeKind::Insert => Op::Create,
+                    ChangeKind::Update => Op::Update,
+                    ChangeKind::Delete => Op::Delete,
+                };
+                plan.failures.push((c.table.clone(), c.key.clone(), op.code(), why, payload_json(c)));
+                continue;
+            }
+        };
+        if removal {
+            // No edges yet (e.g. a row older than the consumer): tell its assigned buckets.
+            for b in &desired {
+                plan.changelog.push((b.clone(), c.table.clone(), c.key.clone(), Op::Delete.code()));
+            }
+            state.insert(key, BTreeSet::new());
+            continue;
+        }
+        // C8: removals first, so a client subscribed to both buckets ends with the row.
+        for b in existing.iter().filter(|b| !desired.contains(b)) {
+            plan.changelog.push((b.clone(), c.table.clone(), c.key.clone(), Op::Delete.code()));
+        }
+        for b in &desired {
+            let op = if existing.contains(b) { Op::Update } else { Op::Create };
+            plan.changelog.push((b.clone(), c.table.clone(), c.key.clone(), op.code()));
+        }
+        state.insert(key, desired.into_iter().collect());
+    }
+    // Net edge changes against what the database held before the chunk.
+    let mut upsert_keys: HashMap<String, Vec<String>> = HashMap::new();
+    for (key, buckets) in &state {
+        let before = initial.get(key).cloned().unwrap_or_default();
+        for b in before.difference(buckets) {
+            plan.edge_deletes.push((key.0.clone(), key.1.clone(), b.clone()));
+        }
+        if !buckets.is_empty() {
+            upsert_keys.entry(key.0.clone()).or_default().push(key.1.clone());
+        }
+    }
+    // C6: edge checksum = the checksum hydration would emit for the current row.
+    let mut checksums: HashMap<RecordKey, i32> = HashMap::new();
+    for (table, ids) in &upsert_keys {
+        let Some(t) = routing.get(table) else { continue };
+        let sql = format!(
+            "SELECT t.{pk}::text, row_to_json(t)::text FROM {q} t WHERE t.{pk} = ANY ($1::text[]::{ty}[])",
+            pk = quote_ident(&t.pk),
+            q = t.qualified,
+            ty = t.pk_type
+        );
+        for r in db.query(&sql, &[ids]).map_err(StoreError::query(format!("reading current rows of {table}")))? {
+            let id: String = r.get(0);
+            let json: String = r.get(1);
+            checksums.insert((table.clone(), id), checksum(&json));
+        }
+    }
+    for (key, buckets) in &state {
+        for b in buckets {
+            // A row deleted later in the stream has no current version: its edge keeps a NULL
+            // checksum until the delete removes it.
+            plan.edge_upserts.push((key.0.clone(), key.1.clone(), b.clone(), checksums.get(key).copied()));
+        }
+    }
+    plan.edge_upserts.sort();
+    plan.edge_deletes.sort();
+    Ok(plan)
+}
+
+/// Writes a plan; returns the number of changelog rows.
+pub(crate) fn write_plan(db: &mut impl GenericClient, plan: &Plan) -> Result<u64, StoreError> {
+    if !plan.changelog.is_empty() {
+        let buckets: Vec<&str> = plan.changelog.iter().map(|r| r.0.as_str()).collect();
+        let tables: Vec<&str> = plan.changelog.iter().map(|r| r.1.as_str()).collect();
+        let ids: Vec<&str> = plan.changelog.iter().map(|r| r.2.as_str()).collect();
+        let ops: Vec<i16> = plan.changelog.iter().map(|r| r.3).collect();
+        db.execute(
+            "INSERT INTO sync_changelog (bucket_id, table_name, record_id, operation) \
+             SELECT b, t, r, o FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[]) WITH ORDINALITY AS x(b, t, r, o, n) \
+             ORDER BY n",
+            &[&buckets, &tables, &ids, &ops],
+        )
+        .map_err(StoreError::query("writing changelog rows"))?;
+    }
+    if !plan.edge_deletes.is_empty() {
+        let tables: Vec<&str> = plan.edge_deletes.iter().map(|r| r.0.as_str()).collect();
+        let ids: Vec<&str> = plan.edge_deletes.iter().map(|r| r.1.as_str()).collect();
+        let buckets: Vec<&str> = plan.edge_deletes.iter().map(|r| r.2.as_str()).collect();
+        db.execute(
+            "DELETE FROM sync_bucket_edges e USING unnest($1::text[], $2::text[], $3::text[]) AS d(t, r, b) \
+             WHERE e.table_name = d.t AND e.record_id = d.r AND e.bucket_id = d.b",
+            &[&tables, &ids, &buckets],
+        )
+        .map_err(StoreError::query("removing bucket edges"))?;
+    }
+    if !plan.edge_upserts.is_empty() {
+        let tables: Vec<&str> = plan.edge_upserts.iter().map(|r| r.0.as_str()).collect();
+        let ids: Vec<&str> = plan.edge_upserts.iter().map(|r| r.1.as_str()).collect();
+        let buckets: Vec<&str> = plan.edge_upserts.iter().map(|r| r.2.as_str()).collect();
+        let sums: Vec<Option<i32>> = plan.edge_upserts.iter().map(|r| r.3).collect();
+        db.execute(
+            "INSERT INTO sync_bucket_edges (table_name, record_id, bucket_id, checksum, updated_at) \
+             SELECT t, r, b, c, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[]) AS u(t, r, b, c) \
+             ON CONFLICT (table_name, record_id, bucket_id) DO UPDATE SET checksum = EXCLUDED.checksum, updated_at = now()",
+            &[&tables, &ids, &buckets, &sums],
+        )
+        .map_err(StoreError::query("writing bucket edges"))?;
+    }
+    for (table, id, op, why, payload) in &plan.failures {
+        crate::warn!("bucket assignment failed", table = table.clone(), record_id = id.clone(), error = why.clone());
+        db.execute(
+            "INSERT INTO sync_rule_failures (table_name, record_id, operation, error_text, payload) VALUES ($1, $2, $3, $4, $5::text::jsonb)",
+            &[table, id, op, why, payload],
+        )
+        .map_err(StoreError::query("recording a bucket assignment failure"))?;
+    }
+    Ok(plan.changelog.len() as u64)
+}
+
+/// C17: gives every existing row of every routed table its bucket edges (with checksums), so
+/// rebuilds and bucket checksums cover rows that predate the consumer. Runs once per table
+/// (remembered in `synchro_watermarks`), in pages, writing no changelog rows.
+pub fn backfill_edges(
+    db: &mut postgres::Client,
+    routing: &RoutingTable,
+    assigner: &dyn BucketAssigner,
+    checksum: fn(&str) -> i32,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    let mut tables: Vec<&TableRouting> = routing.tables().collect();
+    tables.sort_by(|a, b| a.name.cmp(&b.name));
+    for t in tables {
+        let mark = format!("backfill:{}", t.name);
+        if crate::store::changelog::read_watermark(db, &mark)? > 0 {
+            continue;
+        }
+        let mut columns = vec![format!("t.{}::text", quote_ident(&t.pk))];
+        let mut names = vec![t.pk.clone()];
+        for c in t.owner.iter().chain(t.parent.as_ref().map(|(_, fk)| fk)) {
+            columns.push(format!("t.{}::text", quote_ident(c)));
+            names.push(c.clone());
+        }
+        // Soft-deleted rows belong to no bucket (the writer removes their edges too).
+        let live = t.deleted_at.as_deref().map(|c| format!("AND t.{} IS NULL", quote_ident(c))).unwrap_or_default();
+        let mut after: Option<String> = None;
+        loop {
+            let sql = format!(
+                "SELECT {cols} FROM {q} t WHERE ($1::text IS NULL OR t.{pk}::text > $1) {live} \
+                 AND NOT EXISTS (SELECT 1 FROM sync_bucket_edges e WHERE e.table_name = $2 AND e.record_id = t.{pk}::text) \
+                 ORDER BY t.{pk}::text LIMIT 1000",
+                cols = columns.join(", "),
+                q = t.qualified,
+                pk = quote_ident(&t.pk)
+            );
+            let rows = db
+                .query(&sql, &[&after, &t.name])
+                .map_err(StoreError::query(format!("backfilling edges of {}", t.name)))?;
+            if rows.is_empty() {
+                break;
+            }
+            let chunk: Vec<RowChange> = rows
+                .iter()
+                .map(|r| RowChange {
+                    table: t.name.clone(),
+                    kind: ChangeKind::Insert,
+                    key: r.get(0),
+                    old_key: None,
+                    values: names
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| {
+                            (n.clone(), r.get::<_, Option<String>>(i).map_or(ColumnValue::Null, ColumnValue::Text))
+                        })
+                        .collect(),
+                })
+                .collect();
+            after = chunk.last().map(|c| c.key.clone());
+            let mut tx = db.transaction().map_err(StoreError::query("starting a backfill page"))?;
+            let mut plan = plan_chunk(&mut tx, routing, assigner, &chunk, checksum)?;
+            // Backfill writes membership only: clients get these rows from snapshots.
+            plan.changelog.clear();
+            total += plan.edge_upserts.len() as u64;
+            write_plan(&mut tx, &plan)?;
+            tx.commit().map_err(StoreError::query("committing a backfill page"))?;
+        }
+        crate::store::changelog::raise_watermark(db, &mark, 1)?;
+    }
+    Ok(total)
+}
