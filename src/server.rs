@@ -6,17 +6,17 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::buckets::DefaultAssigner;
 use crate::config::{parse_listen_addr, AuthMode, Config};
 use crate::engine::{Engine, EngineError, EngineSettings};
 use crate::http::routes::Router;
 use crate::http::{Authenticator, HeaderAuthenticator, HttpConfig, HttpServer, JwtSecretAuthenticator};
 use crate::jwt::ClaimRules;
+use crate::replication::stream::{self as capture, CaptureConfig, CaptureHandle, CaptureTables};
 use crate::service::EngineApi;
 use crate::store::introspect::{self, RegistrySettings};
 use crate::store::publication::{self, PublicationChange};
 use crate::store::{migrations, pool};
-use crate::buckets::DefaultAssigner;
-use crate::replication::stream::{self as capture, CaptureConfig, CaptureHandle, CaptureTables};
 use crate::version::VersionGate;
 
 /// Why the server could not start or stopped.
@@ -222,14 +222,18 @@ fn start_capture(config: &Config, engine: &Engine) -> Result<CaptureHandle, Serv
     let cat = engine.cached_catalog();
     let tables = CaptureTables::from_registry(&cat.registry);
     let assigner = Arc::new(DefaultAssigner);
+    let capture_config =
+        CaptureConfig::new(&config.replication_url, &config.database_url, &config.slot_name, &config.publication_name);
+    // The slot must exist before the backfill: every row committed after this point is either
+    // streamed or (if older) backfilled, never neither.
+    capture::ensure_slot(&capture_config).map_err(|e| ServerError::Config(format!("preparing replication: {e}")))?;
     let mut db = pool::connect(&config.database_url)?;
     let started = Instant::now();
-    let edges = crate::writer::backfill_edges(&mut db, &tables.routing, assigner.as_ref(), crate::checksum::record_checksum)?;
+    let edges =
+        crate::writer::backfill_edges(&mut db, &tables.routing, assigner.as_ref(), crate::checksum::record_checksum)?;
     if edges > 0 {
         crate::info!("bucket edges backfilled", edges = edges, millis = started.elapsed().as_millis() as u64);
     }
-    let capture_config =
-        CaptureConfig::new(&config.replication_url, &config.database_url, &config.slot_name, &config.publication_name);
     capture::start(capture_config, tables, assigner).map_err(|e| ServerError::Config(e.to_string()))
 }
 

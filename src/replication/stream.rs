@@ -294,6 +294,56 @@ fn mark_history_reset(db: &mut postgres::Client, why: &str) -> Result<i64, Store
     Ok(seq)
 }
 
+/// Makes sure the slot exists and is usable: created when missing, recreated when invalidated
+/// (with a history reset when we had streamed before, so clients re-snapshot). Call it before
+/// relying on the slot to retain changes (synchronously at startup, before the edge backfill).
+pub fn ensure_slot(config: &CaptureConfig) -> Result<(), CaptureError> {
+    let params = pgurl::parse(&config.replication_url).map_err(|e| CaptureError::Config(e.to_string()))?;
+    let mut db = pool::connect(&config.writer.database_url)?;
+    let mut conn = ReplicationConn::connect(&params, Duration::from_secs(10))?;
+    conn.identify_system()?;
+    let stored = writer::stored_position(&mut db, &config.slot_name)?;
+    ensure_slot_with(&mut conn, &mut db, config, stored)?;
+    conn.close();
+    Ok(())
+}
+
+fn ensure_slot_with(
+    conn: &mut ReplicationConn,
+    db: &mut postgres::Client,
+    config: &CaptureConfig,
+    stored: Lsn,
+) -> Result<(), CaptureError> {
+    match slot_info(db, &config.slot_name)? {
+        Some(info) if info.lost => {
+            crate::error!(
+                "replication slot was invalidated (max_slot_wal_keep_size exceeded?); recreating it",
+                slot = config.slot_name.clone()
+            );
+            db.execute("SELECT pg_drop_replication_slot($1)", &[&config.slot_name])
+                .map_err(StoreError::query("dropping the invalidated slot"))?;
+            conn.create_slot(&config.slot_name)?;
+            mark_history_reset(db, "replication slot invalidated")?;
+        }
+        Some(info) if info.plugin.as_deref() != Some("pgoutput") => {
+            return Err(CaptureError::Config(format!(
+                "replication slot {} uses plugin {:?}, not pgoutput; drop it or set SLOT_NAME",
+                config.slot_name, info.plugin
+            )));
+        }
+        Some(_) => {}
+        None => {
+            conn.create_slot(&config.slot_name)?;
+            crate::info!("replication slot created", slot = config.slot_name.clone());
+            if !stored.is_zero() {
+                // We streamed before, and the slot is gone (dropped, or a restored backup).
+                mark_history_reset(db, "replication slot missing")?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn send_event(
     tx: &Sender<WalEvent>,
     mut event: WalEvent,
@@ -333,34 +383,7 @@ fn run_session(
     let mut conn = ReplicationConn::connect(&params, Duration::from_secs(10))?;
     let system = conn.identify_system()?;
     let stored = writer::stored_position(&mut db, &config.slot_name)?;
-    let slot = slot_info(&mut db, &config.slot_name)?;
-    match slot {
-        Some(info) if info.lost => {
-            crate::error!(
-                "replication slot was invalidated (max_slot_wal_keep_size exceeded?); recreating it",
-                slot = config.slot_name.clone()
-            );
-            db.execute("SELECT pg_drop_replication_slot($1)", &[&config.slot_name])
-                .map_err(StoreError::query("dropping the invalidated slot"))?;
-            conn.create_slot(&config.slot_name)?;
-            mark_history_reset(&mut db, "replication slot invalidated")?;
-        }
-        Some(info) if info.plugin.as_deref() != Some("pgoutput") => {
-            return Err(CaptureError::Config(format!(
-                "replication slot {} uses plugin {:?}, not pgoutput; drop it or set SLOT_NAME",
-                config.slot_name, info.plugin
-            )));
-        }
-        Some(_) => {}
-        None => {
-            conn.create_slot(&config.slot_name)?;
-            crate::info!("replication slot created", slot = config.slot_name.clone());
-            if !stored.is_zero() {
-                // We streamed before, and the slot is gone (dropped, or a restored backup).
-                mark_history_reset(&mut db, "replication slot missing")?;
-            }
-        }
-    }
+    ensure_slot_with(&mut conn, &mut db, config, stored)?;
     // Bounded: a slow writer slows WAL reading instead of growing memory.
     let (tx, rx) = bounded::<WalEvent>(config.channel_capacity.max(16));
     let writer = writer::spawn(config.writer.clone(), tables.routing.clone(), assigner, rx)?;

@@ -1,5 +1,6 @@
 //! Integration tests against a real PostgreSQL (see `harness`).
 
+mod capture;
 mod client;
 mod cluster;
 mod fuzz_corpus;
