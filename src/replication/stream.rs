@@ -333,7 +333,12 @@ fn ensure_slot_with(
         }
         Some(_) => {}
         None => {
-            conn.create_slot(&config.slot_name)?;
+            match conn.create_slot(&config.slot_name) {
+                Ok(_) => {}
+                // Another instance created it a moment ago: the same slot, nothing lost.
+                Err(e) if e.sqlstate() == Some("42710") => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
             crate::info!("replication slot created", slot = config.slot_name.clone());
             if !stored.is_zero() {
                 // We streamed before, and the slot is gone (dropped, or a restored backup).
