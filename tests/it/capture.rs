@@ -15,9 +15,10 @@ pub const SCHEMA: &str = "
     CREATE TABLE subtasks (id bigserial PRIMARY KEY, task_id uuid NOT NULL REFERENCES tasks (id), body text);
     CREATE TABLE tags (id int PRIMARY KEY, label text);
     CREATE TABLE unpublished (id int PRIMARY KEY, v text);
+    CREATE TABLE events (id int PRIMARY KEY, v text);
     ALTER TABLE projects REPLICA IDENTITY FULL; ALTER TABLE tasks REPLICA IDENTITY FULL;";
 
-pub const TABLES: &str = "projects,tasks,subtasks,tags";
+pub const TABLES: &str = "projects,tasks,subtasks,tags,events";
 
 /// Polls `f` until it returns `Some` (or panics after `secs`).
 pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {

@@ -1,6 +1,7 @@
 //! Integration tests against a real PostgreSQL (see `harness`).
 
 mod capture;
+mod capture_faults;
 mod client;
 mod cluster;
 mod fuzz_corpus;
