@@ -1,0 +1,179 @@
+//! Change-capture benchmark: prints figures, each beside a baseline measured in the same run.
+//!
+//! `cargo bench --bench capture` (set `BENCH_ROWS` to change the 1,000,000-row workload).
+//!
+//! * WAL ingest: 1M narrow rows in 1k-row transactions, drained by synchrod vs `pg_recvlogical`
+//!   (same cluster, same publication, its own slot, output to /dev/null).
+//! * One-row transactions ingested per second.
+//! * Commit -> changelog latency p50/p99 at a steady 1k rows/s.
+//! * Peak RSS of synchrod while it ingests one 1M-row transaction.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use postgres::{Client, NoTls};
+use synchro::cluster::{ClusterOptions, LocalCluster};
+
+const DB: &str = "bench";
+
+fn client(cluster: &LocalCluster) -> Client {
+    Client::connect(&cluster.url(DB), NoTls).expect("connect")
+}
+
+fn spawn_synchrod(cluster: &LocalCluster, slot: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_synchrod"))
+        .env("DATABASE_URL", cluster.url(DB))
+        .env("SYNC_TABLES", "items,events")
+        .env("SLOT_NAME", slot)
+        .env("PUBLICATION_NAME", "bench_pub")
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("LOG_LEVEL", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn synchrod")
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn marker_seen(c: &mut Client, id: i64) -> bool {
+    c.query_one("SELECT EXISTS (SELECT 1 FROM sync_changelog WHERE table_name = 'events' AND record_id = $1)", &[&id.to_string()])
+        .map(|r| r.get(0))
+        .unwrap_or(false)
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn main() {
+    let rows: i64 = std::env::var("BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let dir = std::env::temp_dir().join(format!("synchro-bench-{}", std::process::id()));
+    let mut opts = ClusterOptions::new(&dir);
+    opts.fast_unsafe = true;
+    opts.extra_conf.push("max_wal_size = '4GB'".into());
+    let cluster = LocalCluster::start(&opts).expect("cluster");
+    cluster.stop_when_process_exits(std::process::id(), true).expect("watchdog");
+    cluster.psql("postgres", &format!("CREATE DATABASE {DB}")).expect("db");
+    let mut c = client(&cluster);
+    c.batch_execute(
+        "CREATE TABLE items (id bigint PRIMARY KEY, user_id text NOT NULL, n int NOT NULL);
+         CREATE TABLE events (id bigint PRIMARY KEY, sent_at timestamptz NOT NULL DEFAULT clock_timestamp());
+         CREATE PUBLICATION bench_pub FOR TABLE items, events;",
+    )
+    .unwrap();
+    println!("synchro change-capture benchmark ({rows} rows, PostgreSQL {})", c.query_one("SHOW server_version", &[]).unwrap().get::<_, String>(0));
+
+    // Let synchrod create its slot, migrate and backfill, then stop it so the workload queues up.
+    let child = spawn_synchrod(&cluster, "bench_slot");
+    wait_until("synchrod's slot", Duration::from_secs(60), || {
+        c.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'bench_slot' AND active", &[])
+            .map(|r| r.get::<_, i64>(0) == 1)
+            .unwrap_or(false)
+    });
+    stop(child);
+    c.execute("SELECT pg_create_logical_replication_slot('baseline_slot', 'pgoutput')", &[]).unwrap();
+
+    // 1. 1M narrow rows in 1k-row transactions.
+    let started = Instant::now();
+    for batch in 0..(rows / 1000) {
+        c.execute(
+            "INSERT INTO items SELECT g, 'user' || (g % 100), g::int FROM generate_series($1::bigint, $1::bigint + 999) g",
+            &[&(batch * 1000)],
+        )
+        .unwrap();
+    }
+    c.execute("INSERT INTO events (id) VALUES (1)", &[]).unwrap();
+    let end_lsn: String = c.query_one("SELECT pg_current_wal_lsn()::text", &[]).unwrap().get(0);
+    println!("workload written in {:.1} s", started.elapsed().as_secs_f64());
+
+    let started = Instant::now();
+    let status = Command::new(cluster.bin_dir().join("pg_recvlogical"))
+        .args(["-d", &format!("host=127.0.0.1 port={} user=postgres dbname={DB}", cluster.port())])
+        .args(["--slot", "baseline_slot", "--start", "--endpos", &end_lsn, "-f", "/dev/null"])
+        .args(["-o", "proto_version=1", "-o", "publication_names=bench_pub"])
+        .status()
+        .expect("pg_recvlogical");
+    assert!(status.success());
+    let baseline = started.elapsed();
+
+    let started = Instant::now();
+    let child = spawn_synchrod(&cluster, "bench_slot");
+    wait_until("synchrod to ingest the workload", Duration::from_secs(1800), || marker_seen(&mut c, 1));
+    let ours = started.elapsed();
+    let base_rate = rows as f64 / baseline.as_secs_f64();
+    let our_rate = rows as f64 / ours.as_secs_f64();
+    println!(
+        "WAL ingest, {rows} rows in 1k-row tx: synchrod {:.0} rows/s ({:.1} s) | pg_recvlogical {:.0} rows/s ({:.1} s) | ratio {:.2}x (target >= 0.5x)",
+        our_rate, ours.as_secs_f64(), base_rate, baseline.as_secs_f64(), our_rate / base_rate
+    );
+    stop(child);
+
+    // 2. One-row transactions.
+    let singles: i64 = 10_000;
+    for i in 0..singles {
+        c.execute("INSERT INTO items VALUES ($1, 'solo', 0)", &[&(10_000_000 + i)]).unwrap();
+    }
+    c.execute("INSERT INTO events (id) VALUES (2)", &[]).unwrap();
+    let started = Instant::now();
+    let child = spawn_synchrod(&cluster, "bench_slot");
+    wait_until("one-row transactions", Duration::from_secs(600), || marker_seen(&mut c, 2));
+    let t = started.elapsed();
+    println!("one-row transactions ingested: {:.0} tx/s ({singles} tx in {:.2} s; target >= 5000 tx/s)", singles as f64 / t.as_secs_f64(), t.as_secs_f64());
+
+    // 3. Commit -> changelog latency at a steady 1k rows/s (changelog insertion time measured
+    //    with clock_timestamp(), so it excludes nothing but the writer's own commit).
+    c.batch_execute("ALTER TABLE sync_changelog ALTER COLUMN created_at SET DEFAULT clock_timestamp()").unwrap();
+    let total = 5_000i64;
+    let tick = Duration::from_millis(1);
+    let mut next = Instant::now();
+    for i in 0..total {
+        c.execute("INSERT INTO events (id) VALUES ($1)", &[&(100 + i)]).unwrap();
+        next += tick;
+        if let Some(d) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+    wait_until("latency rows", Duration::from_secs(60), || marker_seen(&mut c, 100 + total - 1));
+    let mut lat: Vec<f64> = c
+        .query(
+            "SELECT EXTRACT(EPOCH FROM (l.created_at - e.sent_at)) * 1000 FROM events e \
+             JOIN sync_changelog l ON l.table_name = 'events' AND l.record_id = e.id::text WHERE e.id >= 100",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, f64>(0))
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
+    println!("commit -> changelog latency at 1k rows/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 <= 50 ms)", pct(0.5), pct(0.99), pct(1.0));
+    stop(child);
+
+    // 4. Peak RSS during one 1M-row transaction.
+    let child = spawn_synchrod(&cluster, "bench_slot");
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(500));
+    let idle = peak_rss_kib(pid);
+    c.execute("INSERT INTO items SELECT g, 'big', 1 FROM generate_series(20000000, 20000000 + $1::bigint - 1) g", &[&rows]).unwrap();
+    c.execute("INSERT INTO events (id) VALUES (3)", &[]).unwrap();
+    wait_until("the large transaction", Duration::from_secs(1800), || marker_seen(&mut c, 3));
+    let peak = peak_rss_kib(pid);
+    println!("synchrod RSS: idle {:.1} MB, peak during a {rows}-row transaction {:.1} MB (target <= 64 MB)", idle as f64 / 1024.0, peak as f64 / 1024.0);
+    stop(child);
+}
