@@ -20,18 +20,29 @@ fn client(cluster: &LocalCluster) -> Client {
     Client::connect(&cluster.url(DB), NoTls).expect("connect")
 }
 
-fn spawn_synchrod(cluster: &LocalCluster, slot: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_synchrod"))
+/// A synchrod child that is killed when dropped (also when the benchmark panics).
+struct Synchrod(Child);
+
+impl Drop for Synchrod {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_synchrod(cluster: &LocalCluster, slot: &str) -> Synchrod {
+    let child = Command::new(env!("CARGO_BIN_EXE_synchrod"))
         .env("DATABASE_URL", cluster.url(DB))
         .env("SYNC_TABLES", "items,events")
         .env("SLOT_NAME", slot)
         .env("PUBLICATION_NAME", "bench_pub")
         .env("LISTEN_ADDR", "127.0.0.1:0")
         .env("LOG_LEVEL", "error")
-        .stdout(Stdio::null())
+        .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("spawn synchrod")
+        .expect("spawn synchrod");
+    Synchrod(child)
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -56,9 +67,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn stop(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+fn stop(child: Synchrod) {
+    drop(child);
 }
 
 fn main() {
@@ -73,7 +83,7 @@ fn main() {
     let mut c = client(&cluster);
     c.batch_execute(
         "CREATE TABLE items (id bigint PRIMARY KEY, user_id text NOT NULL, n int NOT NULL);
-         CREATE TABLE events (id bigint PRIMARY KEY, sent_at timestamptz NOT NULL DEFAULT clock_timestamp());
+         CREATE TABLE events (id bigint PRIMARY KEY, sent_at timestamptz DEFAULT clock_timestamp());
          CREATE PUBLICATION bench_pub FOR TABLE items, events;",
     )
     .unwrap();
@@ -167,7 +177,7 @@ fn main() {
 
     // 4. Peak RSS during one 1M-row transaction.
     let child = spawn_synchrod(&cluster, "bench_slot");
-    let pid = child.id();
+    let pid = child.0.id();
     std::thread::sleep(Duration::from_millis(500));
     let idle = peak_rss_kib(pid);
     c.execute("INSERT INTO items SELECT g, 'big', 1 FROM generate_series(20000000, 20000000 + $1::bigint - 1) g", &[&rows]).unwrap();

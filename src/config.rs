@@ -110,6 +110,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Idle keep-alive connections and stalled reads are closed after this long.
     pub http_idle_timeout: Duration,
+    /// A non-superuser role pushes switch to (`SET LOCAL ROLE`) so RLS policies apply.
+    pub push_role: Option<String>,
 }
 
 /// One documented variable: name, default shown in `--help`, and meaning.
@@ -399,6 +401,11 @@ impl Config {
             max_body_bytes: match get("MAX_BODY_BYTES") {
                 Some(v) => parse_number("MAX_BODY_BYTES", v, 65_536usize, 1 << 30)?,
                 None => 32 << 20,
+            },
+            push_role: match get("PUSH_ROLE") {
+                Some(r) if is_identifier(r) => Some(r.to_string()),
+                Some(r) => return Err(ConfigError { variable: "PUSH_ROLE", message: format!("invalid role name {r:?}: expected an identifier") }),
+                None => None,
             },
             http_idle_timeout: Duration::from_secs(match get("HTTP_IDLE_TIMEOUT_SECS") {
                 Some(v) => parse_number("HTTP_IDLE_TIMEOUT_SECS", v, 1u64, 3600)?,

@@ -1,5 +1,62 @@
 //! synchro: an offline-first sync server for PostgreSQL.
+//!
+//! Mobile and desktop apps keep a local SQLite copy of their user's rows; synchro applies their
+//! writes to PostgreSQL and streams everyone's changes back, reading PostgreSQL's logical
+//! replication stream itself so it sees every change however it was made. It speaks the wire
+//! protocol of the published Swift, Kotlin and React Native SDKs.
+//!
+//! # Two data flows
+//!
+//! ```text
+//! WAL ──► replication::conn ──► wire (frames, pgoutput) ──► decode ──► channel ──► writer ──► store
+//!          (socket, auth)        (pure, no I/O)              (relation   (bounded)   (buckets,
+//!                                                             cache)                  changelog, LSN)
+//!
+//! HTTP ──► http (tiny_http, workers) ──► http::auth ──► service ──► engine ──► store
+//! ```
+//!
+//! The only value that flows back up the WAL path is the committed LSN, which the replication
+//! thread reports to the server as its flush position.
+//!
+//! # Codemap
+//!
+//! | Module | Concern |
+//! |---|---|
+//! | [`config`] | every environment variable, its default and validation |
+//! | [`types`] | `Lsn`, `Oid`, `Seq`, `BucketId`, `UserId`, `Op` |
+//! | [`wire`] | protocol codec: frames, backend messages, pgoutput (no I/O) |
+//! | [`replication`] | our replication connection (SCRAM/MD5), sessions, supervisor |
+//! | [`decode`] | pgoutput -> row changes, relation cache |
+//! | [`change`] | the events between the replication thread and the writer |
+//! | [`buckets`] | bucket assignment through foreign-key chains, pluggable |
+//! | [`writer`] | the changelog writer thread, edge backfill |
+//! | [`registry`], [`schema`] | synced tables as introspected; the served schema and its hash |
+//! | [`store`] | all SQL: migrations, introspection, clients, changelog, publication, pool |
+//! | [`engine`] | register, pull, schema, tables (library API, no HTTP) |
+//! | [`protocol`] | request/response messages: the contract's field names live here only |
+//! | [`http`], [`service`] | the HTTP edge and its mapping onto the engine |
+//! | [`jwt`], [`version`] | bearer tokens (HMAC), the minimum-version gate |
+//! | [`checksum`], [`json_text`], [`time`] | record checksums, canonical JSON, timestamps |
+//! | [`cluster`], [`dev`] | private PostgreSQL clusters for `synchrod dev` and the tests |
+//! | [`server`] | the composition root |
+//!
+//! # Invariants
+//!
+//! * Exactly one writer appends to `sync_changelog`, in commit order: a lower `seq` is never
+//!   visible after a higher one.
+//! * The confirmed LSN is stored in the same transaction as the changelog rows it covers:
+//!   nothing at or below it is written twice, nothing above it is confirmed to the server.
+//! * Memory is bounded on every path: frames are capped, counts are checked before allocation,
+//!   the event channel and the HTTP queue are bounded, large transactions stream in chunks.
+//! * SQL identifiers come only from the introspected registry, always quoted; values are
+//!   always bound parameters.
+//! * No thread dies silently: workers survive handler panics, the capture supervisor restarts
+//!   failed sessions with capped backoff and logs every attempt.
+//!
+//! Deliberately absent: an async runtime (the `postgres` crate keeps its own inside each
+//! connection), globals other than the log level, `unsafe` code.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod buckets;
 pub mod change;

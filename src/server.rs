@@ -125,6 +125,8 @@ pub fn engine_settings(config: &Config) -> Result<EngineSettings, ServerError> {
             deleted_at_column: config.deleted_at_column.clone(),
         },
         min_client_version: config.min_client_version.clone(),
+        push_role: config.push_role.clone(),
+        clock_skew: Duration::ZERO,
     })
 }
 

@@ -56,6 +56,14 @@ impl SyncApi for EngineApi {
         self.engine.pull_json(user, body).map_err(|e| to_api_error(e, "failed to pull changes", false))
     }
 
+    fn push(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
+        self.engine.push_json(user, body).map_err(|e| to_api_error(e, "failed to push changes", false))
+    }
+
+    fn snapshot(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
+        self.engine.snapshot_json(user, body).map_err(|e| to_api_error(e, "failed to snapshot", true))
+    }
+
     fn tables(&self, _user: &UserId) -> Result<Vec<u8>, ApiError> {
         // Schema and tables have no 503 mapping in the contract.
         self.engine.tables_json().map_err(|e| match to_api_error(e, "failed to load table metadata", false) {

@@ -4,7 +4,9 @@
 
 mod catalog;
 mod pull;
+mod push;
 mod register;
+mod snapshot;
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use crate::store::introspect::{RegistryError, RegistrySettings};
 use crate::store::pool::{Pool, PooledClient, StoreError};
 
 pub use catalog::CatalogState;
+pub use push::last_writer_wins;
 
 /// What the engine can answer besides success. The HTTP layer maps each to a status.
 #[derive(Debug)]
@@ -92,6 +95,10 @@ pub struct EngineSettings {
     pub registry: RegistrySettings,
     /// `MIN_CLIENT_VERSION` (empty = off), checked on the register body's `app_version`.
     pub min_client_version: String,
+    /// `PUSH_ROLE`: pushes run `SET LOCAL ROLE` to it so row-level security applies.
+    pub push_role: Option<String>,
+    /// Clock-skew tolerance added to `client_updated_at` in last-writer-wins.
+    pub clock_skew: std::time::Duration,
 }
 
 /// The sync engine.

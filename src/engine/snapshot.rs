@@ -1,0 +1,162 @@
+//! POST /sync/snapshot (§8.1): bootstrap pages, keyset-paginated by primary key in dependency
+//! order, scoped to the caller's buckets even without RLS (C10), with the checkpoint captured
+//! on the first page and carried in the cursor.
+
+use postgres::GenericClient;
+use serde_json::{Map, Value};
+
+use super::pull::{to_record, Hydrated};
+use super::{Engine, EngineError};
+use crate::protocol::{SnapshotCursor, SnapshotRequest, SnapshotResponse};
+use crate::registry::{quote_ident, Registry, SyncTable};
+use crate::store::changelog;
+use crate::store::clients;
+use crate::store::pool::StoreError;
+use crate::types::UserId;
+
+/// The predicate (over alias `t`) that limits `table` to rows in the user's buckets or global:
+/// the same rule the default bucket assignment and the generated read policies express.
+/// `$1` is the user id.
+pub(crate) fn scope_predicate(registry: &Registry, table: &SyncTable) -> String {
+    fn owner_ok(alias: &str, owner: &str) -> String {
+        let c = format!("{alias}.{}", quote_ident(owner));
+        format!("({c} IS NULL OR {c}::text = '' OR {c}::text = $1)")
+    }
+    if let Some(owner) = &table.owner {
+        return owner_ok("t", owner);
+    }
+    // Walk up the parent chain to the first ancestor with an owner column.
+    let mut chain = Vec::new();
+    let mut current = table;
+    let mut guard = 0;
+    while let Some(link) = &current.parent {
+        let Some(parent) = registry.table(&link.table) else { break };
+        chain.push((current.name.clone(), link.clone(), parent));
+        if parent.owner.is_some() || guard > 16 {
+            break;
+        }
+        current = parent;
+        guard += 1;
+    }
+    let Some((_, _, top)) = chain.last() else { return "true".into() };
+    let Some(owner) = &top.owner else { return "true".into() };
+    // Innermost condition first, then wrap outwards.
+    let depth = chain.len();
+    let mut cond = owner_ok(&format!("p{depth}"), owner);
+    for (i, (_, link, parent)) in chain.iter().enumerate().rev() {
+        let alias = format!("p{}", i + 1);
+        let child_alias = if i == 0 { "t".to_string() } else { format!("p{i}") };
+        cond = format!(
+            "EXISTS (SELECT 1 FROM {} {alias} WHERE {alias}.{} = {child_alias}.{} AND {cond})",
+            parent.qualified(),
+            quote_ident(&link.parent_column),
+            quote_ident(&link.fk_column),
+        );
+    }
+    cond
+}
+
+fn is_bad_input(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code().starts_with("22"))
+}
+
+impl Engine {
+    /// Decodes, snapshots and serialises (the HTTP path).
+    pub fn snapshot_json(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, EngineError> {
+        let req = SnapshotRequest::decode(body)?;
+        let resp = self.snapshot(user, &req)?;
+        serde_json::to_vec(&resp).map_err(|e| EngineError::Schema(format!("serialising the snapshot: {e}")))
+    }
+
+    /// One snapshot page.
+    pub fn snapshot(&self, user: &UserId, req: &SnapshotRequest) -> Result<SnapshotResponse, EngineError> {
+        let mut db = self.db()?;
+        let cat = self.catalog(&mut db)?;
+        Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
+        clients::load(&mut *db, user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        let tables = cat.registry.dependency_order();
+        let max_seq = changelog::max_seq(&mut *db)?;
+        let (mut idx, mut after, cp) = match &req.cursor {
+            None => (0usize, String::new(), max_seq),
+            Some(c) => {
+                // A cursor is only ever one we issued: anything else is refused, never run as SQL.
+                if c.table_idx < 0 || c.table_idx as usize > tables.len() || c.checkpoint < 0 || c.checkpoint > max_seq {
+                    return Err(EngineError::BadRequest("invalid snapshot cursor".into()));
+                }
+                (c.table_idx as usize, c.after_id.clone(), if c.checkpoint == 0 { max_seq } else { c.checkpoint })
+            }
+        };
+        let mut tx = db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the snapshot"))?;
+        tx.execute("SELECT set_config('app.user_id', $1, true)", &[&user.as_str()])
+            .map_err(StoreError::query("setting app.user_id"))?;
+        let mut records = Vec::new();
+        while idx < tables.len() && (records.len() as i64) < req.limit {
+            let t = tables[idx];
+            let remaining = req.limit - records.len() as i64;
+            let rows = read_page(&mut tx, user.as_str(), &cat.registry, t, &after, remaining).map_err(|e| match e {
+                PageError::BadCursor => EngineError::BadRequest("invalid snapshot cursor".into()),
+                PageError::Store(s) => EngineError::Store(s),
+            })?;
+            let got = rows.len() as i64;
+            for (id, row) in rows {
+                after = id.clone();
+                records.push(to_record(&t.name, id, row, None, None, false)?);
+            }
+            if got < remaining {
+                idx += 1;
+                after = String::new();
+            }
+        }
+        tx.commit().map_err(StoreError::query("finishing the snapshot page"))?;
+        let has_more = idx < tables.len();
+        if !has_more {
+            // A completed snapshot leaves the client with last_pull_at set (§6.5), even at cp 0.
+            clients::advance_legacy(&mut *db, user, &req.client_id, cp)?;
+            clients::touch_pull(&mut *db, user, &req.client_id)?;
+            clients::reactivate(&mut *db, user, &req.client_id)?;
+        }
+        Ok(SnapshotResponse {
+            records,
+            cursor: has_more.then_some(SnapshotCursor { checkpoint: cp, table_idx: idx as i64, after_id: after }),
+            checkpoint: cp,
+            has_more,
+            schema_version: cat.version,
+            schema_hash: cat.schema.hash.clone(),
+        })
+    }
+}
+
+enum PageError {
+    BadCursor,
+    Store(StoreError),
+}
+
+fn read_page(
+    db: &mut impl GenericClient,
+    user: &str,
+    registry: &Registry,
+    t: &SyncTable,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<(String, Hydrated)>, PageError> {
+    let pk = quote_ident(&t.pk);
+    let pk_type = t.column(&t.pk).map(|c| c.db_type.as_str()).unwrap_or("text");
+    let ts = |c: Option<&str>| c.map(|c| format!("t.{}", quote_ident(c))).unwrap_or("NULL::timestamptz".into());
+    let live = t.deleted_at.real().map(|c| format!(" AND t.{} IS NULL", quote_ident(c))).unwrap_or_default();
+    // Keyset pagination in the key's own type, so the primary key index serves it.
+    let sql = format!(
+        "SELECT t.{pk}::text, row_to_json(t)::text, ({u})::timestamptz FROM {q} t \
+         WHERE ($2::text = '' OR t.{pk} > $2::text::{pk_type}) AND {scope}{live} ORDER BY t.{pk} LIMIT $3",
+        u = ts(t.updated_at.real()),
+        q = t.qualified(),
+        scope = scope_predicate(registry, t),
+    );
+    let rows = db.query(&sql, &[&user, &after, &limit]).map_err(|e| {
+        if is_bad_input(&e) {
+            PageError::BadCursor
+        } else {
+            PageError::Store(StoreError::Query { context: format!("reading snapshot rows of {}", t.name), source: e })
+        }
+    })?;
+    Ok(rows.into_iter().map(|r| (r.get(0), Hydrated { data: r.get(1), updated_at: r.get(2), deleted_at: None })).collect())
+}
