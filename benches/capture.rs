@@ -54,9 +54,12 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn marker_seen(c: &mut Client, id: i64) -> bool {
-    c.query_one("SELECT EXISTS (SELECT 1 FROM sync_changelog WHERE table_name = 'events' AND record_id = $1)", &[&id.to_string()])
-        .map(|r| r.get(0))
-        .unwrap_or(false)
+    c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM sync_changelog WHERE table_name = 'events' AND record_id = $1)",
+        &[&id.to_string()],
+    )
+    .map(|r| r.get(0))
+    .unwrap_or(false)
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -87,7 +90,10 @@ fn main() {
          CREATE PUBLICATION bench_pub FOR TABLE items, events;",
     )
     .unwrap();
-    println!("synchro change-capture benchmark ({rows} rows, PostgreSQL {})", c.query_one("SHOW server_version", &[]).unwrap().get::<_, String>(0));
+    println!(
+        "synchro change-capture benchmark ({rows} rows, PostgreSQL {})",
+        c.query_one("SHOW server_version", &[]).unwrap().get::<_, String>(0)
+    );
 
     // Let synchrod create its slot, migrate and backfill, then stop it so the workload queues up.
     let child = spawn_synchrod(&cluster, "bench_slot");
@@ -144,7 +150,11 @@ fn main() {
     let child = spawn_synchrod(&cluster, "bench_slot");
     wait_until("one-row transactions", Duration::from_secs(600), || marker_seen(&mut c, 2));
     let t = started.elapsed();
-    println!("one-row transactions ingested: {:.0} tx/s ({singles} tx in {:.2} s; target >= 5000 tx/s)", singles as f64 / t.as_secs_f64(), t.as_secs_f64());
+    println!(
+        "one-row transactions ingested: {:.0} tx/s ({singles} tx in {:.2} s; target >= 5000 tx/s)",
+        singles as f64 / t.as_secs_f64(),
+        t.as_secs_f64()
+    );
 
     // 3. Commit -> changelog latency at a steady 1k rows/s (changelog insertion time measured
     //    with clock_timestamp(), so it excludes nothing but the writer's own commit).
@@ -162,7 +172,7 @@ fn main() {
     wait_until("latency rows", Duration::from_secs(60), || marker_seen(&mut c, 100 + total - 1));
     let mut lat: Vec<f64> = c
         .query(
-            "SELECT EXTRACT(EPOCH FROM (l.created_at - e.sent_at)) * 1000 FROM events e \
+            "SELECT (EXTRACT(EPOCH FROM (l.created_at - e.sent_at)) * 1000)::float8 FROM events e \
              JOIN sync_changelog l ON l.table_name = 'events' AND l.record_id = e.id::text WHERE e.id >= 100",
             &[],
         )
@@ -172,7 +182,12 @@ fn main() {
         .collect();
     lat.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
-    println!("commit -> changelog latency at 1k rows/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 <= 50 ms)", pct(0.5), pct(0.99), pct(1.0));
+    println!(
+        "commit -> changelog latency at 1k rows/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 <= 50 ms)",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
     stop(child);
 
     // 4. Peak RSS during one 1M-row transaction.
@@ -180,10 +195,18 @@ fn main() {
     let pid = child.0.id();
     std::thread::sleep(Duration::from_millis(500));
     let idle = peak_rss_kib(pid);
-    c.execute("INSERT INTO items SELECT g, 'big', 1 FROM generate_series(20000000, 20000000 + $1::bigint - 1) g", &[&rows]).unwrap();
+    c.execute(
+        "INSERT INTO items SELECT g, 'big', 1 FROM generate_series(20000000, 20000000 + $1::bigint - 1) g",
+        &[&rows],
+    )
+    .unwrap();
     c.execute("INSERT INTO events (id) VALUES (3)", &[]).unwrap();
     wait_until("the large transaction", Duration::from_secs(1800), || marker_seen(&mut c, 3));
     let peak = peak_rss_kib(pid);
-    println!("synchrod RSS: idle {:.1} MB, peak during a {rows}-row transaction {:.1} MB (target <= 64 MB)", idle as f64 / 1024.0, peak as f64 / 1024.0);
+    println!(
+        "synchrod RSS: idle {:.1} MB, peak during a {rows}-row transaction {:.1} MB (target <= 64 MB)",
+        idle as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
     stop(child);
 }

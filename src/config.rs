@@ -404,7 +404,12 @@ impl Config {
             },
             push_role: match get("PUSH_ROLE") {
                 Some(r) if is_identifier(r) => Some(r.to_string()),
-                Some(r) => return Err(ConfigError { variable: "PUSH_ROLE", message: format!("invalid role name {r:?}: expected an identifier") }),
+                Some(r) => {
+                    return Err(ConfigError {
+                        variable: "PUSH_ROLE",
+                        message: format!("invalid role name {r:?}: expected an identifier"),
+                    })
+                }
                 None => None,
             },
             http_idle_timeout: Duration::from_secs(match get("HTTP_IDLE_TIMEOUT_SECS") {

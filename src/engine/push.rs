@@ -35,7 +35,14 @@ struct Outcome {
 
 impl Outcome {
     fn applied() -> Outcome {
-        Outcome { status: "applied", reason: None, message: None, server_version: None, server_updated_at: None, server_deleted_at: None }
+        Outcome {
+            status: "applied",
+            reason: None,
+            message: None,
+            server_version: None,
+            server_updated_at: None,
+            server_deleted_at: None,
+        }
     }
 
     fn rejected(status: &'static str, reason: &'static str, message: impl Into<String>) -> Outcome {
@@ -101,12 +108,15 @@ fn to_sql_text(column: &Column, value: &Value) -> Result<Option<String>, String>
             if s.starts_with("\\x") {
                 Some(s.clone())
             } else {
-                let bytes = STANDARD.decode(s).map_err(|_| format!("{} expects \\x-hex or base64 bytes", column.name))?;
+                let bytes =
+                    STANDARD.decode(s).map_err(|_| format!("{} expects \\x-hex or base64 bytes", column.name))?;
                 Some(format!("\\x{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
             }
         }
         Value::String(s) => Some(s.clone()),
-        Value::Array(_) if is_array => Some(pg_array_literal(value).ok_or_else(|| format!("{} expects an array", column.name))?),
+        Value::Array(_) if is_array => {
+            Some(pg_array_literal(value).ok_or_else(|| format!("{} expects an array", column.name))?)
+        }
         Value::Array(_) | Value::Object(_) if logical == Some(LogicalType::Json) => Some(value.to_string()),
         _ => return Err(format!("{} cannot take {value}", column.name)),
     })
@@ -174,14 +184,17 @@ impl Engine {
         tx.execute("SELECT set_config('app.user_id', $1, true)", &[&user.as_str()])
             .map_err(StoreError::query("setting app.user_id"))?;
         if let Some(role) = &self.settings.push_role {
-            tx.batch_execute(&format!("SET LOCAL ROLE {}", quote_ident(role))).map_err(StoreError::query("switching to PUSH_ROLE"))?;
+            tx.batch_execute(&format!("SET LOCAL ROLE {}", quote_ident(role)))
+                .map_err(StoreError::query("switching to PUSH_ROLE"))?;
         }
         let (mut accepted, mut rejected) = (Vec::new(), Vec::new());
         for rec in &req.changes {
             tx.batch_execute("SAVEPOINT synchro_record").map_err(StoreError::query("creating a savepoint"))?;
             let outcome = match apply_record(&mut tx, &cat, user, rec, self.settings.clock_skew) {
                 Ok(o) => o,
-                Err(e) if e.is_closed() => return Err(EngineError::Store(StoreError::Query { context: "pushing".into(), source: e })),
+                Err(e) if e.is_closed() => {
+                    return Err(EngineError::Store(StoreError::Query { context: "pushing".into(), source: e }))
+                }
                 Err(e) => {
                     let reason = match rec.operation.as_str() {
                         "create" => ("create_failed", "failed to create record"),
@@ -192,8 +205,12 @@ impl Engine {
                 }
             };
             let keep = outcome.status == "applied";
-            tx.batch_execute(if keep { "RELEASE SAVEPOINT synchro_record" } else { "ROLLBACK TO SAVEPOINT synchro_record" })
-                .map_err(StoreError::query("closing a savepoint"))?;
+            tx.batch_execute(if keep {
+                "RELEASE SAVEPOINT synchro_record"
+            } else {
+                "ROLLBACK TO SAVEPOINT synchro_record"
+            })
+            .map_err(StoreError::query("closing a savepoint"))?;
             let result = PushResult {
                 id: rec.id.clone(),
                 table_name: rec.table_name.clone(),
@@ -226,7 +243,13 @@ impl Engine {
     }
 }
 
-fn lookup(tx: &mut Transaction<'_>, registry: &Registry, t: &SyncTable, user: &UserId, id: &str) -> Result<Option<Existing>, postgres::Error> {
+fn lookup(
+    tx: &mut Transaction<'_>,
+    registry: &Registry,
+    t: &SyncTable,
+    user: &UserId,
+    id: &str,
+) -> Result<Option<Existing>, postgres::Error> {
     let pk_type = t.column(&t.pk).map(|c| c.db_type.as_str()).unwrap_or("text");
     let ts = |c: Option<&str>| c.map(|c| format!("t.{}", quote_ident(c))).unwrap_or("NULL::timestamptz".into());
     let sql = format!(
@@ -242,11 +265,21 @@ fn lookup(tx: &mut Transaction<'_>, registry: &Registry, t: &SyncTable, user: &U
 }
 
 fn server_version(t: &SyncTable, id: &str, e: &Existing, with_deleted: bool) -> Option<Record> {
-    let row = Hydrated { data: e.json.clone(), updated_at: e.updated_at, deleted_at: if with_deleted { e.deleted_at } else { None } };
+    let row = Hydrated {
+        data: e.json.clone(),
+        updated_at: e.updated_at,
+        deleted_at: if with_deleted { e.deleted_at } else { None },
+    };
     to_record(&t.name, id.to_string(), row, None, None, false).ok()
 }
 
-fn in_scope_after(tx: &mut Transaction<'_>, registry: &Registry, t: &SyncTable, user: &UserId, id: &str) -> Result<bool, postgres::Error> {
+fn in_scope_after(
+    tx: &mut Transaction<'_>,
+    registry: &Registry,
+    t: &SyncTable,
+    user: &UserId,
+    id: &str,
+) -> Result<bool, postgres::Error> {
     let pk_type = t.column(&t.pk).map(|c| c.db_type.as_str()).unwrap_or("text");
     let sql = format!(
         "SELECT EXISTS (SELECT 1 FROM {} t WHERE t.{} = $2::text::{pk_type} AND {})",
@@ -258,13 +291,22 @@ fn in_scope_after(tx: &mut Transaction<'_>, registry: &Registry, t: &SyncTable, 
 }
 
 /// The columns a write may set from `data` (§7.7), as `(column, text value)`.
-fn writable(t: &SyncTable, data: &Map<String, Value>, insert: bool, owner_value: Option<&str>) -> Result<Vec<(String, Option<String>)>, String> {
+fn writable(
+    t: &SyncTable,
+    data: &Map<String, Value>,
+    insert: bool,
+    owner_value: Option<&str>,
+) -> Result<Vec<(String, Option<String>)>, String> {
     let mut out = Vec::new();
     for c in &t.columns {
         if c.excluded {
             continue;
         }
-        let allowed = if insert { !t.is_protected(&c.name) || c.name == t.pk || t.is_fk_column(&c.name) } else { !t.is_protected(&c.name) };
+        let allowed = if insert {
+            !t.is_protected(&c.name) || c.name == t.pk || t.is_fk_column(&c.name)
+        } else {
+            !t.is_protected(&c.name)
+        };
         if !allowed {
             continue;
         }
@@ -348,9 +390,19 @@ fn apply_record(
                     names.push(quote_ident(c));
                     values.push(expr.clone());
                 }
-                let returning = t.updated_at.real().map(|u| format!(" RETURNING {}::timestamptz", quote_ident(u))).unwrap_or_default();
-                let sql = format!("INSERT INTO {} ({}) VALUES ({}){returning}", t.qualified(), names.join(", "), values.join(", "));
-                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = params.iter().map(|p| p as &(dyn postgres::types::ToSql + Sync)).collect();
+                let returning = t
+                    .updated_at
+                    .real()
+                    .map(|u| format!(" RETURNING {}::timestamptz", quote_ident(u)))
+                    .unwrap_or_default();
+                let sql = format!(
+                    "INSERT INTO {} ({}) VALUES ({}){returning}",
+                    t.qualified(),
+                    names.join(", "),
+                    values.join(", ")
+                );
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    params.iter().map(|p| p as &(dyn postgres::types::ToSql + Sync)).collect();
                 let rows = tx.query(&sql, &refs)?;
                 if !in_scope_after(tx, &cat.registry, t, user, &rec.id)? {
                     // A child row under someone else's parent.
@@ -367,7 +419,11 @@ fn apply_record(
                 return Ok(Outcome::terminal("ownership_violation", "ownership violation"));
             }
             if e.deleted_at.is_some() {
-                return Ok(Outcome::conflict("record_deleted", "record is deleted", server_version(t, &rec.id, &e, true)));
+                return Ok(Outcome::conflict(
+                    "record_deleted",
+                    "record is deleted",
+                    server_version(t, &rec.id, &e, true),
+                ));
             }
             update_row(tx, cat, t, user, rec, data, &e, skew, false)
         }
@@ -376,7 +432,11 @@ fn apply_record(
                 return Ok(if t.deleted_at.real().is_some() {
                     Outcome::terminal("record_not_found", "record not found or not accessible")
                 } else {
-                    Outcome { reason: Some("already_deleted"), message: Some("record already deleted".into()), ..Outcome::applied() }
+                    Outcome {
+                        reason: Some("already_deleted"),
+                        message: Some("record already deleted".into()),
+                        ..Outcome::applied()
+                    }
                 });
             };
             if !e.in_scope {
@@ -386,9 +446,14 @@ fn apply_record(
             match t.deleted_at.real() {
                 Some(col) => {
                     if e.deleted_at.is_some() {
-                        return Ok(Outcome { reason: Some("already_deleted"), message: Some("record already deleted".into()), ..Outcome::applied() });
+                        return Ok(Outcome {
+                            reason: Some("already_deleted"),
+                            message: Some("record already deleted".into()),
+                            ..Outcome::applied()
+                        });
                     }
-                    let set_updated = t.updated_at.real().map(|u| format!(", {} = now()", quote_ident(u))).unwrap_or_default();
+                    let set_updated =
+                        t.updated_at.real().map(|u| format!(", {} = now()", quote_ident(u))).unwrap_or_default();
                     let sql = format!(
                         "UPDATE {} SET {c} = now(){set_updated} WHERE {} = $1::text::{pk_type} RETURNING {c}::timestamptz",
                         t.qualified(),
@@ -401,10 +466,15 @@ fn apply_record(
                     Ok(o)
                 }
                 None => {
-                    let sql = format!("DELETE FROM {} WHERE {} = $1::text::{pk_type}", t.qualified(), quote_ident(&t.pk));
+                    let sql =
+                        format!("DELETE FROM {} WHERE {} = $1::text::{pk_type}", t.qualified(), quote_ident(&t.pk));
                     let n = tx.execute(&sql, &[&rec.id])?;
                     Ok(if n == 0 {
-                        Outcome { reason: Some("already_deleted"), message: Some("record already deleted".into()), ..Outcome::applied() }
+                        Outcome {
+                            reason: Some("already_deleted"),
+                            message: Some("record already deleted".into()),
+                            ..Outcome::applied()
+                        }
                     } else {
                         Outcome::applied()
                     })
@@ -458,9 +528,16 @@ fn update_row(
     if sets.is_empty() {
         return Ok(o);
     }
-    let returning = t.updated_at.real().map(|u| format!(" RETURNING {}::timestamptz", quote_ident(u))).unwrap_or_default();
-    let sql = format!("UPDATE {} SET {} WHERE {} = $1::text::{pk_type}{returning}", t.qualified(), sets.join(", "), quote_ident(&t.pk));
-    let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = params.iter().map(|p| p as &(dyn postgres::types::ToSql + Sync)).collect();
+    let returning =
+        t.updated_at.real().map(|u| format!(" RETURNING {}::timestamptz", quote_ident(u))).unwrap_or_default();
+    let sql = format!(
+        "UPDATE {} SET {} WHERE {} = $1::text::{pk_type}{returning}",
+        t.qualified(),
+        sets.join(", "),
+        quote_ident(&t.pk)
+    );
+    let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+        params.iter().map(|p| p as &(dyn postgres::types::ToSql + Sync)).collect();
     let rows = tx.query(&sql, &refs)?;
     if !in_scope_after(tx, &cat.registry, t, user, &rec.id)? {
         return Ok(Outcome::terminal("ownership_violation", "ownership violation"));
@@ -482,11 +559,22 @@ mod tests {
         let z = Duration::ZERO;
         assert_eq!(last_writer_wins(at(100), at(200), None, z), Ok(()), "client newer");
         assert_eq!(last_writer_wins(at(200), at(100), None, z), Err("server version is newer"));
-        assert_eq!(last_writer_wins(at(100), at(100), None, z), Err("server version is newer"), "ties go to the server");
+        assert_eq!(
+            last_writer_wins(at(100), at(100), None, z),
+            Err("server version is newer"),
+            "ties go to the server"
+        );
         assert_eq!(last_writer_wins(at(100), at(95), None, Duration::from_secs(10)), Ok(()), "within skew");
         assert_eq!(last_writer_wins(at(100), at(50), at(100), z), Ok(()), "base equals server");
-        assert_eq!(last_writer_wins(at(100), at(200), at(150), z), Err("client base version is ahead of server version"));
-        assert_eq!(last_writer_wins(at(100), at(50), at(90), z), Err("server version is newer"), "stale base, older client");
+        assert_eq!(
+            last_writer_wins(at(100), at(200), at(150), z),
+            Err("client base version is ahead of server version")
+        );
+        assert_eq!(
+            last_writer_wins(at(100), at(50), at(90), z),
+            Err("server version is newer"),
+            "stale base, older client"
+        );
         assert_eq!(last_writer_wins(at(100), at(150), at(90), z), Ok(()), "stale base, newer client");
         assert_eq!(last_writer_wins(None, at(1), None, z), Ok(()), "NULL server: client wins without base");
         assert_eq!(last_writer_wins(None, at(1), at(1), z), Err("client base version is ahead of server version"));
@@ -510,7 +598,10 @@ mod tests {
         assert_eq!(to_sql_text(&int, &serde_json::json!(12)).unwrap(), Some("12".into()));
         assert!(to_sql_text(&int, &serde_json::json!(12.5)).is_err());
         let arr = col("tags", "text[]", LogicalType::Json);
-        assert_eq!(to_sql_text(&arr, &serde_json::json!(r#"["a","b \"c\"",null]"#)).unwrap(), Some(r#"{"a","b \"c\"",NULL}"#.into()));
+        assert_eq!(
+            to_sql_text(&arr, &serde_json::json!(r#"["a","b \"c\"",null]"#)).unwrap(),
+            Some(r#"{"a","b \"c\"",NULL}"#.into())
+        );
         assert_eq!(to_sql_text(&arr, &serde_json::json!([[1, 2], [3, 4]])).unwrap(), Some("{{1,2},{3,4}}".into()));
         let bytes = col("b", "bytea", LogicalType::Bytes);
         assert_eq!(to_sql_text(&bytes, &serde_json::json!("\\x0102")).unwrap(), Some("\\x0102".into()));

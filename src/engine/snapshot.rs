@@ -38,8 +38,11 @@ pub(crate) fn scope_predicate(registry: &Registry, table: &SyncTable) -> String 
         current = parent;
         guard += 1;
     }
-    let Some((_, _, top)) = chain.last() else { return "true".into() };
-    let Some(owner) = &top.owner else { return "true".into() };
+    // Tables without ownership are readable by everyone; `$1` is still typed so every
+    // predicate takes the same parameter list.
+    let everyone = "($1::text IS NULL OR true)".to_string();
+    let Some((_, _, top)) = chain.last() else { return everyone };
+    let Some(owner) = &top.owner else { return everyone };
     // Innermost condition first, then wrap outwards.
     let depth = chain.len();
     let mut cond = owner_ok(&format!("p{depth}"), owner);
@@ -80,13 +83,15 @@ impl Engine {
             None => (0usize, String::new(), max_seq),
             Some(c) => {
                 // A cursor is only ever one we issued: anything else is refused, never run as SQL.
-                if c.table_idx < 0 || c.table_idx as usize > tables.len() || c.checkpoint < 0 || c.checkpoint > max_seq {
+                if c.table_idx < 0 || c.table_idx as usize > tables.len() || c.checkpoint < 0 || c.checkpoint > max_seq
+                {
                     return Err(EngineError::BadRequest("invalid snapshot cursor".into()));
                 }
                 (c.table_idx as usize, c.after_id.clone(), if c.checkpoint == 0 { max_seq } else { c.checkpoint })
             }
         };
-        let mut tx = db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the snapshot"))?;
+        let mut tx =
+            db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the snapshot"))?;
         tx.execute("SELECT set_config('app.user_id', $1, true)", &[&user.as_str()])
             .map_err(StoreError::query("setting app.user_id"))?;
         let mut records = Vec::new();
@@ -158,5 +163,8 @@ fn read_page(
             PageError::Store(StoreError::Query { context: format!("reading snapshot rows of {}", t.name), source: e })
         }
     })?;
-    Ok(rows.into_iter().map(|r| (r.get(0), Hydrated { data: r.get(1), updated_at: r.get(2), deleted_at: None })).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.get(0), Hydrated { data: r.get(1), updated_at: r.get(2), deleted_at: None }))
+        .collect())
 }

@@ -85,7 +85,10 @@ fn new_server(listener: &TcpListener) -> io::Result<tiny_http::Server> {
 }
 
 fn respond(request: tiny_http::Request, reply: Reply) {
-    let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
+    // Bodies are fully built in memory: always send Content-Length (tiny_http would switch to
+    // chunked encoding above 32 KiB), which every client handles and logs can show.
+    let mut response =
+        tiny_http::Response::from_data(reply.body).with_status_code(reply.status).with_chunked_threshold(usize::MAX);
     let mut headers = vec![("Content-Type", reply.content_type.to_string())];
     headers.extend(reply.headers);
     for (name, value) in headers {

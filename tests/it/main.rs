@@ -12,3 +12,4 @@ mod migrations;
 mod replication_conn;
 mod server;
 mod store;
+mod sync_api;
