@@ -64,6 +64,14 @@ impl SyncApi for EngineApi {
         self.engine.snapshot_json(user, body).map_err(|e| to_api_error(e, "failed to snapshot", true))
     }
 
+    fn rebuild(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
+        self.engine.rebuild_json(user, body).map_err(|e| to_api_error(e, "failed to rebuild bucket", true))
+    }
+
+    fn debug(&self, user: &UserId, client_id: &str) -> Result<Vec<u8>, ApiError> {
+        self.engine.debug_json(user, client_id).map_err(|e| to_api_error(e, "failed to get client debug info", true))
+    }
+
     fn tables(&self, _user: &UserId) -> Result<Vec<u8>, ApiError> {
         // Schema and tables have no 503 mapping in the contract.
         self.engine.tables_json().map_err(|e| match to_api_error(e, "failed to load table metadata", false) {

@@ -5,6 +5,7 @@
 mod catalog;
 mod pull;
 mod push;
+mod rebuild;
 mod register;
 mod snapshot;
 

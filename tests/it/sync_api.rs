@@ -330,3 +330,64 @@ fn snapshot_cursors_and_malformed_requests() {
     assert_eq!(r["accepted"].as_array().unwrap().len(), 1000, "1000-change batches are accepted");
     server.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn rebuild_and_debug() {
+    let (_db, server) = setup();
+    let a = Device::new(server.addr, "alice", "a1");
+    let tasks: Vec<Value> = (0..5).map(|i| task(&format!("50000000-0000-0000-0000-{i:012}"), "t")).collect();
+    assert_eq!(a.push(Value::Array(tasks))["accepted"].as_array().unwrap().len(), 5);
+    // Wait until the writer has recorded all five memberships.
+    wait_for(20, "edges", || {
+        let r = a.call("/sync/rebuild", json!({"client_id": "a1", "bucket_id": "user:alice", "limit": 100, "schema_version": a.version, "schema_hash": a.hash})).json();
+        (r["records"].as_array().unwrap().len() == 5).then_some(())
+    });
+    let (mut cursor, mut seen, mut xor, mut pages) = (Value::Null, 0, 0i32, 0);
+    let mut checkpoint = None;
+    loop {
+        let r = a.call("/sync/rebuild", json!({"client_id": "a1", "bucket_id": "user:alice", "cursor": cursor, "limit": 2, "schema_version": a.version, "schema_hash": a.hash}));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let page = r.json();
+        pages += 1;
+        for rec in page["records"].as_array().unwrap() {
+            assert_eq!(rec["bucket_id"], "user:alice");
+            xor ^= rec["checksum"].as_i64().unwrap() as i32;
+            seen += 1;
+        }
+        let cp = page["checkpoint"].as_i64().unwrap();
+        assert_eq!(*checkpoint.get_or_insert(cp), cp, "checkpoint captured on the first page (C11)");
+        if !page["has_more"].as_bool().unwrap() {
+            assert!(page.get("cursor").is_none());
+            assert_eq!(
+                page["bucket_checksum"].as_i64().unwrap() as i32,
+                xor,
+                "aggregate equals the XOR of record checksums"
+            );
+            break;
+        }
+        assert!(page.get("bucket_checksum").is_none());
+        cursor = page["cursor"].clone();
+        assert!(cursor.is_string());
+    }
+    assert_eq!((seen, pages), (5, 3));
+    let r = a.call(
+        "/sync/rebuild",
+        json!({"client_id": "a1", "bucket_id": "user:bob", "schema_version": a.version, "schema_hash": a.hash}),
+    );
+    assert_eq!(r.status, 403, "only subscribed buckets");
+    let r = a.call("/sync/rebuild", json!({"client_id": "a1", "schema_version": a.version, "schema_hash": a.hash}));
+    assert_eq!((r.status, r.body.as_str()), (400, "{\"error\":\"bucket_id is required\"}\n"));
+    let r = a.call("/sync/rebuild", json!({"client_id": "a1", "bucket_id": "global"}));
+    assert_eq!(r.status, 409, "schema pair validated even though not presence-checked");
+    let r = a.call("/sync/rebuild", json!({"client_id": "a1", "bucket_id": "global", "cursor": "999999999:tasks|x", "schema_version": a.version, "schema_hash": a.hash}));
+    assert_eq!(r.status, 400, "a checkpoint beyond the changelog is a forged cursor");
+    let r = get(server.addr, "/sync/debug?client_id=a1", &a.headers());
+    assert_eq!(r.status, 200);
+    let d = r.json();
+    assert_eq!(d["client"]["client_id"], "a1");
+    assert_eq!(d["client"]["bucket_subs"], json!(["user:alice", "global"]));
+    assert_eq!(d["buckets"].as_array().unwrap().len(), 2);
+    assert!(d["changelog_stats"]["max_seq"].as_i64().unwrap() > 0);
+    assert_eq!(get(server.addr, "/sync/debug?client_id=zzz", &a.headers()).status, 404);
+    server.shutdown(Duration::from_secs(5));
+}

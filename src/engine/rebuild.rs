@@ -1,0 +1,172 @@
+//! POST /sync/rebuild (§8.2) and GET /sync/debug (§1.9).
+//!
+//! Rebuild fixes of §8.3: only subscribed buckets (C10), the checkpoint captured on the first
+//! page and carried in the cursor, and the final page sets only the rebuilt bucket (C11). The
+//! cursor is `<checkpoint>:<table>|<record id>`; the reference's `<table>|<record id>` is still
+//! accepted (it then restarts the checkpoint capture).
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde_json::{json, Map, Value};
+
+use super::pull::{hydrate, to_record};
+use super::{Engine, EngineError};
+use crate::protocol::{RebuildRequest, RebuildResponse};
+use crate::store::changelog;
+use crate::store::clients;
+use crate::store::pool::StoreError;
+use crate::time::format_timestamp;
+use crate::types::UserId;
+
+/// A parsed rebuild cursor: `(checkpoint, table, record id)`.
+fn parse_cursor(cursor: &str) -> Option<(Option<i64>, String, String)> {
+    let (head, record) = cursor.split_once('|')?;
+    match head.split_once(':') {
+        Some((cp, table)) if !cp.is_empty() && cp.bytes().all(|b| b.is_ascii_digit()) => {
+            Some((cp.parse().ok(), table.to_string(), record.to_string()))
+        }
+        _ => Some((None, head.to_string(), record.to_string())),
+    }
+}
+
+impl Engine {
+    /// Decodes, rebuilds and serialises (the HTTP path).
+    pub fn rebuild_json(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, EngineError> {
+        let req = RebuildRequest::decode(body)?;
+        let resp = self.rebuild(user, &req)?;
+        serde_json::to_vec(&resp).map_err(|e| EngineError::Schema(format!("serialising the rebuild page: {e}")))
+    }
+
+    /// One page of a bucket's live rows.
+    pub fn rebuild(&self, user: &UserId, req: &RebuildRequest) -> Result<RebuildResponse, EngineError> {
+        let mut db = self.db()?;
+        let cat = self.catalog(&mut db)?;
+        Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
+        let client = clients::load(&mut *db, user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        if !client.subscriptions(user).contains(&req.bucket_id) {
+            return Err(EngineError::Forbidden(format!("bucket {} is not subscribed by this client", req.bucket_id)));
+        }
+        let max_seq = changelog::max_seq(&mut *db)?;
+        let (cp, after) = match req.cursor.as_deref().and_then(parse_cursor) {
+            Some((Some(cp), t, r)) => {
+                if cp > max_seq {
+                    return Err(EngineError::BadRequest("invalid rebuild cursor".into()));
+                }
+                (cp, Some((t, r)))
+            }
+            Some((None, t, r)) => (max_seq, Some((t, r))),
+            None => (max_seq, None),
+        };
+        let mut tx =
+            db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the rebuild"))?;
+        tx.execute("SELECT set_config('app.user_id', $1, true)", &[&user.as_str()])
+            .map_err(StoreError::query("setting app.user_id"))?;
+        let mut members = changelog::bucket_members(
+            &mut tx,
+            &req.bucket_id,
+            after.as_ref().map(|(t, r)| (t.as_str(), r.as_str())),
+            req.limit + 1,
+        )?;
+        let has_more = members.len() as i64 > req.limit;
+        members.truncate(req.limit as usize);
+        let mut by_table: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (t, r) in &members {
+            by_table.entry(t.as_str()).or_default().push(r.clone());
+        }
+        let mut records = Vec::new();
+        for (table_name, ids) in by_table {
+            // Edges of tables no longer synced are skipped: they cannot be hydrated or served.
+            let Some(table) = cat.registry.table(table_name) else { continue };
+            let mut rows = hydrate(&mut tx, table, &ids)?;
+            for id in ids {
+                let Some(row) = rows.remove(&id) else { continue };
+                if row.deleted_at.is_some() {
+                    continue;
+                }
+                records.push(to_record(table_name, id, row, None, Some(req.bucket_id.clone()), true)?);
+            }
+        }
+        let bucket_checksum = if has_more {
+            None
+        } else {
+            changelog::bucket_checksums(&mut tx, std::slice::from_ref(&req.bucket_id))?.first().map(|(_, c)| *c)
+        };
+        tx.commit().map_err(StoreError::query("finishing the rebuild page"))?;
+        let cursor = if has_more { members.last().map(|(t, r)| format!("{cp}:{t}|{r}")) } else { None };
+        if !has_more {
+            clients::set_bucket_checkpoint(&mut *db, user, &req.client_id, &req.bucket_id, cp)?;
+            clients::reactivate(&mut *db, user, &req.client_id)?;
+        }
+        Ok(RebuildResponse {
+            records,
+            cursor,
+            checkpoint: cp,
+            has_more,
+            bucket_checksum,
+            schema_version: cat.version,
+            schema_hash: cat.schema.hash.clone(),
+        })
+    }
+
+    /// GET /sync/debug body.
+    pub fn debug_json(&self, user: &UserId, client_id: &str) -> Result<Vec<u8>, EngineError> {
+        let mut db = self.db()?;
+        let client = clients::load(&mut *db, user, client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        let mut buckets = Vec::new();
+        for (bucket, checkpoint) in clients::bucket_checkpoints(&mut *db, user, client_id)? {
+            let row = db
+                .query_one("SELECT count(*), BIT_XOR(checksum) FROM sync_bucket_edges WHERE bucket_id = $1", &[&bucket])
+                .map_err(StoreError::query("counting bucket members"))?;
+            let mut b = json!({"bucket_id": bucket, "checkpoint": checkpoint, "member_count": row.get::<_, i64>(0)});
+            if let Some(sum) = row.get::<_, Option<i32>>(1) {
+                b["checksum"] = json!(sum);
+            }
+            buckets.push(b);
+        }
+        let stats = db
+            .query_one("SELECT COALESCE(min(seq), 0), COALESCE(max(seq), 0), count(*) FROM sync_changelog", &[])
+            .map_err(StoreError::query("reading changelog statistics"))?;
+        let mut c = json!({
+            "id": client.id,
+            "client_id": client.client_id,
+            "platform": client.platform,
+            "app_version": client.app_version,
+            "is_active": client.is_active,
+            "bucket_subs": client.bucket_subs,
+        });
+        for (key, value) in [
+            ("last_sync_at", client.last_sync_at),
+            ("last_pull_at", client.last_pull_at),
+            ("last_push_at", client.last_push_at),
+        ] {
+            if let Some(v) = value {
+                c[key] = json!(format_timestamp(v));
+            }
+        }
+        if let Some(seq) = client.last_pull_seq {
+            c["legacy_checkpoint"] = json!(seq);
+        }
+        let body = json!({
+            "client": c,
+            "buckets": buckets,
+            "changelog_stats": {"min_seq": stats.get::<_, i64>(0), "max_seq": stats.get::<_, i64>(1), "total_entries": stats.get::<_, i64>(2)},
+            "server_time": format_timestamp(SystemTime::now()),
+        });
+        Ok(serde_json::to_vec(&body).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors() {
+        assert_eq!(parse_cursor("12:tasks|a|b"), Some((Some(12), "tasks".into(), "a|b".into())));
+        assert_eq!(parse_cursor("tasks|a"), Some((None, "tasks".into(), "a".into())));
+        assert_eq!(parse_cursor("no-bar"), None);
+        assert_eq!(parse_cursor(":t|r"), Some((None, ":t".into(), "r".into())));
+        assert_eq!(parse_cursor("99999999999999999999999:t|r"), Some((None, "t".into(), "r".into())));
+    }
+}
