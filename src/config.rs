@@ -186,6 +186,7 @@ pub fn help_text() -> String {
          USAGE:\n  synchrod [serve]        run the server (needs DATABASE_URL)\n  \
          synchrod dev            run on a private local PostgreSQL with a demo schema\n  \
          synchrod migrate [--print]  apply (or print) the infrastructure migrations\n  \
+         synchrod rls            print row-level-security policies for the synced tables\n  \
          synchrod --help         this text\n\nENVIRONMENT:\n",
     );
     let width = VARS.iter().map(|v| v.name.len()).max().unwrap_or(0);

@@ -75,6 +75,7 @@ pub mod pgurl;
 pub mod protocol;
 pub mod registry;
 pub mod replication;
+pub mod rls;
 pub mod schema;
 pub mod server;
 pub mod service;

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         "serve" => serve(std::env::vars().collect()),
         "dev" => run_dev(),
         "migrate" => migrate(args.iter().any(|a| a == "--print")),
+        "rls" => print_rls(),
         other => {
             eprintln!("synchrod: unknown command {other:?}\n\n{}", help_text());
             ExitCode::from(2)
@@ -66,6 +67,27 @@ fn run_dev() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("synchrod dev: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_rls() -> ExitCode {
+    let vars: HashMap<String, String> = std::env::vars().collect();
+    let config = match load_config(&vars) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match server::rls_statements(&config) {
+        Ok(statements) => {
+            println!("-- Row-level security for the synced tables; review, then apply as the tables' owner.");
+            for s in statements {
+                println!("{s}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("synchrod rls: {e}");
             ExitCode::FAILURE
         }
     }

@@ -149,6 +149,15 @@ fn authenticator(config: &Config) -> Result<Arc<dyn Authenticator>, ServerError>
     }
 }
 
+/// The RLS policies (§12) for the configured tables.
+pub fn rls_statements(config: &Config) -> Result<Vec<String>, ServerError> {
+    let settings = engine_settings(config)?;
+    let mut db = pool::connect(&config.database_url)?;
+    let registry =
+        introspect::load_registry(&mut db, &settings.registry).map_err(|e| ServerError::Config(e.to_string()))?;
+    Ok(crate::rls::policies(&registry, &config.owner_column))
+}
+
 /// A callback run once the HTTP listener is bound, with the base URL (the dev banner).
 pub type OnListening = Box<dyn FnOnce(&str) + Send>;
 

@@ -10,6 +10,7 @@ mod http;
 mod introspect;
 mod migrations;
 mod replication_conn;
+mod rls;
 mod server;
 mod store;
 mod sync_api;
