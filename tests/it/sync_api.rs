@@ -391,3 +391,87 @@ fn rebuild_and_debug() {
     assert_eq!(get(server.addr, "/sync/debug?client_id=zzz", &a.headers()).status, 404);
     server.shutdown(Duration::from_secs(5));
 }
+
+/// What PostgreSQL holds for `user`: their tasks, comments under them, and shared categories.
+fn truth(db: &TestDb, user: &str) -> BTreeMap<(String, String), Value> {
+    let mut out = BTreeMap::new();
+    let mut c = db.client();
+    for (table, sql) in [
+        ("tasks", "SELECT id::text, row_to_json(t)::text FROM tasks t WHERE user_id = $1 AND deleted_at IS NULL"),
+        ("comments", "SELECT c.id::text, row_to_json(c)::text FROM comments c JOIN tasks t ON t.id = c.task_id WHERE t.user_id = $1 AND c.deleted_at IS NULL"),
+        ("categories", "SELECT id::text, row_to_json(t)::text FROM categories t WHERE deleted_at IS NULL AND $1::text IS NOT NULL"),
+    ] {
+        for r in c.query(sql, &[&user]).unwrap() {
+            let json: String = r.get(1);
+            out.insert((table.to_string(), r.get::<_, String>(0)), serde_json::from_str(&json).unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn randomized_devices_converge_on_what_postgresql_holds() {
+    let (db, server) = setup();
+    let users = ["alice", "bob"];
+    let mut devices: Vec<Device> = users
+        .iter()
+        .flat_map(|u| (0..2).map(move |d| (u, d)))
+        .map(|(u, d)| Device::new(server.addr, u, &format!("{u}-{d}")))
+        .collect();
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for round in 0..120 {
+        let dev = next(devices.len() as u64) as usize;
+        let id = format!("70000000-0000-0000-0000-{:012}", next(12));
+        let d = &devices[dev];
+        match next(6) {
+            0 | 1 => {
+                d.push(json!([task(&id, &format!("r{round}"))]));
+            }
+            2 => {
+                let mut u = task(&id, &format!("u{round}"));
+                u["operation"] = json!("update");
+                u["client_updated_at"] = json!("2099-01-01T00:00:00Z");
+                d.push(json!([u]));
+            }
+            3 => {
+                d.push(json!([{"id": id, "table_name": "tasks", "operation": "delete"}]));
+            }
+            4 => db.execute(&format!("UPDATE tasks SET title = 'sql{round}', done = NOT done WHERE id = '{id}'")),
+            _ => db.execute(&format!(
+                "INSERT INTO comments (task_id, body) SELECT id, 'c{round}' FROM tasks WHERE id = '{id}' AND deleted_at IS NULL"
+            )),
+        }
+        if round % 40 == 0 {
+            for d in devices.iter_mut() {
+                d.pull();
+            }
+        }
+    }
+    let all = [truth(&db, "alice"), truth(&db, "bob")];
+    for table in ["tasks", "comments"] {
+        assert!(all.iter().any(|t| t.keys().any(|(tb, _)| tb == table)), "the workload produced {table}");
+    }
+    // A shared marker row: once a device has it, it has everything committed before it.
+    db.execute("INSERT INTO categories (id, name) VALUES ('00000000-0000-0000-0000-0000000000ff', 'marker')");
+    for d in devices.iter_mut() {
+        d.pull_until("the marker", |rows| {
+            rows.contains_key(&("categories".into(), "00000000-0000-0000-0000-0000000000ff".into()))
+        });
+        let expected = truth(&db, &d.user);
+        assert_eq!(
+            d.rows.keys().collect::<Vec<_>>(),
+            expected.keys().collect::<Vec<_>>(),
+            "{} {}",
+            d.user,
+            d.client_id
+        );
+        assert_eq!(d.rows, expected, "{} {} holds exactly PostgreSQL's rows", d.user, d.client_id);
+    }
+    server.shutdown(Duration::from_secs(5));
+}
