@@ -93,13 +93,15 @@ struct Staleness {
 }
 
 impl Staleness {
+    /// One round trip: the lowest changelog `seq` and both watermarks.
     fn read(db: &mut impl GenericClient) -> Result<Staleness, StoreError> {
-        let (min_seq, _) = changelog::bounds(db)?;
-        Ok(Staleness {
-            min_seq,
-            compacted: changelog::read_watermark(db, watermark::COMPACTED_THROUGH)?,
-            reset: changelog::read_watermark(db, watermark::HISTORY_RESET)?,
-        })
+        let row = db
+            .query_one(
+                "SELECT COALESCE((SELECT seq FROM sync_changelog ORDER BY seq LIMIT 1), 0),                         COALESCE((SELECT seq FROM synchro_watermarks WHERE name = $1), 0),                         COALESCE((SELECT seq FROM synchro_watermarks WHERE name = $2), 0)",
+                &[&watermark::COMPACTED_THROUGH, &watermark::HISTORY_RESET],
+            )
+            .map_err(StoreError::query("reading changelog retention"))?;
+        Ok(Staleness { min_seq: row.get(0), compacted: row.get(1), reset: row.get(2) })
     }
 
     /// Whether a client positioned at `cp` has missed compacted history.
@@ -186,7 +188,9 @@ impl Engine {
         entries.truncate(req.limit as usize);
         let Some(last) = entries.last() else {
             drop(tx);
-            clients::touch_pull(&mut *db, user, &req.client_id)?;
+            if pull_stamp_is_stale(&client) {
+                clients::touch_pull(&mut *db, user, &req.client_id)?;
+            }
             let checkpoint = if per_bucket { from } else { req.checkpoint };
             return Ok(PullResponse { bucket_updates: bucket_updates(&subs, &req.known_buckets), ..empty(checkpoint) });
         };
@@ -212,9 +216,13 @@ impl Engine {
                 clients::raise_bucket_checkpoints(&mut *db, user, &req.client_id, &pairs)?;
             }
             if checkpoint > req.checkpoint {
-                clients::advance_legacy(&mut *db, user, &req.client_id, checkpoint)?;
+                // Also stamps last_pull_at.
+                return clients::advance_legacy(&mut *db, user, &req.client_id, checkpoint);
             }
-            clients::touch_pull(&mut *db, user, &req.client_id)
+            if pull_stamp_is_stale(&client) {
+                clients::touch_pull(&mut *db, user, &req.client_id)?;
+            }
+            Ok(())
         })();
         if let Err(e) = bookkeeping {
             crate::warn!("recording pull progress failed", error = e.to_string());
@@ -237,6 +245,15 @@ impl Engine {
 
     fn notify_snapshot_required(&self, user: &UserId, client_id: &str, reason: &str) {
         crate::debug!("snapshot required", user = user.as_str(), client_id = client_id, reason = reason);
+    }
+}
+
+/// `last_pull_at` only feeds the first-sync check and compaction's staleness (days), so it is
+/// refreshed at most every 30 s: an idle client's empty pulls then write nothing.
+fn pull_stamp_is_stale(client: &clients::ClientRow) -> bool {
+    match client.last_pull_at {
+        None => true,
+        Some(t) => t.elapsed().map(|e| e > std::time::Duration::from_secs(30)).unwrap_or(true),
     }
 }
 

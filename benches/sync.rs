@@ -1,0 +1,276 @@
+//! Sync API benchmark: prints figures beside a pgbench baseline measured in the same run.
+//!
+//! `cargo bench --bench sync`
+//!
+//! * Empty incremental pulls with 64 concurrent keep-alive clients: requests/s, p50, p99, vs
+//!   pgbench running the pull's own SQL (client lookup + changelog page) with 64 clients.
+//! * 100-change pulls with 64 clients.
+//! * Push throughput with 16 clients (100 creates per request).
+//! * Commit -> visible in a pull, p50/p99.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use synchro::cluster::{ClusterOptions, LocalCluster};
+use synchro::config::Config;
+
+const DB: &str = "bench";
+
+/// A keep-alive HTTP/1.1 connection.
+struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn new(addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        Conn { s, buf: Vec::with_capacity(64 * 1024) }
+    }
+
+    fn call(&mut self, method: &str, path: &str, user: &str, body: &str) -> (u16, Vec<u8>) {
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: b\r\nX-User-ID: {user}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.s.write_all(req.as_bytes()).unwrap();
+        self.buf.clear();
+        let mut chunk = [0u8; 16384];
+        loop {
+            let n = self.s.read(&mut chunk).unwrap();
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+                let status: u16 = head[9..12].parse().unwrap();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                    .unwrap_or(0);
+                while self.buf.len() < end + 4 + len {
+                    let n = self.s.read(&mut chunk).unwrap();
+                    assert!(n > 0);
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                return (status, self.buf[end + 4..end + 4 + len].to_vec());
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p) as usize]
+}
+
+/// One request of a load test, given the client index and its connection.
+type Request = Arc<dyn Fn(usize, &mut Conn) + Send + Sync>;
+
+/// Runs `f(client index)` on `clients` threads for `secs`, returns (requests/s, p50 ms, p99 ms).
+fn load(clients: usize, secs: u64, f: Request, addr: SocketAddr) -> (f64, f64, f64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let handles: Vec<_> = (0..clients)
+        .map(|i| {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                let mut conn = Conn::new(addr);
+                let mut lat = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    f(i, &mut conn);
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                lat
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut all: Vec<f64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let elapsed = started.elapsed().as_secs_f64().max(secs as f64);
+    all.sort_by(|a, b| a.total_cmp(b));
+    (all.len() as f64 / elapsed, percentile(&all, 0.5), percentile(&all, 0.99))
+}
+
+fn main() {
+    let dir = std::env::temp_dir().join(format!("synchro-bench-sync-{}", std::process::id()));
+    let mut opts = ClusterOptions::new(&dir);
+    opts.fast_unsafe = true;
+    let cluster = LocalCluster::start(&opts).expect("cluster");
+    cluster.stop_when_process_exits(std::process::id(), true).expect("watchdog");
+    cluster.psql("postgres", &format!("CREATE DATABASE {DB}")).expect("db");
+    cluster.psql(DB, synchro::dev::DEMO_SCHEMA).expect("schema");
+    synchro::logging::set_level(synchro::config::LogLevel::Error);
+    let mut vars = HashMap::new();
+    vars.insert("DATABASE_URL".to_string(), cluster.url(DB));
+    vars.insert("SYNC_TABLES".to_string(), "tasks,comments,categories".to_string());
+    vars.insert("LISTEN_ADDR".to_string(), "127.0.0.1:0".to_string());
+    vars.insert("HTTP_THREADS".to_string(), "8".to_string());
+    let running = synchro::server::start(&Config::from_vars(&vars).unwrap()).expect("server");
+    let addr = running.addr;
+    let mut admin = Conn::new(addr);
+    let (_, schema) = admin.call("GET", "/sync/schema", "u0", "");
+    let schema: Value = serde_json::from_slice(&schema).unwrap();
+    let (v, h) = (schema["schema_version"].as_i64().unwrap(), schema["schema_hash"].as_str().unwrap().to_string());
+    let clients = 64;
+    for i in 0..clients {
+        let user = format!("u{i}");
+        admin.call(
+            "POST",
+            "/sync/register",
+            &user,
+            &json!({"client_id": "c", "schema_version": 0, "schema_hash": ""}).to_string(),
+        );
+        let (st, _) = admin.call(
+            "POST",
+            "/sync/snapshot",
+            &user,
+            &json!({"client_id": "c", "limit": 1000, "schema_version": v, "schema_hash": h}).to_string(),
+        );
+        assert_eq!(st, 200);
+    }
+    println!("synchro sync API benchmark (64 clients, 8 HTTP workers, 2 cores shared with PostgreSQL)");
+
+    // Empty incremental pulls: every client is at the head of the changelog.
+    let head: i64 = {
+        let mut c = postgres::Client::connect(&cluster.url(DB), postgres::NoTls).unwrap();
+        c.query_one("SELECT COALESCE(max(seq), 0) FROM sync_changelog", &[]).unwrap().get(0)
+    };
+    let (hv, hh) = (v, h.clone());
+    let empty = Arc::new(move |i: usize, c: &mut Conn| {
+        let body = json!({"client_id": "c", "checkpoint": head, "schema_version": hv, "schema_hash": hh}).to_string();
+        let (st, _) = c.call("POST", "/sync/pull", &format!("u{i}"), &body);
+        assert_eq!(st, 200);
+    });
+    let (rps, p50, p99) = load(clients, 5, empty, addr);
+
+    let script = dir.join("pull.sql");
+    std::fs::write(
+        &script,
+        "\\set u random(0, 63)\n\
+         SELECT id, bucket_subs, last_pull_at FROM sync_clients WHERE user_id = 'u' || :u AND client_id = 'c';\n\
+         SELECT * FROM ((SELECT seq, bucket_id, table_name, record_id, operation FROM sync_changelog WHERE bucket_id = 'user:u' || :u AND seq > 0 ORDER BY seq LIMIT 101) UNION ALL (SELECT seq, bucket_id, table_name, record_id, operation FROM sync_changelog WHERE bucket_id = 'global' AND seq > 1000000000 ORDER BY seq LIMIT 101)) p ORDER BY seq LIMIT 101;\n",
+    )
+    .unwrap();
+    let _ = Command::new("chmod").arg("644").arg(&script).status();
+    let out = Command::new(cluster.bin_dir().join("pgbench"))
+        .args([
+            "-n",
+            "-c",
+            "64",
+            "-j",
+            "2",
+            "-T",
+            "5",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port().to_string(),
+            "-U",
+            "postgres",
+            "-f",
+        ])
+        .arg(&script)
+        .arg(DB)
+        .output()
+        .expect("pgbench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tps: f64 = text
+        .lines()
+        .find(|l| l.starts_with("tps"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    println!(
+        "empty pull, 64 clients: {rps:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms | pgbench equivalent SQL: {tps:.0} tx/s | ratio {:.2}x (target >= 0.5x, p99 <= 20 ms)",
+        rps / tps
+    );
+
+    // 100-change pulls: each user owns 100 tasks; pulls start from the snapshot checkpoint.
+    {
+        let mut c = postgres::Client::connect(&cluster.url(DB), postgres::NoTls).unwrap();
+        c.batch_execute(
+            "INSERT INTO tasks (user_id, title) SELECT 'u' || (g % 64), 't' || g FROM generate_series(0, 6399) g",
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let n: i64 =
+                c.query_one("SELECT count(*) FROM sync_changelog WHERE table_name = 'tasks'", &[]).unwrap().get(0);
+            if n >= 6400 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "capture too slow");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let (hv, hh) = (v, h.clone());
+    let full = Arc::new(move |i: usize, c: &mut Conn| {
+        let body = json!({"client_id": "c", "checkpoint": head, "limit": 100, "schema_version": hv, "schema_hash": hh})
+            .to_string();
+        let (st, b) = c.call("POST", "/sync/pull", &format!("u{i}"), &body);
+        assert_eq!(st, 200);
+        assert!(b.len() > 1000);
+    });
+    let (rps, p50, p99) = load(clients, 5, full, addr);
+    println!(
+        "100-change pull, 64 clients: {rps:.0} req/s ({:.0} records/s), p50 {p50:.2} ms, p99 {p99:.2} ms",
+        rps * 100.0
+    );
+
+    // Push throughput, 16 clients x 100 creates per request.
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (hv, hh, ctr) = (v, h.clone(), counter.clone());
+    let push = Arc::new(move |i: usize, c: &mut Conn| {
+        let base = ctr.fetch_add(100, std::sync::atomic::Ordering::Relaxed);
+        let changes: Vec<Value> = (0..100)
+            .map(|k| {
+                let id = format!("80000000-0000-0000-0000-{:012}", base + k);
+                json!({"id": id, "table_name": "tasks", "operation": "create", "client_updated_at": "2026-01-01T00:00:00Z", "data": {"title": "p"}})
+            })
+            .collect();
+        let body = json!({"client_id": "c", "changes": changes, "schema_version": hv, "schema_hash": hh}).to_string();
+        let (st, _) = c.call("POST", "/sync/push", &format!("u{i}"), &body);
+        assert_eq!(st, 200);
+    });
+    let (rps, p50, p99) = load(16, 5, push, addr);
+    println!(
+        "push, 16 clients x 100 records: {:.0} records/s, p50 {p50:.2} ms, p99 {p99:.2} ms per request",
+        rps * 100.0
+    );
+
+    // Commit -> visible in a pull (sequential samples, a row committed then pulled until seen).
+    let mut c = postgres::Client::connect(&cluster.url(DB), postgres::NoTls).unwrap();
+    let mut conn = Conn::new(addr);
+    let mut lat = Vec::new();
+    let mut cp = {
+        let r: i64 = c.query_one("SELECT COALESCE(max(seq), 0) FROM sync_changelog", &[]).unwrap().get(0);
+        r
+    };
+    for k in 0..200 {
+        let id = format!("90000000-0000-0000-0000-{k:012}");
+        c.execute("INSERT INTO tasks (id, user_id, title) VALUES ($1::text::uuid, 'u0', 'lat')", &[&id]).unwrap();
+        let t = Instant::now();
+        loop {
+            let body = json!({"client_id": "c", "checkpoint": cp, "schema_version": v, "schema_hash": h}).to_string();
+            let (_, b) = conn.call("POST", "/sync/pull", "u0", &body);
+            let page: Value = serde_json::from_slice(&b).unwrap();
+            cp = page["checkpoint"].as_i64().unwrap_or(cp);
+            if page["changes"].as_array().is_some_and(|ch| ch.iter().any(|r| r["id"] == id.as_str())) {
+                break;
+            }
+        }
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "commit -> visible in a pull: p50 {:.2} ms, p99 {:.2} ms (target p99 <= 50 ms)",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+    running.shutdown(Duration::from_secs(5));
+}
