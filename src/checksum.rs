@@ -119,6 +119,14 @@ pub fn canonical_json(row_json: &str) -> Option<String> {
 }
 
 /// The §13.1 checksum of a row's `row_to_json` text.
+///
+/// ```
+/// // Key order, spacing and number spelling do not matter; the result is a signed int32.
+/// let a = synchro::checksum::record_checksum(r#"{"name":"Alice","n":12.50}"#);
+/// let b = synchro::checksum::record_checksum(r#"{"n": 12.5, "name": "Alice"}"#);
+/// assert_eq!(a, b);
+/// assert_eq!(synchro::checksum::record_checksum("{}"), -1549353149);
+/// ```
 pub fn record_checksum(row_json: &str) -> i32 {
     let crc = match canonical_json(row_json) {
         Some(canonical) => crc32(canonical.as_bytes()),

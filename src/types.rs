@@ -6,6 +6,13 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A PostgreSQL write-ahead-log position, displayed as `X/Y` (two hex halves).
+///
+/// ```
+/// use synchro::types::Lsn;
+/// let lsn: Lsn = "16/B374D848".parse().unwrap();
+/// assert_eq!(lsn.0, 0x16_B374_D848);
+/// assert_eq!(lsn.to_string(), "16/B374D848");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Lsn(pub u64);
 
