@@ -475,3 +475,84 @@ fn randomized_devices_converge_on_what_postgresql_holds() {
     }
     server.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn pull_pages_dedup_and_boundaries() {
+    let (db, server) = setup();
+    let mut a = Device::new(server.addr, "alice", "a1");
+    let start_cp = a.checkpoint;
+    let id = |i: u32| format!("a0000000-0000-0000-0000-{i:012}");
+    // Create+update of one record, create+delete of another, three more creates.
+    db.execute(&format!(
+        "INSERT INTO tasks (id, user_id, title) VALUES ('{0}', 'alice', 'v1'); UPDATE tasks SET title = 'v2' WHERE id = '{0}';
+         INSERT INTO tasks (id, user_id, title) VALUES ('{1}', 'alice', 'gone'); DELETE FROM tasks WHERE id = '{1}';",
+        id(1),
+        id(2)
+    ));
+    let total = wait_for(20, "four changelog rows", || {
+        let n: i64 = db
+            .client()
+            .query_one("SELECT count(*) FROM sync_changelog WHERE seq > $1 AND bucket_id = 'user:alice'", &[&start_cp])
+            .unwrap()
+            .get(0);
+        (n == 4).then_some(n)
+    });
+    let body = |cp: i64, limit: i64| json!({"client_id": "a1", "checkpoint": cp, "limit": limit, "schema_version": a.version, "schema_hash": a.hash});
+    // Exactly `limit` rows: has_more is false and the page carries the bucket checksums.
+    let page = a.call("/sync/pull", body(start_cp, total)).json();
+    assert_eq!(page["has_more"], false, "{page}");
+    assert_eq!(page["changes"].as_array().unwrap().len(), 1, "create+update -> one change: {page}");
+    assert_eq!(page["changes"][0]["data"]["title"], "v2");
+    assert_eq!(page["deletes"], json!([{"id": id(2), "table_name": "tasks"}]), "create+delete -> only a delete");
+    assert!(page["bucket_checksums"]["user:alice"].is_i64());
+    // One row less: has_more, no checksums, checkpoint at the last row of the page.
+    let page = a.call("/sync/pull", body(start_cp, total - 1)).json();
+    assert_eq!(page["has_more"], true);
+    assert!(page.get("bucket_checksums").is_none());
+    // The same record on both sides of a page boundary ends at its latest version.
+    db.execute(&format!("UPDATE tasks SET title = 'v3' WHERE id = '{}'", id(1)));
+    wait_for(20, "the last update", || {
+        let n: i64 = db
+            .client()
+            .query_one("SELECT count(*) FROM sync_changelog WHERE seq > $1 AND bucket_id = 'user:alice'", &[&start_cp])
+            .unwrap()
+            .get(0);
+        (n == 5).then_some(())
+    });
+    let mut cp = start_cp;
+    let mut title = Value::Null;
+    let mut pages = 0;
+    loop {
+        let page = a.call("/sync/pull", body(cp, 2)).json();
+        pages += 1;
+        for c in page["changes"].as_array().unwrap() {
+            if c["id"] == id(1).as_str() {
+                title = c["data"]["title"].clone();
+            }
+        }
+        cp = page["checkpoint"].as_i64().unwrap();
+        if !page["has_more"].as_bool().unwrap() {
+            break;
+        }
+    }
+    assert_eq!((title, pages), (json!("v3"), 3));
+    // An empty page echoes the checkpoint; limits are normalised (0 -> 100, 5000 -> 1000).
+    let page = a.call("/sync/pull", body(cp, 0)).json();
+    assert_eq!((page["checkpoint"].as_i64().unwrap(), page["has_more"].as_bool().unwrap()), (cp, false));
+    assert_eq!(a.call("/sync/pull", body(cp, 5000)).status, 200);
+    // Legacy pull at 0 after a completed snapshot is a normal pull, before one it is not.
+    let fresh = a.call("/sync/register", json!({"client_id": "new", "schema_version": 0, "schema_hash": ""}));
+    assert_eq!(fresh.status, 200);
+    let r = a
+        .call(
+            "/sync/pull",
+            json!({"client_id": "new", "checkpoint": 0, "schema_version": a.version, "schema_hash": a.hash}),
+        )
+        .json();
+    assert_eq!(
+        (r["snapshot_required"].clone(), r["snapshot_reason"].clone()),
+        (json!(true), json!("initial_sync_required"))
+    );
+    a.pull();
+    server.shutdown(Duration::from_secs(5));
+}
