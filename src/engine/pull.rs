@@ -48,7 +48,9 @@ pub(crate) fn hydrate(
         ts(table.deleted_at.real()),
         table.qualified(),
     );
-    let rows = db.query(&sql, &[&ids]).map_err(StoreError::query(format!("reading changed rows of {}", table.name)))?;
+    let rows = db
+        .query_typed(&sql, &[(&ids, postgres::types::Type::TEXT_ARRAY)])
+        .map_err(StoreError::query(format!("reading changed rows of {}", table.name)))?;
     Ok(rows
         .into_iter()
         .map(|r| (r.get(0), Hydrated { data: r.get(1), updated_at: r.get(2), deleted_at: r.get(3) }))
@@ -179,21 +181,23 @@ impl Engine {
         };
         let from = positions.iter().map(|(_, p)| *p).min().unwrap_or(0);
 
-        let mut tx = db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the pull"))?;
-        tx.execute("SELECT set_config('app.user_id', $1, true)", &[&user.as_str()])
-            .map_err(StoreError::query("setting app.user_id"))?;
+        // The page itself needs no transaction (the changelog has no RLS): empty pulls, the
+        // common case, cost one query here. Rows are hydrated in a read-only transaction with
+        // app.user_id set, so RLS policies apply to them.
         let tables = (!req.tables.is_empty()).then_some(req.tables.as_slice());
-        let mut entries = changelog::read_page(&mut tx, &positions, tables, req.limit + 1)?;
+        let mut entries = changelog::read_page(&mut *db, &positions, tables, req.limit + 1)?;
         let has_more = entries.len() as i64 > req.limit;
         entries.truncate(req.limit as usize);
         let Some(last) = entries.last() else {
-            drop(tx);
             if pull_stamp_is_stale(&client) {
                 clients::touch_pull(&mut *db, user, &req.client_id)?;
             }
             let checkpoint = if per_bucket { from } else { req.checkpoint };
             return Ok(PullResponse { bucket_updates: bucket_updates(&subs, &req.known_buckets), ..empty(checkpoint) });
         };
+        let mut tx = db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the pull"))?;
+        tx.query_typed("SELECT set_config('app.user_id', $1, true)", &[(&user.as_str(), postgres::types::Type::TEXT)])
+            .map_err(StoreError::query("setting app.user_id"))?;
         let checkpoint = last.seq.0;
         let (changes, deletes) = materialise(&mut tx, &cat, &entries)?;
         let bucket_checksums: BTreeMap<String, i32> =

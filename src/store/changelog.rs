@@ -1,7 +1,7 @@
 //! Reading `sync_changelog` and `sync_bucket_edges` for pulls, rebuilds and debug (§6, §8.2,
 //! §10.1, §10.4), plus the watermarks synchro keeps beside them.
 
-use postgres::types::ToSql;
+use postgres::types::{ToSql, Type};
 use postgres::GenericClient;
 
 use super::pool::StoreError;
@@ -41,10 +41,10 @@ pub fn read_page(
         return Ok(Vec::new());
     }
     let table_list: Vec<&str> = tables.unwrap_or(&[]).iter().map(String::as_str).collect();
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&limit];
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![(&limit, Type::INT8)];
     let table_filter = match tables {
         Some(t) if !t.is_empty() => {
-            params.push(&table_list);
+            params.push((&table_list, Type::TEXT_ARRAY));
             " AND table_name = ANY($2)"
         }
         _ => "",
@@ -52,8 +52,8 @@ pub fn read_page(
     let mut parts = Vec::with_capacity(positions.len());
     for (bucket, after) in positions {
         let b = params.len() + 1;
-        params.push(bucket);
-        params.push(after);
+        params.push((bucket, Type::TEXT));
+        params.push((after, Type::INT8));
         parts.push(format!(
             "(SELECT seq, bucket_id, table_name, record_id, operation, created_at FROM sync_changelog \
              WHERE bucket_id = ${b} AND seq > ${}{table_filter} ORDER BY seq LIMIT $1)",
@@ -61,7 +61,8 @@ pub fn read_page(
         ));
     }
     let sql = format!("SELECT * FROM ({}) AS page ORDER BY seq LIMIT $1", parts.join(" UNION ALL "));
-    let rows = db.query(&sql, &params).map_err(StoreError::query("reading the changelog"))?;
+    // Typed parameters: one round trip (this is the hot path of every pull).
+    let rows = db.query_typed(&sql, &params).map_err(StoreError::query("reading the changelog"))?;
     rows.iter()
         .map(|r| {
             let code: i16 = r.get(4);
@@ -104,10 +105,10 @@ pub fn bucket_checksums(db: &mut impl GenericClient, buckets: &[String]) -> Resu
         return Ok(Vec::new());
     }
     let rows = db
-        .query(
+        .query_typed(
             "SELECT bucket_id, BIT_XOR(checksum) FROM sync_bucket_edges \
              WHERE bucket_id = ANY($1) AND checksum IS NOT NULL GROUP BY bucket_id ORDER BY bucket_id",
-            &[&buckets],
+            &[(&buckets, Type::TEXT_ARRAY)],
         )
         .map_err(StoreError::query("computing bucket checksums"))?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())

@@ -3,6 +3,7 @@
 
 use std::time::SystemTime;
 
+use postgres::types::Type;
 use postgres::GenericClient;
 
 use super::pool::StoreError;
@@ -114,13 +115,13 @@ pub fn register(db: &mut impl GenericClient, user: &UserId, reg: &Registration) 
 
 /// Loads the client of `(user, client_id)`.
 pub fn load(db: &mut impl GenericClient, user: &UserId, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
-    let row = db
-        .query_opt(
+    let rows = db
+        .query_typed(
             &format!("SELECT {CLIENT_COLUMNS} FROM sync_clients WHERE user_id = $1 AND client_id = $2"),
-            &[&user.as_str(), &client_id],
+            &[(&user.as_str(), Type::TEXT), (&client_id, Type::TEXT)],
         )
         .map_err(StoreError::query("loading the client"))?;
-    Ok(row.as_ref().map(client_from_row))
+    Ok(rows.first().map(client_from_row))
 }
 
 /// Every checkpoint row of the client, ordered by bucket id.
@@ -141,16 +142,18 @@ pub fn bucket_checkpoints(
 /// Legacy advance (§6.9): raises `last_pull_seq` and stamps the pull, then raises every bucket
 /// row of the client that is below `seq`.
 pub fn advance_legacy(db: &mut impl GenericClient, user: &UserId, client_id: &str, seq: i64) -> Result<(), StoreError> {
-    db.execute(
+    let params: [(&(dyn postgres::types::ToSql + Sync), Type); 3] =
+        [(&user.as_str(), Type::TEXT), (&client_id, Type::TEXT), (&seq, Type::INT8)];
+    db.query_typed(
         "UPDATE sync_clients SET last_pull_seq = $3, last_pull_at = now(), last_sync_at = now() \
          WHERE user_id = $1 AND client_id = $2 AND (last_pull_seq IS NULL OR last_pull_seq < $3)",
-        &[&user.as_str(), &client_id, &seq],
+        &params,
     )
     .map_err(StoreError::query("advancing the client checkpoint"))?;
-    db.execute(
+    db.query_typed(
         "UPDATE sync_client_checkpoints SET checkpoint = $3, updated_at = now() \
          WHERE user_id = $1 AND client_id = $2 AND checkpoint < $3",
-        &[&user.as_str(), &client_id, &seq],
+        &params,
     )
     .map_err(StoreError::query("advancing bucket checkpoints"))?;
     Ok(())
@@ -198,9 +201,9 @@ pub fn set_bucket_checkpoint(
 
 /// Stamps a pull that reached the data phase.
 pub fn touch_pull(db: &mut impl GenericClient, user: &UserId, client_id: &str) -> Result<(), StoreError> {
-    db.execute(
+    db.query_typed(
         "UPDATE sync_clients SET last_pull_at = now(), last_sync_at = now() WHERE user_id = $1 AND client_id = $2",
-        &[&user.as_str(), &client_id],
+        &[(&user.as_str(), Type::TEXT), (&client_id, Type::TEXT)],
     )
     .map_err(StoreError::query("recording the pull"))?;
     Ok(())
