@@ -112,6 +112,10 @@ pub struct Config {
     pub http_idle_timeout: Duration,
     /// A non-superuser role pushes switch to (`SET LOCAL ROLE`) so RLS policies apply.
     pub push_role: Option<String>,
+    /// How often the background compaction runs (`None` = never).
+    pub compaction_interval: Option<Duration>,
+    /// Clients that have not synced for this long are deactivated by compaction.
+    pub stale_client_after: Duration,
 }
 
 /// One documented variable: name, default shown in `--help`, and meaning.
@@ -187,6 +191,7 @@ pub fn help_text() -> String {
          synchrod dev            run on a private local PostgreSQL with a demo schema\n  \
          synchrod migrate [--print]  apply (or print) the infrastructure migrations\n  \
          synchrod rls            print row-level-security policies for the synced tables\n  \
+         synchrod compact        run one changelog compaction pass and print what it did\n  \
          synchrod --help         this text\n\nENVIRONMENT:\n",
     );
     let width = VARS.iter().map(|v| v.name.len()).max().unwrap_or(0);
@@ -413,6 +418,20 @@ impl Config {
                 }
                 None => None,
             },
+            compaction_interval: match get("COMPACTION_INTERVAL_SECS") {
+                Some(v) => match parse_number("COMPACTION_INTERVAL_SECS", v, 0u64, 30 * 24 * 3600)? {
+                    0 => None,
+                    n => Some(Duration::from_secs(n)),
+                },
+                None => Some(Duration::from_secs(3600)),
+            },
+            stale_client_after: Duration::from_secs(
+                24 * 3600
+                    * match get("STALE_CLIENT_DAYS") {
+                        Some(v) => parse_number("STALE_CLIENT_DAYS", v, 1u64, 3650)?,
+                        None => 7,
+                    },
+            ),
             http_idle_timeout: Duration::from_secs(match get("HTTP_IDLE_TIMEOUT_SECS") {
                 Some(v) => parse_number("HTTP_IDLE_TIMEOUT_SECS", v, 1u64, 3600)?,
                 None => 30,
@@ -504,6 +523,9 @@ mod tests {
             (&[("HTTP_THREADS", "many")], "HTTP_THREADS"),
             (&[("MAX_BODY_BYTES", "10")], "MAX_BODY_BYTES"),
             (&[("HTTP_IDLE_TIMEOUT_SECS", "-1")], "HTTP_IDLE_TIMEOUT_SECS"),
+            (&[("COMPACTION_INTERVAL_SECS", "soon")], "COMPACTION_INTERVAL_SECS"),
+            (&[("STALE_CLIENT_DAYS", "0")], "STALE_CLIENT_DAYS"),
+            (&[("PUSH_ROLE", "bad role")], "PUSH_ROLE"),
             (&[("LISTEN_ADDR", "nowhere")], "LISTEN_ADDR"),
         ];
         for (pairs, variable) in cases {

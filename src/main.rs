@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         "dev" => run_dev(),
         "migrate" => migrate(args.iter().any(|a| a == "--print")),
         "rls" => print_rls(),
+        "compact" => compact(),
         other => {
             eprintln!("synchrod: unknown command {other:?}\n\n{}", help_text());
             ExitCode::from(2)
@@ -67,6 +68,27 @@ fn run_dev() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("synchrod dev: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn compact() -> ExitCode {
+    let vars: HashMap<String, String> = std::env::vars().collect();
+    let config = match load_config(&vars) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match server::compact_once(&config) {
+        Ok(r) => {
+            println!(
+                "synchrod compact: deactivated {} stale clients, safe sequence {}, deleted {} changelog rows, compacted through {}",
+                r.deactivated, r.safe_seq, r.deleted, r.compacted_through
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("synchrod compact: {e}");
             ExitCode::FAILURE
         }
     }

@@ -170,6 +170,7 @@ pub struct Running {
     pub engine: Arc<Engine>,
     /// Change capture.
     pub capture: CaptureHandle,
+    compaction: Option<(Arc<std::sync::atomic::AtomicBool>, thread::JoinHandle<()>)>,
 }
 
 impl Running {
@@ -177,6 +178,12 @@ impl Running {
     /// change capture (the writer commits what is complete and the position is confirmed).
     pub fn shutdown(self, deadline: Duration) {
         self.http.shutdown(deadline);
+        if let Some((stop, handle)) = self.compaction {
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            if handle.join().is_err() {
+                crate::error!("the compaction thread panicked");
+            }
+        }
         self.capture.stop();
     }
 }
@@ -225,7 +232,57 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
         schema_version = engine.cached_catalog().version,
         tables = engine.cached_catalog().registry.tables.len() as u64
     );
-    Ok(Running { addr, http, engine, capture })
+    let compaction = match config.compaction_interval {
+        Some(every) => Some(spawn_compaction(config, every)?),
+        None => None,
+    };
+    Ok(Running { addr, http, engine, capture, compaction })
+}
+
+fn compaction_settings(config: &Config) -> crate::store::compaction::CompactionSettings {
+    crate::store::compaction::CompactionSettings { stale_after: config.stale_client_after, ..Default::default() }
+}
+
+/// Runs one compaction pass (`synchrod compact`).
+pub fn compact_once(config: &Config) -> Result<crate::store::compaction::CompactionReport, ServerError> {
+    let mut db = pool::connect(&config.database_url)?;
+    Ok(crate::store::compaction::compact(&mut db, &compaction_settings(config))?)
+}
+
+/// The background compaction thread: one pass per interval, failures logged and retried at the
+/// next interval (a failed pass deletes nothing it did not record).
+fn spawn_compaction(
+    config: &Config,
+    every: Duration,
+) -> Result<(Arc<std::sync::atomic::AtomicBool>, thread::JoinHandle<()>), ServerError> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s, url, settings) = (stop.clone(), config.database_url.clone(), compaction_settings(config));
+    let handle = thread::Builder::new()
+        .name("compaction".into())
+        .spawn(move || {
+            let mut next = Instant::now() + every;
+            while !s.load(std::sync::atomic::Ordering::Acquire) {
+                thread::sleep(Duration::from_millis(200));
+                if Instant::now() < next {
+                    continue;
+                }
+                next = Instant::now() + every;
+                match pool::connect(&url).and_then(|mut db| crate::store::compaction::compact(&mut db, &settings)) {
+                    Ok(r) => crate::info!(
+                        "compaction pass",
+                        deactivated = r.deactivated,
+                        safe_seq = r.safe_seq,
+                        deleted = r.deleted,
+                        compacted_through = r.compacted_through
+                    ),
+                    Err(e) => {
+                        crate::error!("compaction pass failed; retrying at the next interval", error = e.to_string())
+                    }
+                }
+            }
+        })
+        .map_err(|e| ServerError::Config(format!("spawning the compaction thread: {e}")))?;
+    Ok((stop, handle))
 }
 
 /// Backfills bucket edges for rows that predate the consumer (C17), then starts the pipeline.

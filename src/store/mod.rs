@@ -2,6 +2,7 @@
 
 pub mod changelog;
 pub mod clients;
+pub mod compaction;
 pub mod introspect;
 pub mod migrations;
 pub mod pool;

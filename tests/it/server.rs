@@ -240,6 +240,9 @@ fn migrate_applies_and_prints() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("applied"));
     let out = synchrod(&["migrate"], &[("DATABASE_URL", &db.url())]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
+    let out = synchrod(&["compact"], &[("DATABASE_URL", &db.url())]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deleted 0 changelog rows"));
     let out = synchrod(&["migrate", "--print"], &[]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("CREATE TABLE IF NOT EXISTS sync_changelog"));

@@ -556,3 +556,63 @@ fn pull_pages_dedup_and_boundaries() {
     a.pull();
     server.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn compaction_boundary_sends_only_clients_behind_it_back_to_a_snapshot() {
+    let db = TestDb::new();
+    db.execute(SCHEMA);
+    db.execute(EXTRA);
+    let server = start(
+        &db,
+        &[("SYNC_TABLES", TABLES), ("SLOT_NAME", &format!("s_{}", db.name)), ("COMPACTION_INTERVAL_SECS", "0")],
+    );
+    let mut ahead = Device::new(server.addr, "alice", "ahead");
+    let mut behind = Device::new(server.addr, "alice", "behind");
+    let mut gone = Device::new(server.addr, "alice", "gone");
+    for i in 0..6 {
+        ahead.push(json!([task(&format!("b0000000-0000-0000-0000-{i:012}"), "t")]));
+    }
+    ahead.pull_until("six tasks", |rows| rows.keys().filter(|(t, _)| t == "tasks").count() == 6);
+    behind.pull();
+    gone.pull();
+    let behind_cp = behind.checkpoint;
+    for i in 6..9 {
+        ahead.push(json!([task(&format!("b0000000-0000-0000-0000-{i:012}"), "t")]));
+    }
+    ahead.pull_until("nine tasks", |rows| rows.keys().filter(|(t, _)| t == "tasks").count() == 9);
+    // `gone` has not synced for a month: deactivated, and no longer holds compaction back.
+    db.execute(
+        "UPDATE sync_clients SET last_sync_at = now() - interval '30 days', last_pull_seq = 1 WHERE client_id = 'gone'",
+    );
+    db.execute("UPDATE sync_client_checkpoints SET checkpoint = 1 WHERE client_id = 'gone'");
+    let mut vars = std::collections::HashMap::new();
+    vars.insert("DATABASE_URL".to_string(), db.url());
+    let report = synchro::server::compact_once(&synchro::config::Config::from_vars(&vars).unwrap()).unwrap();
+    assert_eq!(report.deactivated, 1);
+    assert_eq!(report.safe_seq, behind_cp, "the slowest active client sets the boundary");
+    assert!(report.deleted > 0);
+    assert_eq!(report.compacted_through, behind_cp);
+    // Exactly at the boundary: a normal pull that brings the rest (no false snapshot, C12).
+    behind.pull_until("the three newer tasks", |rows| rows.keys().filter(|(t, _)| t == "tasks").count() == 9);
+    // Behind the boundary: legacy mode re-snapshots, per-bucket mode rebuilds.
+    let r = gone
+        .call(
+            "/sync/pull",
+            json!({"client_id": "gone", "checkpoint": 1, "schema_version": gone.version, "schema_hash": gone.hash}),
+        )
+        .json();
+    assert_eq!(r["snapshot_reason"], "checkpoint_before_retention", "{r}");
+    assert_eq!(r["checkpoint"], 1);
+    let r = gone.call("/sync/pull", json!({"client_id": "gone", "bucket_checkpoints": {"user:alice": 0, "global": behind_cp}, "schema_version": gone.version, "schema_hash": gone.hash})).json();
+    assert_eq!(r["rebuild_buckets"], json!(["user:alice"]), "a bucket at 0 is stale after any compaction: {r}");
+    assert!(r.get("snapshot_required").is_none());
+    // Re-registering reactivates; a fresh snapshot makes the client whole again.
+    gone.call("/sync/register", json!({"client_id": "gone", "schema_version": gone.version, "schema_hash": gone.hash}));
+    gone.snapshot(50);
+    gone.pull();
+    assert_eq!(gone.rows.keys().filter(|(t, _)| t == "tasks").count(), 9);
+    // A second pass with nothing new to delete changes nothing.
+    let again = synchro::server::compact_once(&synchro::config::Config::from_vars(&vars).unwrap()).unwrap();
+    assert_eq!(again.compacted_through, behind_cp.max(again.compacted_through));
+    server.shutdown(Duration::from_secs(5));
+}
