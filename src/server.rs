@@ -322,16 +322,28 @@ pub fn base_url(addr: SocketAddr) -> String {
     format!("http://{host}:{}", addr.port())
 }
 
-/// Runs the server until the process is stopped.
+/// How long in-flight requests may take to finish on shutdown.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Runs the server until SIGTERM or SIGINT, then shuts down gracefully: stop accepting, let
+/// in-flight requests finish (up to [`SHUTDOWN_DEADLINE`]), stop compaction, let the writer
+/// commit what is complete, confirm the final position and close the replication connection.
 pub fn run(config: Config, on_listening: Option<OnListening>) -> Result<(), ServerError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
     if config.replication_url_derived {
         crate::info!("REPLICATION_URL not set: using DATABASE_URL with replication=database");
     }
+    // Registered before anything starts, so an early signal is not lost.
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| ServerError::Config(format!("installing signal handlers: {e}")))?;
     let running = start(&config)?;
     if let Some(f) = on_listening {
         f(&base_url(running.addr));
     }
-    loop {
-        thread::park();
-    }
+    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    crate::info!("shutting down", signal = if signal == SIGINT { "SIGINT" } else { "SIGTERM" });
+    let started = Instant::now();
+    running.shutdown(SHUTDOWN_DEADLINE);
+    crate::info!("stopped", millis = started.elapsed().as_millis() as u64);
+    Ok(())
 }

@@ -304,3 +304,61 @@ fn toast_values_and_schema_changes_mid_stream() {
     });
     server.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn sigterm_under_load_shuts_down_cleanly_and_loses_nothing() {
+    let db = TestDb::new();
+    db.execute(SCHEMA);
+    let slot = format!("term_{}", db.name);
+    let mut child = spawn_synchrod(&db, &slot);
+    wait_for(30, "the slot", || {
+        let n: i64 = db
+            .client()
+            .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active", &[&slot])
+            .unwrap()
+            .get(0);
+        (n == 1).then_some(())
+    });
+    let writer_db = TestDb { cluster: db.cluster, name: db.name.clone() };
+    let load = std::thread::spawn(move || {
+        let mut c = writer_db.client();
+        for i in 0..400 {
+            c.batch_execute(&format!("INSERT INTO events VALUES ({i}, 'x')")).unwrap();
+        }
+        std::mem::forget(writer_db);
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exited = wait_for(20, "synchrod to exit", || child.try_wait().unwrap());
+    assert!(exited.success(), "graceful shutdown exits 0: {exited:?}");
+    load.join().unwrap();
+    // The final standby status confirmed exactly what was committed.
+    let (stored, confirmed): (i64, String) = {
+        let r = db
+            .client()
+            .query_one(
+                "SELECT p.confirmed_lsn, s.confirmed_flush_lsn::text FROM sync_wal_position p, pg_replication_slots s \
+                 WHERE p.slot_name = $1 AND s.slot_name = $1",
+                &[&slot],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(
+        confirmed.parse::<synchro::types::Lsn>().unwrap().0 >= stored as u64,
+        "slot confirmed {confirmed}, stored {stored}"
+    );
+    child = spawn_synchrod(&db, &slot);
+    catch_up(&db, 1_000_003);
+    let log = changelog(&db);
+    for i in 0..400 {
+        assert_eq!(
+            log.get(&("global".into(), "events".into(), i.to_string())),
+            Some(&vec![1]),
+            "event {i} exactly once"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
