@@ -14,6 +14,16 @@ pub use serde_json::Value;
 
 static LEVEL: AtomicU8 = AtomicU8::new(1);
 
+thread_local! {
+    /// The id of the request this thread is serving, added to every line it logs.
+    static REQUEST_ID: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Sets (or clears) the request id of the current thread.
+pub fn set_request_id(id: Option<String>) {
+    REQUEST_ID.with(|r| *r.borrow_mut() = id);
+}
+
 fn rank(level: LogLevel) -> u8 {
     match level {
         LogLevel::Debug => 0,
@@ -45,6 +55,11 @@ pub fn render(level: LogLevel, msg: &str, fields: &[(&str, Value)]) -> String {
     };
     obj.insert("level".into(), Value::from(name));
     obj.insert("msg".into(), Value::from(msg));
+    REQUEST_ID.with(|r| {
+        if let Some(id) = r.borrow().as_ref() {
+            obj.insert("request_id".into(), Value::from(id.clone()));
+        }
+    });
     for (k, v) in fields {
         obj.insert((*k).to_string(), v.clone());
     }

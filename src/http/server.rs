@@ -122,6 +122,16 @@ fn read_limited(request: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8
     }
 }
 
+static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The client's `X-Request-Id` when it is short and printable, else a new one.
+fn request_id(given: Option<String>) -> String {
+    match given {
+        Some(id) if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()) => id,
+        _ => format!("{:x}-{:x}", std::process::id(), NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)),
+    }
+}
+
 fn serve_one(router: &Router, mut request: tiny_http::Request, max_body: usize) {
     let started = Instant::now();
     let method = request.method().as_str().to_ascii_uppercase();
@@ -132,6 +142,8 @@ fn serve_one(router: &Router, mut request: tiny_http::Request, max_body: usize) 
         .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
         .collect();
     let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let rid = request_id(header("x-request-id"));
+    crate::logging::set_request_id(Some(rid.clone()));
     let mut body_cell: Option<Result<Vec<u8>, BodyError>> = None;
     let outcome = {
         let mut read_body = || {
@@ -157,7 +169,7 @@ fn serve_one(router: &Router, mut request: tiny_http::Request, max_body: usize) 
     // An unread, oversized body would otherwise be parsed as the next request on this
     // connection: close it instead.
     let close = matches!(body_cell, Some(Err(_)));
-    let mut reply = reply;
+    let mut reply = reply.with_header("X-Request-Id", rid);
     if close {
         reply = reply.with_header("Connection", "close");
     }
@@ -169,6 +181,7 @@ fn serve_one(router: &Router, mut request: tiny_http::Request, max_body: usize) 
         micros = started.elapsed().as_micros() as u64
     );
     respond(request, reply);
+    crate::logging::set_request_id(None);
 }
 
 impl HttpServer {

@@ -89,6 +89,11 @@ fn routing_methods_and_errors_follow_the_contract() {
     let r = post(addr, "/sync/pull", USER, PULL.as_bytes());
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "{\"bytes\":3,\"client\":\"c\",\"user\":\"alice\"}\n");
+    assert!(r.header("x-request-id").is_some_and(|id| !id.is_empty()), "every response carries a request id");
+    let r = post(addr, "/sync/pull", &format!("{USER}X-Request-Id: trace-42\r\n"), PULL.as_bytes());
+    assert_eq!(r.header("x-request-id"), Some("trace-42"), "a sane client id is echoed");
+    let r = post(addr, "/sync/pull", &format!("{USER}X-Request-Id: {}\r\n", "x".repeat(100)), PULL.as_bytes());
+    assert_ne!(r.header("x-request-id"), Some("x".repeat(100).as_str()), "an oversized id is replaced");
     server.shutdown(Duration::from_secs(5));
 }
 
