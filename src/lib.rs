@@ -71,6 +71,7 @@ pub mod http;
 pub mod json_text;
 pub mod jwt;
 pub mod logging;
+pub mod metrics;
 pub mod pgurl;
 pub mod protocol;
 pub mod registry;

@@ -219,7 +219,7 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
     http.max_body_bytes = config.max_body_bytes;
     http.idle_timeout = config.http_idle_timeout;
     let router = Router {
-        api: Arc::new(EngineApi::new(engine.clone())),
+        api: Arc::new(EngineApi::new(engine.clone(), Some(capture.status.clone()), &config.slot_name)),
         auth: authenticator(config)?,
         gate: VersionGate::new(&config.min_client_version),
     };

@@ -1,27 +1,120 @@
 //! The HTTP boundary of the engine: [`SyncApi`] implemented by calling [`Engine`] and mapping
 //! its errors to the contract's statuses, with each endpoint's own 500 message (§3.1).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
 use crate::engine::{Engine, EngineError};
 use crate::http::{ApiError, SyncApi};
+use crate::metrics::{Metrics, Sample};
+use crate::replication::stream::{CaptureState, CaptureStatus};
 use crate::types::UserId;
 
 /// Seconds clients are asked to wait on 503.
 pub const RETRY_AFTER_SECS: u32 = 5;
 
-/// The engine behind the HTTP layer.
-#[derive(Debug, Clone)]
+/// The engine behind the HTTP layer, with the metrics and capture state it reports.
+#[derive(Clone)]
 pub struct EngineApi {
     engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    capture: Option<Arc<CaptureStatus>>,
+    slot_name: String,
 }
 
+/// How long change capture may be down before `/healthz` reports the server unhealthy.
+pub const CAPTURE_DOWN_THRESHOLD: Duration = Duration::from_secs(60);
+
 impl EngineApi {
-    /// Wraps an engine.
-    pub fn new(engine: Arc<Engine>) -> EngineApi {
-        EngineApi { engine }
+    /// Wraps an engine; `capture` is the change-capture status when this process runs it.
+    pub fn new(engine: Arc<Engine>, capture: Option<Arc<CaptureStatus>>, slot_name: &str) -> EngineApi {
+        EngineApi { engine, metrics: Arc::new(Metrics::default()), capture, slot_name: slot_name.to_string() }
+    }
+
+    fn samples(&self) -> Vec<Sample> {
+        let mut out = Vec::new();
+        let mut push = |name, kind, help, value: f64| out.push(Sample { name, kind, help, value });
+        if let Some(c) = &self.capture {
+            let wal_end = c.server_wal_end.load(Ordering::Relaxed);
+            let committed = c.committed_lsn.load(Ordering::Relaxed);
+            push(
+                "synchro_capture_streaming",
+                "gauge",
+                "1 while the replication stream is up.",
+                f64::from(u8::from(c.state() == CaptureState::Streaming)),
+            );
+            push(
+                "synchro_capture_state_seconds",
+                "gauge",
+                "Seconds in the current capture state.",
+                c.in_state_for().as_secs_f64(),
+            );
+            push(
+                "synchro_replication_lag_bytes",
+                "gauge",
+                "Server WAL end minus the committed (confirmed) position.",
+                wal_end.saturating_sub(committed) as f64,
+            );
+            push(
+                "synchro_confirmed_flush_lsn",
+                "gauge",
+                "The position synchro has committed and confirmed, as a number.",
+                committed as f64,
+            );
+            push(
+                "synchro_capture_sessions_total",
+                "counter",
+                "Replication sessions started.",
+                c.sessions.load(Ordering::Relaxed) as f64,
+            );
+            push(
+                "synchro_wal_messages_total",
+                "counter",
+                "pgoutput messages received.",
+                c.wal_messages.load(Ordering::Relaxed) as f64,
+            );
+            push(
+                "synchro_changelog_rows_written_total",
+                "counter",
+                "Changelog rows written.",
+                c.rows_written.load(Ordering::Relaxed) as f64,
+            );
+            push(
+                "synchro_writer_batches_total",
+                "counter",
+                "Writer batches committed.",
+                c.batches.load(Ordering::Relaxed) as f64,
+            );
+        }
+        if let Ok(mut db) = self.engine.pool().get_timeout(Duration::from_secs(1)) {
+            let row = db.query_one(
+                "SELECT (SELECT count(*) FROM sync_clients)::float8, (SELECT count(*) FROM sync_clients WHERE is_active)::float8, \
+                        GREATEST((SELECT reltuples FROM pg_class WHERE oid = 'sync_changelog'::regclass), 0)::float8, \
+                        pg_total_relation_size('sync_changelog')::float8, \
+                        (SELECT active::int FROM pg_replication_slots WHERE slot_name = $1)::float8, \
+                        (SELECT (pg_current_wal_lsn() - restart_lsn) FROM pg_replication_slots WHERE slot_name = $1)::float8",
+                &[&self.slot_name],
+            );
+            if let Ok(r) = row {
+                let get = |i: usize| r.get::<_, Option<f64>>(i).unwrap_or(0.0);
+                push("synchro_clients_registered", "gauge", "Registered client devices.", get(0));
+                push("synchro_clients_active", "gauge", "Active client devices.", get(1));
+                push("synchro_changelog_rows", "gauge", "Changelog rows (planner estimate).", get(2));
+                push("synchro_changelog_bytes", "gauge", "Changelog size on disk, indexes included.", get(3));
+                push("synchro_slot_active", "gauge", "1 while the replication slot has a consumer.", get(4));
+                push("synchro_slot_retained_wal_bytes", "gauge", "WAL the slot keeps on the server.", get(5));
+            }
+        }
+        out
+    }
+}
+
+impl std::fmt::Debug for EngineApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineApi").field("slot_name", &self.slot_name).finish_non_exhaustive()
     }
 }
 
@@ -49,7 +142,15 @@ pub fn to_api_error(e: EngineError, failure: &'static str, not_registered_is_404
 
 impl SyncApi for EngineApi {
     fn register(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
-        self.engine.register_json(user, body).map_err(|e| to_api_error(e, "failed to register client", false))
+        let failure = "failed to register client";
+        let req = crate::protocol::RegisterRequest::decode(body).map_err(|e| ApiError::BadRequest(e.0))?;
+        let resp = self.engine.register(user, &req).map_err(|e| to_api_error(e, failure, false))?;
+        if let Some(last) = resp.last_sync_at.as_deref().and_then(crate::time::parse_client_timestamp) {
+            if let Ok(away) = last.elapsed() {
+                self.metrics.observe_since_last_sync(away.as_secs_f64());
+            }
+        }
+        serde_json::to_vec(&resp).map_err(|_| ApiError::Internal(failure))
     }
 
     fn pull(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
@@ -57,7 +158,13 @@ impl SyncApi for EngineApi {
     }
 
     fn push(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
-        self.engine.push_json(user, body).map_err(|e| to_api_error(e, "failed to push changes", false))
+        let failure = "failed to push changes";
+        let req = crate::protocol::PushRequest::decode(body).map_err(|e| ApiError::BadRequest(e.0))?;
+        let resp = self.engine.push(user, &req).map_err(|e| to_api_error(e, failure, false))?;
+        for r in resp.accepted.iter().chain(resp.rejected.iter()) {
+            self.metrics.observe_push(r.status);
+        }
+        serde_json::to_vec(&resp).map_err(|_| ApiError::Internal(failure))
     }
 
     fn snapshot(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
@@ -88,6 +195,18 @@ impl SyncApi for EngineApi {
     }
 
     fn health(&self) -> bool {
-        self.engine.health()
+        let capture_ok = match &self.capture {
+            Some(c) => c.state() == CaptureState::Streaming || c.in_state_for() < CAPTURE_DOWN_THRESHOLD,
+            None => true,
+        };
+        capture_ok && self.engine.health()
+    }
+
+    fn metrics(&self) -> Option<String> {
+        Some(self.metrics.render(&self.samples()))
+    }
+
+    fn observe(&self, endpoint: &'static str, status: u16, elapsed: Duration) {
+        self.metrics.observe_request(endpoint, status, elapsed);
     }
 }

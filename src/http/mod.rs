@@ -185,4 +185,10 @@ pub trait SyncApi: Send + Sync {
     fn health(&self) -> bool {
         true
     }
+    /// GET /metrics: the Prometheus text, or `None` when metrics are not served (404).
+    fn metrics(&self) -> Option<String> {
+        None
+    }
+    /// Called after every request with its endpoint name, status and duration.
+    fn observe(&self, _endpoint: &'static str, _status: u16, _elapsed: std::time::Duration) {}
 }

@@ -29,6 +29,8 @@ pub enum Endpoint {
     Debug,
     /// GET /healthz
     Health,
+    /// GET /metrics
+    Metrics,
 }
 
 impl Endpoint {
@@ -44,6 +46,7 @@ impl Endpoint {
             "/sync/schema" => Endpoint::Schema,
             "/sync/debug" => Endpoint::Debug,
             "/healthz" => Endpoint::Health,
+            "/metrics" => Endpoint::Metrics,
             _ => return None,
         })
     }
@@ -52,7 +55,7 @@ impl Endpoint {
     pub fn method(self) -> &'static str {
         match self {
             Endpoint::Register | Endpoint::Pull | Endpoint::Push | Endpoint::Snapshot | Endpoint::Rebuild => "POST",
-            Endpoint::Tables | Endpoint::Schema | Endpoint::Debug | Endpoint::Health => "GET",
+            Endpoint::Tables | Endpoint::Schema | Endpoint::Debug | Endpoint::Health | Endpoint::Metrics => "GET",
         }
     }
 
@@ -68,6 +71,7 @@ impl Endpoint {
             Endpoint::Schema => "schema",
             Endpoint::Debug => "debug",
             Endpoint::Health => "healthz",
+            Endpoint::Metrics => "metrics",
         }
     }
 }
@@ -176,6 +180,20 @@ impl Router {
                     content_type: "application/json",
                     headers: vec![("Retry-After", "5".into())],
                 }
+            };
+            return (Some(endpoint), reply);
+        }
+        if endpoint == Endpoint::Metrics {
+            // Like /healthz: no authentication (restrict it at the proxy if needed).
+            let reply = match (req.method, self.api.metrics()) {
+                ("GET", Some(text)) => Reply {
+                    status: 200,
+                    body: text.into_bytes(),
+                    content_type: "text/plain; version=0.0.4",
+                    headers: vec![],
+                },
+                ("GET", None) => Reply::text(404, "404 page not found\n"),
+                _ => Reply::text(405, "Method Not Allowed\n").with_header("Allow", "GET"),
             };
             return (Some(endpoint), reply);
         }

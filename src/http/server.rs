@@ -173,6 +173,7 @@ fn serve_one(router: &Router, mut request: tiny_http::Request, max_body: usize) 
     if close {
         reply = reply.with_header("Connection", "close");
     }
+    router.api.observe(endpoint.map(|e| e.name()).unwrap_or("unknown"), reply.status, started.elapsed());
     crate::debug!(
         "request",
         method = method.clone(),

@@ -134,6 +134,12 @@ pub struct CaptureStatus {
     pub sessions: AtomicU64,
     /// The writer's progress of the current session.
     pub committed_lsn: AtomicU64,
+    /// Changelog rows written since the process started.
+    pub rows_written: AtomicU64,
+    /// Writer batches committed since the process started.
+    pub batches: AtomicU64,
+    /// WAL messages received since the process started.
+    pub wal_messages: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -404,6 +410,7 @@ fn run_session(
     );
 
     let mut decoder = Decoder::new(tables.routes.clone());
+    let (mut seen_rows, mut seen_batches) = (0u64, 0u64);
     let mut in_txn = false;
     let mut last_status = Instant::now();
     let mut last_idle = Lsn::ZERO;
@@ -422,6 +429,7 @@ fn run_session(
                     {
                         ReplicationMessage::XLogData { data, wal_end, .. } => {
                             status.server_wal_end.fetch_max(wal_end.0, Ordering::Relaxed);
+                            status.wal_messages.fetch_add(1, Ordering::Relaxed);
                             let message = pgoutput::decode(data).map_err(|e| CaptureError::Decode(e.to_string()))?;
                             match decoder.decode(&message).map_err(|e| CaptureError::Decode(e.to_string()))? {
                                 Decoded::Event(event) => {
@@ -464,6 +472,10 @@ fn run_session(
                 last_status = Instant::now();
             }
             status.committed_lsn.store(progress.committed_lsn.load(Ordering::Acquire), Ordering::Relaxed);
+            let (rows, batches) = (progress.rows.load(Ordering::Relaxed), progress.batches.load(Ordering::Relaxed));
+            status.rows_written.fetch_add(rows - seen_rows, Ordering::Relaxed);
+            status.batches.fetch_add(batches - seen_batches, Ordering::Relaxed);
+            (seen_rows, seen_batches) = (rows, batches);
         }
         Ok(())
     })();

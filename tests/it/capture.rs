@@ -178,6 +178,20 @@ fn pulls_see_direct_sql_writes() {
     let sum = changes[0]["checksum"].as_i64().unwrap();
     assert_eq!(pulled["bucket_checksums"]["user:alice"].as_i64().unwrap(), sum, "aggregate equals the only member");
     assert!(pulled["checkpoint"].as_i64().unwrap() > 0);
+    // Metrics: Prometheus text, no authentication, request counters and capture gauges.
+    let m = crate::client::get(server.addr, "/metrics", "");
+    assert_eq!((m.status, m.header("content-type")), (200, Some("text/plain; version=0.0.4")));
+    for needle in [
+        "synchro_capture_streaming 1",
+        "synchro_slot_active 1",
+        "synchro_clients_registered 1",
+        "synchro_http_requests_total{endpoint=\"pull\",status=\"200\"}",
+        "synchro_http_request_duration_seconds_bucket{endpoint=\"register\",le=\"+Inf\"} 1",
+        "# TYPE synchro_replication_lag_bytes gauge",
+    ] {
+        assert!(m.body.contains(needle), "{needle} missing from\n{}", m.body);
+    }
+    assert_eq!(crate::client::post(server.addr, "/metrics", "", b"").status, 405);
     server.shutdown(Duration::from_secs(5));
 }
 
