@@ -218,7 +218,8 @@ pub fn start(
     pgurl::parse(&config.replication_url).map_err(|e| CaptureError::Config(format!("REPLICATION_URL: {e}")))?;
     let stop = Arc::new(AtomicBool::new(false));
     let status = Arc::new(CaptureStatus::default());
-    status.set(CaptureState::Connecting);
+    // The initial state is Connecting already: start its clock explicitly.
+    status.since_ms.store(now_ms(), Ordering::Release);
     let (s, st) = (stop.clone(), status.clone());
     let thread = thread::Builder::new()
         .name("wal-capture".into())
