@@ -73,13 +73,17 @@ fn run_dev() -> ExitCode {
     }
 }
 
-fn compact() -> ExitCode {
+/// Loads the configuration from the environment and runs `f` with it.
+fn with_config(f: impl FnOnce(Config) -> ExitCode) -> ExitCode {
     let vars: HashMap<String, String> = std::env::vars().collect();
-    let config = match load_config(&vars) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    match server::compact_once(&config) {
+    match load_config(&vars) {
+        Ok(config) => f(config),
+        Err(code) => code,
+    }
+}
+
+fn compact() -> ExitCode {
+    with_config(|config| match server::compact_once(&config) {
         Ok(r) => {
             println!(
                 "synchrod compact: deactivated {} stale clients, safe sequence {}, deleted {} changelog rows, compacted through {}",
@@ -91,16 +95,11 @@ fn compact() -> ExitCode {
             eprintln!("synchrod compact: {e}");
             ExitCode::FAILURE
         }
-    }
+    })
 }
 
 fn print_rls() -> ExitCode {
-    let vars: HashMap<String, String> = std::env::vars().collect();
-    let config = match load_config(&vars) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    match server::rls_statements(&config) {
+    with_config(|config| match server::rls_statements(&config) {
         Ok(statements) => {
             println!("-- Row-level security for the synced tables; review, then apply as the tables' owner.");
             for s in statements {
@@ -112,7 +111,7 @@ fn print_rls() -> ExitCode {
             eprintln!("synchrod rls: {e}");
             ExitCode::FAILURE
         }
-    }
+    })
 }
 
 fn migrate(print_only: bool) -> ExitCode {
@@ -122,12 +121,7 @@ fn migrate(print_only: bool) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let vars: HashMap<String, String> = std::env::vars().collect();
-    let config = match load_config(&vars) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    match server::migrate(&config) {
+    with_config(|config| match server::migrate(&config) {
         Ok(applied) if applied.is_empty() => {
             println!("synchrod migrate: already up to date");
             ExitCode::SUCCESS
@@ -140,5 +134,5 @@ fn migrate(print_only: bool) -> ExitCode {
             eprintln!("synchrod migrate: {e}");
             ExitCode::FAILURE
         }
-    }
+    })
 }

@@ -89,6 +89,11 @@ impl From<RegistryError> for EngineError {
     }
 }
 
+/// Serialises a response body (a failure here is a bug, reported as a 500).
+pub(crate) fn to_json<T: serde::Serialize>(value: &T, what: &str) -> Result<Vec<u8>, EngineError> {
+    serde_json::to_vec(value).map_err(|e| EngineError::Schema(format!("serialising {what}: {e}")))
+}
+
 /// Engine settings beyond the registry.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {

@@ -121,7 +121,7 @@ impl Engine {
     pub fn pull_json(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, EngineError> {
         let req = PullRequest::decode(body)?;
         let resp = self.pull(user, &req)?;
-        serde_json::to_vec(&resp).map_err(|e| EngineError::Schema(format!("serialising the pull response: {e}")))
+        super::to_json(&resp, "the pull response")
     }
 
     /// One pull page.

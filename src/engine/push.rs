@@ -171,7 +171,7 @@ impl Engine {
     pub fn push_json(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, EngineError> {
         let req = PushRequest::decode(body)?;
         let resp = self.push(user, &req)?;
-        serde_json::to_vec(&resp).map_err(|e| EngineError::Schema(format!("serialising the push response: {e}")))
+        super::to_json(&resp, "the push response")
     }
 
     /// Applies a batch of client changes in one transaction.

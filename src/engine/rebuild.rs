@@ -35,7 +35,7 @@ impl Engine {
     pub fn rebuild_json(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, EngineError> {
         let req = RebuildRequest::decode(body)?;
         let resp = self.rebuild(user, &req)?;
-        serde_json::to_vec(&resp).map_err(|e| EngineError::Schema(format!("serialising the rebuild page: {e}")))
+        super::to_json(&resp, "the rebuild page")
     }
 
     /// One page of a bucket's live rows.

@@ -17,7 +17,7 @@ impl Engine {
     pub fn register_json(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, EngineError> {
         let req = RegisterRequest::decode(body)?;
         let resp = self.register(user, &req)?;
-        serde_json::to_vec(&resp).map_err(|e| EngineError::Schema(format!("serialising the register response: {e}")))
+        super::to_json(&resp, "the register response")
     }
 
     /// Registers (or re-registers) a device of `user`.

@@ -68,7 +68,7 @@ impl Engine {
     pub fn snapshot_json(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, EngineError> {
         let req = SnapshotRequest::decode(body)?;
         let resp = self.snapshot(user, &req)?;
-        serde_json::to_vec(&resp).map_err(|e| EngineError::Schema(format!("serialising the snapshot: {e}")))
+        super::to_json(&resp, "the snapshot")
     }
 
     /// One snapshot page.
