@@ -184,7 +184,15 @@ fn users_never_see_or_change_each_others_rows() {
         "INSERT INTO comments (id, task_id, body) VALUES ('20000000-0000-0000-0000-000000000001', '{T1}', 'child')"
     ));
     let mut bob = Device::new(server.addr, "bob", "b1");
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait until both rows are in the changelog, so bob's pull below really could see them.
+    wait_for(20, "alice's rows in the changelog", || {
+        let n: i64 = db
+            .client()
+            .query_one("SELECT count(DISTINCT record_id) FROM sync_changelog WHERE bucket_id = 'user:alice'", &[])
+            .unwrap()
+            .get(0);
+        (n >= 2).then_some(())
+    });
     bob.pull();
     bob.snapshot(100);
     assert!(!bob.rows.keys().any(|(t, _)| t == "tasks" || t == "comments"), "{:?}", bob.rows.keys());
