@@ -192,6 +192,7 @@ pub fn help_text() -> String {
          synchrod migrate [--print]  apply (or print) the infrastructure migrations\n  \
          synchrod rls            print row-level-security policies for the synced tables\n  \
          synchrod compact        run one changelog compaction pass and print what it did\n  \
+         synchrod check          production checklist: pass/fail lines with fixes, non-zero exit on failure\n  \
          synchrod --help         this text\n\nENVIRONMENT:\n",
     );
     let width = VARS.iter().map(|v| v.name.len()).max().unwrap_or(0);

@@ -60,6 +60,7 @@
 
 pub mod buckets;
 pub mod change;
+pub mod check;
 pub mod checksum;
 pub mod cluster;
 pub mod config;

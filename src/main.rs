@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         "migrate" => migrate(args.iter().any(|a| a == "--print")),
         "rls" => print_rls(),
         "compact" => compact(),
+        "check" => check(),
         other => {
             eprintln!("synchrod: unknown command {other:?}\n\n{}", help_text());
             ExitCode::from(2)
@@ -80,6 +81,22 @@ fn with_config(f: impl FnOnce(Config) -> ExitCode) -> ExitCode {
         Ok(config) => f(config),
         Err(code) => code,
     }
+}
+
+fn check() -> ExitCode {
+    with_config(|config| {
+        let results = synchro::check::run(&config);
+        for r in &results {
+            println!("{}", r.line());
+        }
+        let failed = results.iter().filter(|r| !r.ok).count();
+        println!("{} passed, {failed} failed", results.len() - failed);
+        if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
 }
 
 fn compact() -> ExitCode {

@@ -247,3 +247,40 @@ fn migrate_applies_and_prints() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("CREATE TABLE IF NOT EXISTS sync_changelog"));
 }
+
+#[test]
+fn check_lists_each_problem_with_its_fix_and_passes_when_fixed() {
+    let cluster = private_cluster();
+    let db = TestDb::on(&cluster);
+    db.execute("CREATE TABLE items (id int PRIMARY KEY, user_id text); ALTER TABLE items REPLICA IDENTITY NOTHING;");
+    let env =
+        [("DATABASE_URL", db.url()), ("SYNC_TABLES", "items".to_string()), ("SLOT_NAME", "check_slot".to_string())];
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = synchrod(&["check"], &env_refs);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "{text}");
+    for needle in [
+        "PASS wal_level: logical",
+        "PASS REPLICATION privilege",
+        "PASS replication connection (no pooler)",
+        "FAIL infrastructure tables migrated",
+        "FAIL publication covers exactly the synced tables",
+        "FAIL replica identity",
+        "FAIL replication slot",
+        "FAIL max_slot_wal_keep_size",
+        "fix: ALTER TABLE ... REPLICA IDENTITY FULL",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+    // Fix everything, let synchrod create what it owns, and the checklist passes.
+    db.execute("ALTER TABLE items REPLICA IDENTITY FULL");
+    for sql in ["ALTER SYSTEM SET max_slot_wal_keep_size = '1GB'", "SELECT pg_reload_conf()"] {
+        db.execute(sql);
+    }
+    let server = start(&db, &[("SYNC_TABLES", "items"), ("SLOT_NAME", "check_slot")]);
+    let out = synchrod(&["check"], &env_refs);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("FAIL"), "{text}");
+    server.shutdown(Duration::from_secs(5));
+}

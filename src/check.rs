@@ -1,0 +1,319 @@
+//! `synchrod check`: the production checklist as pass/fail lines, each failure with its fix.
+
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::pgurl;
+use crate::registry::Registry;
+use crate::replication::conn::ReplicationConn;
+use crate::store::introspect;
+use crate::store::migrations::MIGRATIONS;
+use crate::store::pool;
+
+/// One line of the checklist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    /// What was checked.
+    pub name: &'static str,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was found.
+    pub detail: String,
+    /// How to fix a failure.
+    pub fix: String,
+}
+
+impl CheckResult {
+    fn pass(name: &'static str, detail: impl Into<String>) -> CheckResult {
+        CheckResult { name, ok: true, detail: detail.into(), fix: String::new() }
+    }
+
+    fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> CheckResult {
+        CheckResult { name, ok: false, detail: detail.into(), fix: fix.into() }
+    }
+
+    /// `PASS name: detail` or `FAIL name: detail -> fix: ...`.
+    pub fn line(&self) -> String {
+        if self.ok {
+            format!("PASS {}: {}", self.name, self.detail)
+        } else {
+            format!("FAIL {}: {}\n     fix: {}", self.name, self.detail, self.fix)
+        }
+    }
+}
+
+fn setting(db: &mut postgres::Client, name: &str) -> Option<String> {
+    db.query_one("SELECT current_setting($1, true)", &[&name]).ok().and_then(|r| r.get(0))
+}
+
+/// Runs every check against the configured database; never fails as a whole (a check that
+/// cannot run is itself a failure line).
+pub fn run(config: &Config) -> Vec<CheckResult> {
+    let mut out = Vec::new();
+    let mut db = match pool::connect(&config.database_url) {
+        Ok(db) => db,
+        Err(e) => {
+            out.push(CheckResult::fail(
+                "database reachable",
+                e.to_string(),
+                "check DATABASE_URL and that PostgreSQL accepts connections",
+            ));
+            return out;
+        }
+    };
+    out.push(CheckResult::pass("database reachable", crate::logging::redact_url(&config.database_url)));
+
+    match setting(&mut db, "wal_level").as_deref() {
+        Some("logical") => out.push(CheckResult::pass("wal_level", "logical")),
+        other => out.push(CheckResult::fail(
+            "wal_level",
+            format!("{other:?}"),
+            "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL",
+        )),
+    }
+    for (name, sql, fix) in [
+        (
+            "max_replication_slots headroom",
+            "SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots)::int",
+            "raise max_replication_slots (restart required) or drop unused slots",
+        ),
+        (
+            "max_wal_senders headroom",
+            "SELECT current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication)::int",
+            "raise max_wal_senders (restart required)",
+        ),
+    ] {
+        match db.query_one(sql, &[]) {
+            Ok(r) => {
+                let (max, used): (i32, i32) = (r.get(0), r.get(1));
+                if max - used >= 1 {
+                    out.push(CheckResult::pass(name, format!("{used} of {max} in use")));
+                } else {
+                    out.push(CheckResult::fail(name, format!("{used} of {max} in use"), fix));
+                }
+            }
+            Err(e) => out.push(CheckResult::fail(name, e.to_string(), fix)),
+        }
+    }
+
+    let repl = pgurl::parse(&config.replication_url);
+    let repl_user = repl.as_ref().map(|p| p.user.clone()).unwrap_or_default();
+    match db.query_opt("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = $1", &[&repl_user]) {
+        Ok(Some(r)) if r.get::<_, bool>(0) => {
+            out.push(CheckResult::pass("REPLICATION privilege", format!("role {repl_user}")))
+        }
+        Ok(_) => out.push(CheckResult::fail(
+            "REPLICATION privilege",
+            format!("role {repl_user} cannot replicate"),
+            format!("ALTER ROLE \"{repl_user}\" REPLICATION;"),
+        )),
+        Err(e) => {
+            out.push(CheckResult::fail("REPLICATION privilege", e.to_string(), "check the role in REPLICATION_URL"))
+        }
+    }
+    match repl {
+        Ok(params) => match ReplicationConn::connect(&params, Duration::from_secs(5)).and_then(|mut c| {
+            let r = c.identify_system();
+            c.close();
+            r
+        }) {
+            Ok(sys) => out.push(CheckResult::pass("replication connection (no pooler)", format!("system {} at {}", sys.system_id, sys.xlogpos))),
+            Err(e) => out.push(CheckResult::fail(
+                "replication connection (no pooler)",
+                e.to_string(),
+                "point REPLICATION_URL directly at PostgreSQL (not PgBouncer or another pooler), with replication=database",
+            )),
+        },
+        Err(e) => out.push(CheckResult::fail("replication connection (no pooler)", e.to_string(), "fix REPLICATION_URL")),
+    }
+
+    let applied: Vec<i32> = db
+        .query("SELECT version FROM synchro_migrations", &[])
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default();
+    let missing: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).filter(|v| !applied.contains(v)).collect();
+    if missing.is_empty() {
+        out.push(CheckResult::pass("infrastructure tables migrated", format!("{} steps applied", MIGRATIONS.len())));
+    } else {
+        out.push(CheckResult::fail(
+            "infrastructure tables migrated",
+            format!("steps {missing:?} missing"),
+            "run `synchrod migrate` (or start synchrod once)",
+        ));
+    }
+
+    let registry = crate::server::engine_settings(config)
+        .map_err(|e| e.to_string())
+        .and_then(|s| introspect::load_registry(&mut db, &s.registry).map_err(|e| e.to_string()));
+    match &registry {
+        Ok(r) => out.push(CheckResult::pass("synced tables valid", format!("{} tables", r.tables.len()))),
+        Err(e) => out.push(CheckResult::fail(
+            "synced tables valid",
+            e.clone(),
+            "see the message; fix the table or SYNC_TABLES/EXCLUDE_COLUMNS",
+        )),
+    }
+    if let Ok(registry) = &registry {
+        check_publication(&mut db, config, registry, &mut out);
+        check_identity(&mut db, registry, &mut out);
+        check_push_role(&mut db, config, registry, &mut out);
+    }
+    check_slot(&mut db, config, &mut out);
+    out
+}
+
+fn check_publication(db: &mut postgres::Client, config: &Config, registry: &Registry, out: &mut Vec<CheckResult>) {
+    let name = "publication covers exactly the synced tables";
+    let covered = match db.query(
+        "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+        &[&config.publication_name],
+    ) {
+        Ok(rows) => rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect::<Vec<_>>(),
+        Err(e) => return out.push(CheckResult::fail(name, e.to_string(), "check the database")),
+    };
+    let exists = db
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&config.publication_name])
+        .map(|r| r.is_some())
+        .unwrap_or(false);
+    let missing: Vec<String> = registry
+        .tables
+        .iter()
+        .filter(|t| !covered.iter().any(|(s, n)| s == &t.schema && n == &t.name))
+        .map(|t| t.name.clone())
+        .collect();
+    let extra: Vec<String> = covered
+        .iter()
+        .filter(|(s, n)| !registry.tables.iter().any(|t| &t.schema == s && &t.name == n))
+        .map(|(s, n)| format!("{s}.{n}"))
+        .collect();
+    if !exists {
+        out.push(CheckResult::fail(
+            name,
+            format!("publication {} does not exist", config.publication_name),
+            "start synchrod once (it creates the publication) or CREATE PUBLICATION ... FOR TABLE <synced tables>",
+        ));
+    } else if missing.is_empty() && extra.is_empty() {
+        out.push(CheckResult::pass(name, format!("{} tables", covered.len())));
+    } else {
+        out.push(CheckResult::fail(
+            name,
+            format!("missing {missing:?}, extra {extra:?}"),
+            format!(
+                "ALTER PUBLICATION {} ADD/DROP TABLE ... (synchrod adds missing tables at start)",
+                config.publication_name
+            ),
+        ));
+    }
+}
+
+fn check_identity(db: &mut postgres::Client, registry: &Registry, out: &mut Vec<CheckResult>) {
+    let name = "replica identity";
+    let mut nothing = Vec::new();
+    for t in &registry.tables {
+        let ident: Option<String> = db
+            .query_opt("SELECT relreplident::text FROM pg_class WHERE oid = $1", &[&t.oid.0])
+            .ok()
+            .flatten()
+            .map(|r| r.get(0));
+        if ident.as_deref() == Some("n") {
+            nothing.push(t.name.clone());
+        }
+    }
+    if nothing.is_empty() {
+        out.push(CheckResult::pass(name, "every synced table has a usable replica identity"));
+    } else {
+        out.push(CheckResult::fail(
+            name,
+            format!("REPLICA IDENTITY NOTHING on {nothing:?}: updates and deletes fail"),
+            "ALTER TABLE ... REPLICA IDENTITY FULL (or DEFAULT)",
+        ));
+    }
+}
+
+fn check_push_role(db: &mut postgres::Client, config: &Config, registry: &Registry, out: &mut Vec<CheckResult>) {
+    let Some(role) = &config.push_role else {
+        out.push(CheckResult::pass("push role", "PUSH_ROLE not set (synchro's own scoping applies; RLS optional)"));
+        return;
+    };
+    match db.query_opt("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = $1", &[role]) {
+        Ok(Some(r)) if !r.get::<_, bool>(0) => {
+            out.push(CheckResult::pass("push role is not a superuser", role.clone()))
+        }
+        Ok(Some(_)) => out.push(CheckResult::fail(
+            "push role is not a superuser",
+            format!("{role} bypasses RLS"),
+            format!("ALTER ROLE \"{role}\" NOSUPERUSER NOBYPASSRLS;"),
+        )),
+        Ok(None) => out.push(CheckResult::fail(
+            "push role is not a superuser",
+            format!("role {role} does not exist"),
+            format!("CREATE ROLE \"{role}\" NOLOGIN; GRANT the synced tables to it"),
+        )),
+        Err(e) => out.push(CheckResult::fail("push role is not a superuser", e.to_string(), "check the database")),
+    }
+    let mut off = Vec::new();
+    for t in &registry.tables {
+        let row = db.query_opt(
+            "SELECT c.relrowsecurity, EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid) FROM pg_class c WHERE c.oid = $1",
+            &[&t.oid.0],
+        );
+        if let Ok(Some(r)) = row {
+            let (enabled, has_policies): (bool, bool) = (r.get(0), r.get(1));
+            if has_policies && !enabled {
+                off.push(t.name.clone());
+            }
+        }
+    }
+    if off.is_empty() {
+        out.push(CheckResult::pass("RLS enabled where policies exist", "ok"));
+    } else {
+        out.push(CheckResult::fail(
+            "RLS enabled where policies exist",
+            format!("policies but RLS off on {off:?}"),
+            "ALTER TABLE ... ENABLE ROW LEVEL SECURITY; ALTER TABLE ... FORCE ROW LEVEL SECURITY (see `synchrod rls`)",
+        ));
+    }
+}
+
+fn check_slot(db: &mut postgres::Client, config: &Config, out: &mut Vec<CheckResult>) {
+    let row = db.query_opt(
+        "SELECT COALESCE(wal_status, ''), (pg_current_wal_lsn() - restart_lsn)::float8, active FROM pg_replication_slots WHERE slot_name = $1",
+        &[&config.slot_name],
+    );
+    match row {
+        Ok(Some(r)) => {
+            let (status, retained, active): (String, Option<f64>, bool) = (r.get(0), r.get(1), r.get(2));
+            let mb = retained.unwrap_or(0.0) / 1_048_576.0;
+            if status == "lost" {
+                out.push(CheckResult::fail(
+                    "replication slot",
+                    format!("{} is invalidated", config.slot_name),
+                    "start synchrod: it recreates the slot and sends clients to a snapshot",
+                ));
+            } else {
+                out.push(CheckResult::pass(
+                    "replication slot",
+                    format!(
+                        "{} {}, {mb:.1} MB of WAL retained",
+                        config.slot_name,
+                        if active { "active" } else { "inactive" }
+                    ),
+                ));
+            }
+        }
+        Ok(None) => out.push(CheckResult::fail(
+            "replication slot",
+            format!("{} does not exist", config.slot_name),
+            "start synchrod once (it creates the slot)",
+        )),
+        Err(e) => out.push(CheckResult::fail("replication slot", e.to_string(), "check the database")),
+    }
+    match setting(db, "max_slot_wal_keep_size").as_deref() {
+        Some("-1") | None => out.push(CheckResult::fail(
+            "max_slot_wal_keep_size",
+            "unlimited: a stopped synchrod lets the slot fill the disk",
+            "ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf(); (synchro recovers from an invalidated slot)",
+        )),
+        Some(v) => out.push(CheckResult::pass("max_slot_wal_keep_size", v.to_string())),
+    }
+}
