@@ -194,23 +194,6 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
     let settings = engine_settings(config)?;
     let pool = pool::connect_pool(&config.database_url, (config.http_threads as u32).saturating_add(4))?;
     let engine = Arc::new(Engine::new(pool, settings)?);
-    {
-        let mut db = engine.pool().get().map_err(pool::StoreError::from)?;
-        let cat = engine.cached_catalog();
-        match publication::ensure_publication(&mut *db, &config.publication_name, &cat.registry)? {
-            PublicationChange::Unchanged => {}
-            PublicationChange::Created => {
-                crate::info!("publication created", publication = config.publication_name.clone())
-            }
-            PublicationChange::Added(t) => {
-                crate::info!(
-                    "tables added to the publication",
-                    publication = config.publication_name.clone(),
-                    tables = t.join(",")
-                )
-            }
-        }
-    }
     let capture = start_capture(config, &engine)?;
     let addr = parse_listen_addr(&config.listen_addr)?;
     let mut http = HttpConfig::new(addr);
@@ -285,9 +268,28 @@ fn spawn_compaction(
     Ok((stop, handle))
 }
 
-/// Backfills bucket edges for rows that predate the consumer (C17), then starts the pipeline.
-fn start_capture(config: &Config, engine: &Engine) -> Result<CaptureHandle, ServerError> {
+/// Makes sure the publication covers the synced tables and the slot exists, backfills bucket
+/// edges for rows that predate the consumer (C17), then starts the pipeline. Embedders call
+/// this after building their [`Engine`]; stop it with [`CaptureHandle::stop`].
+pub fn start_capture(config: &Config, engine: &Engine) -> Result<CaptureHandle, ServerError> {
     let cat = engine.cached_catalog();
+    {
+        let mut db = engine.pool().get().map_err(pool::StoreError::from)?;
+        let cat = engine.cached_catalog();
+        match publication::ensure_publication(&mut *db, &config.publication_name, &cat.registry)? {
+            PublicationChange::Unchanged => {}
+            PublicationChange::Created => {
+                crate::info!("publication created", publication = config.publication_name.clone())
+            }
+            PublicationChange::Added(t) => {
+                crate::info!(
+                    "tables added to the publication",
+                    publication = config.publication_name.clone(),
+                    tables = t.join(",")
+                )
+            }
+        }
+    }
     let tables = CaptureTables::from_registry(&cat.registry);
     let assigner = Arc::new(DefaultAssigner);
     let capture_config =

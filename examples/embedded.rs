@@ -1,0 +1,96 @@
+//! Deployment mode A: an application with its own HTTP routes and its own authentication that
+//! embeds synchro under `/sync/`.
+//!
+//! ```sh
+//! DATABASE_URL=postgres://... SYNC_TABLES=tasks cargo run --example embedded
+//! ```
+//!
+//! The application owns the `tiny_http` server; requests under `/sync/` are handed to
+//! synchro's router after the application's own authentication (here a demo session header).
+
+use std::io::Read;
+use std::sync::Arc;
+
+use synchro::config::Config;
+use synchro::engine::Engine;
+use synchro::http::routes::{BodyError, Incoming, Router};
+use synchro::http::{AuthFailure, Authenticator};
+use synchro::service::EngineApi;
+use synchro::types::UserId;
+use synchro::version::VersionGate;
+
+/// The application's own authentication: a session token mapped to a user (a stand-in for a
+/// real session store).
+struct SessionAuth;
+
+impl Authenticator for SessionAuth {
+    fn authenticate(&self, header: &dyn Fn(&str) -> Option<String>) -> Result<UserId, AuthFailure> {
+        match header("x-session").as_deref() {
+            Some("session-alice") => Ok(UserId::new("alice").expect("non-empty")),
+            Some("session-bob") => Ok(UserId::new("bob").expect("non-empty")),
+            _ => Err(AuthFailure { client_message: "invalid session", reason: "unknown session".into() }),
+        }
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut vars: std::collections::HashMap<String, String> = std::env::vars().collect();
+    vars.entry("LOG_LEVEL".into()).or_insert_with(|| "warn".into());
+    let config = Config::from_vars(&vars)?;
+    synchro::logging::set_level(config.log_level);
+
+    // synchro's pieces, composed by the application.
+    synchro::server::migrate(&config)?;
+    let settings = synchro::server::engine_settings(&config)?;
+    let pool = synchro::store::pool::connect_pool(&config.database_url, 8)?;
+    let engine = Arc::new(Engine::new(pool, settings)?);
+    let capture = synchro::server::start_capture(&config, &engine)?;
+    let router = Router {
+        api: Arc::new(EngineApi::new(engine.clone(), Some(capture.status.clone()), &config.slot_name)),
+        auth: Arc::new(SessionAuth),
+        gate: VersionGate::new(&config.min_client_version),
+    };
+
+    // The application's own server and routes.
+    let server = tiny_http::Server::http("127.0.0.1:0").map_err(|e| e.to_string())?;
+    println!("listening on {}", server.server_addr());
+    for mut request in server.incoming_requests() {
+        let url = request.url().to_string();
+        if url == "/hello" {
+            let _ = request.respond(tiny_http::Response::from_string("hello from the app"));
+            continue;
+        }
+        if url == "/shutdown" {
+            let _ = request.respond(tiny_http::Response::from_string("bye"));
+            break;
+        }
+        if !url.starts_with("/sync/") {
+            let _ = request.respond(tiny_http::Response::from_string("not found").with_status_code(404));
+            continue;
+        }
+        let method = request.method().as_str().to_ascii_uppercase();
+        let headers: Vec<(String, String)> = request
+            .headers()
+            .iter()
+            .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
+            .collect();
+        let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let mut body = Vec::new();
+        let read = request.as_reader().take(32 << 20).read_to_end(&mut body);
+        let mut read_body = || read.as_ref().map(|_| body.clone()).map_err(|e| BodyError::Io(e.to_string()));
+        let (_, reply) =
+            router.handle(&mut Incoming { method: &method, url: &url, header: &header, read_body: &mut read_body });
+        let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
+        if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", reply.content_type) {
+            response.add_header(h);
+        }
+        for (name, value) in reply.headers {
+            if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                response.add_header(h);
+            }
+        }
+        let _ = request.respond(response);
+    }
+    capture.stop();
+    Ok(())
+}
