@@ -8,12 +8,12 @@
 //! The application owns the `tiny_http` server; requests under `/sync/` are handed to
 //! synchro's router after the application's own authentication (here a demo session header).
 
-use std::io::Read;
 use std::sync::Arc;
 
 use synchro::config::Config;
 use synchro::engine::Engine;
-use synchro::http::routes::{BodyError, Incoming, Router};
+use synchro::http::routes::{Incoming, Router};
+use synchro::http::server::{lowercase_headers, read_limited, respond};
 use synchro::http::{AuthFailure, Authenticator};
 use synchro::service::EngineApi;
 use synchro::types::UserId;
@@ -69,27 +69,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         let method = request.method().as_str().to_ascii_uppercase();
-        let headers: Vec<(String, String)> = request
-            .headers()
-            .iter()
-            .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
-            .collect();
+        let headers = lowercase_headers(&request);
         let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let mut body = Vec::new();
-        let read = request.as_reader().take(32 << 20).read_to_end(&mut body);
-        let mut read_body = || read.as_ref().map(|_| body.clone()).map_err(|e| BodyError::Io(e.to_string()));
+        let body = read_limited(&mut request, 32 << 20);
+        let mut read_body = || body.clone();
         let (_, reply) =
             router.handle(&mut Incoming { method: &method, url: &url, header: &header, read_body: &mut read_body });
-        let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
-        if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", reply.content_type) {
-            response.add_header(h);
-        }
-        for (name, value) in reply.headers {
-            if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                response.add_header(h);
-            }
-        }
-        let _ = request.respond(response);
+        respond(request, reply);
     }
     capture.stop();
     Ok(())

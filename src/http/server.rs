@@ -84,7 +84,8 @@ fn new_server(listener: &TcpListener) -> io::Result<tiny_http::Server> {
     tiny_http::Server::from_listener(listener.try_clone()?, None).map_err(|e| io::Error::other(e.to_string()))
 }
 
-fn respond(request: tiny_http::Request, reply: Reply) {
+/// Sends a [`Reply`] on a `tiny_http` request (also for embedders that run their own server).
+pub fn respond(request: tiny_http::Request, reply: Reply) {
     // Bodies are fully built in memory: always send Content-Length (tiny_http would switch to
     // chunked encoding above 32 KiB), which every client handles and logs can show.
     let mut response =
@@ -100,7 +101,17 @@ fn respond(request: tiny_http::Request, reply: Reply) {
     let _ = request.respond(response);
 }
 
-fn read_limited(request: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, BodyError> {
+/// A request's headers with lower-case names, for [`super::routes::Incoming::header`].
+pub fn lowercase_headers(request: &tiny_http::Request) -> Vec<(String, String)> {
+    request
+        .headers()
+        .iter()
+        .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
+        .collect()
+}
+
+/// Reads a request body, refusing more than `limit` bytes (by `Content-Length` or while reading).
+pub fn read_limited(request: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, BodyError> {
     if request.body_length().is_some_and(|n| n > limit) {
         return Err(BodyError::TooLarge);
     }
@@ -136,11 +147,7 @@ fn serve_one(router: &Router, mut request: tiny_http::Request, max_body: usize) 
     let started = Instant::now();
     let method = request.method().as_str().to_ascii_uppercase();
     let url = request.url().to_string();
-    let headers: Vec<(String, String)> = request
-        .headers()
-        .iter()
-        .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
-        .collect();
+    let headers = lowercase_headers(&request);
     let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let rid = request_id(header("x-request-id"));
     crate::logging::set_request_id(Some(rid.clone()));
