@@ -116,6 +116,10 @@ pub struct Config {
     pub compaction_interval: Option<Duration>,
     /// Clients that have not synced for this long are deactivated by compaction.
     pub stale_client_after: Duration,
+    /// `lww` (last writer wins, the default) or `server_wins`.
+    pub conflict_resolver: String,
+    /// Clock-skew tolerance added to `client_updated_at` by last-writer-wins.
+    pub clock_skew: Duration,
 }
 
 /// One documented variable: name, default shown in `--help`, and meaning.
@@ -433,6 +437,19 @@ impl Config {
                         None => 7,
                     },
             ),
+            conflict_resolver: match get("CONFLICT_RESOLVER").unwrap_or("lww") {
+                r @ ("lww" | "server_wins") => r.to_string(),
+                other => {
+                    return Err(ConfigError {
+                        variable: "CONFLICT_RESOLVER",
+                        message: format!("invalid resolver {other:?}: expected lww or server_wins"),
+                    })
+                }
+            },
+            clock_skew: Duration::from_millis(match get("CLOCK_SKEW_MS") {
+                Some(v) => parse_number("CLOCK_SKEW_MS", v, 0u64, 3_600_000)?,
+                None => 0,
+            }),
             http_idle_timeout: Duration::from_secs(match get("HTTP_IDLE_TIMEOUT_SECS") {
                 Some(v) => parse_number("HTTP_IDLE_TIMEOUT_SECS", v, 1u64, 3600)?,
                 None => 30,
@@ -527,6 +544,8 @@ mod tests {
             (&[("COMPACTION_INTERVAL_SECS", "soon")], "COMPACTION_INTERVAL_SECS"),
             (&[("STALE_CLIENT_DAYS", "0")], "STALE_CLIENT_DAYS"),
             (&[("PUSH_ROLE", "bad role")], "PUSH_ROLE"),
+            (&[("CONFLICT_RESOLVER", "client_wins")], "CONFLICT_RESOLVER"),
+            (&[("CLOCK_SKEW_MS", "-5")], "CLOCK_SKEW_MS"),
             (&[("LISTEN_ADDR", "nowhere")], "LISTEN_ADDR"),
         ];
         for (pairs, variable) in cases {

@@ -126,7 +126,10 @@ pub fn engine_settings(config: &Config) -> Result<EngineSettings, ServerError> {
         },
         min_client_version: config.min_client_version.clone(),
         push_role: config.push_role.clone(),
-        clock_skew: Duration::ZERO,
+        resolver: match config.conflict_resolver.as_str() {
+            "server_wins" => Arc::new(crate::engine::ServerWins),
+            _ => Arc::new(crate::engine::LastWriterWins { skew: config.clock_skew }),
+        },
     })
 }
 

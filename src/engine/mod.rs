@@ -18,7 +18,7 @@ use crate::store::introspect::{RegistryError, RegistrySettings};
 use crate::store::pool::{Pool, PooledClient, StoreError};
 
 pub use catalog::CatalogState;
-pub use push::last_writer_wins;
+pub use push::{last_writer_wins, ConflictResolver, LastWriterWins, ServerWins};
 
 /// What the engine can answer besides success. The HTTP layer maps each to a status.
 #[derive(Debug)]
@@ -95,7 +95,7 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T, what: &str) -> Result<Vec<
 }
 
 /// Engine settings beyond the registry.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineSettings {
     /// Which tables and conventions.
     pub registry: RegistrySettings,
@@ -103,8 +103,18 @@ pub struct EngineSettings {
     pub min_client_version: String,
     /// `PUSH_ROLE`: pushes run `SET LOCAL ROLE` to it so row-level security applies.
     pub push_role: Option<String>,
-    /// Clock-skew tolerance added to `client_updated_at` in last-writer-wins.
-    pub clock_skew: std::time::Duration,
+    /// Decides update conflicts on tables with an updated-at column (§7.9).
+    pub resolver: Arc<dyn ConflictResolver>,
+}
+
+impl fmt::Debug for EngineSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineSettings")
+            .field("registry", &self.registry)
+            .field("min_client_version", &self.min_client_version)
+            .field("push_role", &self.push_role)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The sync engine.

@@ -147,6 +147,47 @@ fn quote_element(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// Decides whether a client update wins over the server row (§7.9). `Err` carries the
+/// `message` of the `server_won_conflict` result. Embedders plug in their own.
+pub trait ConflictResolver: Send + Sync {
+    /// `server`: the row's updated-at value; `client`: `client_updated_at`; `base`:
+    /// `base_updated_at` (unparseable values arrive as `None`).
+    fn resolve(
+        &self,
+        server: Option<SystemTime>,
+        client: Option<SystemTime>,
+        base: Option<SystemTime>,
+    ) -> Result<(), String>;
+}
+
+/// The default: last writer wins, with a clock-skew tolerance added to the client's time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LastWriterWins {
+    /// Added to `client_updated_at` before comparing.
+    pub skew: Duration,
+}
+
+impl ConflictResolver for LastWriterWins {
+    fn resolve(
+        &self,
+        server: Option<SystemTime>,
+        client: Option<SystemTime>,
+        base: Option<SystemTime>,
+    ) -> Result<(), String> {
+        last_writer_wins(server, client, base, self.skew).map_err(str::to_string)
+    }
+}
+
+/// The server's row always wins an update (creates and deletes still apply).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerWins;
+
+impl ConflictResolver for ServerWins {
+    fn resolve(&self, _: Option<SystemTime>, _: Option<SystemTime>, _: Option<SystemTime>) -> Result<(), String> {
+        Err("server always wins".into())
+    }
+}
+
 /// Last-writer-wins (§7.9): `Ok` when the client wins, else the resolver's reason.
 pub fn last_writer_wins(
     server: Option<SystemTime>,
@@ -190,7 +231,7 @@ impl Engine {
         let (mut accepted, mut rejected) = (Vec::new(), Vec::new());
         for rec in &req.changes {
             tx.batch_execute("SAVEPOINT synchro_record").map_err(StoreError::query("creating a savepoint"))?;
-            let outcome = match apply_record(&mut tx, &cat, user, rec, self.settings.clock_skew) {
+            let outcome = match apply_record(&mut tx, &cat, user, rec, self.settings.resolver.as_ref()) {
                 Ok(o) => o,
                 Err(e) if e.is_closed() => {
                     return Err(EngineError::Store(StoreError::Query { context: "pushing".into(), source: e }))
@@ -329,7 +370,7 @@ fn apply_record(
     cat: &CatalogState,
     user: &UserId,
     rec: &PushRecord,
-    skew: Duration,
+    resolver: &dyn ConflictResolver,
 ) -> Result<Outcome, postgres::Error> {
     let Some(t) = cat.registry.table(&rec.table_name) else {
         return Ok(Outcome::terminal("table_not_registered", "table not registered for sync"));
@@ -362,7 +403,7 @@ fn apply_record(
                 if !e.in_scope {
                     return Ok(Outcome::terminal("ownership_violation", "ownership violation"));
                 }
-                update_row(tx, cat, t, user, rec, data, &e, skew, true)
+                update_row(tx, cat, t, user, rec, data, &e, resolver, true)
             }
             None => {
                 let Some(data) = data else { return Ok(Outcome::terminal("invalid_data", "invalid data format")) };
@@ -425,7 +466,7 @@ fn apply_record(
                     server_version(t, &rec.id, &e, true),
                 ));
             }
-            update_row(tx, cat, t, user, rec, data, &e, skew, false)
+            update_row(tx, cat, t, user, rec, data, &e, resolver, false)
         }
         _ => {
             let Some(e) = existing else {
@@ -493,13 +534,13 @@ fn update_row(
     rec: &PushRecord,
     data: Option<&Map<String, Value>>,
     e: &Existing,
-    skew: Duration,
+    resolver: &dyn ConflictResolver,
     resurrect: bool,
 ) -> Result<Outcome, postgres::Error> {
     if t.updated_at.real().is_some() {
         let client = rec.client_updated_at.as_deref().and_then(parse_client_timestamp);
         let base = rec.base_updated_at.as_deref().and_then(parse_client_timestamp);
-        if let Err(why) = last_writer_wins(e.updated_at, client, base, skew) {
+        if let Err(why) = resolver.resolve(e.updated_at, client, base) {
             return Ok(Outcome::conflict("server_won_conflict", why, server_version(t, &rec.id, e, false)));
         }
     }
@@ -579,6 +620,8 @@ mod tests {
         assert_eq!(last_writer_wins(None, at(1), None, z), Ok(()), "NULL server: client wins without base");
         assert_eq!(last_writer_wins(None, at(1), at(1), z), Err("client base version is ahead of server version"));
         assert_eq!(last_writer_wins(at(100), None, None, z), Err("server version is newer"), "no client time");
+        assert_eq!(ServerWins.resolve(at(1), at(100), None), Err("server always wins".to_string()));
+        assert_eq!(LastWriterWins { skew: Duration::from_secs(10) }.resolve(at(100), at(95), None), Ok(()));
     }
 
     #[test]

@@ -624,3 +624,23 @@ fn compaction_boundary_sends_only_clients_behind_it_back_to_a_snapshot() {
     assert_eq!(again.compacted_through, behind_cp.max(again.compacted_through));
     server.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn the_server_wins_resolver_is_configurable() {
+    let db = TestDb::new();
+    db.execute(SCHEMA);
+    db.execute(EXTRA);
+    let server = start(
+        &db,
+        &[("SYNC_TABLES", TABLES), ("SLOT_NAME", &format!("s_{}", db.name)), ("CONFLICT_RESOLVER", "server_wins")],
+    );
+    let a = Device::new(server.addr, "alice", "a1");
+    assert_eq!(a.push(json!([task(T1, "first")]))["accepted"].as_array().unwrap().len(), 1);
+    let r = a.push(json!([{"id": T1, "table_name": "tasks", "operation": "update", "client_updated_at": "2099-01-01T00:00:00Z", "data": {"title": "later"}},
+                          {"id": "9", "table_name": "notes", "operation": "create", "data": {"body": "no updated_at: last push wins"}},
+                          {"id": "9", "table_name": "notes", "operation": "update", "data": {"body": "applied"}}]));
+    assert_eq!(r["rejected"][0]["reason_code"], "server_won_conflict", "{r}");
+    assert_eq!(r["rejected"][0]["message"], "server always wins");
+    assert_eq!(r["accepted"].as_array().unwrap().len(), 2, "tables without updated_at have no conflicts: {r}");
+    server.shutdown(Duration::from_secs(5));
+}
