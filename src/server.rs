@@ -130,6 +130,7 @@ pub fn engine_settings(config: &Config) -> Result<EngineSettings, ServerError> {
             "server_wins" => Arc::new(crate::engine::ServerWins),
             _ => Arc::new(crate::engine::LastWriterWins { skew: config.clock_skew }),
         },
+        hooks: Arc::new(crate::engine::NoHooks),
     })
 }
 

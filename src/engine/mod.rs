@@ -3,6 +3,7 @@
 //! application calls it with a user id it has authenticated itself.
 
 mod catalog;
+mod hooks;
 mod pull;
 mod push;
 mod rebuild;
@@ -18,6 +19,7 @@ use crate::store::introspect::{RegistryError, RegistrySettings};
 use crate::store::pool::{Pool, PooledClient, StoreError};
 
 pub use catalog::CatalogState;
+pub use hooks::{Hooks, NoHooks};
 pub use push::{last_writer_wins, ConflictResolver, LastWriterWins, ServerWins};
 
 /// What the engine can answer besides success. The HTTP layer maps each to a status.
@@ -43,6 +45,8 @@ pub enum EngineError {
     Schema(String),
     /// A database failure; transient ones become 503.
     Store(StoreError),
+    /// An embedder hook refused the operation (500; the push was rolled back).
+    Hook(String),
 }
 
 impl EngineError {
@@ -62,6 +66,7 @@ impl fmt::Display for EngineError {
             EngineError::Forbidden(m) => write!(f, "forbidden: {m}"),
             EngineError::Schema(m) => write!(f, "schema unavailable: {m}"),
             EngineError::Store(e) => write!(f, "{e}"),
+            EngineError::Hook(m) => write!(f, "hook failed: {m}"),
         }
     }
 }
@@ -105,6 +110,8 @@ pub struct EngineSettings {
     pub push_role: Option<String>,
     /// Decides update conflicts on tables with an updated-at column (§7.9).
     pub resolver: Arc<dyn ConflictResolver>,
+    /// The embedder's hooks ([`NoHooks`] for the standalone server).
+    pub hooks: Arc<dyn Hooks>,
 }
 
 impl fmt::Debug for EngineSettings {

@@ -231,6 +231,7 @@ impl Engine {
         if let Err(e) = bookkeeping {
             crate::warn!("recording pull progress failed", error = e.to_string());
         }
+        self.settings.hooks.on_pull_complete(user, &req.client_id, checkpoint, has_more);
         Ok(PullResponse {
             changes,
             deletes,
@@ -249,6 +250,7 @@ impl Engine {
 
     fn notify_snapshot_required(&self, user: &UserId, client_id: &str, reason: &str) {
         crate::debug!("snapshot required", user = user.as_str(), client_id = client_id, reason = reason);
+        self.settings.hooks.on_snapshot_required(user, client_id, reason);
     }
 }
 

@@ -229,9 +229,17 @@ impl Engine {
                 .map_err(StoreError::query("switching to PUSH_ROLE"))?;
         }
         let (mut accepted, mut rejected) = (Vec::new(), Vec::new());
+        let mut applied: Vec<&PushRecord> = Vec::new();
         for rec in &req.changes {
             tx.batch_execute("SAVEPOINT synchro_record").map_err(StoreError::query("creating a savepoint"))?;
-            let outcome = match apply_record(&mut tx, &cat, user, rec, self.settings.resolver.as_ref()) {
+            let outcome = match apply_record(
+                &mut tx,
+                &cat,
+                user,
+                rec,
+                self.settings.resolver.as_ref(),
+                self.settings.hooks.as_ref(),
+            ) {
                 Ok(o) => o,
                 Err(e) if e.is_closed() => {
                     return Err(EngineError::Store(StoreError::Query { context: "pushing".into(), source: e }))
@@ -246,6 +254,9 @@ impl Engine {
                 }
             };
             let keep = outcome.status == "applied";
+            if outcome.status == "conflict" {
+                self.settings.hooks.on_conflict(user, rec, outcome.reason.unwrap_or(""));
+            }
             tx.batch_execute(if keep {
                 "RELEASE SAVEPOINT synchro_record"
             } else {
@@ -265,9 +276,14 @@ impl Engine {
             };
             if keep {
                 accepted.push(result);
+                applied.push(rec);
             } else {
                 rejected.push(result);
             }
+        }
+        if let Err(why) = self.settings.hooks.on_push_accepted(&mut tx, user, &applied) {
+            // Dropping the transaction rolls every record back.
+            return Err(EngineError::Hook(why));
         }
         tx.commit().map_err(StoreError::query("committing the push"))?;
         if let Err(e) = clients::touch_push(&mut *db, user, &req.client_id) {
@@ -371,6 +387,7 @@ fn apply_record(
     user: &UserId,
     rec: &PushRecord,
     resolver: &dyn ConflictResolver,
+    hooks: &dyn super::Hooks,
 ) -> Result<Outcome, postgres::Error> {
     let Some(t) = cat.registry.table(&rec.table_name) else {
         return Ok(Outcome::terminal("table_not_registered", "table not registered for sync"));
@@ -380,6 +397,9 @@ fn apply_record(
     }
     if t.read_only {
         return Ok(Outcome::terminal("table_read_only", "table is read-only"));
+    }
+    if let Err(why) = hooks.authorize(user, rec) {
+        return Ok(Outcome::terminal("ownership_violation", why));
     }
     let existing = match lookup(tx, &cat.registry, t, user, &rec.id) {
         Ok(e) => e,

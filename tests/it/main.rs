@@ -7,6 +7,7 @@ mod cluster;
 mod embedded;
 mod fuzz_corpus;
 mod harness;
+mod hooks;
 mod http;
 mod introspect;
 mod migrations;
