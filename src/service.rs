@@ -58,6 +58,23 @@ impl EngineApi {
                 "Server WAL end minus the committed (confirmed) position.",
                 wal_end.saturating_sub(committed) as f64,
             );
+            // Seconds behind: the age of the newest change in the changelog while WAL is pending.
+            let last_commit = c.last_commit_ms.load(Ordering::Relaxed);
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let lag_secs = if wal_end > committed && last_commit > 0 {
+                now_ms.saturating_sub(last_commit) as f64 / 1000.0
+            } else {
+                0.0
+            };
+            push(
+                "synchro_replication_lag_seconds",
+                "gauge",
+                "Age of the newest captured change while WAL is still pending (0 when caught up).",
+                lag_secs,
+            );
             push(
                 "synchro_confirmed_flush_lsn",
                 "gauge",

@@ -106,6 +106,8 @@ pub struct WriterProgress {
     pub rows: AtomicU64,
     /// The most row changes ever buffered at once (bounded by the chunk size).
     pub max_buffered: AtomicUsize,
+    /// Commit time (Unix ms) of the newest replicated transaction whose rows are committed.
+    pub last_commit_ms: AtomicU64,
 }
 
 /// A running writer.
@@ -174,6 +176,7 @@ struct Batch {
     in_txn: bool,
     skip_txn: bool,
     last_end: Option<Lsn>,
+    last_commit_time: Option<std::time::SystemTime>,
     idle_end: Option<Lsn>,
     changelog_rows: u64,
 }
@@ -244,6 +247,10 @@ impl Writer {
                 self.stored = self.stored.max(lsn);
                 self.publish(lsn);
             }
+            if let Some(t) = batch.last_commit_time {
+                let ms = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+                self.progress.last_commit_ms.fetch_max(ms, Ordering::Relaxed);
+            }
             self.progress.batches.fetch_add(1, Ordering::Relaxed);
             self.progress.rows.fetch_add(batch.changelog_rows, Ordering::Relaxed);
             crate::debug!(
@@ -295,9 +302,10 @@ impl Writer {
                     .map_err(StoreError::query("recording a TRUNCATE"))?;
                 batch.changelog_rows += n;
             }
-            WalEvent::Commit { end_lsn, .. } => {
+            WalEvent::Commit { end_lsn, commit_time } => {
                 if !batch.skip_txn {
                     batch.last_end = Some(end_lsn);
+                    batch.last_commit_time = Some(commit_time);
                 } else {
                     crate::debug!("skipped a replayed transaction", end_lsn = end_lsn.to_string());
                 }

@@ -140,6 +140,8 @@ pub struct CaptureStatus {
     pub batches: AtomicU64,
     /// WAL messages received since the process started.
     pub wal_messages: AtomicU64,
+    /// Commit time (Unix ms) of the newest replicated transaction in the changelog.
+    pub last_commit_ms: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -477,6 +479,7 @@ fn run_session(
             status.rows_written.fetch_add(rows - seen_rows, Ordering::Relaxed);
             status.batches.fetch_add(batches - seen_batches, Ordering::Relaxed);
             (seen_rows, seen_batches) = (rows, batches);
+            status.last_commit_ms.fetch_max(progress.last_commit_ms.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         Ok(())
     })();

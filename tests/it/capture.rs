@@ -188,6 +188,7 @@ fn pulls_see_direct_sql_writes() {
         "synchro_http_requests_total{endpoint=\"pull\",status=\"200\"}",
         "synchro_http_request_duration_seconds_bucket{endpoint=\"register\",le=\"+Inf\"} 1",
         "# TYPE synchro_replication_lag_bytes gauge",
+        "# TYPE synchro_replication_lag_seconds gauge",
     ] {
         assert!(m.body.contains(needle), "{needle} missing from\n{}", m.body);
     }
