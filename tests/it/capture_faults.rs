@@ -9,19 +9,44 @@ use crate::capture::{changelog, edges, wait_for, SCHEMA, TABLES};
 use crate::harness::{private_cluster, TestDb};
 use crate::server::start;
 
-fn spawn_synchrod(db: &TestDb, slot: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_synchrod"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", db.url())
-        .env("SYNC_TABLES", TABLES)
-        .env("SLOT_NAME", slot)
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .env("LOG_LEVEL", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+/// A synchrod child process, killed when dropped (also when a test fails half-way).
+struct Synchrod(Child);
+
+impl std::ops::Deref for Synchrod {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Synchrod {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Synchrod {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_synchrod(db: &TestDb, slot: &str) -> Synchrod {
+    Synchrod(
+        Command::new(env!("CARGO_BIN_EXE_synchrod"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", db.url())
+            .env("SYNC_TABLES", TABLES)
+            .env("SLOT_NAME", slot)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("LOG_LEVEL", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// Every live row's buckets hold it (last op create/update), every removed row is removed
