@@ -81,6 +81,9 @@ pub enum Owner {
     NoOwnership,
     /// A child row whose parent (or its FK value) cannot be found.
     ParentMissing(String),
+    /// The routing column arrived as unchanged TOAST and the row no longer exists (a later
+    /// delete in the stream removes it): the change is skipped, not assigned.
+    RowGone,
 }
 
 /// Decides the buckets of a row. Must be cheap and pure: it runs for every change.
@@ -102,6 +105,7 @@ impl BucketAssigner for DefaultAssigner {
                 .ok_or_else(|| format!("{}/{}: owner {id:?} cannot form a bucket id", table.name, change.key)),
             Owner::Null | Owner::NoOwnership => Ok(vec![BucketId::global()]),
             Owner::ParentMissing(why) => Err(why.clone()),
+            Owner::RowGone => Ok(Vec::new()),
         }
     }
 }
@@ -204,11 +208,20 @@ pub fn resolve_owners(
             _ => None,
         }
     };
+    let gone = |c: &RowChange, col: &str| -> bool {
+        matches!(c.value(col), Some(ColumnValue::UnchangedToast))
+            && !current.get(&(c.table.clone(), col.to_string())).is_some_and(|m| m.contains_key(&c.key))
+    };
     for (i, c) in changes.iter().enumerate() {
         let Some(t) = routing.get(&c.table) else {
             owners[i] = Some(Owner::ParentMissing(format!("table {} is not routed", c.table)));
             continue;
         };
+        let routing_column = t.owner.as_deref().or(t.parent.as_ref().map(|(_, fk)| fk.as_str()));
+        if routing_column.is_some_and(|col| gone(c, col)) {
+            owners[i] = Some(Owner::RowGone);
+            continue;
+        }
         if let Some(col) = &t.owner {
             owners[i] = Some(owner_of(value_of(c, col).as_deref()));
         } else if let Some((parent, fk)) = &t.parent {

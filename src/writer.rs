@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use postgres::GenericClient;
 
-use crate::buckets::{dedup_buckets, resolve_owners, BucketAssigner, RoutingTable, TableRouting};
+use crate::buckets::{dedup_buckets, resolve_owners, BucketAssigner, Owner, RoutingTable, TableRouting};
 use crate::change::{ChangeKind, ColumnValue, RowChange, WalEvent};
 use crate::registry::quote_ident;
 use crate::store::pool::{self, StoreError};
@@ -402,6 +402,10 @@ pub(crate) fn plan_chunk(
     let mut plan = Plan::default();
     for (c, owner) in chunk.iter().zip(owners.iter()) {
         let Some(t) = routing.get(&c.table) else { continue };
+        if *owner == Owner::RowGone {
+            // Nothing to route with and nothing left to serve: the later delete handles it.
+            continue;
+        }
         if let Some(old) = &c.old_key {
             // The primary key changed: the old record leaves all its buckets.
             let k = (c.table.clone(), old.clone());
