@@ -262,9 +262,11 @@ fn parse_number<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(
 }
 
 fn validate_url(variable: &'static str, raw: &str) -> Result<(), ConfigError> {
-    pgurl::parse(raw)
+    let params = pgurl::parse(raw)
+        .map_err(|e| ConfigError { variable, message: format!("{e} (got a value that does not parse)") })?;
+    crate::tls::TlsSettings::from_params(&params)
         .map(|_| ())
-        .map_err(|e| ConfigError { variable, message: format!("{e} (got a value that does not parse)") })
+        .map_err(|e| ConfigError { variable, message: e.to_string() })
 }
 
 impl Config {
@@ -525,6 +527,8 @@ mod tests {
             (&[("DATABASE_URL", "")], "DATABASE_URL"),
             (&[("DATABASE_URL", "not a url")], "DATABASE_URL"),
             (&[("REPLICATION_URL", "postgres://h:0/x")], "REPLICATION_URL"),
+            (&[("DATABASE_URL", "postgres://h/x?sslmode=allow")], "DATABASE_URL"),
+            (&[("REPLICATION_URL", "postgres://h/x?sslmode=verify-ca&sslrootcert=")], "REPLICATION_URL"),
             (&[("JWKS_URL", "ftp://x")], "JWKS_URL"),
             (&[("SLOT_NAME", "Bad-Slot")], "SLOT_NAME"),
             (&[("PUBLICATION_NAME", "1pub")], "PUBLICATION_NAME"),

@@ -83,6 +83,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod time;
+pub mod tls;
 pub mod types;
 pub mod version;
 pub mod wire;

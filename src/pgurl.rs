@@ -49,6 +49,34 @@ impl ConnParams {
     pub fn param(&self, key: &str) -> Option<&str> {
         self.params.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
+
+    /// Sets a parameter (`Some`) or removes it (`None`).
+    pub fn set_param(&mut self, key: &str, value: Option<&str>) {
+        self.params.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.params.push((key.to_string(), v.to_string()));
+        }
+    }
+
+    /// Renders a `key=value` conninfo string with every value quoted, which libpq and the
+    /// `postgres` crate both read back to the same parameters.
+    pub fn to_conninfo(&self) -> String {
+        fn quote(v: &str) -> String {
+            format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+        }
+        let host = match &self.host {
+            Host::Tcp(h) | Host::UnixDir(h) => h,
+        };
+        let mut out = format!("host={} port={} user={}", quote(host), self.port, quote(&self.user));
+        if let Some(p) = &self.password {
+            out.push_str(&format!(" password={}", quote(p)));
+        }
+        out.push_str(&format!(" dbname={}", quote(&self.dbname)));
+        for (k, v) in &self.params {
+            out.push_str(&format!(" {k}={}", quote(v)));
+        }
+        out
+    }
 }
 
 /// Parses a `postgres://` / `postgresql://` URL or a `key=value` conninfo string.
@@ -309,6 +337,21 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn conninfo_round_trips() {
+        for url in [
+            "postgres://al%40ice:p%27s%5Cs@db.example:6543/app?sslmode=require&application_name=a%20b",
+            "host=/run/postgresql port=5433 user=me password='a b\\'c' dbname=x",
+        ] {
+            let p = parse(url).unwrap();
+            assert_eq!(parse(&p.to_conninfo()).unwrap(), p, "{url}");
+        }
+        let mut p = parse("postgres://u@h/d?sslmode=verify-full&sslrootcert=/ca.pem").unwrap();
+        p.set_param("sslrootcert", None);
+        p.set_param("sslmode", Some("require"));
+        assert_eq!(p.to_conninfo(), "host='h' port=5432 user='u' dbname='d' sslmode='require'");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::scram::{self, ScramClient, ScramError};
 use crate::pgurl::{ConnParams, Host};
+use crate::tls::{TlsError, TlsSettings};
 use crate::types::Lsn;
 use crate::wire::backend::{self, Authentication, BackendMessage, PgErrorFields, DEFAULT_MAX_FRAME};
 use crate::wire::{frontend, DecodeError};
@@ -47,6 +48,8 @@ pub enum ReplError {
     Scram(ScramError),
     /// A connection pooler (PgBouncer and similar) seems to sit in front of the server.
     Pooler(String),
+    /// TLS settings, certificates or the handshake.
+    Tls(TlsError),
 }
 
 impl ReplError {
@@ -85,15 +88,21 @@ impl fmt::Display for ReplError {
             ReplError::Decode { context, source } => write!(f, "{context}: {source}"),
             ReplError::Protocol(m) | ReplError::Auth(m) | ReplError::Pooler(m) => f.write_str(m),
             ReplError::Scram(e) => write!(f, "SCRAM authentication: {e}"),
+            ReplError::Tls(e) => write!(f, "REPLICATION_URL: {e}"),
         }
     }
 }
 
 impl std::error::Error for ReplError {}
 
+#[cfg(feature = "tls")]
+type TlsStream = Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
+
 enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    #[cfg(feature = "tls")]
+    Tls(TlsStream),
 }
 
 impl Stream {
@@ -101,6 +110,17 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(t),
             Stream::Unix(s) => s.set_read_timeout(t),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.sock.set_read_timeout(t),
+        }
+    }
+
+    /// Whether the session is encrypted.
+    fn is_tls(&self) -> bool {
+        match self {
+            Stream::Tcp(_) | Stream::Unix(_) => false,
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => true,
         }
     }
 }
@@ -110,6 +130,8 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.read(buf),
         }
     }
 }
@@ -119,14 +141,63 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.flush(),
             Stream::Unix(s) => s.flush(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.flush(),
         }
     }
+}
+
+/// Asks for TLS with an SSLRequest and, when the server agrees, completes the handshake.
+/// `prefer` falls back to plaintext when the server declines; stricter modes fail.
+fn negotiate_tls(mut tcp: TcpStream, host: &str, settings: &TlsSettings) -> Result<Stream, ReplError> {
+    if !settings.attempts_tls() {
+        return Ok(Stream::Tcp(tcp));
+    }
+    let mut request = Vec::with_capacity(8);
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request).map_err(io_ctx("sending SSLRequest"))?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).map_err(io_ctx("reading the answer to SSLRequest"))?;
+    match answer[0] {
+        b'S' => start_tls(tcp, host, settings),
+        b'N' if settings.mode.requires_tls() => Err(ReplError::Tls(TlsError::NotOffered)),
+        b'N' => Ok(Stream::Tcp(tcp)),
+        other => Err(ReplError::Protocol(format!(
+            "unexpected answer {:?} to SSLRequest (is this a PostgreSQL server?)",
+            char::from(other)
+        ))),
+    }
+}
+
+#[cfg(feature = "tls")]
+fn start_tls(tcp: TcpStream, host: &str, settings: &TlsSettings) -> Result<Stream, ReplError> {
+    use rustls::pki_types::ServerName;
+    let config = crate::tls::client_config(settings).map_err(ReplError::Tls)?;
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| ReplError::Tls(TlsError::Config(format!("TLS server name {host:?}: {e}"))))?;
+    let session =
+        rustls::ClientConnection::new(config, name).map_err(|e| ReplError::Tls(TlsError::Handshake(e.to_string())))?;
+    let mut stream = rustls::StreamOwned::new(session, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).map_err(|e| {
+            // rustls reports a refused certificate as an InvalidData I/O error carrying its own error.
+            ReplError::Tls(TlsError::Handshake(e.to_string()))
+        })?;
+    }
+    Ok(Stream::Tls(Box::new(stream)))
+}
+
+#[cfg(not(feature = "tls"))]
+fn start_tls(_tcp: TcpStream, _host: &str, _settings: &TlsSettings) -> Result<Stream, ReplError> {
+    Err(ReplError::Tls(TlsError::Config("this synchrod was built without the `tls` feature".into())))
 }
 
 /// One frame, owned: tag and body.
@@ -166,14 +237,7 @@ fn io_ctx(context: &str) -> impl FnOnce(io::Error) -> ReplError + '_ {
 impl ReplicationConn {
     /// Connects and authenticates with `replication=database`.
     pub fn connect(params: &ConnParams, connect_timeout: Duration) -> Result<ReplicationConn, ReplError> {
-        match params.param("sslmode") {
-            None | Some("disable") | Some("allow") | Some("prefer") => {}
-            Some(mode) => {
-                return Err(ReplError::Protocol(format!(
-                    "sslmode={mode} on REPLICATION_URL needs TLS, which this build does not include; use sslmode=disable or prefer on a trusted network"
-                )))
-            }
-        }
+        let tls = TlsSettings::from_params(params).map_err(ReplError::Tls)?;
         let stream = match &params.host {
             Host::UnixDir(dir) => {
                 let path = format!("{dir}/.s.PGSQL.{}", params.port);
@@ -198,7 +262,8 @@ impl ReplicationConn {
                     source: last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")),
                 })?;
                 let _ = s.set_nodelay(true);
-                Stream::Tcp(s)
+                s.set_read_timeout(Some(connect_timeout)).map_err(io_ctx("setting a socket timeout"))?;
+                negotiate_tls(s, host, &tls)?
             }
         };
         stream.set_read_timeout(Some(connect_timeout)).map_err(io_ctx("setting a socket timeout"))?;
@@ -217,6 +282,11 @@ impl ReplicationConn {
         conn.authenticate(params)?;
         conn.wait_ready("starting the session")?;
         Ok(conn)
+    }
+
+    /// Whether the session runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
     }
 
     fn flush_out(&mut self, context: &str) -> Result<(), ReplError> {

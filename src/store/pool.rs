@@ -5,13 +5,22 @@ use std::fmt;
 use std::time::Duration;
 
 use postgres::error::SqlState;
-use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 
+use crate::pgurl;
+use crate::tls::TlsSettings;
+
+/// The `postgres` crate's TLS hook: rustls with the `tls` feature, plaintext without.
+#[cfg(feature = "tls")]
+pub type Connector = crate::tls::MakeRustlsConnect;
+/// The `postgres` crate's TLS hook: rustls with the `tls` feature, plaintext without.
+#[cfg(not(feature = "tls"))]
+pub type Connector = postgres::NoTls;
+
 /// The pool type.
-pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+pub type Pool = r2d2::Pool<PostgresConnectionManager<Connector>>;
 /// A connection checked out of the pool.
-pub type PooledClient = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+pub type PooledClient = r2d2::PooledConnection<PostgresConnectionManager<Connector>>;
 
 /// A store-layer failure, with what we were doing.
 #[derive(Debug)]
@@ -90,11 +99,37 @@ impl fmt::Display for StoreError {
             StoreError::PoolTimeout { detail } => write!(f, "no database connection available: {detail}"),
             StoreError::Query { context, source } => match source.as_db_error() {
                 Some(db) => write!(f, "{context}: {} (SQLSTATE {})", db.message(), db.code().code()),
-                None => write!(f, "{context}: {source}"),
+                None => write!(f, "{context}: {}", with_causes(source)),
             },
             StoreError::BadUrl { detail } => write!(f, "invalid database URL: {detail}"),
             StoreError::Corrupt { detail } => write!(f, "inconsistent sync tables: {detail}"),
         }
+    }
+}
+
+/// An error and its chain of causes on one line (the `postgres` crate's own `Display` stops at
+/// its kind, e.g. "error performing TLS handshake", and leaves out why).
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// Logs why the pool could not open a connection (r2d2 itself keeps only the short message).
+#[derive(Debug)]
+struct LogConnectErrors;
+
+impl r2d2::HandleError<postgres::Error> for LogConnectErrors {
+    fn handle_error(&self, error: postgres::Error) {
+        crate::warn!("opening a pooled database connection failed", error = with_causes(&error));
     }
 }
 
@@ -114,10 +149,17 @@ impl From<r2d2::Error> for StoreError {
 }
 
 /// Parses `url` for the `postgres` crate with every session in UTC (contract C16) and a
-/// connect timeout, so a dead database fails requests fast instead of hanging workers.
-pub fn pg_config(url: &str) -> Result<postgres::Config, StoreError> {
-    let mut config: postgres::Config =
-        url.parse().map_err(|e: postgres::Error| StoreError::BadUrl { detail: e.to_string() })?;
+/// connect timeout, so a dead database fails requests fast instead of hanging workers. The TLS
+/// parameters the `postgres` crate does not know (`verify-ca`, `verify-full`, `sslrootcert`) are
+/// taken out and applied by the returned connector instead.
+pub fn pg_config(url: &str) -> Result<(postgres::Config, Connector), StoreError> {
+    let bad = |detail: String| StoreError::BadUrl { detail };
+    let mut params = pgurl::parse(url).map_err(|e| bad(e.to_string()))?;
+    let tls = TlsSettings::from_params(&params).map_err(|e| bad(e.to_string()))?;
+    let crate_mode = if tls.mode.requires_tls() { "require" } else { tls.mode.as_str() };
+    params.set_param("sslmode", Some(crate_mode));
+    params.set_param("sslrootcert", None);
+    let mut config: postgres::Config = params.to_conninfo().parse().map_err(|e: postgres::Error| bad(e.to_string()))?;
     config.options("-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c bytea_output=hex");
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
@@ -125,23 +167,37 @@ pub fn pg_config(url: &str) -> Result<postgres::Config, StoreError> {
     if config.get_application_name().is_none() {
         config.application_name("synchrod");
     }
-    Ok(config)
+    Ok((config, connector(&tls)?))
+}
+
+#[cfg(feature = "tls")]
+fn connector(tls: &TlsSettings) -> Result<Connector, StoreError> {
+    let config = crate::tls::client_config(tls).map_err(|e| StoreError::BadUrl { detail: e.to_string() })?;
+    Ok(crate::tls::MakeRustlsConnect::new(config))
+}
+
+#[cfg(not(feature = "tls"))]
+fn connector(_tls: &TlsSettings) -> Result<Connector, StoreError> {
+    Ok(postgres::NoTls)
 }
 
 /// Builds the pool. Connections are opened lazily, so a database that is down at startup
 /// shows up as 503s rather than a refusal to start.
 pub fn connect_pool(url: &str, max_size: u32) -> Result<Pool, StoreError> {
-    let manager = PostgresConnectionManager::new(pg_config(url)?, NoTls);
+    let (config, connector) = pg_config(url)?;
+    let manager = PostgresConnectionManager::new(config, connector);
     let pool = r2d2::Pool::builder()
         .max_size(max_size.max(1))
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(5))
         .test_on_check_out(false)
+        .error_handler(Box::new(LogConnectErrors))
         .build_unchecked(manager);
     Ok(pool)
 }
 
 /// Connects a single session (migrations, introspection, the writer) with the pool's settings.
 pub fn connect(url: &str) -> Result<postgres::Client, StoreError> {
-    pg_config(url)?.connect(NoTls).map_err(StoreError::query("connecting to PostgreSQL"))
+    let (config, connector) = pg_config(url)?;
+    config.connect(connector).map_err(StoreError::query("connecting to PostgreSQL"))
 }

@@ -42,6 +42,13 @@ pub fn startup(out: &mut Vec<u8>, params: &[(&str, &str)]) {
 }
 
 /// PasswordMessage (cleartext or MD5 hash).
+/// SSLRequest: asks the server to switch this connection to TLS (answered by one byte).
+pub fn ssl_request(out: &mut Vec<u8>) {
+    out.extend_from_slice(&8i32.to_be_bytes());
+    out.extend_from_slice(&80_877_103i32.to_be_bytes());
+}
+
+/// PasswordMessage (cleartext or MD5).
 pub fn password(out: &mut Vec<u8>, password: &str) {
     with_length(out, Some(b'p'), |b| cstr(b, password));
 }

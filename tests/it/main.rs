@@ -16,3 +16,5 @@ mod rls;
 mod server;
 mod store;
 mod sync_api;
+#[cfg(feature = "tls")]
+mod tls;

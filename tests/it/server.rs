@@ -16,7 +16,7 @@ const USER: &str = "X-User-ID: alice\r\n";
 pub fn start(db: &TestDb, vars: &[(&str, &str)]) -> Running {
     synchro::logging::set_level(synchro::config::LogLevel::Error);
     let mut map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    map.insert("DATABASE_URL".into(), db.url());
+    map.entry("DATABASE_URL".into()).or_insert_with(|| db.url());
     map.entry("LISTEN_ADDR".into()).or_insert_with(|| "127.0.0.1:0".into());
     map.entry("HTTP_THREADS".into()).or_insert_with(|| "4".into());
     let config = Config::from_vars(&map).unwrap();
