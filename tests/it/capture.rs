@@ -196,6 +196,50 @@ fn pulls_see_direct_sql_writes() {
     server.shutdown(Duration::from_secs(5));
 }
 
+/// A gauge's value from `/metrics`.
+fn gauge(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let body = crate::client::get(addr, "/metrics", "").body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from\n{body}"))
+}
+
+#[test]
+fn replication_lag_metrics_move_while_the_consumer_is_held_up() {
+    let db = TestDb::new();
+    db.execute(SCHEMA);
+    let slot = format!("s_{}", db.name);
+    let server = start(&db, &[("SYNC_TABLES", TABLES), ("SLOT_NAME", &slot)]);
+    db.execute("INSERT INTO tags VALUES (1, 'first')");
+    wait_for(20, "the first row", || changelog(&db).get(&key("global", "tags", "1")).map(|_| ()));
+    wait_for(20, "no lag", || (gauge(server.addr, "synchro_replication_lag_bytes") == 0.0).then_some(()));
+
+    // Hold the writer up: its next changelog insert waits for this lock.
+    let mut blocker = db.client();
+    let mut tx = blocker.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE sync_changelog IN EXCLUSIVE MODE").unwrap();
+    for i in 2..50 {
+        db.execute(&format!("INSERT INTO tags VALUES ({i}, repeat('x', 500))"));
+    }
+    let bytes = wait_for(20, "lag in bytes", || {
+        let b = gauge(server.addr, "synchro_replication_lag_bytes");
+        (b > 0.0).then_some(b)
+    });
+    assert!(bytes >= 48.0 * 500.0, "lag covers the held-up inserts: {bytes}");
+    std::thread::sleep(Duration::from_millis(1200));
+    let secs = gauge(server.addr, "synchro_replication_lag_seconds");
+    assert!(secs >= 1.0, "lag in seconds grows while held up: {secs}");
+
+    tx.rollback().unwrap();
+    wait_for(20, "the held-up rows", || changelog(&db).get(&key("global", "tags", "49")).map(|_| ()));
+    wait_for(20, "lag back to zero", || {
+        let caught_up = gauge(server.addr, "synchro_replication_lag_bytes") == 0.0
+            && gauge(server.addr, "synchro_replication_lag_seconds") == 0.0;
+        caught_up.then_some(())
+    });
+    server.shutdown(Duration::from_secs(5));
+}
+
 #[test]
 fn writes_to_unpublished_tables_still_advance_the_slot() {
     let db = TestDb::new();
