@@ -12,7 +12,10 @@ use crate::engine::{Engine, EngineError, EngineSettings};
 use crate::http::routes::Router;
 use crate::http::{Authenticator, HeaderAuthenticator, HttpConfig, HttpServer, JwtSecretAuthenticator};
 use crate::jwt::ClaimRules;
-use crate::replication::stream::{self as capture, CaptureConfig, CaptureHandle, CaptureTables};
+use crate::replication::leader::{self, ElectedCapture, ElectionConfig};
+use crate::replication::stream::{
+    self as capture, CaptureConfig, CaptureHandle, CaptureState, CaptureStatus, CaptureTables,
+};
 use crate::service::EngineApi;
 use crate::store::introspect::{self, RegistrySettings};
 use crate::store::publication::{self, PublicationChange};
@@ -172,8 +175,8 @@ pub struct Running {
     http: HttpServer,
     /// The engine (for embedders and tests).
     pub engine: Arc<Engine>,
-    /// Change capture.
-    pub capture: CaptureHandle,
+    /// Change capture, under leader election (this instance may be a standby).
+    pub capture: ElectedCapture,
     compaction: Option<(Arc<std::sync::atomic::AtomicBool>, thread::JoinHandle<()>)>,
 }
 
@@ -198,7 +201,7 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
     let settings = engine_settings(config)?;
     let pool = pool::connect_pool(&config.database_url, (config.http_threads as u32).saturating_add(4))?;
     let engine = Arc::new(Engine::new(pool, settings)?);
-    let capture = start_capture(config, &engine)?;
+    let capture = start_elected_capture(config, engine.clone())?;
     let addr = parse_listen_addr(&config.listen_addr)?;
     let mut http = HttpConfig::new(addr);
     http.threads = config.http_threads;
@@ -220,7 +223,7 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
         tables = engine.cached_catalog().registry.tables.len() as u64
     );
     let compaction = match config.compaction_interval {
-        Some(every) => Some(spawn_compaction(config, every)?),
+        Some(every) => Some(spawn_compaction(config, every, capture.status.clone())?),
         None => None,
     };
     Ok(Running { addr, http, engine, capture, compaction })
@@ -238,9 +241,11 @@ pub fn compact_once(config: &Config) -> Result<crate::store::compaction::Compact
 
 /// The background compaction thread: one pass per interval, failures logged and retried at the
 /// next interval (a failed pass deletes nothing it did not record).
+/// Only the capture leader compacts, so instances sharing a database do not repeat the work.
 fn spawn_compaction(
     config: &Config,
     every: Duration,
+    capture: Arc<CaptureStatus>,
 ) -> Result<(Arc<std::sync::atomic::AtomicBool>, thread::JoinHandle<()>), ServerError> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (s, url, settings) = (stop.clone(), config.database_url.clone(), compaction_settings(config));
@@ -254,6 +259,9 @@ fn spawn_compaction(
                     continue;
                 }
                 next = Instant::now() + every;
+                if matches!(capture.state(), CaptureState::Standby | CaptureState::Stopped) {
+                    continue;
+                }
                 match pool::connect(&url).and_then(|mut db| crate::store::compaction::compact(&mut db, &settings)) {
                     Ok(r) => crate::info!(
                         "compaction pass",
@@ -272,10 +280,27 @@ fn spawn_compaction(
     Ok((stop, handle))
 }
 
-/// Makes sure the publication covers the synced tables and the slot exists, backfills bucket
-/// edges for rows that predate the consumer (C17), then starts the pipeline. Embedders call
-/// this after building their [`Engine`]; stop it with [`CaptureHandle::stop`].
+/// Starts change capture in this process unconditionally (no election): for embedders that run
+/// exactly one instance. Stop it with [`CaptureHandle::stop`]. Several instances sharing a
+/// database should use [`start_elected_capture`].
 pub fn start_capture(config: &Config, engine: &Engine) -> Result<CaptureHandle, ServerError> {
+    begin_capture(config, engine, Arc::new(CaptureStatus::default()))
+}
+
+/// Starts change capture under leader election: capture runs here only while this instance
+/// holds the leader lock, and starts here when the current leader dies (see
+/// [`crate::replication::leader`]). Stop it with [`ElectedCapture::stop`].
+pub fn start_elected_capture(config: &Config, engine: Arc<Engine>) -> Result<ElectedCapture, ServerError> {
+    let election = ElectionConfig::new(&config.database_url, &config.slot_name);
+    let term_config = config.clone();
+    let start_term: leader::StartTerm =
+        Box::new(move |status| begin_capture(&term_config, &engine, status).map_err(|e| e.to_string()));
+    leader::start(election, start_term).map_err(|e| ServerError::Config(e.to_string()))
+}
+
+/// Makes sure the publication covers the synced tables and the slot exists, backfills bucket
+/// edges for rows that predate the consumer (C17), then starts the pipeline.
+fn begin_capture(config: &Config, engine: &Engine, status: Arc<CaptureStatus>) -> Result<CaptureHandle, ServerError> {
     let cat = engine.cached_catalog();
     {
         let mut db = engine.pool().get().map_err(pool::StoreError::from)?;
@@ -308,7 +333,7 @@ pub fn start_capture(config: &Config, engine: &Engine) -> Result<CaptureHandle, 
     if edges > 0 {
         crate::info!("bucket edges backfilled", edges = edges, millis = started.elapsed().as_millis() as u64);
     }
-    capture::start(capture_config, tables, assigner).map_err(|e| ServerError::Config(e.to_string()))
+    capture::start_with_status(capture_config, tables, assigner, status).map_err(|e| ServerError::Config(e.to_string()))
 }
 
 impl From<crate::config::ConfigError> for ServerError {

@@ -47,6 +47,12 @@ impl EngineApi {
                 f64::from(u8::from(c.state() == CaptureState::Streaming)),
             );
             push(
+                "synchro_capture_leader",
+                "gauge",
+                "1 while this instance holds the change-capture leadership (0 on a standby).",
+                f64::from(u8::from(!matches!(c.state(), CaptureState::Standby | CaptureState::Stopped))),
+            );
+            push(
                 "synchro_capture_state_seconds",
                 "gauge",
                 "Seconds in the current capture state.",
@@ -213,7 +219,11 @@ impl SyncApi for EngineApi {
 
     fn health(&self) -> bool {
         let capture_ok = match &self.capture {
-            Some(c) => c.state() == CaptureState::Streaming || c.in_state_for() < CAPTURE_DOWN_THRESHOLD,
+            // A standby serves HTTP fine: another instance captures.
+            Some(c) => {
+                matches!(c.state(), CaptureState::Streaming | CaptureState::Standby)
+                    || c.in_state_for() < CAPTURE_DOWN_THRESHOLD
+            }
             None => true,
         };
         capture_ok && self.engine.health()

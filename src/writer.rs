@@ -38,6 +38,12 @@ pub enum WriterError {
     Store(StoreError),
     /// The stored position is unreadable.
     Position(String),
+    /// Another writer moved the stored position since this one read it (two instances capturing
+    /// at once, e.g. across a leadership change): this batch was rolled back.
+    Fenced {
+        /// The position this writer expected.
+        expected: Lsn,
+    },
 }
 
 impl fmt::Display for WriterError {
@@ -45,6 +51,11 @@ impl fmt::Display for WriterError {
         match self {
             WriterError::Store(e) => write!(f, "changelog writer: {e}"),
             WriterError::Position(m) => write!(f, "changelog writer: {m}"),
+            WriterError::Fenced { expected } => write!(
+                f,
+                "changelog writer: the stored WAL position moved past {expected} under us (another instance is \
+                 capturing); batch rolled back"
+            ),
         }
     }
 }
@@ -126,14 +137,23 @@ pub fn stored_position(db: &mut impl GenericClient, slot: &str) -> Result<Lsn, S
     Ok(Lsn(row.map(|r| r.get::<_, i64>(0) as u64).unwrap_or(0)))
 }
 
-fn store_position(db: &mut impl GenericClient, slot: &str, lsn: Lsn) -> Result<(), StoreError> {
-    db.execute(
-        "INSERT INTO sync_wal_position (slot_name, confirmed_lsn, updated_at) VALUES ($1, $2, now()) \
-         ON CONFLICT (slot_name) DO UPDATE SET confirmed_lsn = EXCLUDED.confirmed_lsn, updated_at = now() \
-         WHERE sync_wal_position.confirmed_lsn < EXCLUDED.confirmed_lsn",
-        &[&slot, &(lsn.0 as i64)],
-    )
-    .map_err(StoreError::query("storing the WAL position"))?;
+/// Stores `lsn` as the position of `slot`, provided the stored value is still `expected` (what
+/// this writer read or last wrote). The compare-and-set fences off a second writer: its batch
+/// is rolled back instead of duplicating changelog rows. The row lock it takes serializes
+/// concurrent writers, so the loser sees the winner's value.
+fn store_position(db: &mut impl GenericClient, slot: &str, lsn: Lsn, expected: Lsn) -> Result<(), WriterError> {
+    let n = db
+        .execute(
+            "INSERT INTO sync_wal_position (slot_name, confirmed_lsn, updated_at) VALUES ($1, $2, now()) \
+             ON CONFLICT (slot_name) DO UPDATE \
+             SET confirmed_lsn = GREATEST(sync_wal_position.confirmed_lsn, EXCLUDED.confirmed_lsn), updated_at = now() \
+             WHERE sync_wal_position.confirmed_lsn = $3",
+            &[&slot, &(lsn.0 as i64), &(expected.0 as i64)],
+        )
+        .map_err(StoreError::query("storing the WAL position"))?;
+    if n == 0 {
+        return Err(WriterError::Fenced { expected });
+    }
     Ok(())
 }
 
@@ -240,7 +260,8 @@ impl Writer {
                 (a, b) => a.or(b),
             };
             if let Some(lsn) = confirm {
-                store_position(&mut tx, &self.config.slot_name, lsn)?;
+                // On a fence, `tx` is dropped unfinished: the batch rolls back.
+                store_position(&mut tx, &self.config.slot_name, lsn, self.stored)?;
             }
             tx.commit().map_err(StoreError::query("committing a changelog batch"))?;
             if let Some(lsn) = confirm {

@@ -2,5 +2,6 @@
 //! feeds the changelog writer.
 
 pub mod conn;
+pub mod leader;
 pub mod scram;
 pub mod stream;

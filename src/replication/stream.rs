@@ -120,6 +120,8 @@ pub enum CaptureState {
     Streaming = 1,
     /// Stopped for good.
     Stopped = 2,
+    /// Another instance holds the capture leadership (see [`super::leader`]).
+    Standby = 3,
 }
 
 /// Shared, observable state of the pipeline.
@@ -149,7 +151,7 @@ fn now_ms() -> u64 {
 }
 
 impl CaptureStatus {
-    fn set(&self, s: CaptureState) {
+    pub(crate) fn set(&self, s: CaptureState) {
         if self.state.swap(s as u8, Ordering::AcqRel) != s as u8 {
             self.since_ms.store(now_ms(), Ordering::Release);
         }
@@ -160,6 +162,7 @@ impl CaptureStatus {
         match self.state.load(Ordering::Acquire) {
             1 => CaptureState::Streaming,
             2 => CaptureState::Stopped,
+            3 => CaptureState::Standby,
             _ => CaptureState::Connecting,
         }
     }
@@ -217,10 +220,21 @@ pub fn start(
     tables: CaptureTables,
     assigner: Arc<dyn BucketAssigner>,
 ) -> Result<CaptureHandle, CaptureError> {
+    start_with_status(config, tables, assigner, Arc::new(CaptureStatus::default()))
+}
+
+/// Starts the supervisor thread reporting into an existing status (one per process across
+/// leadership terms).
+pub fn start_with_status(
+    config: CaptureConfig,
+    tables: CaptureTables,
+    assigner: Arc<dyn BucketAssigner>,
+    status: Arc<CaptureStatus>,
+) -> Result<CaptureHandle, CaptureError> {
     pgurl::parse(&config.replication_url).map_err(|e| CaptureError::Config(format!("REPLICATION_URL: {e}")))?;
     let stop = Arc::new(AtomicBool::new(false));
-    let status = Arc::new(CaptureStatus::default());
-    // The initial state is Connecting already: start its clock explicitly.
+    status.set(CaptureState::Connecting);
+    // The state may have been Connecting already: start its clock explicitly.
     status.since_ms.store(now_ms(), Ordering::Release);
     let (s, st) = (stop.clone(), status.clone());
     let thread = thread::Builder::new()
@@ -260,7 +274,10 @@ fn supervise(
                 while Instant::now() < until && !stop.load(Ordering::Acquire) {
                     thread::sleep(Duration::from_millis(50));
                 }
-                backoff = (backoff * 2).min(config.max_backoff);
+                // A slot still held by a departing walsender (a leader that just died) frees
+                // up within moments: keep retrying quickly so a takeover is not delayed.
+                let slot_busy = matches!(&e, CaptureError::Replication(r) if r.sqlstate() == Some("55006"));
+                backoff = if slot_busy { Duration::from_millis(100) } else { (backoff * 2).min(config.max_backoff) };
             }
         }
     }

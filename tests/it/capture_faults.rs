@@ -10,7 +10,7 @@ use crate::harness::{private_cluster, TestDb};
 use crate::server::start;
 
 /// A synchrod child process, killed when dropped (also when a test fails half-way).
-struct Synchrod(Child);
+pub struct Synchrod(pub Child);
 
 impl std::ops::Deref for Synchrod {
     type Target = Child;
@@ -33,26 +33,31 @@ impl Drop for Synchrod {
 }
 
 fn spawn_synchrod(db: &TestDb, slot: &str) -> Synchrod {
-    Synchrod(
-        Command::new(env!("CARGO_BIN_EXE_synchrod"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", db.url())
-            .env("SYNC_TABLES", TABLES)
-            .env("SLOT_NAME", slot)
-            .env("LISTEN_ADDR", "127.0.0.1:0")
-            .env("LOG_LEVEL", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    spawn_synchrod_with(db, slot, &[])
+}
+
+/// A synchrod child on `db` with the capture test schema's tables, plus `vars`.
+pub fn spawn_synchrod_with(db: &TestDb, slot: &str, vars: &[(&str, &str)]) -> Synchrod {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_synchrod"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", db.url())
+        .env("SYNC_TABLES", TABLES)
+        .env("SLOT_NAME", slot)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("LOG_LEVEL", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    Synchrod(cmd.spawn().unwrap())
 }
 
 /// Every live row's buckets hold it (last op create/update), every removed row is removed
 /// (last op delete), and no (bucket, record) has two consecutive creates (a replayed insert).
 /// Repeated deletes are legitimate: every update of a soft-deleted row re-emits one (§9.4).
-fn assert_consistent(db: &TestDb) {
+pub fn assert_consistent(db: &TestDb) {
     let mut c = db.client();
     let mut live: BTreeMap<(String, String), String> = BTreeMap::new();
     for r in c.query("SELECT id::text, COALESCE(user_id, '') FROM projects WHERE deleted_at IS NULL", &[]).unwrap() {
@@ -98,9 +103,9 @@ fn assert_consistent(db: &TestDb) {
 }
 
 /// A deterministic pseudo-random sequence (no extra crates).
-struct Rng(u64);
+pub struct Rng(pub u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -111,7 +116,7 @@ impl Rng {
     }
 }
 
-fn random_workload(db: &TestDb, rng: &mut Rng, statements: usize) {
+pub fn random_workload(db: &TestDb, rng: &mut Rng, statements: usize) {
     let mut c = db.client();
     let users = ["alice", "bob", "carol"];
     for _ in 0..statements {
@@ -143,7 +148,7 @@ fn random_workload(db: &TestDb, rng: &mut Rng, statements: usize) {
 /// so everything committed before the marker has been processed too.
 /// Writes a new marker until one reaches the changelog: the consumer is streaming (markers
 /// written before its slot existed are never streamed).
-fn wait_streaming(db: &TestDb) {
+pub fn wait_streaming(db: &TestDb) {
     let mut c = db.client();
     let mut k = 0;
     wait_for(60, "the consumer to stream", || {
@@ -161,7 +166,7 @@ fn wait_streaming(db: &TestDb) {
     });
 }
 
-fn catch_up(db: &TestDb, marker: i32) {
+pub fn catch_up(db: &TestDb, marker: i32) {
     db.execute(&format!("INSERT INTO tags VALUES ({marker}, 'marker')"));
     let mut c = db.client();
     wait_for(90, "the consumer to catch up", || {

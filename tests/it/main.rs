@@ -10,6 +10,7 @@ mod harness;
 mod hooks;
 mod http;
 mod introspect;
+mod leader;
 mod migrations;
 mod replication_conn;
 mod rls;
