@@ -29,6 +29,8 @@ use crate::change::{ChangeKind, ColumnValue, RowChange, WalEvent};
 use crate::registry::quote_ident;
 use crate::store::pool::{self, StoreError};
 use crate::types::{Lsn, Op};
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::Type;
 
 /// A writer failure. The pipeline restarts replication from the stored LSN after one.
 #[derive(Debug)]
@@ -360,7 +362,11 @@ impl Writer {
 pub(crate) struct Plan {
     changelog: Vec<(String, String, String, i16)>,
     edge_deletes: Vec<(String, String, String)>,
-    edge_upserts: Vec<(String, String, String, Option<i32>)>,
+    /// Edges the database does not hold yet (plain inserts: the writer is the only edge
+    /// writer, and a second writer is fenced, so no conflict handling is needed).
+    edge_inserts: Vec<(String, String, String, Option<i32>)>,
+    /// Held edges whose checksum changed.
+    edge_updates: Vec<(String, String, String, Option<i32>)>,
     failures: Vec<(String, String, i16, String, String)>,
 }
 
@@ -405,15 +411,19 @@ pub(crate) fn plan_chunk(
     let tables: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
     let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
     let mut initial: HashMap<RecordKey, BTreeSet<String>> = HashMap::new();
+    let mut stored_sums: HashMap<(RecordKey, String), Option<i32>> = HashMap::new();
     for r in db
         .query(
-            "SELECT e.table_name, e.record_id, e.bucket_id FROM sync_bucket_edges e \
+            "SELECT e.table_name, e.record_id, e.bucket_id, e.checksum FROM sync_bucket_edges e \
              JOIN unnest($1::text[], $2::text[]) AS k(t, r) ON e.table_name = k.t AND e.record_id = k.r",
             &[&tables, &ids],
         )
         .map_err(StoreError::query("reading bucket edges"))?
     {
-        initial.entry((r.get(0), r.get(1))).or_default().insert(r.get(2));
+        let key: RecordKey = (r.get(0), r.get(1));
+        let bucket: String = r.get(2);
+        initial.entry(key.clone()).or_default().insert(bucket.clone());
+        stored_sums.insert((key, bucket), r.get(3));
     }
     // Owners for every change that may need an assignment, in one pass.
     let needs: Vec<&RowChange> = chunk.iter().collect();
@@ -503,31 +513,48 @@ pub(crate) fn plan_chunk(
         }
     }
     for (key, buckets) in &state {
+        let held = initial.get(key);
         for b in buckets {
             // A row deleted later in the stream has no current version: its edge keeps a NULL
             // checksum until the delete removes it.
-            plan.edge_upserts.push((key.0.clone(), key.1.clone(), b.clone(), checksums.get(key).copied()));
+            let sum = checksums.get(key).copied();
+            let edge = (key.0.clone(), key.1.clone(), b.clone(), sum);
+            if !held.is_some_and(|h| h.contains(b)) {
+                plan.edge_inserts.push(edge);
+            } else if stored_sums.get(&(key.clone(), b.clone())) != Some(&sum) {
+                plan.edge_updates.push(edge);
+            }
         }
     }
-    plan.edge_upserts.sort();
+    plan.edge_inserts.sort();
+    plan.edge_updates.sort();
     plan.edge_deletes.sort();
     Ok(plan)
+}
+
+type EdgeColumns<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<Option<i32>>);
+
+fn edge_columns(edges: &[(String, String, String, Option<i32>)]) -> EdgeColumns<'_> {
+    (
+        edges.iter().map(|r| r.0.as_str()).collect(),
+        edges.iter().map(|r| r.1.as_str()).collect(),
+        edges.iter().map(|r| r.2.as_str()).collect(),
+        edges.iter().map(|r| r.3).collect(),
+    )
 }
 
 /// Writes a plan; returns the number of changelog rows.
 pub(crate) fn write_plan(db: &mut impl GenericClient, plan: &Plan) -> Result<u64, StoreError> {
     if !plan.changelog.is_empty() {
-        let buckets: Vec<&str> = plan.changelog.iter().map(|r| r.0.as_str()).collect();
-        let tables: Vec<&str> = plan.changelog.iter().map(|r| r.1.as_str()).collect();
-        let ids: Vec<&str> = plan.changelog.iter().map(|r| r.2.as_str()).collect();
-        let ops: Vec<i16> = plan.changelog.iter().map(|r| r.3).collect();
-        db.execute(
-            "INSERT INTO sync_changelog (bucket_id, table_name, record_id, operation) \
-             SELECT b, t, r, o FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[]) WITH ORDINALITY AS x(b, t, r, o, n) \
-             ORDER BY n",
-            &[&buckets, &tables, &ids, &ops],
-        )
-        .map_err(StoreError::query("writing changelog rows"))?;
+        // COPY: the cheapest insert path; rows keep their order, so `seq` follows the plan.
+        let sink = db
+            .copy_in("COPY sync_changelog (bucket_id, table_name, record_id, operation) FROM STDIN (FORMAT binary)")
+            .map_err(StoreError::query("starting the changelog COPY"))?;
+        let mut w = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT2]);
+        for (bucket, table, record, op) in &plan.changelog {
+            w.write(&[bucket, table, record, op]).map_err(StoreError::query("writing changelog rows"))?;
+        }
+        w.finish().map_err(StoreError::query("finishing the changelog COPY"))?;
     }
     if !plan.edge_deletes.is_empty() {
         let tables: Vec<&str> = plan.edge_deletes.iter().map(|r| r.0.as_str()).collect();
@@ -540,18 +567,24 @@ pub(crate) fn write_plan(db: &mut impl GenericClient, plan: &Plan) -> Result<u64
         )
         .map_err(StoreError::query("removing bucket edges"))?;
     }
-    if !plan.edge_upserts.is_empty() {
-        let tables: Vec<&str> = plan.edge_upserts.iter().map(|r| r.0.as_str()).collect();
-        let ids: Vec<&str> = plan.edge_upserts.iter().map(|r| r.1.as_str()).collect();
-        let buckets: Vec<&str> = plan.edge_upserts.iter().map(|r| r.2.as_str()).collect();
-        let sums: Vec<Option<i32>> = plan.edge_upserts.iter().map(|r| r.3).collect();
+    if !plan.edge_inserts.is_empty() {
+        let (tables, ids, buckets, sums) = edge_columns(&plan.edge_inserts);
         db.execute(
             "INSERT INTO sync_bucket_edges (table_name, record_id, bucket_id, checksum, updated_at) \
-             SELECT t, r, b, c, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[]) AS u(t, r, b, c) \
-             ON CONFLICT (table_name, record_id, bucket_id) DO UPDATE SET checksum = EXCLUDED.checksum, updated_at = now()",
+             SELECT t, r, b, c, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[]) AS u(t, r, b, c)",
             &[&tables, &ids, &buckets, &sums],
         )
         .map_err(StoreError::query("writing bucket edges"))?;
+    }
+    if !plan.edge_updates.is_empty() {
+        let (tables, ids, buckets, sums) = edge_columns(&plan.edge_updates);
+        db.execute(
+            "UPDATE sync_bucket_edges e SET checksum = u.c, updated_at = now() \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[]) AS u(t, r, b, c) \
+             WHERE e.table_name = u.t AND e.record_id = u.r AND e.bucket_id = u.b",
+            &[&tables, &ids, &buckets, &sums],
+        )
+        .map_err(StoreError::query("updating bucket edge checksums"))?;
     }
     for (table, id, op, why, payload) in &plan.failures {
         crate::warn!("bucket assignment failed", table = table.clone(), record_id = id.clone(), error = why.clone());
@@ -626,7 +659,7 @@ pub fn backfill_edges(
             let mut plan = plan_chunk(&mut tx, routing, assigner, &chunk, checksum)?;
             // Backfill writes membership only: clients get these rows from snapshots.
             plan.changelog.clear();
-            total += plan.edge_upserts.len() as u64;
+            total += (plan.edge_inserts.len() + plan.edge_updates.len()) as u64;
             write_plan(&mut tx, &plan)?;
             tx.commit().map_err(StoreError::query("committing a backfill page"))?;
         }
