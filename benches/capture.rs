@@ -97,10 +97,15 @@ fn main() {
 
     // Let synchrod create its slot, migrate and backfill, then stop it so the workload queues up.
     let child = spawn_synchrod(&cluster, "bench_slot");
-    wait_until("synchrod's slot", Duration::from_secs(60), || {
-        c.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'bench_slot' AND active", &[])
-            .map(|r| r.get::<_, i64>(0) == 1)
-            .unwrap_or(false)
+    // Streaming, which also means the slot exists and the (empty) tables are backfilled: the
+    // slot is briefly active while it is being created, so that alone is not enough.
+    let mut probe = 0i64;
+    wait_until("synchrod to stream", Duration::from_secs(60), || {
+        // A fresh row each time: one written before the slot existed is never streamed.
+        probe -= 1;
+        c.execute("INSERT INTO events (id) VALUES ($1)", &[&probe]).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        marker_seen(&mut c, probe)
     });
     stop(child);
     c.execute("SELECT pg_create_logical_replication_slot('baseline_slot', 'pgoutput')", &[]).unwrap();

@@ -625,12 +625,13 @@ pub fn backfill_edges(
         let mut after: Option<String> = None;
         loop {
             let sql = format!(
-                "SELECT {cols} FROM {q} t WHERE ($1::text IS NULL OR t.{pk}::text > $1) {live} \
+                "SELECT {cols} FROM {q} t WHERE ($1::text IS NULL OR t.{pk} > $1::text::{ty}) {live} \
                  AND NOT EXISTS (SELECT 1 FROM sync_bucket_edges e WHERE e.table_name = $2 AND e.record_id = t.{pk}::text) \
-                 ORDER BY t.{pk}::text LIMIT 1000",
+                 ORDER BY t.{pk} LIMIT 1000",
                 cols = columns.join(", "),
                 q = t.qualified,
-                pk = quote_ident(&t.pk)
+                pk = quote_ident(&t.pk),
+                ty = t.pk_type
             );
             let rows = db
                 .query(&sql, &[&after, &t.name])

@@ -19,3 +19,4 @@ mod store;
 mod sync_api;
 #[cfg(feature = "tls")]
 mod tls;
+mod types;

@@ -1,0 +1,186 @@
+//! Every column type of the contract (§4.4) through the whole pipeline: a direct SQL write goes
+//! WAL -> changelog -> pull, arrives rendered per §6.6, and the pulled values pushed back the way
+//! an SDK stores and sends them (§7.8) recreate an identical row.
+
+use serde_json::{json, Value};
+
+use crate::capture::wait_for;
+use crate::client::{get, post};
+use crate::harness::TestDb;
+use crate::server::start;
+
+const USER: &str = "X-User-ID: alice\r\n";
+
+const TYPED: &str = "
+    CREATE TYPE mood AS ENUM ('happy', 'sad');
+    CREATE DOMAIN posint AS integer CHECK (VALUE > 0);
+    CREATE TABLE typed (
+      id text PRIMARY KEY, user_id text,
+      b boolean, i2 smallint, i4 integer, i8 bigint, r4 real, f8 double precision,
+      num numeric, num2 numeric(10,2), nan numeric, t text, vc varchar(20), ch char(3), u uuid,
+      j json, jb jsonb, by bytea, d date, tm time, ttz timetz, ts timestamp, tstz timestamptz,
+      iv interval, ta text[], ia int[], m mood, dom posint,
+      updated_at timestamptz NOT NULL DEFAULT now(), deleted_at timestamptz);";
+
+/// (column, SQL literal, the exact JSON text `row_to_json` renders in `data`).
+const VALUES: &[(&str, &str, &str)] = &[
+    ("b", "true", "true"),
+    ("i2", "-32768", "-32768"),
+    ("i4", "2147483647", "2147483647"),
+    ("i8", "9007199254740993", "9007199254740993"),
+    ("r4", "0.1", "0.1"),
+    ("f8", "1e16", "1e+16"),
+    ("num", "123456789012345678901234567890.123456789", "123456789012345678901234567890.123456789"),
+    ("num2", "12.5", "12.50"),
+    ("nan", "'NaN'", "\"NaN\""),
+    ("t", "E'quote \" backslash \\\\ newline \\n \u{e9}'", "\"quote \\\" backslash \\\\ newline \\n \u{e9}\""),
+    ("vc", "'varchar'", "\"varchar\""),
+    ("ch", "'ab'", "\"ab \""),
+    ("u", "'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'", "\"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\""),
+    ("j", "'[1, 2]'", "[1, 2]"),
+    ("jb", "'{\"b\": 1, \"a\": [1, 2.50]}'", "{\"a\": [1, 2.50], \"b\": 1}"),
+    ("by", "'\\x0102ff'", "\"\\\\x0102ff\""),
+    ("d", "'2026-03-05'", "\"2026-03-05\""),
+    ("tm", "'18:46:59.947115'", "\"18:46:59.947115\""),
+    ("ttz", "'12:34:56+02'", "\"12:34:56+02\""),
+    ("ts", "'2026-03-05 11:30:00.123'", "\"2026-03-05T11:30:00.123\""),
+    ("tstz", "'2026-03-05 11:30:00.123456+00'", "\"2026-03-05T11:30:00.123456+00:00\""),
+    ("iv", "'1 day 2 hours'", "\"1 day 02:00:00\""),
+    ("ta", "ARRAY['a', 'b c']", "[\"a\",\"b c\"]"),
+    ("ia", "'{{1,2},{3,4}}'", "[[1,2],[3,4]]"),
+    ("m", "'sad'", "\"sad\""),
+    ("dom", "7", "7"),
+];
+
+fn expected_logical_type(column: &str) -> &'static str {
+    match column {
+        "b" => "boolean",
+        "i2" | "i4" | "dom" => "int",
+        "i8" => "int64",
+        "r4" | "f8" | "num" | "num2" | "nan" => "float",
+        "j" | "jb" | "ta" | "ia" => "json",
+        "by" => "bytes",
+        "d" => "date",
+        "tm" | "ttz" => "time",
+        "ts" | "tstz" | "updated_at" | "deleted_at" => "datetime",
+        _ => "string",
+    }
+}
+
+/// How an SDK sends back a value it stored from `data` (§6.6 "How SDKs store data", §7.8):
+/// objects and arrays as their JSON text, everything else as pulled.
+fn as_sdk_sends(v: &Value) -> Value {
+    match v {
+        Value::Array(_) | Value::Object(_) => Value::String(v.to_string()),
+        other => other.clone(),
+    }
+}
+
+#[test]
+fn every_contract_type_round_trips_through_wal_pull_and_push() {
+    let db = TestDb::new();
+    db.execute(TYPED);
+    let server = start(&db, &[("SYNC_TABLES", "typed")]);
+    let addr = server.addr;
+
+    // §4.4: logical types as the SDKs will map them.
+    let schema = get(addr, "/sync/schema", USER).json();
+    let columns = schema["tables"][0]["columns"].as_array().unwrap();
+    for c in columns {
+        let name = c["name"].as_str().unwrap();
+        assert_eq!(c["logical_type"], expected_logical_type(name), "{name}: {c}");
+    }
+    let (version, hash) = (schema["schema_version"].clone(), schema["schema_hash"].clone());
+    let call = |path: &str, body: Value| {
+        let r = post(addr, path, USER, body.to_string().as_bytes());
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        r
+    };
+    call(
+        "/sync/register",
+        json!({"client_id": "d1", "platform": "ios", "app_version": "1.0.0", "schema_version": version, "schema_hash": hash}),
+    );
+
+    // A direct SQL write of every type...
+    let cols: Vec<&str> = VALUES.iter().map(|v| v.0).collect();
+    let lits: Vec<&str> = VALUES.iter().map(|v| v.1).collect();
+    db.execute(&format!(
+        "INSERT INTO typed (id, user_id, {}) VALUES ('sql1', 'alice', {})",
+        cols.join(", "),
+        lits.join(", ")
+    ));
+    db.execute("INSERT INTO typed (id, user_id) VALUES ('nulls', 'alice')");
+
+    // ...reaches a pull, each value rendered exactly per §6.6 (numbers as PostgreSQL printed them).
+    let body = wait_for(20, "both rows in a pull", || {
+        let r = call(
+            "/sync/pull",
+            json!({"client_id": "d1", "checkpoint": 0, "schema_version": version, "schema_hash": hash}),
+        );
+        (r.json()["changes"].as_array().unwrap().len() == 2).then_some(r.body)
+    });
+    let pulled: Value = serde_json::from_str(&body).unwrap();
+    let record = |id: &str| {
+        pulled["changes"].as_array().unwrap().iter().find(|r| r["id"] == id).unwrap_or_else(|| panic!("{id}")).clone()
+    };
+    let sql1 = record("sql1");
+    for (col, _, rendered) in VALUES {
+        let needle = format!("\"{col}\":{rendered}");
+        assert!(body.contains(&needle), "{col}: expected {needle} in {}", sql1["data"]);
+    }
+    let nulls = record("nulls");
+    for (col, _, _) in VALUES {
+        assert_eq!(nulls["data"][col], Value::Null, "{col} present as null");
+        assert!(nulls["data"].as_object().unwrap().contains_key(*col));
+    }
+
+    // Pushed back as an SDK sends its stored copy: an identical row.
+    let mut data = serde_json::Map::new();
+    for (col, _, _) in VALUES {
+        data.insert(col.to_string(), as_sdk_sends(&sql1["data"][col]));
+    }
+    data.insert("id".into(), json!("pushed"));
+    let r = call(
+        "/sync/push",
+        json!({"client_id": "d1", "schema_version": version, "schema_hash": hash, "changes": [
+            {"id": "pushed", "table_name": "typed", "operation": "create",
+             "client_updated_at": "2026-03-05T11:00:00.123Z", "data": data}]}),
+    )
+    .json();
+    assert_eq!(r["accepted"].as_array().map(Vec::len), Some(1), "{r}");
+    let same = cols.iter().map(|c| format!("a.{c} IS NOT DISTINCT FROM b.{c} AS {c}")).collect::<Vec<_>>().join(", ");
+    let row = db
+        .client()
+        .query_one(&format!("SELECT {same} FROM typed a, typed b WHERE a.id = 'sql1' AND b.id = 'pushed'"), &[])
+        .unwrap();
+    for (i, col) in cols.iter().enumerate() {
+        assert!(row.get::<_, bool>(i), "{col} differs after the round trip");
+    }
+
+    // The other spellings SDKs use (§7.8): base64 bytes, 0/1 booleans, integral floats for
+    // integers, Swift's millisecond UTC timestamps, JSON arrays and objects as values.
+    let r = call(
+        "/sync/push",
+        json!({"client_id": "d1", "schema_version": version, "schema_hash": hash, "changes": [
+            {"id": "swift", "table_name": "typed", "operation": "create",
+             "client_updated_at": "2026-03-05T11:00:00.123Z",
+             "data": {"id": "swift", "b": 1, "i4": 12.0, "by": "AQL/", "tstz": "2026-03-05T11:30:00.123Z",
+                      "ts": "2026-03-05 11:30:00", "ta": ["a", "b c"], "jb": {"b": 1}}}]}),
+    )
+    .json();
+    assert_eq!(r["accepted"].as_array().map(Vec::len), Some(1), "{r}");
+    let row = db
+        .client()
+        .query_one(
+            "SELECT b, i4, by = '\\x0102ff'::bytea, tstz = '2026-03-05 11:30:00.123+00', ts = '2026-03-05 11:30:00', \
+             ta = ARRAY['a', 'b c'], jb = '{\"b\": 1}'::jsonb FROM typed WHERE id = 'swift'",
+            &[],
+        )
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    assert_eq!(row.get::<_, i32>(1), 12);
+    for i in 2..7 {
+        assert!(row.get::<_, bool>(i), "column {i} of the check");
+    }
+    server.shutdown(std::time::Duration::from_secs(5));
+}
