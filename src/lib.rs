@@ -35,7 +35,8 @@
 //! | [`engine`] | register, pull, schema, tables (library API, no HTTP) |
 //! | [`protocol`] | request/response messages: the contract's field names live here only |
 //! | [`http`], [`service`] | the HTTP edge and its mapping onto the engine |
-//! | [`jwt`], [`version`] | bearer tokens (HMAC), the minimum-version gate |
+//! | [`jwt`], [`version`] | bearer tokens (decoding, claim rules, HMAC), the minimum-version gate |
+//! | `jwks`, `http_get` | `JWKS_URL` mode (feature `jwks`): key sets, RS*/ES* with ring, cache and refresher; our blocking HTTP GET client |
 //! | [`checksum`], [`json_text`], [`time`] | record checksums, canonical JSON, timestamps |
 //! | [`cluster`], [`dev`] | private PostgreSQL clusters for `synchrod dev` and the tests |
 //! | [`server`] | the composition root |
@@ -69,7 +70,11 @@ pub mod dev;
 pub mod engine;
 pub mod fuzzing;
 pub mod http;
+#[cfg(feature = "jwks")]
+pub mod http_get;
 pub mod json_text;
+#[cfg(feature = "jwks")]
+pub mod jwks;
 pub mod jwt;
 pub mod logging;
 pub mod metrics;

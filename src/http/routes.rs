@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{ApiError, Authenticator, Reply, SyncApi};
+use super::{ApiError, AuthFailure, Authenticator, Reply, SyncApi};
 use crate::version::VersionGate;
 
 /// The endpoints of the contract.
@@ -199,6 +199,14 @@ impl Router {
         }
         let user = match self.auth.authenticate(req.header) {
             Ok(user) => user,
+            Err(AuthFailure { retry_after: Some(retry_after), reason, .. }) => {
+                crate::debug!(
+                    "request not authenticated: keys unavailable",
+                    endpoint = endpoint.name(),
+                    reason = reason
+                );
+                return (Some(endpoint), ApiError::Unavailable { retry_after }.reply());
+            }
             Err(failure) => {
                 crate::debug!("request refused", endpoint = endpoint.name(), reason = failure.reason.clone());
                 return (
