@@ -158,7 +158,7 @@ pub struct JwksSettings {
 }
 
 /// Owns the background refresher: dropping it closes the channel the thread waits on, and the
-/// thread ends at its next wake-up (at once unless a fetch is in flight).
+/// thread ends at once (or when a fetch in flight ends: bounded by the GET timeouts).
 struct Refresher {
     stop: Option<Sender<()>>,
     handle: Option<thread::JoinHandle<()>>,
@@ -170,8 +170,10 @@ impl Refresher {
         let handle = thread::Builder::new()
             .name("jwks-refresh".into())
             .spawn(move || loop {
-                // A floor on the wait keeps a clock oddity from turning this into a busy loop.
-                let wait = cache.next_wait(Instant::now()).max(Duration::from_millis(50));
+                // The schedule can move earlier while this thread waits (an unknown-kid fetch
+                // brings a shorter max-age), so look again at least every second; the floor
+                // keeps a clock oddity from turning this into a busy loop.
+                let wait = cache.next_wait(Instant::now()).clamp(Duration::from_millis(50), Duration::from_secs(1));
                 match stopped.recv_timeout(wait) {
                     Err(RecvTimeoutError::Timeout) => {
                         cache.refresh_if_due(Instant::now(), Trigger::Scheduled);
