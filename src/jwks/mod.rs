@@ -246,10 +246,9 @@ impl JwksAuthenticator {
     /// Verifies a token's signature with `keys`, refreshing them once (rate-limited) when the
     /// token's `kid` is unknown.
     fn check_signature(&self, token: &DecodedToken<'_>, keys: &Arc<KeySet>) -> Result<(), JwtError> {
-        let alg = Algorithm::from_name(token.alg()).ok_or_else(|| JwtError::AlgorithmNotAllowed(token.alg().into()))?;
-        match verify_with(keys, alg, token) {
+        match verify_signature(keys, token) {
             Err(JwtError::UnknownKey { kid }) => match self.cache.refresh_for_unknown_key(keys, Instant::now()) {
-                Some(fresh) => verify_with(&fresh, alg, token),
+                Some(fresh) => verify_signature(&fresh, token),
                 None => Err(JwtError::UnknownKey { kid }),
             },
             other => other,
@@ -257,8 +256,11 @@ impl JwksAuthenticator {
     }
 }
 
-/// Verifies with the keys `keys` selects for the token's `alg` and `kid`.
-fn verify_with(keys: &KeySet, alg: Algorithm, token: &DecodedToken<'_>) -> Result<(), JwtError> {
+/// Checks a decoded token's signature with the keys `keys` selects for its `alg` and `kid`
+/// (the signature step of [`jwt::verify`] in JWKS mode, without any refresh). `none`, `HS*`
+/// and every algorithm not in [`Algorithm`] are refused before any key is looked at.
+pub fn verify_signature(keys: &KeySet, token: &DecodedToken<'_>) -> Result<(), JwtError> {
+    let alg = Algorithm::from_name(token.alg()).ok_or_else(|| JwtError::AlgorithmNotAllowed(token.alg().into()))?;
     match keys.select(alg, token.kid()) {
         Selection::Candidates(candidates) => {
             if candidates.iter().any(|k| k.verify(alg, token.signing_input, &token.signature)) {
