@@ -152,13 +152,18 @@ const VARS: &[VarDoc] = &[
     VarDoc {
         name: "JWKS_URL",
         default: "(empty)",
-        meaning: "JWKS endpoint: RS256/ES256 bearer tokens (when JWT_SECRET is empty)",
+        meaning: "JWKS endpoint (https://, or http:// locally): RS256/384/512, ES256/384 bearer tokens (when JWT_SECRET is empty)",
     },
     VarDoc {
         name: "JWKS_REFRESH_SECS",
         default: "30",
         meaning:
             "JWKS: at most one refetch per this many seconds for unknown kids; also the shortest cache age (1-86400)",
+    },
+    VarDoc {
+        name: "SSL_CERT_FILE",
+        default: "/etc/ssl/certs/ca-certificates.crt",
+        meaning: "CA bundle (PEM) trusted for an https:// JWKS_URL",
     },
     VarDoc { name: "JWT_USER_CLAIM", default: "sub", meaning: "token claim holding the user id" },
     VarDoc { name: "JWT_ISSUER", default: "(empty: not checked)", meaning: "required iss claim of bearer tokens" },
