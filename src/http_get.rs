@@ -11,7 +11,7 @@
 use std::fmt;
 use std::io::{self, BufRead, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Status line plus headers larger than this are refused.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -113,6 +113,9 @@ pub struct GetOptions {
     pub connect_timeout: Duration,
     /// Per read and per write.
     pub io_timeout: Duration,
+    /// For the whole exchange after connecting, so an endpoint trickling bytes just inside
+    /// `io_timeout` cannot hold a fetch open indefinitely (checked before every read and write).
+    pub total_timeout: Duration,
     /// Largest accepted body.
     pub max_body_bytes: usize,
 }
@@ -122,6 +125,7 @@ impl Default for GetOptions {
         GetOptions {
             connect_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(10),
+            total_timeout: Duration::from_secs(30),
             max_body_bytes: 1 << 20,
         }
     }
@@ -337,8 +341,42 @@ fn get_tls(_url: &Url, _tls: &TlsClient, _options: &GetOptions) -> Result<Respon
     Err(GetError::new(GetErrorKind::TlsNotBuilt))
 }
 
+/// A stream that fails with `TimedOut` once its deadline has passed.
+struct WithDeadline<S> {
+    inner: S,
+    deadline: Instant,
+}
+
+impl<S> WithDeadline<S> {
+    fn check(&self) -> io::Result<()> {
+        if Instant::now() >= self.deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the response took longer than the total timeout"));
+        }
+        Ok(())
+    }
+}
+
+impl<S: Read> Read for WithDeadline<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.check()?;
+        self.inner.read(buf)
+    }
+}
+
+impl<S: Write> Write for WithDeadline<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.check()?;
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Writes the request and reads the response on an open stream.
-fn exchange<S: Read + Write>(mut stream: S, url: &Url, options: &GetOptions) -> Result<Response, GetError> {
+fn exchange<S: Read + Write>(stream: S, url: &Url, options: &GetOptions) -> Result<Response, GetError> {
+    let mut stream = WithDeadline { inner: stream, deadline: Instant::now() + options.total_timeout };
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: synchro/{}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
         url.target,
@@ -559,6 +597,103 @@ mod tests {
         let req = server.join().unwrap();
         assert!(req.starts_with(&format!("GET /keys?v=1 HTTP/1.1\r\nHost: {addr}\r\n")), "{req}");
         assert!(req.contains("Connection: close\r\n"), "{req}");
+    }
+
+    #[test]
+    fn a_trickling_endpoint_hits_the_total_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            // One header byte at a time, each well inside the per-read timeout, until the client
+            // gives up and the write fails.
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n");
+            for _ in 0..200 {
+                if s.write_all(b"X").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let url = Url::parse(&format!("http://{addr}/")).unwrap();
+        let options = GetOptions { total_timeout: Duration::from_millis(300), ..GetOptions::default() };
+        let err = get(&url, &TlsClient::none(), &options).unwrap_err();
+        assert!(matches!(err.kind(), GetErrorKind::Io(e) if e.kind() == io::ErrorKind::TimedOut), "{err}");
+        drop(err);
+        server.join().unwrap();
+    }
+
+    #[cfg(feature = "tls")]
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    }
+
+    /// A one-connection HTTPS server with the test-only localhost certificate.
+    #[cfg(feature = "tls")]
+    fn tls_server() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(fixture("tls-test-localhost.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(fixture("tls-test-localhost.key.pem")).unwrap();
+        let config =
+            rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let conn = rustls::ServerConnection::new(std::sync::Arc::new(config)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, sock);
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match tls.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return, // the client refused the handshake
+                }
+            }
+            let _ = tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"keys\":[]}");
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        });
+        (addr, handle)
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn https_with_a_trusted_ca() {
+        let tls = TlsClient::with_config(https_config_with_roots(&fixture("tls-test-ca.pem")).unwrap());
+        for host in ["localhost", "127.0.0.1"] {
+            let (addr, server) = tls_server();
+            let url = Url::parse(&format!("https://{host}:{}/jwks", addr.port())).unwrap();
+            let r = get(&url, &tls, &GetOptions::default()).unwrap_or_else(|e| panic!("{host}: {e}"));
+            assert_eq!((r.status, r.body.as_slice()), (200, &br#"{"keys":[]}"#[..]), "{host}");
+            server.join().unwrap();
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn https_with_an_untrusted_certificate_fails() {
+        let system = std::path::Path::new("/etc/ssl/certs/ca-certificates.crt");
+        if !system.exists() {
+            return; // nothing else to trust that is certain not to include our test CA
+        }
+        let tls = TlsClient::with_config(https_config_with_roots(system).unwrap());
+        let (addr, server) = tls_server();
+        let url = Url::parse(&format!("https://localhost:{}/jwks", addr.port())).unwrap();
+        let err = get(&url, &tls, &GetOptions::default()).unwrap_err();
+        assert!(matches!(err.kind(), GetErrorKind::Io(_)), "{err}");
+        assert!(err.to_string().contains("certificate"), "{err}");
+        server.join().unwrap();
     }
 
     #[cfg(feature = "tls")]
