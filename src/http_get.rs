@@ -80,6 +80,14 @@ impl Url {
         Ok(Url { scheme, host: host.to_string(), port, target })
     }
 
+    /// The URL without its query, for logs and error messages: a query may carry an API key.
+    pub fn redacted(&self) -> String {
+        let scheme = if self.scheme == Scheme::Http { "http" } else { "https" };
+        let path = self.target.split('?').next().unwrap_or("/");
+        let query = if self.target.contains('?') { "?…" } else { "" };
+        format!("{scheme}://{}{path}{query}", self.host_header())
+    }
+
     /// The `Host` header value.
     fn host_header(&self) -> String {
         let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
@@ -506,6 +514,8 @@ mod tests {
         let u = Url::parse("http://[::1]:9/k?x=1").unwrap();
         assert_eq!((u.host.as_str(), u.port, u.target.as_str()), ("::1", 9, "/k?x=1"));
         assert_eq!(u.to_string(), "http://[::1]:9/k?x=1");
+        assert_eq!(u.redacted(), "http://[::1]:9/k?…");
+        assert_eq!(Url::parse("https://h/jwks").unwrap().redacted(), "https://h/jwks");
         assert_eq!(Url::parse("http://h?x").unwrap().target, "/?x");
         for bad in [
             "ftp://h/",

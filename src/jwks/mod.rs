@@ -39,7 +39,7 @@ pub struct JwksError(Box<JwksErrorKind>);
 pub enum JwksErrorKind {
     /// The request failed.
     Get {
-        /// The URL (never with credentials: they are refused by the URL parser).
+        /// The URL without its query (user info is refused by the URL parser).
         url: String,
         /// Why.
         source: GetError,
@@ -125,7 +125,7 @@ fn https_client() -> Result<TlsClient, JwksError> {
 
 impl KeySource for HttpKeySource {
     fn fetch(&self) -> Result<FetchedKeys, JwksError> {
-        let url = self.url.to_string();
+        let url = self.url.redacted();
         let response = http_get::get(&self.url, &self.tls, &self.options)
             .map_err(|source| JwksError(Box::new(JwksErrorKind::Get { url: url.clone(), source })))?;
         if response.status != 200 {
@@ -140,7 +140,7 @@ impl KeySource for HttpKeySource {
     }
 
     fn describe(&self) -> String {
-        self.url.to_string()
+        self.url.redacted()
     }
 }
 
@@ -281,5 +281,87 @@ impl Authenticator for JwksAuthenticator {
             return Err(AuthFailure::unavailable(self.retry_after, "no JWKS keys loaded yet"));
         };
         Ok(jwt::verify(&token, &self.rules, SystemTime::now(), |decoded| self.check_signature(decoded, &keys))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwks::keys::{Jwk, PublicKey};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    struct Switch(Arc<AtomicBool>);
+
+    impl KeySource for Switch {
+        fn fetch(&self) -> Result<FetchedKeys, JwksError> {
+            if !self.0.load(Ordering::SeqCst) {
+                return Err(JwksError::status("stub", 503));
+            }
+            let key =
+                Jwk { kid: Some("k".into()), alg: None, key: PublicKey::Rsa { n: vec![0xc5; 256], e: vec![1, 0, 1] } };
+            Ok(FetchedKeys { keys: KeySet::from_keys(vec![key]), max_age: None })
+        }
+        fn describe(&self) -> String {
+            "stub".into()
+        }
+    }
+
+    fn header(token: Option<&str>) -> impl Fn(&str) -> Option<String> + '_ {
+        move |name: &str| if name == "authorization" { token.map(|t| format!("Bearer {t}")) } else { None }
+    }
+
+    #[test]
+    fn no_keys_yet_is_unavailable_not_refused() {
+        let up = Arc::new(AtomicBool::new(false));
+        let auth = JwksAuthenticator::with_source(
+            Box::new(Switch(up.clone())),
+            Duration::from_secs(1),
+            ClaimRules::default(),
+            7,
+        )
+        .unwrap();
+        let token =
+            jwt::encode(&serde_json::json!({"alg": "RS256", "kid": "k"}), &serde_json::json!({"sub": "u"}), |_| {
+                vec![1]
+            });
+        let failure = auth.authenticate(&header(Some(&token))).unwrap_err();
+        assert_eq!(failure.retry_after, Some(7), "{failure}");
+        let failure = auth.authenticate(&header(None)).unwrap_err();
+        assert_eq!((failure.retry_after, failure.client_message), (None, "missing or malformed authorization header"));
+        up.store(true, Ordering::SeqCst);
+        // The refresher retries with backoff; poll with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let failure = loop {
+            let failure = auth.authenticate(&header(Some(&token))).unwrap_err();
+            if failure.retry_after.is_none() || Instant::now() > deadline {
+                break failure;
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!((failure.retry_after, failure.reason.as_str()), (None, "bad token signature"));
+        assert!(auth.fetch_count() >= 2);
+        drop(auth); // joins the refresher
+    }
+
+    #[test]
+    fn unusable_urls_fail_at_startup() {
+        for url in ["ftp://x/jwks", "http://user:pw@x/jwks", "http:///jwks"] {
+            let settings = JwksSettings {
+                url: url.into(),
+                refresh_interval: Duration::from_secs(30),
+                rules: ClaimRules::default(),
+                retry_after: 5,
+            };
+            let err = JwksAuthenticator::start(settings).unwrap_err();
+            assert!(matches!(err.kind(), JwksErrorKind::Config(_)), "{url}: {err}");
+            assert!(err.to_string().starts_with("JWKS_URL: "), "{err}");
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn https_needs_the_tls_feature() {
+        let err = HttpKeySource::new("https://idp.example/jwks").map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("`tls` feature"), "{err}");
     }
 }
