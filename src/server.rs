@@ -226,6 +226,9 @@ impl Running {
 
 /// Starts everything and returns once the HTTP listener accepts requests.
 pub fn start(config: &Config) -> Result<Running, ServerError> {
+    // First, so an unusable authentication setup (bad JWKS_URL, no CA roots, a build without
+    // `jwks`) stops startup before anything touches the database.
+    let auth = authenticator(config)?;
     migrate_with_retry(config, Duration::from_secs(60))?;
     let settings = engine_settings(config)?;
     let pool = pool::connect_pool(&config.database_url, (config.http_threads as u32).saturating_add(4))?;
@@ -239,7 +242,7 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
     http.idle_timeout = config.http_idle_timeout;
     let router = Router {
         api: Arc::new(EngineApi::new(engine.clone(), Some(capture.status.clone()), &config.slot_name)),
-        auth: authenticator(config)?,
+        auth,
         gate: VersionGate::new(&config.min_client_version),
     };
     let http = HttpServer::start(http, router)

@@ -446,3 +446,21 @@ fn jwks_down_at_startup_answers_503_until_keys_load() {
     eventually("keys loaded by the background retry", Duration::from_secs(20), || tables(addr, &token).status == 200);
     server.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn synchrod_check_fetches_the_key_set() {
+    let key = Signer::ec();
+    let jwks = JwksServer::start(200, &[key.jwk("e1"), json!({"kty": "oct", "k": "c2VjcmV0"})]);
+    let config = |url: &str| {
+        let vars = [("DATABASE_URL", "postgres://u@localhost/app"), ("JWKS_URL", url)];
+        synchro::config::Config::from_vars(&vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap()
+    };
+    let line = synchro::check::check_jwks(&config(&jwks.url())).unwrap().line();
+    assert!(line.starts_with("PASS JWKS endpoint: 1 usable key(s) from http://"), "{line}");
+    jwks.serve(404, &[], None, false);
+    let line = synchro::check::check_jwks(&config(&jwks.url())).unwrap().line();
+    assert!(line.starts_with("FAIL JWKS endpoint: fetching http://") && line.contains("HTTP status 404"), "{line}");
+    assert!(line.contains("fix: check JWKS_URL"), "{line}");
+    let line = synchro::check::check_jwks(&config("http://127.0.0.1:1/jwks")).unwrap().line();
+    assert!(line.starts_with("FAIL JWKS endpoint: fetching http://127.0.0.1:1/jwks: cannot connect"), "{line}");
+}
