@@ -68,7 +68,10 @@ impl fmt::Display for JwtError {
             JwtError::Malformed(why) => write!(f, "malformed token: {why}"),
             JwtError::AlgorithmNotAllowed(alg) => write!(f, "token algorithm {alg:?} is not allowed for this key"),
             JwtError::BadSignature => f.write_str("bad token signature"),
-            JwtError::UnknownKey { kid: Some(kid) } => write!(f, "no key with kid {kid:?} in the key set"),
+            // The kid comes from the request: bounded so a huge one cannot flood the log.
+            JwtError::UnknownKey { kid: Some(kid) } => {
+                write!(f, "no key with kid {:?} in the key set", kid.chars().take(64).collect::<String>())
+            }
             JwtError::UnknownKey { kid: None } => f.write_str("token has no kid and no key of its algorithm matches"),
             JwtError::Expired => f.write_str("token expired"),
             JwtError::NotYetValid => f.write_str("token not yet valid"),

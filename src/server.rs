@@ -179,7 +179,7 @@ fn jwks_authenticator(config: &Config, url: &str) -> Result<Arc<dyn Authenticato
 #[cfg(not(feature = "jwks"))]
 fn jwks_authenticator(_config: &Config, _url: &str) -> Result<Arc<dyn Authenticator>, ServerError> {
     Err(ServerError::Config(
-        "JWKS_URL is set but this build lacks the `jwks` feature (rebuild with --features jwks), \
+        "JWKS_URL is set but this build lacks the `jwks` feature: rebuild with --features jwks, \
          or use JWT_SECRET (HS256/384/512)"
             .into(),
     ))

@@ -274,6 +274,25 @@ mod tests {
     }
 
     #[test]
+    fn transient_auth_failures_are_503_with_retry_after() {
+        struct KeysMissing;
+        impl Authenticator for KeysMissing {
+            fn authenticate(&self, _: &dyn Fn(&str) -> Option<String>) -> Result<crate::types::UserId, AuthFailure> {
+                Err(AuthFailure::unavailable(9, "no keys yet"))
+            }
+        }
+        struct Api;
+        impl SyncApi for Api {}
+        let router = Router { api: Arc::new(Api), auth: Arc::new(KeysMissing), gate: VersionGate::new("") };
+        let mut read_body = || Ok(Vec::new());
+        let mut req = Incoming { method: "GET", url: "/sync/tables", header: &|_| None, read_body: &mut read_body };
+        let (_, reply) = router.handle(&mut req);
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.headers, vec![("Retry-After", "9".to_string())]);
+        assert_eq!(reply.body, b"{\"error\":\"service temporarily unavailable\",\"retry_after\":9}\n");
+    }
+
+    #[test]
     fn paths_are_exact() {
         assert_eq!(Endpoint::from_path("/sync/pull"), Some(Endpoint::Pull));
         assert_eq!(Endpoint::from_path("/sync/pull/"), None);
