@@ -28,7 +28,7 @@ impl Authenticator for SessionAuth {
         match header("x-session").as_deref() {
             Some("session-alice") => Ok(UserId::new("alice").expect("non-empty")),
             Some("session-bob") => Ok(UserId::new("bob").expect("non-empty")),
-            _ => Err(AuthFailure { client_message: "invalid session", reason: "unknown session".into() }),
+            _ => Err(AuthFailure::refused("invalid session", "unknown session")),
         }
     }
 }

@@ -46,10 +46,45 @@ fn setting(db: &mut postgres::Client, name: &str) -> Option<String> {
     db.query_one("SELECT current_setting($1, true)", &[&name]).ok().and_then(|r| r.get(0))
 }
 
+/// The JWKS endpoint, when `JWKS_URL` is the authentication mode: one fetch, and whether it
+/// yields usable keys. `None` in the other modes.
+pub fn check_jwks(config: &Config) -> Option<CheckResult> {
+    const NAME: &str = "JWKS endpoint";
+    let crate::config::AuthMode::Jwks(url) = &config.auth else {
+        return None;
+    };
+    #[cfg(feature = "jwks")]
+    {
+        use crate::jwks::cache::KeySource;
+        let fetched = crate::jwks::HttpKeySource::new(url).and_then(|source| {
+            let keys = source.fetch()?;
+            Ok((source.describe(), keys))
+        });
+        Some(match fetched {
+            Ok((url, fetched)) => CheckResult::pass(NAME, format!("{} usable key(s) from {url}", fetched.keys.keys().len())),
+            Err(e) => CheckResult::fail(
+                NAME,
+                e.to_string(),
+                "check JWKS_URL (the identity provider's jwks_uri), that this host can reach it, and SSL_CERT_FILE for https",
+            ),
+        })
+    }
+    #[cfg(not(feature = "jwks"))]
+    {
+        let _ = url;
+        Some(CheckResult::fail(
+            NAME,
+            "this build lacks the `jwks` feature",
+            "rebuild with --features jwks, or use JWT_SECRET",
+        ))
+    }
+}
+
 /// Runs every check against the configured database; never fails as a whole (a check that
 /// cannot run is itself a failure line).
 pub fn run(config: &Config) -> Vec<CheckResult> {
     let mut out = Vec::new();
+    out.extend(check_jwks(config));
     let mut db = match pool::connect(&config.database_url) {
         Ok(db) => db,
         Err(e) => {

@@ -107,10 +107,21 @@ pub fn push_canonical(out: &mut String, v: &Value) {
     }
 }
 
+fn within_double_range(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n.as_f64().is_some_and(f64::is_finite),
+        Value::Array(items) => items.iter().all(within_double_range),
+        Value::Object(map) => map.values().all(within_double_range),
+        _ => true,
+    }
+}
+
 /// The canonical JSON of a row, or `None` when the text is not a JSON object within double range.
 pub fn canonical_json(row_json: &str) -> Option<String> {
     let value: Value = serde_json::from_str(row_json).ok()?;
-    if !value.is_object() {
+    // Numbers keep their text when parsed (serde_json's arbitrary_precision, for exact pushes):
+    // refuse here what a double cannot hold, as a double parser would.
+    if !value.is_object() || !within_double_range(&value) {
         return None;
     }
     let mut out = String::with_capacity(row_json.len());

@@ -82,6 +82,14 @@ pub struct Config {
     pub auth: AuthMode,
     /// The token claim that holds the user id.
     pub jwt_user_claim: String,
+    /// Required `iss` of tokens (`JWT_ISSUER`), unchecked when `None`.
+    pub jwt_issuer: Option<String>,
+    /// Required member of `aud` (`JWT_AUDIENCE`), unchecked when `None`.
+    pub jwt_audience: Option<String>,
+    /// Tolerated clock skew for `exp` and `nbf` (`JWT_LEEWAY_SECS`).
+    pub jwt_leeway: Duration,
+    /// Minimum time between JWKS fetches triggered by unknown key ids (`JWKS_REFRESH_SECS`).
+    pub jwks_refresh: Duration,
     /// The HTTP listen address as given (`:8080`, `127.0.0.1:0`, `[::1]:8080`).
     pub listen_addr: String,
     /// The logical replication slot.
@@ -144,9 +152,27 @@ const VARS: &[VarDoc] = &[
     VarDoc {
         name: "JWKS_URL",
         default: "(empty)",
-        meaning: "JWKS endpoint: RS256/ES256 bearer tokens (when JWT_SECRET is empty)",
+        meaning: "JWKS endpoint (https://, or http:// locally): RS256/384/512, ES256/384 bearer tokens (when JWT_SECRET is empty)",
+    },
+    VarDoc {
+        name: "JWKS_REFRESH_SECS",
+        default: "30",
+        meaning:
+            "JWKS: at most one refetch per this many seconds for unknown kids; also the shortest cache age (1-86400)",
+    },
+    VarDoc {
+        name: "SSL_CERT_FILE",
+        default: "/etc/ssl/certs/ca-certificates.crt",
+        meaning: "CA bundle (PEM) trusted for an https:// JWKS_URL",
     },
     VarDoc { name: "JWT_USER_CLAIM", default: "sub", meaning: "token claim holding the user id" },
+    VarDoc { name: "JWT_ISSUER", default: "(empty: not checked)", meaning: "required iss claim of bearer tokens" },
+    VarDoc {
+        name: "JWT_AUDIENCE",
+        default: "(empty: not checked)",
+        meaning: "required aud of bearer tokens (string or one of an array)",
+    },
+    VarDoc { name: "JWT_LEEWAY_SECS", default: "30", meaning: "clock skew tolerated for exp and nbf (0-600)" },
     VarDoc { name: "LISTEN_ADDR", default: ":8080", meaning: "HTTP listen address (host:port, :port or [v6]:port)" },
     VarDoc { name: "SLOT_NAME", default: "synchro_slot", meaning: "logical replication slot" },
     VarDoc { name: "PUBLICATION_NAME", default: "synchro_pub", meaning: "publication streamed by the slot" },
@@ -396,6 +422,16 @@ impl Config {
             replication_url_derived,
             auth,
             jwt_user_claim: get("JWT_USER_CLAIM").unwrap_or("sub").to_string(),
+            jwt_issuer: get("JWT_ISSUER").map(str::to_string),
+            jwt_audience: get("JWT_AUDIENCE").map(str::to_string),
+            jwt_leeway: Duration::from_secs(match get("JWT_LEEWAY_SECS") {
+                Some(v) => parse_number("JWT_LEEWAY_SECS", v, 0u64, 600)?,
+                None => 30,
+            }),
+            jwks_refresh: Duration::from_secs(match get("JWKS_REFRESH_SECS") {
+                Some(v) => parse_number("JWKS_REFRESH_SECS", v, 1u64, 86_400)?,
+                None => 30,
+            }),
             listen_addr,
             slot_name: name_var("SLOT_NAME", "synchro_slot", true)?,
             publication_name: name_var("PUBLICATION_NAME", "synchro_pub", false)?,
@@ -497,6 +533,21 @@ mod tests {
         assert_eq!(c.log_level, LogLevel::Info);
         assert!(c.http_threads >= 4);
         assert_eq!(c.max_body_bytes, 32 << 20);
+        assert_eq!((c.jwt_issuer.as_deref(), c.jwt_audience.as_deref()), (None, None));
+        assert_eq!((c.jwt_leeway, c.jwks_refresh), (Duration::from_secs(30), Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn token_rules() {
+        let c = Config::from_vars(&vars(&[
+            ("JWT_ISSUER", "https://idp"),
+            ("JWT_AUDIENCE", "app"),
+            ("JWT_LEEWAY_SECS", "0"),
+            ("JWKS_REFRESH_SECS", "5"),
+        ]))
+        .unwrap();
+        assert_eq!((c.jwt_issuer.as_deref(), c.jwt_audience.as_deref()), (Some("https://idp"), Some("app")));
+        assert_eq!((c.jwt_leeway, c.jwks_refresh), (Duration::ZERO, Duration::from_secs(5)));
     }
 
     #[test]
@@ -530,6 +581,8 @@ mod tests {
             (&[("DATABASE_URL", "postgres://h/x?sslmode=allow")], "DATABASE_URL"),
             (&[("REPLICATION_URL", "postgres://h/x?sslmode=verify-ca&sslrootcert=")], "REPLICATION_URL"),
             (&[("JWKS_URL", "ftp://x")], "JWKS_URL"),
+            (&[("JWKS_REFRESH_SECS", "0")], "JWKS_REFRESH_SECS"),
+            (&[("JWT_LEEWAY_SECS", "601")], "JWT_LEEWAY_SECS"),
             (&[("SLOT_NAME", "Bad-Slot")], "SLOT_NAME"),
             (&[("PUBLICATION_NAME", "1pub")], "PUBLICATION_NAME"),
             (&[("LOG_LEVEL", "loud")], "LOG_LEVEL"),

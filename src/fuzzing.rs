@@ -21,6 +21,44 @@ pub fn jwt(data: &[u8]) {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let _ = crate::jwt::verify_hmac(&text, b"fuzz-secret", &rules, now);
     let _ = crate::jwt::check_claims(data, &rules, now);
+    #[cfg(feature = "jwks")]
+    {
+        let keys = fuzz_key_set();
+        let _ = crate::jwt::verify(&text, &rules, now, |t| crate::jwks::verify_signature(&keys, t));
+    }
+}
+
+/// A fixed key set for the JWT target: one RSA and one P-256 key (public values only).
+#[cfg(feature = "jwks")]
+fn fuzz_key_set() -> crate::jwks::keys::KeySet {
+    use crate::jwks::keys::{Curve, Jwk, KeySet, PublicKey};
+    let mut n = vec![0xc5u8];
+    n.extend(std::iter::repeat_n(0x3b, 255));
+    // The P-256 generator point: a valid public key.
+    let mut point = vec![0x04];
+    point.extend_from_slice(&[
+        0x6b, 0x17, 0xd1, 0xf2, 0xe1, 0x2c, 0x42, 0x47, 0xf8, 0xbc, 0xe6, 0xe5, 0x63, 0xa4, 0x40, 0xf2, 0x77, 0x03,
+        0x7d, 0x81, 0x2d, 0xeb, 0x33, 0xa0, 0xf4, 0xa1, 0x39, 0x45, 0xd8, 0x98, 0xc2, 0x96, 0x4f, 0xe3, 0x42, 0xe2,
+        0xfe, 0x1a, 0x7f, 0x9b, 0x8e, 0xe7, 0xeb, 0x4a, 0x7c, 0x0f, 0x9e, 0x16, 0x2b, 0xce, 0x33, 0x57, 0x6b, 0x31,
+        0x5e, 0xce, 0xcb, 0xb6, 0x40, 0x68, 0x37, 0xbf, 0x51, 0xf5,
+    ]);
+    KeySet::from_keys(vec![
+        Jwk { kid: Some("r".into()), alg: None, key: PublicKey::Rsa { n, e: vec![1, 0, 1] } },
+        Jwk { kid: Some("e".into()), alg: None, key: PublicKey::Ec { curve: Curve::P256, point } },
+    ])
+}
+
+/// JWKS documents and `Cache-Control` values.
+#[cfg(feature = "jwks")]
+pub fn jwks(data: &[u8]) {
+    let _ = crate::jwks::keys::KeySet::parse(data, |_, _| {});
+    let _ = crate::jwks::cache::cache_control_max_age(&String::from_utf8_lossy(data));
+}
+
+/// HTTP responses as our GET client reads them (head, Content-Length, chunked, to end).
+#[cfg(feature = "jwks")]
+pub fn http_response(data: &[u8]) {
+    let _ = crate::http_get::read_response(data, 4096);
 }
 
 /// Connection strings and client timestamps.

@@ -1,9 +1,12 @@
-//! JSON Web Tokens signed with a shared secret (HS256, HS384, HS512).
+//! JSON Web Tokens: decoding, the shared claim checks, and HMAC verification (HS256, HS384, HS512).
 //!
-//! Verification order: shape (three base64url parts), header (`alg` must be an HMAC algorithm:
-//! `none` and every asymmetric algorithm are refused, so a token cannot pick a weaker check than
-//! the one configured), signature (constant-time), then registered claims (`exp`, `nbf` with a
-//! small leeway, optional `iss` and `aud`), then the user claim. Nothing here logs the token.
+//! Verification order: shape (three base64url parts), header (`alg` must be one the configured
+//! key type verifies: `none` is always refused, and HMAC mode refuses every asymmetric
+//! algorithm, so a token cannot pick a weaker check than the one configured), signature
+//! (constant-time for HMAC), then registered claims (`exp`, `nbf` with a small leeway, optional
+//! `iss` and `aud`), then the user claim. [`verify`] is that sequence with the signature step
+//! supplied by the caller: [`verify_hmac`] here, the JWKS verifier in `crate::jwks`. Nothing
+//! here logs the token.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,6 +32,11 @@ pub enum JwtError {
     AlgorithmNotAllowed(String),
     /// The signature does not verify.
     BadSignature,
+    /// No key of the configured key set matches the token's `kid` (or, without `kid`, its `alg`).
+    UnknownKey {
+        /// The token's `kid`, if it has one.
+        kid: Option<String>,
+    },
     /// `exp` is in the past (beyond the leeway).
     Expired,
     /// `nbf` is in the future (beyond the leeway).
@@ -60,6 +68,11 @@ impl fmt::Display for JwtError {
             JwtError::Malformed(why) => write!(f, "malformed token: {why}"),
             JwtError::AlgorithmNotAllowed(alg) => write!(f, "token algorithm {alg:?} is not allowed for this key"),
             JwtError::BadSignature => f.write_str("bad token signature"),
+            // The kid comes from the request: bounded so a huge one cannot flood the log.
+            JwtError::UnknownKey { kid: Some(kid) } => {
+                write!(f, "no key with kid {:?} in the key set", kid.chars().take(64).collect::<String>())
+            }
+            JwtError::UnknownKey { kid: None } => f.write_str("token has no kid and no key of its algorithm matches"),
             JwtError::Expired => f.write_str("token expired"),
             JwtError::NotYetValid => f.write_str("token not yet valid"),
             JwtError::WrongIssuer => f.write_str("token issuer mismatch"),
@@ -146,19 +159,35 @@ fn hmac_ok<M: Mac + KeyInit>(secret: &[u8], input: &[u8], signature: &[u8]) -> b
     }
 }
 
+/// The whole verification sequence: decode, `check_signature` (which must refuse any `alg` its
+/// key type does not verify, `none` included), then [`check_claims`]. Every verifier goes
+/// through here so the claim rules cannot drift between key types.
+pub fn verify(
+    token: &str,
+    rules: &ClaimRules,
+    now: SystemTime,
+    check_signature: impl FnOnce(&DecodedToken<'_>) -> Result<(), JwtError>,
+) -> Result<UserId, JwtError> {
+    let decoded = decode(token)?;
+    check_signature(&decoded)?;
+    check_claims(&decoded.payload, rules, now)
+}
+
 /// Verifies an HS256/HS384/HS512 token with `secret` and returns the user id.
 pub fn verify_hmac(token: &str, secret: &[u8], rules: &ClaimRules, now: SystemTime) -> Result<UserId, JwtError> {
-    let decoded = decode(token)?;
-    let ok = match decoded.alg() {
-        "HS256" => hmac_ok::<Hmac<Sha256>>(secret, decoded.signing_input, &decoded.signature),
-        "HS384" => hmac_ok::<Hmac<Sha384>>(secret, decoded.signing_input, &decoded.signature),
-        "HS512" => hmac_ok::<Hmac<Sha512>>(secret, decoded.signing_input, &decoded.signature),
-        other => return Err(JwtError::AlgorithmNotAllowed(other.to_string())),
-    };
-    if !ok {
-        return Err(JwtError::BadSignature);
-    }
-    check_claims(&decoded.payload, rules, now)
+    verify(token, rules, now, |decoded| {
+        let ok = match decoded.alg() {
+            "HS256" => hmac_ok::<Hmac<Sha256>>(secret, decoded.signing_input, &decoded.signature),
+            "HS384" => hmac_ok::<Hmac<Sha384>>(secret, decoded.signing_input, &decoded.signature),
+            "HS512" => hmac_ok::<Hmac<Sha512>>(secret, decoded.signing_input, &decoded.signature),
+            other => return Err(JwtError::AlgorithmNotAllowed(other.to_string())),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(JwtError::BadSignature)
+        }
+    })
 }
 
 /// Checks the registered claims and extracts the (lower-cased) user id from a verified payload.
@@ -208,14 +237,22 @@ pub fn check_claims(payload: &[u8], rules: &ClaimRules, now: SystemTime) -> Resu
     UserId::new(&raw).ok_or(JwtError::MissingUserClaim)
 }
 
+/// Builds a compact token from a header, claims and a signing function over `header.payload`
+/// (tests, tools and examples; the server only verifies).
+pub fn encode(header: &Value, claims: &Value, sign: impl FnOnce(&[u8]) -> Vec<u8>) -> String {
+    let input =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signature = sign(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
 /// Signs claims with HS256 (tests, tools and examples; the server only verifies).
 pub fn sign_hs256(claims: &Value, secret: &[u8]) -> String {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let input = format!("{header}.{payload}");
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC accepts keys of any length");
-    mac.update(input.as_bytes());
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    encode(&serde_json::json!({"alg": "HS256", "typ": "JWT"}), claims, |input| {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC accepts keys of any length");
+        mac.update(input);
+        mac.finalize().into_bytes().to_vec()
+    })
 }
 
 #[cfg(test)]
@@ -234,10 +271,7 @@ mod tests {
     }
 
     fn with_header(header: &Value, claims: &Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
-        let input =
-            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
-        let sig = sign(input.as_bytes());
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+        encode(header, claims, sign)
     }
 
     #[test]

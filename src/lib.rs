@@ -25,7 +25,8 @@
 //! | [`config`] | every environment variable, its default and validation |
 //! | [`types`] | `Lsn`, `Oid`, `Seq`, `BucketId`, `UserId`, `Op` |
 //! | [`wire`] | protocol codec: frames, backend messages, pgoutput (no I/O) |
-//! | [`replication`] | our replication connection (SCRAM/MD5), sessions, supervisor |
+//! | [`replication`] | our replication connection (SCRAM/MD5, TLS), sessions, supervisor, leader election |
+//! | [`tls`], [`pgurl`] | connection strings; `sslmode`/`sslrootcert` with rustls (feature `tls`) |
 //! | [`decode`] | pgoutput -> row changes, relation cache |
 //! | [`change`] | the events between the replication thread and the writer |
 //! | [`buckets`] | bucket assignment through foreign-key chains, pluggable |
@@ -35,7 +36,8 @@
 //! | [`engine`] | register, pull, schema, tables (library API, no HTTP) |
 //! | [`protocol`] | request/response messages: the contract's field names live here only |
 //! | [`http`], [`service`] | the HTTP edge and its mapping onto the engine |
-//! | [`jwt`], [`version`] | bearer tokens (HMAC), the minimum-version gate |
+//! | [`jwt`], [`version`] | bearer tokens (decoding, claim rules, HMAC), the minimum-version gate |
+//! | `jwks`, `http_get` | `JWKS_URL` mode (feature `jwks`): key sets, RS*/ES* with ring, cache and refresher; our blocking HTTP GET client |
 //! | [`checksum`], [`json_text`], [`time`] | record checksums, canonical JSON, timestamps |
 //! | [`cluster`], [`dev`] | private PostgreSQL clusters for `synchrod dev` and the tests |
 //! | [`server`] | the composition root |
@@ -43,7 +45,8 @@
 //! # Invariants
 //!
 //! * Exactly one writer appends to `sync_changelog`, in commit order: a lower `seq` is never
-//!   visible after a higher one.
+//!   visible after a higher one. Across instances, the capture leader lock and the writer's
+//!   compare-and-set on the stored position keep it one.
 //! * The confirmed LSN is stored in the same transaction as the changelog rows it covers:
 //!   nothing at or below it is written twice, nothing above it is confirmed to the server.
 //! * Memory is bounded on every path: frames are capped, counts are checked before allocation,
@@ -69,7 +72,11 @@ pub mod dev;
 pub mod engine;
 pub mod fuzzing;
 pub mod http;
+#[cfg(feature = "jwks")]
+pub mod http_get;
 pub mod json_text;
+#[cfg(feature = "jwks")]
+pub mod jwks;
 pub mod jwt;
 pub mod logging;
 pub mod metrics;

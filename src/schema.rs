@@ -341,7 +341,7 @@ impl SchemaColumn {
     }
 }
 
-/// One served table ([latest] field set; `push_policy` is always `enabled` in the schema).
+/// One served table (the \[latest\] field set; `push_policy` is always `enabled` in the schema).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchemaTable {
     /// Name.

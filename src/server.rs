@@ -137,15 +137,26 @@ pub fn engine_settings(config: &Config) -> Result<EngineSettings, ServerError> {
     })
 }
 
+/// The claim rules every JWT mode applies.
+fn claim_rules(config: &Config) -> ClaimRules {
+    ClaimRules {
+        user_claim: config.jwt_user_claim.clone(),
+        issuer: config.jwt_issuer.clone(),
+        audience: config.jwt_audience.clone(),
+        leeway: config.jwt_leeway,
+    }
+}
+
+/// `Retry-After` while JWKS keys are not loaded yet (the contract's default).
+#[cfg(feature = "jwks")]
+const JWKS_RETRY_AFTER_SECS: u32 = 5;
+
 fn authenticator(config: &Config) -> Result<Arc<dyn Authenticator>, ServerError> {
     match &config.auth {
-        AuthMode::JwtSecret(secret) => Ok(Arc::new(JwtSecretAuthenticator::new(
-            secret.as_bytes(),
-            ClaimRules { user_claim: config.jwt_user_claim.clone(), ..ClaimRules::default() },
-        ))),
-        AuthMode::Jwks(_) => Err(ServerError::Config(
-            "JWKS_URL is not supported by this build yet; use JWT_SECRET (HS256/384/512)".into(),
-        )),
+        AuthMode::JwtSecret(secret) => {
+            Ok(Arc::new(JwtSecretAuthenticator::new(secret.as_bytes(), claim_rules(config))))
+        }
+        AuthMode::Jwks(url) => jwks_authenticator(config, url),
         AuthMode::DevHeader => {
             crate::warn!(
                 "no JWT_SECRET or JWKS_URL: requests are authenticated by the X-User-ID header; \
@@ -154,6 +165,27 @@ fn authenticator(config: &Config) -> Result<Arc<dyn Authenticator>, ServerError>
             Ok(Arc::new(HeaderAuthenticator))
         }
     }
+}
+
+#[cfg(feature = "jwks")]
+fn jwks_authenticator(config: &Config, url: &str) -> Result<Arc<dyn Authenticator>, ServerError> {
+    let settings = crate::jwks::JwksSettings {
+        url: url.to_string(),
+        refresh_interval: config.jwks_refresh,
+        rules: claim_rules(config),
+        retry_after: JWKS_RETRY_AFTER_SECS,
+    };
+    let auth = crate::jwks::JwksAuthenticator::start(settings).map_err(|e| ServerError::Config(e.to_string()))?;
+    Ok(Arc::new(auth))
+}
+
+#[cfg(not(feature = "jwks"))]
+fn jwks_authenticator(_config: &Config, _url: &str) -> Result<Arc<dyn Authenticator>, ServerError> {
+    Err(ServerError::Config(
+        "JWKS_URL is set but this build lacks the `jwks` feature: rebuild with --features jwks, \
+         or use JWT_SECRET (HS256/384/512)"
+            .into(),
+    ))
 }
 
 /// The RLS policies (§12) for the configured tables.
@@ -197,6 +229,9 @@ impl Running {
 
 /// Starts everything and returns once the HTTP listener accepts requests.
 pub fn start(config: &Config) -> Result<Running, ServerError> {
+    // First, so an unusable authentication setup (bad JWKS_URL, no CA roots, a build without
+    // `jwks`) stops startup before anything touches the database.
+    let auth = authenticator(config)?;
     migrate_with_retry(config, Duration::from_secs(60))?;
     let settings = engine_settings(config)?;
     let pool = pool::connect_pool(&config.database_url, (config.http_threads as u32).saturating_add(4))?;
@@ -210,7 +245,7 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
     http.idle_timeout = config.http_idle_timeout;
     let router = Router {
         api: Arc::new(EngineApi::new(engine.clone(), Some(capture.status.clone()), &config.slot_name)),
-        auth: authenticator(config)?,
+        auth,
         gate: VersionGate::new(&config.min_client_version),
     };
     let http = HttpServer::start(http, router)

@@ -501,7 +501,7 @@ pub(crate) fn plan_chunk(
     for (table, ids) in &upsert_keys {
         let Some(t) = routing.get(table) else { continue };
         let sql = format!(
-            "SELECT t.{pk}::text, row_to_json(t)::text FROM {q} t WHERE t.{pk} = ANY ($1::text[]::{ty}[])",
+            "SELECT t.{pk}::text, row_to_json(t.*)::text FROM {q} t WHERE t.{pk} = ANY ($1::text[]::{ty}[])",
             pk = quote_ident(&t.pk),
             q = t.qualified,
             ty = t.pk_type

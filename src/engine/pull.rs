@@ -43,7 +43,7 @@ pub(crate) fn hydrate(
         c.map(crate::registry::quote_ident).map(|c| format!("t.{c}")).unwrap_or("NULL::timestamptz".into())
     };
     let sql = format!(
-        "SELECT t.{pk}::text, row_to_json(t)::text, ({})::timestamptz, ({})::timestamptz FROM {} t WHERE t.{pk} = ANY ($1::text[]::{pk_type}[])",
+        "SELECT t.{pk}::text, row_to_json(t.*)::text, ({})::timestamptz, ({})::timestamptz FROM {} t WHERE t.{pk} = ANY ($1::text[]::{pk_type}[])",
         ts(table.updated_at.real()),
         ts(table.deleted_at.real()),
         table.qualified(),

@@ -310,7 +310,7 @@ fn lookup(
     let pk_type = t.column(&t.pk).map(|c| c.db_type.as_str()).unwrap_or("text");
     let ts = |c: Option<&str>| c.map(|c| format!("t.{}", quote_ident(c))).unwrap_or("NULL::timestamptz".into());
     let sql = format!(
-        "SELECT row_to_json(t)::text, ({})::timestamptz, ({})::timestamptz, {} FROM {} t WHERE t.{} = $2::text::{pk_type}",
+        "SELECT row_to_json(t.*)::text, ({})::timestamptz, ({})::timestamptz, {} FROM {} t WHERE t.{} = $2::text::{pk_type}",
         ts(t.updated_at.real()),
         ts(t.deleted_at.real()),
         scope_predicate(registry, t),

@@ -150,7 +150,7 @@ fn read_page(
     let live = t.deleted_at.real().map(|c| format!(" AND t.{} IS NULL", quote_ident(c))).unwrap_or_default();
     // Keyset pagination in the key's own type, so the primary key index serves it.
     let sql = format!(
-        "SELECT t.{pk}::text, row_to_json(t)::text, ({u})::timestamptz FROM {q} t \
+        "SELECT t.{pk}::text, row_to_json(t.*)::text, ({u})::timestamptz FROM {q} t \
          WHERE ($2::text = '' OR t.{pk} > $2::text::{pk_type}) AND {scope}{live} ORDER BY t.{pk} LIMIT $3",
         u = ts(t.updated_at.real()),
         q = t.qualified(),

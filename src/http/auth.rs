@@ -6,13 +6,39 @@ use std::time::SystemTime;
 use crate::jwt::{self, ClaimRules, JwtError};
 use crate::types::UserId;
 
-/// A refused request: the 401 body message, and the reason to log (never the token).
+/// A request that cannot be authenticated: refused (401 with the contract's message), or not
+/// decidable right now (503 with `Retry-After`, e.g. while the JWKS endpoint is unreachable).
+/// `reason` is for the log and never holds the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthFailure {
-    /// The contract's `error` message.
+    /// The contract's `error` message (401 only).
     pub client_message: &'static str,
     /// What went wrong, for the log.
     pub reason: String,
+    /// `Some(seconds)` when the failure is transient: answered 503 with this `Retry-After`.
+    pub retry_after: Option<u32>,
+}
+
+impl AuthFailure {
+    /// A refusal: 401 with `client_message`.
+    pub fn refused(client_message: &'static str, reason: impl Into<String>) -> AuthFailure {
+        AuthFailure { client_message, reason: reason.into(), retry_after: None }
+    }
+
+    /// A transient failure: 503 with `Retry-After: retry_after`.
+    pub fn unavailable(retry_after: u32, reason: impl Into<String>) -> AuthFailure {
+        AuthFailure {
+            client_message: "service temporarily unavailable",
+            reason: reason.into(),
+            retry_after: Some(retry_after),
+        }
+    }
+}
+
+impl From<JwtError> for AuthFailure {
+    fn from(e: JwtError) -> AuthFailure {
+        AuthFailure::refused(e.client_message(), e.to_string())
+    }
 }
 
 impl fmt::Display for AuthFailure {
@@ -35,7 +61,7 @@ impl Authenticator for HeaderAuthenticator {
     fn authenticate(&self, header: &dyn Fn(&str) -> Option<String>) -> Result<UserId, AuthFailure> {
         header("x-user-id")
             .and_then(|v| UserId::new(v.trim()))
-            .ok_or(AuthFailure { client_message: "missing user identity", reason: "no X-User-ID header".into() })
+            .ok_or_else(|| AuthFailure::refused("missing user identity", "no X-User-ID header"))
     }
 }
 
@@ -58,17 +84,13 @@ pub fn bearer_token(header: &dyn Fn(&str) -> Option<String>) -> Result<String, A
     let value = header("authorization").unwrap_or_default();
     match value.strip_prefix("Bearer ") {
         Some(token) if !token.is_empty() => Ok(token.to_string()),
-        _ => Err(AuthFailure {
-            client_message: "missing or malformed authorization header",
-            reason: "no Bearer token".into(),
-        }),
+        _ => Err(AuthFailure::refused("missing or malformed authorization header", "no Bearer token")),
     }
 }
 
 impl Authenticator for JwtSecretAuthenticator {
     fn authenticate(&self, header: &dyn Fn(&str) -> Option<String>) -> Result<UserId, AuthFailure> {
         let token = bearer_token(header)?;
-        jwt::verify_hmac(&token, &self.secret, &self.rules, SystemTime::now())
-            .map_err(|e: JwtError| AuthFailure { client_message: e.client_message(), reason: e.to_string() })
+        Ok(jwt::verify_hmac(&token, &self.secret, &self.rules, SystemTime::now())?)
     }
 }

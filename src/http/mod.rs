@@ -3,7 +3,7 @@
 //!
 //! Flow of a request: the dispatcher thread receives it from `tiny_http` and hands it to the
 //! workers over a bounded channel (a full channel answers `429` at once: queueing is bounded),
-//! a worker reads the body within `MAX_BODY_BYTES` and runs [`routes::handle`] under
+//! a worker reads the body within `MAX_BODY_BYTES` and runs [`routes::Router::handle`] under
 //! `catch_unwind`, which applies the contract's processing order (§1.1) and calls the
 //! [`SyncApi`] the composition root supplies.
 
@@ -20,7 +20,7 @@ use crate::types::UserId;
 pub use auth::{AuthFailure, Authenticator, HeaderAuthenticator, JwtSecretAuthenticator};
 pub use server::{HttpConfig, HttpServer};
 
-/// Everything a handler can answer besides success; [`ApiError::status_and_body`] is the single
+/// Everything a handler can answer besides success; [`ApiError::reply`] is the single
 /// place that turns it into a status code and JSON body (contract §3.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{ApiError, Authenticator, Reply, SyncApi};
+use super::{ApiError, AuthFailure, Authenticator, Reply, SyncApi};
 use crate::version::VersionGate;
 
 /// The endpoints of the contract.
@@ -199,6 +199,14 @@ impl Router {
         }
         let user = match self.auth.authenticate(req.header) {
             Ok(user) => user,
+            Err(AuthFailure { retry_after: Some(retry_after), reason, .. }) => {
+                crate::debug!(
+                    "request not authenticated: keys unavailable",
+                    endpoint = endpoint.name(),
+                    reason = reason
+                );
+                return (Some(endpoint), ApiError::Unavailable { retry_after }.reply());
+            }
             Err(failure) => {
                 crate::debug!("request refused", endpoint = endpoint.name(), reason = failure.reason.clone());
                 return (
@@ -263,6 +271,25 @@ mod tests {
         assert_eq!(query_param("/sync/debug?client_id=", "client_id").as_deref(), Some(""));
         assert_eq!(query_param("/sync/debug", "client_id"), None);
         assert_eq!(query_param("/sync/debug?client_id=%zz%", "client_id").as_deref(), Some("%zz%"));
+    }
+
+    #[test]
+    fn transient_auth_failures_are_503_with_retry_after() {
+        struct KeysMissing;
+        impl Authenticator for KeysMissing {
+            fn authenticate(&self, _: &dyn Fn(&str) -> Option<String>) -> Result<crate::types::UserId, AuthFailure> {
+                Err(AuthFailure::unavailable(9, "no keys yet"))
+            }
+        }
+        struct Api;
+        impl SyncApi for Api {}
+        let router = Router { api: Arc::new(Api), auth: Arc::new(KeysMissing), gate: VersionGate::new("") };
+        let mut read_body = || Ok(Vec::new());
+        let mut req = Incoming { method: "GET", url: "/sync/tables", header: &|_| None, read_body: &mut read_body };
+        let (_, reply) = router.handle(&mut req);
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.headers, vec![("Retry-After", "9".to_string())]);
+        assert_eq!(reply.body, b"{\"error\":\"service temporarily unavailable\",\"retry_after\":9}\n");
     }
 
     #[test]

@@ -43,3 +43,15 @@ fn pgoutput_corpus() {
 fn frame_corpus() {
     replay("frame", synchro::fuzzing::frame);
 }
+
+#[cfg(feature = "jwks")]
+#[test]
+fn jwks_corpus() {
+    replay("jwks", synchro::fuzzing::jwks);
+}
+
+#[cfg(feature = "jwks")]
+#[test]
+fn http_response_corpus() {
+    replay("http_response", synchro::fuzzing::http_response);
+}

@@ -10,6 +10,8 @@ mod harness;
 mod hooks;
 mod http;
 mod introspect;
+#[cfg(feature = "jwks")]
+mod jwks;
 mod leader;
 mod migrations;
 mod replication_conn;
