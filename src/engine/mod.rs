@@ -12,10 +12,10 @@ mod snapshot;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use crate::protocol::BadRequest;
-use crate::store::introspect::{RegistryError, RegistrySettings};
+use crate::store::introspect::{self, CatalogProbe, RegistryError, RegistrySettings};
 use crate::store::pool::{Pool, PooledClient, StoreError};
 
 pub use catalog::CatalogState;
@@ -124,11 +124,21 @@ impl fmt::Debug for EngineSettings {
     }
 }
 
+/// A snapshot at which the catalog fingerprint of the registered tables is known.
+#[derive(Debug, Clone)]
+struct VerifiedSnapshot {
+    snapshot: String,
+    fingerprint: String,
+}
+
 /// The sync engine.
 pub struct Engine {
     pool: Pool,
     settings: EngineSettings,
     catalog: RwLock<Arc<CatalogState>>,
+    /// Lets the per-request catalog check skip the fingerprint while the database's snapshot
+    /// has not moved (see `introspect::snapshot_fingerprint_sql`).
+    verified: Mutex<Option<VerifiedSnapshot>>,
 }
 
 impl fmt::Debug for Engine {
@@ -142,9 +152,9 @@ impl Engine {
     /// could not sync (C15), with a message saying how to fix it.
     pub fn new(pool: Pool, settings: EngineSettings) -> Result<Engine, EngineError> {
         let mut db = pool.get().map_err(StoreError::from)?;
-        let state = CatalogState::load(&mut *db, &settings.registry)?;
+        let state = CatalogState::load(&mut **db, &settings.registry)?;
         drop(db);
-        Ok(Engine { pool, settings, catalog: RwLock::new(Arc::new(state)) })
+        Ok(Engine { pool, settings, catalog: RwLock::new(Arc::new(state)), verified: Mutex::new(None) })
     }
 
     /// The settings.
@@ -162,16 +172,51 @@ impl Engine {
     }
 
     /// The current catalog, reloaded first when DDL touched a registered table (so a schema
-    /// change is seen by the very next request, §4.6).
+    /// change is seen by the very next request, §4.6). One prepared round trip, which skips the
+    /// fingerprint while the database snapshot is the one last verified.
     pub fn catalog(&self, db: &mut PooledClient) -> Result<Arc<CatalogState>, EngineError> {
-        let cached = match self.catalog.read() {
-            Ok(c) => c.clone(),
+        let cached = self.cached_catalog();
+        let known = self.verified_snapshot();
+        let probe = introspect::catalog_probe(db, cached.oids(), known.as_ref().map(|v| v.snapshot.as_str()))?;
+        self.settle_catalog(db, cached, known, probe)
+    }
+
+    /// The last snapshot at which the fingerprint was seen.
+    fn verified_snapshot(&self) -> Option<VerifiedSnapshot> {
+        match self.verified.lock() {
+            Ok(v) => v.clone(),
             Err(p) => p.into_inner().clone(),
-        };
-        if cached.is_current(&mut **db)? {
-            return Ok(cached);
         }
-        let fresh = Arc::new(CatalogState::load(&mut **db, &self.settings.registry)?);
+    }
+
+    /// Decides from a catalog probe whether `cached` is still current, reloading it if not.
+    /// `known` is the verified snapshot the probe was given.
+    fn settle_catalog(
+        &self,
+        db: &mut PooledClient,
+        cached: Arc<CatalogState>,
+        known: Option<VerifiedSnapshot>,
+        probe: CatalogProbe,
+    ) -> Result<Arc<CatalogState>, EngineError> {
+        // No fingerprint means the snapshot was exactly `known.snapshot`, so the fingerprint is
+        // `known.fingerprint`; without `known` that cannot happen, and reloading is the safe answer.
+        let fingerprint = match (probe.fingerprint, known) {
+            (Some(f), _) => Some(f),
+            (None, Some(k)) if k.snapshot == probe.snapshot => Some(k.fingerprint),
+            (None, _) => None,
+        };
+        if let Some(fingerprint) = fingerprint {
+            let current = fingerprint == cached.fingerprint();
+            let verified = VerifiedSnapshot { snapshot: probe.snapshot, fingerprint };
+            match self.verified.lock() {
+                Ok(mut v) => *v = Some(verified),
+                Err(p) => *p.into_inner() = Some(verified),
+            }
+            if current {
+                return Ok(cached);
+            }
+        }
+        let fresh = Arc::new(CatalogState::load(&mut ***db, &self.settings.registry)?);
         crate::info!("schema changed", schema_version = fresh.version, schema_hash = fresh.schema.hash.clone());
         match self.catalog.write() {
             Ok(mut c) => *c = fresh.clone(),

@@ -7,7 +7,7 @@ use std::fmt;
 use postgres::types::Type;
 use postgres::GenericClient;
 
-use super::pool::StoreError;
+use super::pool::{Session, StoreError};
 use crate::config::TableName;
 use crate::registry::{Column, ForeignKey, ParentLink, Registry, SyncTable, TimestampColumn};
 use crate::schema::{logical_type, Schema, SchemaError, TypeCatalog};
@@ -330,26 +330,79 @@ pub fn load_registry(db: &mut impl GenericClient, settings: &RegistrySettings) -
     Ok(registry)
 }
 
+/// The catalog fingerprint query over the relation oids in `$1` (see [`catalog_fingerprint`]),
+/// a literal so that statements which fold it in can be built with `concat!`. One index probe
+/// per relation and catalog: `oid = ANY (...)` made the planner scan all of `pg_class`.
+macro_rules! fingerprint_sql {
+    () => {
+        "SELECT md5(COALESCE(string_agg(x, '|' ORDER BY x), '')) FROM unnest($1::oid[]) AS r(o) CROSS JOIN LATERAL ( \
+           SELECT 'r' || oid || ':' || xmin AS x FROM pg_class WHERE oid = r.o \
+           UNION ALL SELECT 'a' || attrelid || ':' || attnum || ':' || xmin FROM pg_attribute \
+             WHERE attrelid = r.o AND attnum > 0 \
+           UNION ALL SELECT 'd' || adrelid || ':' || adnum || ':' || xmin FROM pg_attrdef WHERE adrelid = r.o \
+           UNION ALL SELECT 'c' || conrelid || ':' || oid || ':' || xmin FROM pg_constraint WHERE conrelid = r.o) s"
+    };
+}
+pub(crate) use fingerprint_sql;
+
+/// `pg_current_snapshot()` as text, and the fingerprint unless that snapshot is exactly the one
+/// given in `$2` (the scalar subquery is an initplan, run only when the `CASE` needs it).
+///
+/// Why skipping is sound: DDL writes catalog rows under a transaction id. Two MVCC snapshots
+/// with the same `xmin:xmax:xip` see the same set of committed transactions (no id was
+/// assigned since, and every transaction that was running is still running), so they see the
+/// same catalog rows and hence the same fingerprint. No staleness is introduced; a quiet
+/// database just stops paying for the fingerprint, a busy one pays as before.
+macro_rules! snapshot_fingerprint_sql {
+    ($known:literal) => {
+        concat!(
+            "pg_current_snapshot()::text, CASE WHEN pg_current_snapshot()::text = ",
+            $known,
+            " THEN NULL ELSE (",
+            crate::store::introspect::fingerprint_sql!(),
+            ") END"
+        )
+    };
+}
+pub(crate) use snapshot_fingerprint_sql;
+
 /// A fingerprint of everything in the catalog that shapes the registry of these relations:
 /// the row versions (`xmin`) of their `pg_class`, `pg_attribute`, `pg_attrdef` and
 /// `pg_constraint` rows. Any DDL on them writes new row versions, so the fingerprint changes
 /// with every column, type, nullability, default or constraint change, and when a relation is
-/// dropped. It reads only catalog indexes and renders nothing, so it is cheap per request.
+/// dropped. It reads only catalog indexes and renders nothing.
 pub fn catalog_fingerprint(db: &mut impl GenericClient, oids: &[Oid]) -> Result<String, StoreError> {
     let oids: Vec<u32> = oids.iter().map(|o| o.0).collect();
-    // Typed parameters: one round trip instead of prepare + execute (this runs per request).
+    // Typed parameters: one round trip instead of prepare + execute.
     let rows = db
-        .query_typed(
-            "SELECT md5(COALESCE(string_agg(x, '|' ORDER BY x), '')) FROM ( \
-               SELECT 'r' || oid || ':' || xmin AS x FROM pg_class WHERE oid = ANY ($1::oid[]) \
-               UNION ALL SELECT 'a' || attrelid || ':' || attnum || ':' || xmin FROM pg_attribute \
-                 WHERE attrelid = ANY ($1::oid[]) AND attnum > 0 \
-               UNION ALL SELECT 'd' || adrelid || ':' || adnum || ':' || xmin FROM pg_attrdef WHERE adrelid = ANY ($1::oid[]) \
-               UNION ALL SELECT 'c' || conrelid || ':' || oid || ':' || xmin FROM pg_constraint WHERE conrelid = ANY ($1::oid[])) s",
-            &[(&oids, Type::OID_ARRAY)],
-        )
+        .query_typed(fingerprint_sql!(), &[(&oids, Type::OID_ARRAY)])
         .map_err(StoreError::query("fingerprinting the catalog"))?;
     rows.first().map(|r| r.get(0)).ok_or_else(|| StoreError::Corrupt { detail: "empty catalog fingerprint".into() })
+}
+
+/// The catalog state a request saw: the MVCC snapshot it ran under and, unless that snapshot
+/// was the `known` one, the fingerprint of the relations (see [`catalog_fingerprint`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogProbe {
+    /// `pg_current_snapshot()` of the statement, as text.
+    pub snapshot: String,
+    /// `None` when `snapshot` equals the snapshot the caller passed as known.
+    pub fingerprint: Option<String>,
+}
+
+/// One prepared round trip: the current snapshot and, only when it differs from `known`, the
+/// fingerprint of `oids`.
+pub fn catalog_probe(session: &mut Session, oids: &[Oid], known: Option<&str>) -> Result<CatalogProbe, StoreError> {
+    let oids: Vec<u32> = oids.iter().map(|o| o.0).collect();
+    let rows = session
+        .query_cached(
+            concat!("SELECT ", snapshot_fingerprint_sql!("$2")),
+            &[Type::OID_ARRAY, Type::TEXT],
+            &[&oids, &known],
+        )
+        .map_err(StoreError::query("checking the catalog for DDL"))?;
+    let row = rows.first().ok_or_else(|| StoreError::Corrupt { detail: "empty catalog probe".into() })?;
+    Ok(CatalogProbe { snapshot: row.get(0), fingerprint: row.get(1) })
 }
 
 /// Advisory lock serialising manifest updates across instances (§4.6).
