@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::{Mutex, RwLock};
 
 use crate::protocol::BadRequest;
-use crate::store::introspect::{self, CatalogProbe, RegistryError, RegistrySettings};
+use crate::store::introspect::{self, RegistryError, RegistrySettings};
 use crate::store::pool::{Pool, PooledClient, StoreError};
 
 pub use catalog::CatalogState;
@@ -137,7 +137,7 @@ pub struct Engine {
     settings: EngineSettings,
     catalog: RwLock<Arc<CatalogState>>,
     /// Lets the per-request catalog check skip the fingerprint while the database's snapshot
-    /// has not moved (see `introspect::snapshot_fingerprint_sql`).
+    /// has not moved (see [`introspect::current_snapshot`]).
     verified: Mutex<Option<VerifiedSnapshot>>,
 }
 
@@ -172,49 +172,35 @@ impl Engine {
     }
 
     /// The current catalog, reloaded first when DDL touched a registered table (so a schema
-    /// change is seen by the very next request, §4.6). One prepared round trip, which skips the
-    /// fingerprint while the database snapshot is the one last verified.
+    /// change is seen by the very next request, §4.6). While the database snapshot is the one
+    /// at which the fingerprint was last taken this is one cheap prepared round trip.
     pub fn catalog(&self, db: &mut PooledClient) -> Result<Arc<CatalogState>, EngineError> {
-        let cached = self.cached_catalog();
-        let known = self.verified_snapshot();
-        let probe = introspect::catalog_probe(db, cached.oids(), known.as_ref().map(|v| v.snapshot.as_str()))?;
-        self.settle_catalog(db, cached, known, probe)
+        let snapshot = introspect::current_snapshot(db)?;
+        self.catalog_at(db, &snapshot)
     }
 
-    /// The last snapshot at which the fingerprint was seen.
-    fn verified_snapshot(&self) -> Option<VerifiedSnapshot> {
-        match self.verified.lock() {
+    /// [`Engine::catalog`] for a request that already read the current snapshot.
+    pub(crate) fn catalog_at(&self, db: &mut PooledClient, snapshot: &str) -> Result<Arc<CatalogState>, EngineError> {
+        let cached = self.cached_catalog();
+        let known = match self.verified.lock() {
             Ok(v) => v.clone(),
             Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    /// Decides from a catalog probe whether `cached` is still current, reloading it if not.
-    /// `known` is the verified snapshot the probe was given.
-    fn settle_catalog(
-        &self,
-        db: &mut PooledClient,
-        cached: Arc<CatalogState>,
-        known: Option<VerifiedSnapshot>,
-        probe: CatalogProbe,
-    ) -> Result<Arc<CatalogState>, EngineError> {
-        // No fingerprint means the snapshot was exactly `known.snapshot`, so the fingerprint is
-        // `known.fingerprint`; without `known` that cannot happen, and reloading is the safe answer.
-        let fingerprint = match (probe.fingerprint, known) {
-            (Some(f), _) => Some(f),
-            (None, Some(k)) if k.snapshot == probe.snapshot => Some(k.fingerprint),
-            (None, _) => None,
         };
-        if let Some(fingerprint) = fingerprint {
-            let current = fingerprint == cached.fingerprint();
-            let verified = VerifiedSnapshot { snapshot: probe.snapshot, fingerprint };
-            match self.verified.lock() {
-                Ok(mut v) => *v = Some(verified),
-                Err(p) => *p.into_inner() = Some(verified),
+        let fingerprint = match known {
+            // The same snapshot sees the same catalog rows: the fingerprint cannot have changed.
+            Some(k) if k.snapshot == snapshot => k.fingerprint,
+            _ => {
+                let (snapshot, fingerprint) = introspect::snapshot_fingerprint(&mut ***db, cached.oids())?;
+                let verified = VerifiedSnapshot { snapshot, fingerprint: fingerprint.clone() };
+                match self.verified.lock() {
+                    Ok(mut v) => *v = Some(verified),
+                    Err(p) => *p.into_inner() = Some(verified),
+                }
+                fingerprint
             }
-            if current {
-                return Ok(cached);
-            }
+        };
+        if fingerprint == cached.fingerprint() {
+            return Ok(cached);
         }
         let fresh = Arc::new(CatalogState::load(&mut ***db, &self.settings.registry)?);
         crate::info!("schema changed", schema_version = fresh.version, schema_hash = fresh.schema.hash.clone());

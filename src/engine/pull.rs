@@ -110,16 +110,12 @@ impl Engine {
     pub fn pull(&self, user: &UserId, req: &PullRequest) -> Result<PullResponse, EngineError> {
         let mut db = self.db()?;
         let per_bucket = !req.bucket_checkpoints.is_empty();
-        // One round trip for the catalog check, the client, retention and the first page.
-        let cached = self.cached_catalog();
-        let known = self.verified_snapshot();
+        // One round trip for the catalog snapshot, the client, retention and the first page.
         let defaults = clients::default_subscriptions(user);
         let map: Vec<(String, i64)> = req.bucket_checkpoints.iter().map(|(b, s)| (b.clone(), *s)).collect();
         let probe = pull_probe::probe(
             &mut db,
             &PullProbeRequest {
-                oids: cached.oids(),
-                known_snapshot: known.as_ref().map(|v| v.snapshot.as_str()),
                 user,
                 client_id: &req.client_id,
                 default_subscriptions: &defaults,
@@ -129,7 +125,7 @@ impl Engine {
                 limit: req.limit + 1,
             },
         )?;
-        let cat = self.settle_catalog(&mut db, cached, known, probe.catalog)?;
+        let cat = self.catalog_at(&mut db, &probe.snapshot)?;
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
         let client = probe.client.ok_or(EngineError::ClientNotRegistered)?;
         let subs = client.subscriptions(user);

@@ -331,8 +331,8 @@ pub fn load_registry(db: &mut impl GenericClient, settings: &RegistrySettings) -
 }
 
 /// The catalog fingerprint query over the relation oids in `$1` (see [`catalog_fingerprint`]),
-/// a literal so that statements which fold it in can be built with `concat!`. One index probe
-/// per relation and catalog: `oid = ANY (...)` made the planner scan all of `pg_class`.
+/// a literal for `concat!`. One index probe per relation and catalog: `oid = ANY (...)` made
+/// the planner scan all of `pg_class`.
 macro_rules! fingerprint_sql {
     () => {
         "SELECT md5(COALESCE(string_agg(x, '|' ORDER BY x), '')) FROM unnest($1::oid[]) AS r(o) CROSS JOIN LATERAL ( \
@@ -343,28 +343,6 @@ macro_rules! fingerprint_sql {
            UNION ALL SELECT 'c' || conrelid || ':' || oid || ':' || xmin FROM pg_constraint WHERE conrelid = r.o) s"
     };
 }
-pub(crate) use fingerprint_sql;
-
-/// `pg_current_snapshot()` as text, and the fingerprint unless that snapshot is exactly the one
-/// given in `$2` (the scalar subquery is an initplan, run only when the `CASE` needs it).
-///
-/// Why skipping is sound: DDL writes catalog rows under a transaction id. Two MVCC snapshots
-/// with the same `xmin:xmax:xip` see the same set of committed transactions (no id was
-/// assigned since, and every transaction that was running is still running), so they see the
-/// same catalog rows and hence the same fingerprint. No staleness is introduced; a quiet
-/// database just stops paying for the fingerprint, a busy one pays as before.
-macro_rules! snapshot_fingerprint_sql {
-    ($known:literal) => {
-        concat!(
-            "pg_current_snapshot()::text, CASE WHEN pg_current_snapshot()::text = ",
-            $known,
-            " THEN NULL ELSE (",
-            crate::store::introspect::fingerprint_sql!(),
-            ") END"
-        )
-    };
-}
-pub(crate) use snapshot_fingerprint_sql;
 
 /// A fingerprint of everything in the catalog that shapes the registry of these relations:
 /// the row versions (`xmin`) of their `pg_class`, `pg_attribute`, `pg_attrdef` and
@@ -380,29 +358,32 @@ pub fn catalog_fingerprint(db: &mut impl GenericClient, oids: &[Oid]) -> Result<
     rows.first().map(|r| r.get(0)).ok_or_else(|| StoreError::Corrupt { detail: "empty catalog fingerprint".into() })
 }
 
-/// The catalog state a request saw: the MVCC snapshot it ran under and, unless that snapshot
-/// was the `known` one, the fingerprint of the relations (see [`catalog_fingerprint`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct CatalogProbe {
-    /// `pg_current_snapshot()` of the statement, as text.
-    pub snapshot: String,
-    /// `None` when `snapshot` equals the snapshot the caller passed as known.
-    pub fingerprint: Option<String>,
+/// The current MVCC snapshot as text (`pg_current_snapshot()`), one prepared round trip.
+///
+/// It lets callers skip [`catalog_fingerprint`] while the database is quiet: DDL writes catalog
+/// rows under a transaction id, and two snapshots with the same `xmin:xmax:xip` see the same set
+/// of committed transactions (no id was assigned since, every transaction that was running is
+/// still running), hence the same catalog rows and the same fingerprint. A busy database just
+/// pays for the fingerprint as before; nothing is ever served stale.
+pub fn current_snapshot(session: &mut Session) -> Result<String, StoreError> {
+    let rows = session
+        .query_cached("SELECT pg_current_snapshot()::text", &[], &[])
+        .map_err(StoreError::query("reading the current snapshot"))?;
+    rows.first().map(|r| r.get(0)).ok_or_else(|| StoreError::Corrupt { detail: "no current snapshot".into() })
 }
 
-/// One prepared round trip: the current snapshot and, only when it differs from `known`, the
-/// fingerprint of `oids`.
-pub fn catalog_probe(session: &mut Session, oids: &[Oid], known: Option<&str>) -> Result<CatalogProbe, StoreError> {
+/// The fingerprint of `oids` (see [`catalog_fingerprint`]) and the snapshot it was taken in, in
+/// one round trip, so the pair can be reused for as long as the snapshot does not move.
+pub fn snapshot_fingerprint(db: &mut impl GenericClient, oids: &[Oid]) -> Result<(String, String), StoreError> {
     let oids: Vec<u32> = oids.iter().map(|o| o.0).collect();
-    let rows = session
-        .query_cached(
-            concat!("SELECT ", snapshot_fingerprint_sql!("$2")),
-            &[Type::OID_ARRAY, Type::TEXT],
-            &[&oids, &known],
+    let rows = db
+        .query_typed(
+            concat!("SELECT pg_current_snapshot()::text, (", fingerprint_sql!(), ")"),
+            &[(&oids, Type::OID_ARRAY)],
         )
-        .map_err(StoreError::query("checking the catalog for DDL"))?;
-    let row = rows.first().ok_or_else(|| StoreError::Corrupt { detail: "empty catalog probe".into() })?;
-    Ok(CatalogProbe { snapshot: row.get(0), fingerprint: row.get(1) })
+        .map_err(StoreError::query("fingerprinting the catalog"))?;
+    let row = rows.first().ok_or_else(|| StoreError::Corrupt { detail: "empty catalog fingerprint".into() })?;
+    Ok((row.get(0), row.get(1)))
 }
 
 /// Advisory lock serialising manifest updates across instances (§4.6).
