@@ -32,7 +32,7 @@
 //! | [`buckets`] | bucket assignment through foreign-key chains, pluggable |
 //! | [`writer`] | the changelog writer thread, edge backfill |
 //! | [`registry`], [`schema`] | synced tables as introspected; the served schema and its hash |
-//! | [`store`] | all SQL: migrations, introspection, clients, changelog, publication, pool |
+//! | [`store`] | all SQL: migrations, introspection, clients, changelog, the pull probe, publication, pool (sessions with prepared hot statements) |
 //! | [`engine`] | register, pull, schema, tables (library API, no HTTP) |
 //! | [`protocol`] | request/response messages: the contract's field names live here only |
 //! | [`http`], [`service`] | the HTTP edge and its mapping onto the engine |

@@ -340,7 +340,7 @@ fn begin_capture(config: &Config, engine: &Engine, status: Arc<CaptureStatus>) -
     {
         let mut db = engine.pool().get().map_err(pool::StoreError::from)?;
         let cat = engine.cached_catalog();
-        match publication::ensure_publication(&mut *db, &config.publication_name, &cat.registry)? {
+        match publication::ensure_publication(&mut **db, &config.publication_name, &cat.registry)? {
             PublicationChange::Unchanged => {}
             PublicationChange::Created => {
                 crate::info!("publication created", publication = config.publication_name.clone())

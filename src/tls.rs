@@ -360,7 +360,7 @@ mod imp {
     }
 
     /// The pool's TLS hook: hands each new `postgres` connection a rustls stream.
-    #[derive(Clone)]
+    #[derive(Clone, Debug)]
     pub struct MakeRustlsConnect {
         config: Arc<ClientConfig>,
     }

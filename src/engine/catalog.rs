@@ -35,6 +35,16 @@ impl CatalogState {
         Ok(CatalogState { registry, types, schema, version, fingerprint, oids })
     }
 
+    /// The catalog fingerprint of the registered tables when this state was loaded.
+    pub(crate) fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The registered tables' relation oids.
+    pub(crate) fn oids(&self) -> &[Oid] {
+        &self.oids
+    }
+
     /// True when no DDL touched the registered tables since this state was loaded.
     pub fn is_current(&self, db: &mut impl GenericClient) -> Result<bool, EngineError> {
         Ok(introspect::catalog_fingerprint(db, &self.oids)? == self.fingerprint)

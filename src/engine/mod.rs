@@ -12,10 +12,10 @@ mod snapshot;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use crate::protocol::BadRequest;
-use crate::store::introspect::{RegistryError, RegistrySettings};
+use crate::store::introspect::{self, RegistryError, RegistrySettings};
 use crate::store::pool::{Pool, PooledClient, StoreError};
 
 pub use catalog::CatalogState;
@@ -124,11 +124,21 @@ impl fmt::Debug for EngineSettings {
     }
 }
 
+/// A snapshot at which the catalog fingerprint of the registered tables is known.
+#[derive(Debug, Clone)]
+struct VerifiedSnapshot {
+    snapshot: String,
+    fingerprint: String,
+}
+
 /// The sync engine.
 pub struct Engine {
     pool: Pool,
     settings: EngineSettings,
     catalog: RwLock<Arc<CatalogState>>,
+    /// Lets the per-request catalog check skip the fingerprint while the database's snapshot
+    /// has not moved (see [`introspect::current_snapshot`]).
+    verified: Mutex<Option<VerifiedSnapshot>>,
 }
 
 impl fmt::Debug for Engine {
@@ -142,9 +152,9 @@ impl Engine {
     /// could not sync (C15), with a message saying how to fix it.
     pub fn new(pool: Pool, settings: EngineSettings) -> Result<Engine, EngineError> {
         let mut db = pool.get().map_err(StoreError::from)?;
-        let state = CatalogState::load(&mut *db, &settings.registry)?;
+        let state = CatalogState::load(&mut **db, &settings.registry)?;
         drop(db);
-        Ok(Engine { pool, settings, catalog: RwLock::new(Arc::new(state)) })
+        Ok(Engine { pool, settings, catalog: RwLock::new(Arc::new(state)), verified: Mutex::new(None) })
     }
 
     /// The settings.
@@ -162,16 +172,37 @@ impl Engine {
     }
 
     /// The current catalog, reloaded first when DDL touched a registered table (so a schema
-    /// change is seen by the very next request, §4.6).
+    /// change is seen by the very next request, §4.6). While the database snapshot is the one
+    /// at which the fingerprint was last taken this is one cheap prepared round trip.
     pub fn catalog(&self, db: &mut PooledClient) -> Result<Arc<CatalogState>, EngineError> {
-        let cached = match self.catalog.read() {
-            Ok(c) => c.clone(),
+        let snapshot = introspect::current_snapshot(db)?;
+        self.catalog_at(db, &snapshot)
+    }
+
+    /// [`Engine::catalog`] for a request that already read the current snapshot.
+    pub(crate) fn catalog_at(&self, db: &mut PooledClient, snapshot: &str) -> Result<Arc<CatalogState>, EngineError> {
+        let cached = self.cached_catalog();
+        let known = match self.verified.lock() {
+            Ok(v) => v.clone(),
             Err(p) => p.into_inner().clone(),
         };
-        if cached.is_current(&mut **db)? {
+        let fingerprint = match known {
+            // The same snapshot sees the same catalog rows: the fingerprint cannot have changed.
+            Some(k) if k.snapshot == snapshot => k.fingerprint,
+            _ => {
+                let (snapshot, fingerprint) = introspect::snapshot_fingerprint(&mut ***db, cached.oids())?;
+                let verified = VerifiedSnapshot { snapshot, fingerprint: fingerprint.clone() };
+                match self.verified.lock() {
+                    Ok(mut v) => *v = Some(verified),
+                    Err(p) => *p.into_inner() = Some(verified),
+                }
+                fingerprint
+            }
+        };
+        if fingerprint == cached.fingerprint() {
             return Ok(cached);
         }
-        let fresh = Arc::new(CatalogState::load(&mut **db, &self.settings.registry)?);
+        let fresh = Arc::new(CatalogState::load(&mut ***db, &self.settings.registry)?);
         crate::info!("schema changed", schema_version = fresh.version, schema_hash = fresh.schema.hash.clone());
         match self.catalog.write() {
             Ok(mut c) => *c = fresh.clone(),

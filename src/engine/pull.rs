@@ -14,9 +14,10 @@ use super::{CatalogState, Engine, EngineError};
 use crate::checksum::record_checksum;
 use crate::protocol::{BucketUpdate, DeleteEntry, PullRequest, PullResponse, Record};
 use crate::registry::SyncTable;
-use crate::store::changelog::{self, watermark, ChangelogEntry};
+use crate::store::changelog::{self, ChangelogEntry};
 use crate::store::clients;
 use crate::store::pool::StoreError;
+use crate::store::pull_probe::{self, PullProbeRequest, Retention};
 use crate::time::format_timestamp;
 use crate::types::{Op, UserId};
 
@@ -88,31 +89,12 @@ pub(crate) fn to_record(
     })
 }
 
-struct Staleness {
-    min_seq: i64,
-    compacted: i64,
-    reset: i64,
-}
-
-impl Staleness {
-    /// One round trip: the lowest changelog `seq` and both watermarks.
-    fn read(db: &mut impl GenericClient) -> Result<Staleness, StoreError> {
-        let row = db
-            .query_one(
-                "SELECT COALESCE((SELECT seq FROM sync_changelog ORDER BY seq LIMIT 1), 0),                         COALESCE((SELECT seq FROM synchro_watermarks WHERE name = $1), 0),                         COALESCE((SELECT seq FROM synchro_watermarks WHERE name = $2), 0)",
-                &[&watermark::COMPACTED_THROUGH, &watermark::HISTORY_RESET],
-            )
-            .map_err(StoreError::query("reading changelog retention"))?;
-        Ok(Staleness { min_seq: row.get(0), compacted: row.get(1), reset: row.get(2) })
-    }
-
-    /// Whether a client positioned at `cp` has missed compacted history.
-    fn behind_retention(&self, cp: i64) -> bool {
-        if self.compacted > 0 {
-            cp < self.compacted
-        } else {
-            cp > 0 && self.min_seq > 0 && cp < self.min_seq
-        }
+/// Whether a client positioned at `cp` has missed compacted history.
+fn behind_retention(r: &Retention, cp: i64) -> bool {
+    if r.compacted > 0 {
+        cp < r.compacted
+    } else {
+        cp > 0 && r.min_seq > 0 && cp < r.min_seq
     }
 }
 
@@ -127,12 +109,27 @@ impl Engine {
     /// One pull page.
     pub fn pull(&self, user: &UserId, req: &PullRequest) -> Result<PullResponse, EngineError> {
         let mut db = self.db()?;
-        let cat = self.catalog(&mut db)?;
-        Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
-        let client = clients::load(&mut *db, user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
-        let subs = client.subscriptions(user);
-        let stale = Staleness::read(&mut *db)?;
         let per_bucket = !req.bucket_checkpoints.is_empty();
+        // One round trip for the catalog snapshot, the client, retention and the first page.
+        let defaults = clients::default_subscriptions(user);
+        let map: Vec<(String, i64)> = req.bucket_checkpoints.iter().map(|(b, s)| (b.clone(), *s)).collect();
+        let probe = pull_probe::probe(
+            &mut db,
+            &PullProbeRequest {
+                user,
+                client_id: &req.client_id,
+                default_subscriptions: &defaults,
+                checkpoint: if per_bucket { 0 } else { req.checkpoint },
+                bucket_checkpoints: &map,
+                tables: &req.tables,
+                limit: req.limit + 1,
+            },
+        )?;
+        let cat = self.catalog_at(&mut db, &probe.snapshot)?;
+        Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
+        let client = probe.client.ok_or(EngineError::ClientNotRegistered)?;
+        let subs = client.subscriptions(user);
+        let stale = probe.retention;
         let empty = |checkpoint: i64| PullResponse {
             changes: vec![],
             deletes: vec![],
@@ -153,7 +150,7 @@ impl Engine {
                 .filter(|b| match req.bucket_checkpoints.get(*b) {
                     None => stale.min_seq > 0 || stale.compacted > 0,
                     // C12: after any compaction a bucket at 0 may have missed compacted rows.
-                    Some(&cp) => stale.behind_retention(cp) || (stale.reset > 0 && cp < stale.reset),
+                    Some(&cp) => behind_retention(&stale, cp) || (stale.reset > 0 && cp < stale.reset),
                 })
                 .cloned()
                 .collect();
@@ -166,7 +163,7 @@ impl Engine {
                 Some("initial_sync_required")
             } else if stale.reset > 0 && req.checkpoint < stale.reset {
                 Some("history_unavailable")
-            } else if stale.behind_retention(req.checkpoint) {
+            } else if behind_retention(&stale, req.checkpoint) {
                 Some("checkpoint_before_retention")
             } else {
                 None
@@ -181,16 +178,15 @@ impl Engine {
         };
         let from = positions.iter().map(|(_, p)| *p).min().unwrap_or(0);
 
-        // The page itself needs no transaction (the changelog has no RLS): empty pulls, the
-        // common case, cost one query here. Rows are hydrated in a read-only transaction with
-        // app.user_id set, so RLS policies apply to them.
-        let tables = (!req.tables.is_empty()).then_some(req.tables.as_slice());
-        let mut entries = changelog::read_page(&mut *db, &positions, tables, req.limit + 1)?;
+        // The page came with the probe and needs no transaction (the changelog has no RLS):
+        // empty pulls, the common case, end here. Rows are hydrated in a read-only transaction
+        // with app.user_id set, so RLS policies apply to them.
+        let mut entries = probe.page;
         let has_more = entries.len() as i64 > req.limit;
         entries.truncate(req.limit as usize);
         let Some(last) = entries.last() else {
             if pull_stamp_is_stale(&client) {
-                clients::touch_pull(&mut *db, user, &req.client_id)?;
+                clients::touch_pull(&mut **db, user, &req.client_id)?;
             }
             let checkpoint = if per_bucket { from } else { req.checkpoint };
             return Ok(PullResponse { bucket_updates: bucket_updates(&subs, &req.known_buckets), ..empty(checkpoint) });
@@ -217,14 +213,14 @@ impl Engine {
         let bookkeeping = (|| -> Result<(), StoreError> {
             if let Some(map) = &bucket_checkpoints {
                 let pairs: Vec<(String, i64)> = map.iter().map(|(b, s)| (b.clone(), *s)).collect();
-                clients::raise_bucket_checkpoints(&mut *db, user, &req.client_id, &pairs)?;
+                clients::raise_bucket_checkpoints(&mut **db, user, &req.client_id, &pairs)?;
             }
             if checkpoint > req.checkpoint {
                 // Also stamps last_pull_at.
-                return clients::advance_legacy(&mut *db, user, &req.client_id, checkpoint);
+                return clients::advance_legacy(&mut **db, user, &req.client_id, checkpoint);
             }
             if pull_stamp_is_stale(&client) {
-                clients::touch_pull(&mut *db, user, &req.client_id)?;
+                clients::touch_pull(&mut **db, user, &req.client_id)?;
             }
             Ok(())
         })();

@@ -220,7 +220,7 @@ impl Engine {
         let mut db = self.db()?;
         let cat = self.catalog(&mut db)?;
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
-        clients::load(&mut *db, user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        clients::load(&mut **db, user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
         let mut tx = db.transaction().map_err(StoreError::query("starting the push"))?;
         tx.execute("SELECT set_config('app.user_id', $1, true)", &[&user.as_str()])
             .map_err(StoreError::query("setting app.user_id"))?;
@@ -286,7 +286,7 @@ impl Engine {
             return Err(EngineError::Hook(why));
         }
         tx.commit().map_err(StoreError::query("committing the push"))?;
-        if let Err(e) = clients::touch_push(&mut *db, user, &req.client_id) {
+        if let Err(e) = clients::touch_push(&mut **db, user, &req.client_id) {
             crate::warn!("recording the push time failed", error = e.to_string());
         }
         Ok(PushResponse {

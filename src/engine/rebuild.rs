@@ -43,11 +43,11 @@ impl Engine {
         let mut db = self.db()?;
         let cat = self.catalog(&mut db)?;
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
-        let client = clients::load(&mut *db, user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        let client = clients::load(&mut **db, user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
         if !client.subscriptions(user).contains(&req.bucket_id) {
             return Err(EngineError::Forbidden(format!("bucket {} is not subscribed by this client", req.bucket_id)));
         }
-        let max_seq = changelog::max_seq(&mut *db)?;
+        let max_seq = changelog::max_seq(&mut **db)?;
         let (cp, after) = match req.cursor.as_deref().and_then(parse_cursor) {
             Some((Some(cp), t, r)) => {
                 if cp > max_seq {
@@ -95,8 +95,8 @@ impl Engine {
         tx.commit().map_err(StoreError::query("finishing the rebuild page"))?;
         let cursor = if has_more { members.last().map(|(t, r)| format!("{cp}:{t}|{r}")) } else { None };
         if !has_more {
-            clients::set_bucket_checkpoint(&mut *db, user, &req.client_id, &req.bucket_id, cp)?;
-            clients::reactivate(&mut *db, user, &req.client_id)?;
+            clients::set_bucket_checkpoint(&mut **db, user, &req.client_id, &req.bucket_id, cp)?;
+            clients::reactivate(&mut **db, user, &req.client_id)?;
         }
         Ok(RebuildResponse {
             records,
@@ -112,9 +112,9 @@ impl Engine {
     /// GET /sync/debug body.
     pub fn debug_json(&self, user: &UserId, client_id: &str) -> Result<Vec<u8>, EngineError> {
         let mut db = self.db()?;
-        let client = clients::load(&mut *db, user, client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        let client = clients::load(&mut **db, user, client_id)?.ok_or(EngineError::ClientNotRegistered)?;
         let mut buckets = Vec::new();
-        for (bucket, checkpoint) in clients::bucket_checkpoints(&mut *db, user, client_id)? {
+        for (bucket, checkpoint) in clients::bucket_checkpoints(&mut **db, user, client_id)? {
             let row = db
                 .query_one("SELECT count(*), BIT_XOR(checksum) FROM sync_bucket_edges WHERE bucket_id = $1", &[&bucket])
                 .map_err(StoreError::query("counting bucket members"))?;

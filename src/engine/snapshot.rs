@@ -76,9 +76,9 @@ impl Engine {
         let mut db = self.db()?;
         let cat = self.catalog(&mut db)?;
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
-        clients::load(&mut *db, user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        clients::load(&mut **db, user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
         let tables = cat.registry.dependency_order();
-        let max_seq = changelog::max_seq(&mut *db)?;
+        let max_seq = changelog::max_seq(&mut **db)?;
         let (mut idx, mut after, cp) = match &req.cursor {
             None => (0usize, String::new(), max_seq),
             Some(c) => {
@@ -116,9 +116,9 @@ impl Engine {
         let has_more = idx < tables.len();
         if !has_more {
             // A completed snapshot leaves the client with last_pull_at set (§6.5), even at cp 0.
-            clients::advance_legacy(&mut *db, user, &req.client_id, cp)?;
-            clients::touch_pull(&mut *db, user, &req.client_id)?;
-            clients::reactivate(&mut *db, user, &req.client_id)?;
+            clients::advance_legacy(&mut **db, user, &req.client_id, cp)?;
+            clients::touch_pull(&mut **db, user, &req.client_id)?;
+            clients::reactivate(&mut **db, user, &req.client_id)?;
         }
         Ok(SnapshotResponse {
             records,

@@ -63,22 +63,24 @@ pub fn read_page(
     let sql = format!("SELECT * FROM ({}) AS page ORDER BY seq LIMIT $1", parts.join(" UNION ALL "));
     // Typed parameters: one round trip (this is the hot path of every pull).
     let rows = db.query_typed(&sql, &params).map_err(StoreError::query("reading the changelog"))?;
-    rows.iter()
-        .map(|r| {
-            let code: i16 = r.get(4);
-            let op = Op::from_code(code).ok_or_else(|| StoreError::Corrupt {
-                detail: format!("sync_changelog row {} has operation {code}", r.get::<_, i64>(0)),
-            })?;
-            Ok(ChangelogEntry {
-                seq: Seq(r.get(0)),
-                bucket: r.get(1),
-                table: r.get(2),
-                record_id: r.get(3),
-                op,
-                created_at: r.get(5),
-            })
-        })
-        .collect()
+    rows.iter().map(|r| entry_from_row_at(r, 0)).collect()
+}
+
+/// The entry in the columns `seq, bucket_id, table_name, record_id, operation, created_at` that
+/// start at column `at` of `row`.
+pub(crate) fn entry_from_row_at(row: &postgres::Row, at: usize) -> Result<ChangelogEntry, StoreError> {
+    let code: i16 = row.get(at + 4);
+    let op = Op::from_code(code).ok_or_else(|| StoreError::Corrupt {
+        detail: format!("sync_changelog row {} has operation {code}", row.get::<_, i64>(at)),
+    })?;
+    Ok(ChangelogEntry {
+        seq: Seq(row.get(at)),
+        bucket: row.get(at + 1),
+        table: row.get(at + 2),
+        record_id: row.get(at + 3),
+        op,
+        created_at: row.get(at + 5),
+    })
 }
 
 /// `COALESCE(MIN(seq), 0)` and `COALESCE(MAX(seq), 0)` of the changelog.

@@ -67,23 +67,36 @@ pub struct Registration {
     pub app_version: String,
 }
 
-const CLIENT_COLUMNS: &str = "id::text, user_id, client_id, client_name, platform, app_version, bucket_subs, \
-     last_sync_at, last_pull_at, last_push_at, last_pull_seq, is_active";
+/// The columns [`client_from_row`] reads, in order (a literal for statements built with `concat!`).
+macro_rules! client_columns {
+    () => {
+        "id::text, user_id, client_id, client_name, platform, app_version, bucket_subs, \
+         last_sync_at, last_pull_at, last_push_at, last_pull_seq, is_active"
+    };
+}
+pub(crate) use client_columns;
+
+const CLIENT_COLUMNS: &str = client_columns!();
 
 fn client_from_row(row: &postgres::Row) -> ClientRow {
+    client_from_row_at(row, 0)
+}
+
+/// The client in the [`client_columns!`] that start at column `at` of `row`.
+pub(crate) fn client_from_row_at(row: &postgres::Row, at: usize) -> ClientRow {
     ClientRow {
-        id: row.get(0),
-        user_id: row.get(1),
-        client_id: row.get(2),
-        client_name: row.get(3),
-        platform: row.get(4),
-        app_version: row.get(5),
-        bucket_subs: row.get(6),
-        last_sync_at: row.get(7),
-        last_pull_at: row.get(8),
-        last_push_at: row.get(9),
-        last_pull_seq: row.get(10),
-        is_active: row.get(11),
+        id: row.get(at),
+        user_id: row.get(at + 1),
+        client_id: row.get(at + 2),
+        client_name: row.get(at + 3),
+        platform: row.get(at + 4),
+        app_version: row.get(at + 5),
+        bucket_subs: row.get(at + 6),
+        last_sync_at: row.get(at + 7),
+        last_pull_at: row.get(at + 8),
+        last_push_at: row.get(at + 9),
+        last_pull_seq: row.get(at + 10),
+        is_active: row.get(at + 11),
     }
 }
 

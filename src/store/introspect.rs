@@ -7,7 +7,7 @@ use std::fmt;
 use postgres::types::Type;
 use postgres::GenericClient;
 
-use super::pool::StoreError;
+use super::pool::{Session, StoreError};
 use crate::config::TableName;
 use crate::registry::{Column, ForeignKey, ParentLink, Registry, SyncTable, TimestampColumn};
 use crate::schema::{logical_type, Schema, SchemaError, TypeCatalog};
@@ -330,26 +330,60 @@ pub fn load_registry(db: &mut impl GenericClient, settings: &RegistrySettings) -
     Ok(registry)
 }
 
+/// The catalog fingerprint query over the relation oids in `$1` (see [`catalog_fingerprint`]),
+/// a literal for `concat!`. One index probe per relation and catalog: `oid = ANY (...)` made
+/// the planner scan all of `pg_class`.
+macro_rules! fingerprint_sql {
+    () => {
+        "SELECT md5(COALESCE(string_agg(x, '|' ORDER BY x), '')) FROM unnest($1::oid[]) AS r(o) CROSS JOIN LATERAL ( \
+           SELECT 'r' || oid || ':' || xmin AS x FROM pg_class WHERE oid = r.o \
+           UNION ALL SELECT 'a' || attrelid || ':' || attnum || ':' || xmin FROM pg_attribute \
+             WHERE attrelid = r.o AND attnum > 0 \
+           UNION ALL SELECT 'd' || adrelid || ':' || adnum || ':' || xmin FROM pg_attrdef WHERE adrelid = r.o \
+           UNION ALL SELECT 'c' || conrelid || ':' || oid || ':' || xmin FROM pg_constraint WHERE conrelid = r.o) s"
+    };
+}
+
 /// A fingerprint of everything in the catalog that shapes the registry of these relations:
 /// the row versions (`xmin`) of their `pg_class`, `pg_attribute`, `pg_attrdef` and
 /// `pg_constraint` rows. Any DDL on them writes new row versions, so the fingerprint changes
 /// with every column, type, nullability, default or constraint change, and when a relation is
-/// dropped. It reads only catalog indexes and renders nothing, so it is cheap per request.
+/// dropped. It reads only catalog indexes and renders nothing.
 pub fn catalog_fingerprint(db: &mut impl GenericClient, oids: &[Oid]) -> Result<String, StoreError> {
     let oids: Vec<u32> = oids.iter().map(|o| o.0).collect();
-    // Typed parameters: one round trip instead of prepare + execute (this runs per request).
+    // Typed parameters: one round trip instead of prepare + execute.
+    let rows = db
+        .query_typed(fingerprint_sql!(), &[(&oids, Type::OID_ARRAY)])
+        .map_err(StoreError::query("fingerprinting the catalog"))?;
+    rows.first().map(|r| r.get(0)).ok_or_else(|| StoreError::Corrupt { detail: "empty catalog fingerprint".into() })
+}
+
+/// The current MVCC snapshot as text (`pg_current_snapshot()`), one prepared round trip.
+///
+/// It lets callers skip [`catalog_fingerprint`] while the database is quiet: DDL writes catalog
+/// rows under a transaction id, and two snapshots with the same `xmin:xmax:xip` see the same set
+/// of committed transactions (no id was assigned since, every transaction that was running is
+/// still running), hence the same catalog rows and the same fingerprint. A busy database just
+/// pays for the fingerprint as before; nothing is ever served stale.
+pub fn current_snapshot(session: &mut Session) -> Result<String, StoreError> {
+    let rows = session
+        .query_cached("SELECT pg_current_snapshot()::text", &[], &[])
+        .map_err(StoreError::query("reading the current snapshot"))?;
+    rows.first().map(|r| r.get(0)).ok_or_else(|| StoreError::Corrupt { detail: "no current snapshot".into() })
+}
+
+/// The fingerprint of `oids` (see [`catalog_fingerprint`]) and the snapshot it was taken in, in
+/// one round trip, so the pair can be reused for as long as the snapshot does not move.
+pub fn snapshot_fingerprint(db: &mut impl GenericClient, oids: &[Oid]) -> Result<(String, String), StoreError> {
+    let oids: Vec<u32> = oids.iter().map(|o| o.0).collect();
     let rows = db
         .query_typed(
-            "SELECT md5(COALESCE(string_agg(x, '|' ORDER BY x), '')) FROM ( \
-               SELECT 'r' || oid || ':' || xmin AS x FROM pg_class WHERE oid = ANY ($1::oid[]) \
-               UNION ALL SELECT 'a' || attrelid || ':' || attnum || ':' || xmin FROM pg_attribute \
-                 WHERE attrelid = ANY ($1::oid[]) AND attnum > 0 \
-               UNION ALL SELECT 'd' || adrelid || ':' || adnum || ':' || xmin FROM pg_attrdef WHERE adrelid = ANY ($1::oid[]) \
-               UNION ALL SELECT 'c' || conrelid || ':' || oid || ':' || xmin FROM pg_constraint WHERE conrelid = ANY ($1::oid[])) s",
+            concat!("SELECT pg_current_snapshot()::text, (", fingerprint_sql!(), ")"),
             &[(&oids, Type::OID_ARRAY)],
         )
         .map_err(StoreError::query("fingerprinting the catalog"))?;
-    rows.first().map(|r| r.get(0)).ok_or_else(|| StoreError::Corrupt { detail: "empty catalog fingerprint".into() })
+    let row = rows.first().ok_or_else(|| StoreError::Corrupt { detail: "empty catalog fingerprint".into() })?;
+    Ok((row.get(0), row.get(1)))
 }
 
 /// Advisory lock serialising manifest updates across instances (§4.6).

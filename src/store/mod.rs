@@ -7,3 +7,4 @@ pub mod introspect;
 pub mod migrations;
 pub mod pool;
 pub mod publication;
+pub mod pull_probe;

@@ -1,10 +1,14 @@
 //! The connection pool every HTTP worker and background job draws from, and the store error
 //! type with its transient/permanent classification (contract §3.2, C13).
 
+use std::collections::HashMap;
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use postgres::error::SqlState;
+use postgres::types::Type;
+use postgres::Statement;
 use r2d2_postgres::PostgresConnectionManager;
 
 use crate::pgurl;
@@ -18,9 +22,102 @@ pub type Connector = crate::tls::MakeRustlsConnect;
 pub type Connector = postgres::NoTls;
 
 /// The pool type.
-pub type Pool = r2d2::Pool<PostgresConnectionManager<Connector>>;
+pub type Pool = r2d2::Pool<SessionManager>;
 /// A connection checked out of the pool.
-pub type PooledClient = r2d2::PooledConnection<PostgresConnectionManager<Connector>>;
+pub type PooledClient = r2d2::PooledConnection<SessionManager>;
+
+/// A pooled PostgreSQL session: the client and the statements prepared on it.
+///
+/// The hot statements (the pull's opening probe, the catalog check) are parsed and planned once
+/// per session instead of once per request: on a busy server PostgreSQL spent more time parsing
+/// and planning them than running them. It dereferences to [`postgres::Client`], so everything
+/// else uses the session as a plain client (`&mut **db` where a `GenericClient` is wanted).
+pub struct Session {
+    client: postgres::Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl Session {
+    /// Wraps a connected client.
+    pub fn new(client: postgres::Client) -> Session {
+        Session { client, statements: HashMap::new() }
+    }
+
+    /// Runs `sql`, prepared with `types` the first time this session sees it. A cached
+    /// statement the server no longer accepts (its plan's result type changed after DDL on a
+    /// table it reads, or it was deallocated) is prepared afresh and run once more.
+    pub fn query_cached(
+        &mut self,
+        sql: &'static str,
+        types: &[Type],
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>, postgres::Error> {
+        let statement = self.statement(sql, types)?;
+        match self.client.query(&statement, params) {
+            Err(e) if is_stale_statement(&e) => {
+                self.statements.remove(sql);
+                let statement = self.statement(sql, types)?;
+                self.client.query(&statement, params)
+            }
+            other => other,
+        }
+    }
+
+    fn statement(&mut self, sql: &'static str, types: &[Type]) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare_typed(sql, types)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+}
+
+/// `cached plan must not change result type` (0A000) or an unknown prepared statement (26000).
+fn is_stale_statement(e: &postgres::Error) -> bool {
+    matches!(e.code(), Some(c) if *c == SqlState::FEATURE_NOT_SUPPORTED || *c == SqlState::INVALID_SQL_STATEMENT_NAME)
+}
+
+impl Deref for Session {
+    type Target = postgres::Client;
+
+    fn deref(&self) -> &postgres::Client {
+        &self.client
+    }
+}
+
+impl DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        &mut self.client
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").field("prepared", &self.statements.len()).finish_non_exhaustive()
+    }
+}
+
+/// Opens [`Session`]s for the pool (r2d2_postgres's manager underneath).
+#[derive(Debug)]
+pub struct SessionManager(PostgresConnectionManager<Connector>);
+
+impl r2d2::ManageConnection for SessionManager {
+    type Connection = Session;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<Session, postgres::Error> {
+        self.0.connect().map(Session::new)
+    }
+
+    fn is_valid(&self, session: &mut Session) -> Result<(), postgres::Error> {
+        self.0.is_valid(&mut session.client)
+    }
+
+    fn has_broken(&self, session: &mut Session) -> bool {
+        self.0.has_broken(&mut session.client)
+    }
+}
 
 /// A store-layer failure, with what we were doing.
 #[derive(Debug)]
@@ -185,7 +282,7 @@ fn connector(_tls: &TlsSettings) -> Result<Connector, StoreError> {
 /// shows up as 503s rather than a refusal to start.
 pub fn connect_pool(url: &str, max_size: u32) -> Result<Pool, StoreError> {
     let (config, connector) = pg_config(url)?;
-    let manager = PostgresConnectionManager::new(config, connector);
+    let manager = SessionManager(PostgresConnectionManager::new(config, connector));
     let pool = r2d2::Pool::builder()
         .max_size(max_size.max(1))
         .min_idle(Some(0))

@@ -120,6 +120,34 @@ fn ddl_is_seen_by_the_next_request_and_the_version_only_moves_with_the_hash() {
 }
 
 #[test]
+fn ddl_after_repeated_pulls_on_a_quiet_database_is_seen_by_the_next_pull() {
+    // Repeated pulls with no write in between reuse the fingerprint of an unchanged snapshot;
+    // the DDL's transaction moves the snapshot, so the next pull must still get 409.
+    let db = TestDb::new();
+    db.execute("CREATE TABLE items (id uuid PRIMARY KEY, title text NOT NULL DEFAULT '', updated_at timestamptz NOT NULL DEFAULT now(), deleted_at timestamptz)");
+    let server = start(&db, &[("SYNC_TABLES", "items")]);
+    let v1 = get(server.addr, "/sync/schema", USER).json();
+    let reg = post(server.addr, "/sync/register", USER, br#"{"client_id":"d1","schema_version":0,"schema_hash":""}"#);
+    assert_eq!(reg.status, 200);
+    let pull = format!(
+        r#"{{"client_id":"d1","schema_version":{},"schema_hash":{}}}"#,
+        v1["schema_version"], v1["schema_hash"]
+    );
+    for _ in 0..3 {
+        assert_eq!(post(server.addr, "/sync/pull", USER, pull.as_bytes()).status, 200);
+    }
+    db.execute("ALTER TABLE items ALTER COLUMN title DROP NOT NULL");
+    let r = post(server.addr, "/sync/pull", USER, pull.as_bytes());
+    assert_eq!(r.status, 409);
+    let body = r.json();
+    assert_eq!(body["code"], "schema_mismatch");
+    assert_ne!(body["server_schema_hash"], v1["schema_hash"]);
+    let schema = get(server.addr, "/sync/schema", USER).json();
+    assert_eq!(schema["schema_hash"], body["server_schema_hash"]);
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
 fn concurrent_starts_agree_on_the_schema_version() {
     let db = TestDb::new();
     db.execute("CREATE TABLE items (id int PRIMARY KEY, title text)");
