@@ -380,9 +380,10 @@ mod imp {
         type TlsConnect = RustlsConnect;
         type Error = io::Error;
 
+        /// Called before connecting, also for Unix sockets (empty `domain`), which never reach
+        /// the handshake: a bad name only fails a handshake that is actually attempted.
         fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, io::Error> {
-            let name = ServerName::try_from(domain.to_string())
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("TLS server name {domain:?}: {e}")))?;
+            let name = ServerName::try_from(domain.to_string()).map_err(|e| format!("TLS server name {domain:?}: {e}"));
             Ok(RustlsConnect { config: self.config.clone(), name })
         }
     }
@@ -390,7 +391,7 @@ mod imp {
     /// One pending handshake.
     pub struct RustlsConnect {
         config: Arc<ClientConfig>,
-        name: ServerName<'static>,
+        name: Result<ServerName<'static>, String>,
     }
 
     type Handshake<S> = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
@@ -405,7 +406,10 @@ mod imp {
 
         fn connect(self, stream: S) -> Handshake<S> {
             let connector = tokio_rustls::TlsConnector::from(self.config);
-            Box::pin(async move { connector.connect(self.name, stream).await.map(RustlsStream) })
+            Box::pin(async move {
+                let name = self.name.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                connector.connect(name, stream).await.map(RustlsStream)
+            })
         }
     }
 

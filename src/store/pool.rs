@@ -253,7 +253,12 @@ pub fn pg_config(url: &str) -> Result<(postgres::Config, Connector), StoreError>
     let bad = |detail: String| StoreError::BadUrl { detail };
     let mut params = pgurl::parse(url).map_err(|e| bad(e.to_string()))?;
     let tls = TlsSettings::from_params(&params).map_err(|e| bad(e.to_string()))?;
-    let crate_mode = if tls.mode.requires_tls() { "require" } else { tls.mode.as_str() };
+    // libpq never uses TLS over a Unix socket; neither do we.
+    let crate_mode = match (&params.host, tls.mode.requires_tls()) {
+        (pgurl::Host::UnixDir(_), _) => "disable",
+        (_, true) => "require",
+        (_, false) => tls.mode.as_str(),
+    };
     params.set_param("sslmode", Some(crate_mode));
     params.set_param("sslrootcert", None);
     let mut config: postgres::Config = params.to_conninfo().parse().map_err(|e: postgres::Error| bad(e.to_string()))?;

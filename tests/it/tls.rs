@@ -185,6 +185,16 @@ fn require_against_a_server_without_tls_fails_cleanly() {
         Err(ReplError::Tls(e)) => assert!(e.to_string().contains("does not support TLS"), "{e}"),
         other => panic!("expected NotOffered, got {:?}", other.err().map(|e| e.to_string())),
     }
+    // Unix sockets never use TLS (as libpq), whatever sslmode says.
+    for mode in ["prefer", "require"] {
+        let unix = format!(
+            "host={} port={} user=postgres dbname={} sslmode={mode}",
+            db.cluster.socket_dir().display(),
+            db.cluster.port(),
+            db.name
+        );
+        assert_eq!(pool_ssl(&unix), Ok(false), "{mode} over a Unix socket");
+    }
     // prefer falls back to plaintext.
     let u = format!("{}?sslmode=prefer", db.url());
     assert_eq!(pool_ssl(&u), Ok(false));
