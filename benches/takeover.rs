@@ -1,0 +1,160 @@
+//! Capture takeover benchmark: three synchrod processes on one database under a steady write
+//! load; the capture leader is killed with SIGKILL `BENCH_KILLS` times (default 20) and each
+//! takeover is timed from the kill until another instance reports itself leader and streaming
+//! (`/metrics`), and until a row committed right after the kill is in the changelog. At the end
+//! every row written during the run must be in the changelog exactly once.
+//!
+//! `cargo bench --bench takeover`
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postgres::{Client, NoTls};
+use synchro::cluster::{free_port, ClusterOptions, LocalCluster};
+
+const DB: &str = "bench";
+
+struct Instance {
+    port: u16,
+    child: Child,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(cluster: &LocalCluster, port: u16) -> Instance {
+    let child = Command::new(env!("CARGO_BIN_EXE_synchrod"))
+        .env("DATABASE_URL", cluster.url(DB))
+        .env("SYNC_TABLES", "events")
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("LOG_LEVEL", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn synchrod");
+    Instance { port, child }
+}
+
+fn gauge(port: u16, name: &str) -> Option<f64> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn is_leader(port: u16) -> bool {
+    gauge(port, "synchro_capture_leader") == Some(1.0) && gauge(port, "synchro_capture_streaming") == Some(1.0)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn captured(c: &mut Client, id: i64) -> bool {
+    c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM sync_changelog WHERE table_name = 'events' AND record_id = $1)",
+        &[&id.to_string()],
+    )
+    .map(|r| r.get(0))
+    .unwrap_or(false)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let kills: usize = std::env::var("BENCH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let dir = std::env::temp_dir().join(format!("synchro-bench-takeover-{}", std::process::id()));
+    let mut opts = ClusterOptions::new(&dir);
+    opts.fast_unsafe = true;
+    let cluster = LocalCluster::start(&opts).expect("cluster");
+    cluster.stop_when_process_exits(std::process::id(), true).expect("watchdog");
+    cluster.psql("postgres", &format!("CREATE DATABASE {DB}")).expect("db");
+    cluster.psql(DB, "CREATE TABLE events (id bigint PRIMARY KEY, user_id text)").expect("schema");
+    let mut c = Client::connect(&cluster.url(DB), NoTls).expect("connect");
+    println!("synchro capture takeover benchmark ({kills} kills of the leader among 3 instances, steady writes)");
+
+    let mut instances: Vec<Instance> = (0..3).map(|_| spawn(&cluster, free_port().unwrap())).collect();
+    wait_until("a leader", Duration::from_secs(60), || instances.iter().filter(|i| is_leader(i.port)).count() == 1);
+
+    // About 500 single-row transactions per second for the whole run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicI64::new(1));
+    let load = {
+        let (stop, next, url) = (stop.clone(), next.clone(), cluster.url(DB));
+        std::thread::spawn(move || {
+            let mut w = Client::connect(&url, NoTls).expect("connect");
+            while !stop.load(Ordering::Acquire) {
+                let id = next.fetch_add(1, Ordering::AcqRel);
+                w.execute("INSERT INTO events VALUES ($1, 'u')", &[&id]).expect("insert");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+
+    let mut elected = Vec::new();
+    let mut first_row = Vec::new();
+    for _ in 0..kills {
+        std::thread::sleep(Duration::from_millis(500));
+        let leader = instances.iter().position(|i| is_leader(i.port)).expect("a leader");
+        let killed_at = Instant::now();
+        instances[leader].child.kill().expect("kill");
+        let _ = instances[leader].child.wait();
+        let probe = next.load(Ordering::Acquire) + 1;
+        wait_until("a new leader", Duration::from_secs(30), || {
+            instances.iter().enumerate().any(|(i, inst)| i != leader && is_leader(inst.port))
+        });
+        elected.push(killed_at.elapsed().as_secs_f64() * 1000.0);
+        wait_until("a row written after the kill", Duration::from_secs(30), || captured(&mut c, probe));
+        first_row.push(killed_at.elapsed().as_secs_f64() * 1000.0);
+        let port = instances[leader].port;
+        instances[leader] = spawn(&cluster, port);
+        wait_until("the restarted standby", Duration::from_secs(30), || {
+            gauge(port, "synchro_capture_leader") == Some(0.0)
+        });
+    }
+    stop.store(true, Ordering::Release);
+    load.join().expect("load thread");
+    let last = next.load(Ordering::Acquire) - 1;
+    wait_until("the last row", Duration::from_secs(60), || captured(&mut c, last));
+    let row = c
+        .query_one("SELECT count(DISTINCT record_id), count(*) FROM sync_changelog WHERE table_name = 'events'", &[])
+        .expect("count");
+    let (distinct, total): (i64, i64) = (row.get(0), row.get(1));
+
+    elected.sort_by(f64::total_cmp);
+    first_row.sort_by(f64::total_cmp);
+    println!(
+        "kill -> new leader streaming: p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms (target < 2000 ms)",
+        pct(&elected, 0.5),
+        pct(&elected, 0.9),
+        pct(&elected, 1.0)
+    );
+    println!(
+        "kill -> first row written after the kill in the changelog: p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms",
+        pct(&first_row, 0.5),
+        pct(&first_row, 0.9),
+        pct(&first_row, 1.0)
+    );
+    println!(
+        "changelog integrity: {last} rows written, {distinct} captured, {} duplicates, {} missing",
+        total - distinct,
+        last - distinct
+    );
+    assert_eq!((distinct, total), (last, last), "every row exactly once");
+}
