@@ -101,7 +101,8 @@ impl WriterConfig {
             database_url: database_url.to_string(),
             slot_name: slot_name.to_string(),
             max_batch_rows: 5000,
-            max_batch_delay: Duration::from_millis(50),
+            // Bounds commit -> changelog latency under a steady trickle of changes.
+            max_batch_delay: Duration::from_millis(20),
             chunk_rows: 1000,
             checksum: crate::checksum::record_checksum,
         }
