@@ -80,6 +80,8 @@ fn main() {
     let mut opts = ClusterOptions::new(&dir);
     opts.fast_unsafe = true;
     opts.extra_conf.push("max_wal_size = '4GB'".into());
+    // Where the writer's time goes (printed after the ingest).
+    opts.extra_conf.push("shared_preload_libraries = 'pg_stat_statements'".into());
     let cluster = LocalCluster::start(&opts).expect("cluster");
     cluster.stop_when_process_exits(std::process::id(), true).expect("watchdog");
     cluster.psql("postgres", &format!("CREATE DATABASE {DB}")).expect("db");
@@ -87,7 +89,8 @@ fn main() {
     c.batch_execute(
         "CREATE TABLE items (id bigint PRIMARY KEY, user_id text NOT NULL, n int NOT NULL);
          CREATE TABLE events (id bigint PRIMARY KEY, sent_at timestamptz DEFAULT clock_timestamp());
-         CREATE PUBLICATION bench_pub FOR TABLE items, events;",
+         CREATE PUBLICATION bench_pub FOR TABLE items, events;
+         CREATE EXTENSION IF NOT EXISTS pg_stat_statements;",
     )
     .unwrap();
     println!(
@@ -133,6 +136,7 @@ fn main() {
     assert!(status.success());
     let baseline = started.elapsed();
 
+    c.execute("SELECT pg_stat_statements_reset()", &[]).unwrap();
     let started = Instant::now();
     let child = spawn_synchrod(&cluster, "bench_slot");
     wait_until("synchrod to ingest the workload", Duration::from_secs(1800), || marker_seen(&mut c, 1));
@@ -144,6 +148,18 @@ fn main() {
         our_rate, ours.as_secs_f64(), base_rate, baseline.as_secs_f64(), our_rate / base_rate
     );
     stop(child);
+    println!("  writer statements during the ingest (pg_stat_statements, by total time):");
+    for r in c
+        .query(
+            "SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements \
+             WHERE query NOT ILIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC LIMIT 8",
+            &[],
+        )
+        .unwrap()
+    {
+        let (calls, ms, n, q): (i64, f64, i64, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
+        println!("    {ms:>9.0} ms  {calls:>6} calls  {n:>8} rows  {q}");
+    }
 
     // 2. One-row transactions.
     let singles: i64 = 10_000;

@@ -14,7 +14,7 @@
 //!   checksum hydration would emit for the current row (C6).
 //! * The writer is the only writer of the changelog, so `seq` order is commit order.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -409,22 +409,28 @@ pub(crate) fn plan_chunk(
     }
     keys.sort();
     keys.dedup();
-    let tables: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
-    let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    let mut by_table: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (table, id) in &keys {
+        by_table.entry(table.as_str()).or_default().push(id.as_str());
+    }
     let mut initial: HashMap<RecordKey, BTreeSet<String>> = HashMap::new();
     let mut stored_sums: HashMap<(RecordKey, String), Option<i32>> = HashMap::new();
-    for r in db
-        .query(
-            "SELECT e.table_name, e.record_id, e.bucket_id, e.checksum FROM sync_bucket_edges e \
-             JOIN unnest($1::text[], $2::text[]) AS k(t, r) ON e.table_name = k.t AND e.record_id = k.r",
-            &[&tables, &ids],
-        )
-        .map_err(StoreError::query("reading bucket edges"))?
-    {
-        let key: RecordKey = (r.get(0), r.get(1));
-        let bucket: String = r.get(2);
-        initial.entry(key.clone()).or_default().insert(bucket.clone());
-        stored_sums.insert((key, bucket), r.get(3));
+    for (&table, ids) in &by_table {
+        // `= ANY` on the primary key's prefix: an index scan whatever the statistics say (a
+        // join against unnest() was planned as a hash join over the whole, growing table while
+        // its statistics were stale).
+        for r in db
+            .query(
+                "SELECT record_id, bucket_id, checksum FROM sync_bucket_edges WHERE table_name = $1 AND record_id = ANY ($2)",
+                &[&table, ids],
+            )
+            .map_err(StoreError::query("reading bucket edges"))?
+        {
+            let key: RecordKey = (table.to_string(), r.get(0));
+            let bucket: String = r.get(1);
+            initial.entry(key.clone()).or_default().insert(bucket.clone());
+            stored_sums.insert((key, bucket), r.get(2));
+        }
     }
     // Owners for every change that may need an assignment, in one pass.
     let needs: Vec<&RowChange> = chunk.iter().collect();
