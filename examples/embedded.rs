@@ -49,6 +49,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         api: Arc::new(EngineApi::new(engine.clone(), Some(capture.status.clone()), &config.slot_name)),
         auth: Arc::new(SessionAuth),
         gate: VersionGate::new(&config.min_client_version),
+        // Plug the application's own rate limits or maintenance switch in here.
+        admission: Arc::new(synchro::http::AdmitAll),
     };
 
     // The application's own server and routes.

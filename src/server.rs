@@ -247,6 +247,7 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
         api: Arc::new(EngineApi::new(engine.clone(), Some(capture.status.clone()), &config.slot_name)),
         auth,
         gate: VersionGate::new(&config.min_client_version),
+        admission: Arc::new(crate::http::AdmitAll),
     };
     let http = HttpServer::start(http, router)
         .map_err(|source| ServerError::Listen { addr: config.listen_addr.clone(), source })?;

@@ -7,6 +7,7 @@
 //! `catch_unwind`, which applies the contract's processing order (§1.1) and calls the
 //! [`SyncApi`] the composition root supplies.
 
+pub mod admission;
 pub mod auth;
 pub mod routes;
 pub mod server;
@@ -17,6 +18,7 @@ use serde_json::{Map, Value};
 
 use crate::types::UserId;
 
+pub use admission::{Admission, AdmissionPolicy, AdmitAll};
 pub use auth::{AuthFailure, Authenticator, HeaderAuthenticator, JwtSecretAuthenticator};
 pub use server::{HttpConfig, HttpServer};
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{ApiError, AuthFailure, Authenticator, Reply, SyncApi};
+use super::{AdmissionPolicy, ApiError, AuthFailure, Authenticator, Reply, SyncApi};
 use crate::version::VersionGate;
 
 /// The endpoints of the contract.
@@ -105,6 +105,8 @@ pub struct Router {
     pub auth: Arc<dyn Authenticator>,
     /// `MIN_CLIENT_VERSION`.
     pub gate: VersionGate,
+    /// The embedder's rate-limit / maintenance policy ([`super::AdmitAll`] by default).
+    pub admission: Arc<dyn AdmissionPolicy>,
 }
 
 /// Parses a body per §0.2: the first JSON value must be an object; bytes after it are ignored.
@@ -221,6 +223,10 @@ impl Router {
         if req.method != endpoint.method() {
             return (Some(endpoint), Reply::error(405, "method not allowed").with_header("Allow", endpoint.method()));
         }
+        if let Some(refusal) = self.admission.admit(&user, endpoint).refusal() {
+            crate::debug!("request not admitted by the admission policy", endpoint = endpoint.name());
+            return (Some(endpoint), refusal.reply());
+        }
         let result = match endpoint {
             Endpoint::Tables => self.api.tables(&user),
             Endpoint::Schema => self.api.schema(&user),
@@ -283,7 +289,12 @@ mod tests {
         }
         struct Api;
         impl SyncApi for Api {}
-        let router = Router { api: Arc::new(Api), auth: Arc::new(KeysMissing), gate: VersionGate::new("") };
+        let router = Router {
+            api: Arc::new(Api),
+            auth: Arc::new(KeysMissing),
+            gate: VersionGate::new(""),
+            admission: Arc::new(super::super::AdmitAll),
+        };
         let mut read_body = || Ok(Vec::new());
         let mut req = Incoming { method: "GET", url: "/sync/tables", header: &|_| None, read_body: &mut read_body };
         let (_, reply) = router.handle(&mut req);

@@ -45,6 +45,15 @@ impl SyncApi for Stub {
 }
 
 fn start(threads: usize, queue: usize, min_version: &str) -> (HttpServer, Arc<Stub>, crossbeam_channel::Sender<()>) {
+    start_with(threads, queue, min_version, Arc::new(synchro::http::AdmitAll))
+}
+
+fn start_with(
+    threads: usize,
+    queue: usize,
+    min_version: &str,
+    admission: Arc<dyn synchro::http::AdmissionPolicy>,
+) -> (HttpServer, Arc<Stub>, crossbeam_channel::Sender<()>) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let stub = Arc::new(Stub { gate: Mutex::new(Some(rx)), blocked: AtomicUsize::new(0) });
     let mut config = HttpConfig::new("127.0.0.1:0".parse().unwrap());
@@ -52,7 +61,12 @@ fn start(threads: usize, queue: usize, min_version: &str) -> (HttpServer, Arc<St
     config.queue = queue;
     config.max_body_bytes = 12 << 20;
     config.idle_timeout = Duration::from_secs(2);
-    let router = Router { api: stub.clone(), auth: Arc::new(HeaderAuthenticator), gate: VersionGate::new(min_version) };
+    let router = Router {
+        api: stub.clone(),
+        auth: Arc::new(HeaderAuthenticator),
+        gate: VersionGate::new(min_version),
+        admission,
+    };
     (HttpServer::start(config, router).unwrap(), stub, tx)
 }
 
@@ -255,4 +269,52 @@ fn idle_keep_alive_connections_are_closed_by_the_server() {
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(8), "closed after {waited:?}");
     server.shutdown(Duration::from_secs(5));
+}
+
+/// An embedder policy: a per-user budget and a maintenance switch.
+struct Policy {
+    maintenance: std::sync::atomic::AtomicBool,
+    budget: AtomicUsize,
+}
+
+impl synchro::http::AdmissionPolicy for Policy {
+    fn admit(&self, user: &UserId, endpoint: synchro::http::routes::Endpoint) -> synchro::http::Admission {
+        use synchro::http::Admission;
+        if self.maintenance.load(Ordering::SeqCst) {
+            return Admission::Unavailable { retry_after: 30 };
+        }
+        if user.as_str() == "alice" && endpoint.name() == "pull" {
+            let left = self.budget.load(Ordering::SeqCst);
+            if left == 0 {
+                return Admission::TooManyRequests { retry_after: 7 };
+            }
+            self.budget.store(left - 1, Ordering::SeqCst);
+        }
+        Admission::Admit
+    }
+}
+
+#[test]
+fn an_embedder_admission_policy_limits_and_pauses_sync_requests() {
+    let policy = Arc::new(Policy { maintenance: false.into(), budget: AtomicUsize::new(2) });
+    let (server, _stub, tx) = start_with(2, 16, "", policy.clone());
+    drop(tx);
+    let addr = server.local_addr();
+    for _ in 0..2 {
+        assert_eq!(post(addr, "/sync/pull", USER, PULL.as_bytes()).status, 200);
+    }
+    let r = post(addr, "/sync/pull", USER, PULL.as_bytes());
+    assert_eq!((r.status, r.header("retry-after")), (429, Some("7")));
+    assert_eq!(r.json()["retry_after"], 7);
+    // Other users and endpoints are not affected by alice's budget.
+    assert_eq!(post(addr, "/sync/pull", "X-User-ID: bob\r\n", PULL.as_bytes()).status, 200);
+    assert_eq!(get(addr, "/sync/schema", USER).status, 200);
+    // Maintenance: every sync request 503 + Retry-After; health and metrics still answer.
+    policy.maintenance.store(true, Ordering::SeqCst);
+    let r = get(addr, "/sync/schema", "X-User-ID: bob\r\n");
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("30")));
+    assert_eq!(get(addr, "/healthz", "").status, 200);
+    // Unauthenticated requests are refused before the policy is asked.
+    assert_eq!(get(addr, "/sync/schema", "").status, 401);
+    server.shutdown(Duration::from_secs(2));
 }

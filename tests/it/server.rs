@@ -172,12 +172,20 @@ fn concurrent_starts_agree_on_the_schema_version() {
 }
 
 #[test]
-fn healthz_follows_postgresql_availability() {
+fn healthz_follows_postgresql_availability_and_no_push_is_lost_across_an_outage() {
     let cluster = private_cluster();
     let db = TestDb::on(&cluster);
-    db.execute("CREATE TABLE items (id int PRIMARY KEY)");
+    db.execute("CREATE TABLE items (id text PRIMARY KEY, user_id text, title text, updated_at timestamptz NOT NULL DEFAULT now())");
     let server = start(&db, &[("SYNC_TABLES", "items")]);
     assert_eq!(get(server.addr, "/healthz", "").status, 200);
+    let r = post(server.addr, "/sync/register", USER, br#"{"client_id":"d","schema_version":0,"schema_hash":""}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let schema = get(server.addr, "/sync/schema", USER).json();
+    let push = format!(
+        r#"{{"client_id":"d","schema_version":{},"schema_hash":{},"changes":[{{"id":"p1","table_name":"items","operation":"create","client_updated_at":"2026-03-05T11:00:00.000Z","data":{{"id":"p1","title":"written during the outage"}}}}]}}"#,
+        schema["schema_version"], schema["schema_hash"]
+    );
+    let push = push.as_bytes();
     cluster.stop().unwrap();
     let r = get(server.addr, "/healthz", "");
     assert_eq!((r.status, r.body.as_str()), (503, r#"{"status":"unavailable"}"#));
@@ -185,6 +193,8 @@ fn healthz_follows_postgresql_availability() {
     let r = post(server.addr, "/sync/register", USER, br#"{"client_id":"d","schema_version":0,"schema_hash":""}"#);
     assert_eq!((r.status, r.header("retry-after")), (503, Some("5")));
     assert_eq!(r.json()["retry_after"], 5);
+    let r = post(server.addr, "/sync/push", USER, push);
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("5")), "{}", r.body);
     cluster.start_again().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -194,8 +204,13 @@ fn healthz_follows_postgresql_availability() {
         assert!(Instant::now() < deadline, "healthz never recovered");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let r = post(server.addr, "/sync/register", USER, br#"{"client_id":"d","schema_version":0,"schema_hash":""}"#);
-    assert_eq!(r.status, 200);
+    // The client retries the refused push: it is applied exactly once.
+    let r = post(server.addr, "/sync/push", USER, push);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["accepted"].as_array().map(Vec::len), Some(1), "{}", r.body);
+    let n: i64 =
+        db.client().query_one("SELECT count(*) FROM items WHERE id = 'p1' AND user_id = 'alice'", &[]).unwrap().get(0);
+    assert_eq!(n, 1);
     server.shutdown(Duration::from_secs(5));
 }
 
