@@ -1,0 +1,166 @@
+//! Scale-out benchmark: empty incremental pulls from 64 keep-alive clients spread over 1, 2 and 3
+//! synchrod processes sharing one database (one of them is the capture leader, the others
+//! stand by). On a 2-core machine this shows the cost of the extra processes more than a gain;
+//! the point of several instances there is availability (see `cargo bench --bench takeover`).
+//!
+//! `cargo bench --bench scaleout`
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use synchro::cluster::{free_port, ClusterOptions, LocalCluster};
+
+const DB: &str = "bench";
+const CLIENTS: usize = 64;
+
+struct Instance {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(cluster: &LocalCluster, threads: usize) -> Instance {
+    let port = free_port().expect("port");
+    let child = Command::new(env!("CARGO_BIN_EXE_synchrod"))
+        .env("DATABASE_URL", cluster.url(DB))
+        .env("SYNC_TABLES", "tasks,comments,categories")
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("HTTP_THREADS", threads.to_string())
+        .env("LOG_LEVEL", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn synchrod");
+    Instance { addr: format!("127.0.0.1:{port}").parse().expect("addr"), child }
+}
+
+/// A keep-alive HTTP/1.1 connection.
+struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn new(addr: SocketAddr) -> Option<Conn> {
+        let s = TcpStream::connect(addr).ok()?;
+        s.set_nodelay(true).ok()?;
+        Some(Conn { s, buf: Vec::with_capacity(16 * 1024) })
+    }
+
+    fn call(&mut self, method: &str, path: &str, user: &str, body: &str) -> (u16, Vec<u8>) {
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: b\r\nX-User-ID: {user}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.s.write_all(req.as_bytes()).expect("write");
+        self.buf.clear();
+        let mut chunk = [0u8; 16384];
+        loop {
+            let n = self.s.read(&mut chunk).expect("read");
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+                let status: u16 = head[9..12].parse().expect("status");
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse().ok()))
+                    .unwrap_or(0);
+                while self.buf.len() < end + 4 + len {
+                    let n = self.s.read(&mut chunk).expect("read");
+                    assert!(n > 0);
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                return (status, self.buf[end + 4..end + 4 + len].to_vec());
+            }
+        }
+    }
+}
+
+fn wait_healthy(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(mut c) = Conn::new(addr) {
+            if c.call("GET", "/healthz", "", "").0 == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "instance at {addr} never became healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn main() {
+    let dir = std::env::temp_dir().join(format!("synchro-bench-scaleout-{}", std::process::id()));
+    let mut opts = ClusterOptions::new(&dir);
+    opts.fast_unsafe = true;
+    let cluster = LocalCluster::start(&opts).expect("cluster");
+    cluster.stop_when_process_exits(std::process::id(), true).expect("watchdog");
+    cluster.psql("postgres", &format!("CREATE DATABASE {DB}")).expect("db");
+    cluster.psql(DB, synchro::dev::DEMO_SCHEMA).expect("schema");
+    println!("synchro scale-out benchmark ({CLIENTS} clients, empty pulls, 8 HTTP workers in all, 2 cores)");
+
+    for n in 1..=3usize {
+        let threads = (8 / n).max(2);
+        let instances: Vec<Instance> = (0..n).map(|_| spawn(&cluster, threads)).collect();
+        for i in &instances {
+            wait_healthy(i.addr);
+        }
+        // Register and bootstrap every client (through the first instance; they share the database).
+        let mut admin = Conn::new(instances[0].addr).expect("connect");
+        let (_, schema) = admin.call("GET", "/sync/schema", "u0", "");
+        let schema: Value = serde_json::from_slice(&schema).expect("schema");
+        let (v, h) = (schema["schema_version"].clone(), schema["schema_hash"].clone());
+        let mut checkpoints = Vec::new();
+        for i in 0..CLIENTS {
+            let user = format!("u{i}");
+            let body = json!({"client_id": "c", "schema_version": v, "schema_hash": h}).to_string();
+            assert_eq!(admin.call("POST", "/sync/register", &user, &body).0, 200);
+            let body = json!({"client_id": "c", "limit": 1000, "schema_version": v, "schema_hash": h}).to_string();
+            let (st, page) = admin.call("POST", "/sync/snapshot", &user, &body);
+            assert_eq!(st, 200);
+            let page: Value = serde_json::from_slice(&page).expect("page");
+            checkpoints.push(page["checkpoint"].as_i64().unwrap_or(0));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let addr = instances[i % n].addr;
+                let body =
+                    json!({"client_id": "c", "checkpoint": checkpoints[i], "schema_version": v, "schema_hash": h})
+                        .to_string();
+                std::thread::spawn(move || {
+                    let mut c = Conn::new(addr).expect("connect");
+                    let mut lat = Vec::new();
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        assert_eq!(c.call("POST", "/sync/pull", &format!("u{i}"), &body).0, 200);
+                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        let mut all: Vec<f64> = handles.into_iter().flat_map(|h| h.join().expect("client")).collect();
+        let secs = started.elapsed().as_secs_f64().max(5.0);
+        all.sort_by(f64::total_cmp);
+        let pct = |p: f64| all[((all.len() as f64 - 1.0) * p) as usize];
+        println!(
+            "{n} instance(s) x {threads} workers: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+            all.len() as f64 / secs,
+            pct(0.5),
+            pct(0.99)
+        );
+        drop(instances);
+    }
+}
