@@ -286,6 +286,21 @@ fn connector(_tls: &TlsSettings) -> Result<Connector, StoreError> {
 /// Builds the pool. Connections are opened lazily, so a database that is down at startup
 /// shows up as 503s rather than a refusal to start.
 pub fn connect_pool(url: &str, max_size: u32) -> Result<Pool, StoreError> {
+    build_pool(url, max_size, Box::new(LogConnectErrors))
+}
+
+/// [`connect_pool`] for a pool whose owner reports connection failures itself: r2d2 retries a
+/// failed connection in the background every few seconds, and the read replicas log only
+/// changes of state, not every attempt.
+pub fn connect_quiet_pool(url: &str, max_size: u32) -> Result<Pool, StoreError> {
+    build_pool(url, max_size, Box::new(r2d2::NopErrorHandler))
+}
+
+fn build_pool(
+    url: &str,
+    max_size: u32,
+    errors: Box<dyn r2d2::HandleError<postgres::Error>>,
+) -> Result<Pool, StoreError> {
     let (config, connector) = pg_config(url)?;
     let manager = SessionManager(PostgresConnectionManager::new(config, connector));
     let pool = r2d2::Pool::builder()
@@ -293,7 +308,7 @@ pub fn connect_pool(url: &str, max_size: u32) -> Result<Pool, StoreError> {
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(5))
         .test_on_check_out(false)
-        .error_handler(Box::new(LogConnectErrors))
+        .error_handler(errors)
         .build_unchecked(manager);
     Ok(pool)
 }
