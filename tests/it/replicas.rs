@@ -253,3 +253,24 @@ fn a_snapshot_while_the_replica_is_paused_returns_current_rows() {
     f.resume_replay();
     f.server.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn a_replica_url_that_is_not_in_recovery_is_never_read() {
+    // The primary itself under another spelling: reading it would be harmless here, but a
+    // promoted or misconfigured "replica" may have diverged, so only servers in recovery count.
+    let db = TestDb::new();
+    db.execute(SCHEMA);
+    let not_a_replica = db.url().replace("127.0.0.1", "localhost");
+    let server = start(
+        &db,
+        &[("SYNC_TABLES", "notes"), ("SLOT_NAME", &format!("s_{}", db.name)), ("READ_REPLICA_URLS", &not_a_replica)],
+    );
+    let mut phone = Phone::new(server.addr, "p1");
+    db.execute("UPDATE notes SET body = 'primary' WHERE id = 5");
+    phone.pull_until(5, "primary");
+    let counts = server.engine.read_counts();
+    assert_eq!((counts.pull_replica, counts.snapshot_replica), (0, 0), "{counts:?}");
+    assert!(counts.pull_primary >= 1 && counts.snapshot_primary >= 1, "{counts:?}");
+    assert_eq!(server.engine.read_replicas().map(|r| r.down_count()), Some(1));
+    server.shutdown(Duration::from_secs(5));
+}
