@@ -2,11 +2,13 @@
 //! pg_basebackup, and an in-process server. The replica is only ever read when it has replayed
 //! far enough; paused or stopped, the primary answers and clients never see a stale row.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use synchro::cluster::LocalCluster;
+use synchro::config::Config;
 use synchro::engine::ReadCounts;
 use synchro::server::Running;
 
@@ -177,6 +179,24 @@ fn pulls_hydrate_on_a_caught_up_replica() {
     assert_eq!(f.metric("synchro_read_replicas "), 1.0);
     assert_eq!(f.metric("synchro_read_replicas_down "), 0.0);
     f.server.shutdown(Duration::from_secs(5));
+    // `synchrod check` vouches for the replica and refuses a server that is not in recovery.
+    let not_a_replica = f.db.url().replace("127.0.0.1", "localhost");
+    let vars: HashMap<String, String> = [
+        ("DATABASE_URL", f.db.url()),
+        ("SYNC_TABLES", "notes".into()),
+        ("READ_REPLICA_URLS", format!("{},{not_a_replica}", f.replica.url(&f.db.name))),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let lines: Vec<String> = synchro::check::run(&Config::from_vars(&vars).unwrap())
+        .into_iter()
+        .filter(|r| r.name == "read replica")
+        .map(|r| r.line())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].starts_with("PASS read replica") && lines[0].contains("hot standby"), "{lines:?}");
+    assert!(lines[1].starts_with("FAIL read replica") && lines[1].contains("not in recovery"), "{lines:?}");
 }
 
 #[test]
