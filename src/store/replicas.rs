@@ -17,6 +17,12 @@ use super::pool::{self, Pool, PooledClient, StoreError};
 use crate::pgurl;
 use crate::types::Lsn;
 
+/// Settings of every replica session. The startup process holds the locks of the transactions
+/// it is replaying: a lagging or paused replica can keep an `ACCESS EXCLUSIVE` lock (DDL, a
+/// vacuum truncation) long after the primary released it, and a page must not wait for that.
+/// After the timeout the query fails, the replica is taken out and the primary serves the page.
+const REPLICA_SESSION_OPTIONS: &str = "-c lock_timeout=2s";
+
 /// Timing of replica use. [`ReplicaSettings::default`] is what the server uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplicaSettings {
@@ -159,7 +165,7 @@ impl ReplicaSet {
         for url in urls {
             replicas.push(Replica {
                 name: display_name(url)?,
-                pool: pool::connect_quiet_pool(url, pool_size)?,
+                pool: pool::connect_quiet_pool(url, pool_size, REPLICA_SESSION_OPTIONS)?,
                 health: Mutex::new(Health::Up),
             });
         }
