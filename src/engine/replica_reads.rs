@@ -84,7 +84,7 @@ impl Engine {
         kind: PageKind,
         read: impl FnOnce(&mut postgres::Client) -> Result<T, EngineError>,
     ) -> Result<Option<T>, EngineError> {
-        let Some(set) = self.replicas.as_ref().filter(|s| !s.is_empty()) else { return Ok(None) };
+        let Some(set) = self.replicas.as_ref().filter(|s| s.has_candidate()) else { return Ok(None) };
         let lsn = replicas::primary_lsn(primary)?;
         let Some(mut reader) = set.reader_for(lsn) else { return Ok(None) };
         let client: &mut postgres::Client = reader.client();

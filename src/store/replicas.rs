@@ -187,6 +187,16 @@ impl ReplicaSet {
         self.replicas.iter().filter(|r| matches!(*r.health(), Health::Down { .. })).count()
     }
 
+    /// Whether any replica may be tried now (one is up, or due for a retry). Lets a caller skip
+    /// the primary round trip for the WAL position while every replica is backing off.
+    pub fn has_candidate(&self) -> bool {
+        let now = Instant::now();
+        self.replicas.iter().any(|r| match *r.health() {
+            Health::Up => true,
+            Health::Down { retry_at, .. } => now >= retry_at,
+        })
+    }
+
     /// A session on a replica whose replay position (`pg_last_wal_replay_lsn()`) is at or past
     /// `lsn`, waiting up to [`ReplicaSettings::catch_up_wait`] for one to catch up; `None` when
     /// none qualifies in time (the caller reads on the primary).
@@ -349,10 +359,12 @@ mod tests {
         };
         assert_eq!(backoff(&s), Duration::from_secs(5));
         // Within the back-off the replica is not even tried.
+        assert!(!s.has_candidate());
         assert!(!s.claim(0));
         // Each failed retry doubles the back-off, capped.
         for expected in [10, 12, 12] {
             *s.replicas[0].health() = Health::Down { retry_at: Instant::now(), backoff: backoff(&s) };
+            assert!(s.has_candidate(), "due for a retry");
             assert!(s.reader_for(Lsn(1)).is_none());
             assert_eq!(backoff(&s), Duration::from_secs(expected));
         }
