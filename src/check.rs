@@ -194,7 +194,58 @@ pub fn run(config: &Config) -> Vec<CheckResult> {
         check_push_role(&mut db, config, registry, &mut out);
     }
     check_slot(&mut db, config, &mut out);
+    check_read_replicas(&mut db, config, &mut out);
     out
+}
+
+/// The PostgreSQL cluster's system identifier, which a physical replica shares with its primary
+/// (`None` when the role may not read `pg_control_system()`).
+fn system_identifier(db: &mut postgres::Client) -> Option<String> {
+    db.query_one("SELECT system_identifier::text FROM pg_control_system()", &[]).ok().map(|r| r.get(0))
+}
+
+/// Each `READ_REPLICA_URLS` entry: reachable, in recovery (a streaming replica), and a copy of
+/// this primary. synchrod itself never fails over one, it only stops reading it.
+fn check_read_replicas(primary: &mut postgres::Client, config: &Config, out: &mut Vec<CheckResult>) {
+    const NAME: &str = "read replica";
+    let primary_id = system_identifier(primary);
+    for url in &config.read_replica_urls {
+        let shown = crate::logging::redact_url(url);
+        let mut db = match pool::connect(url) {
+            Ok(db) => db,
+            Err(e) => {
+                out.push(CheckResult::fail(
+                    NAME,
+                    format!("{shown}: {e}"),
+                    "check READ_REPLICA_URLS and that the replica accepts connections (until then the primary serves its reads)",
+                ));
+                continue;
+            }
+        };
+        match db.query_one("SELECT pg_is_in_recovery()", &[]).map(|r| r.get::<_, bool>(0)) {
+            Ok(true) => {}
+            Ok(false) => {
+                out.push(CheckResult::fail(
+                    NAME,
+                    format!("{shown} is not in recovery, so it is not a streaming replica and is never read"),
+                    "list only hot standbys of DATABASE_URL's server in READ_REPLICA_URLS",
+                ));
+                continue;
+            }
+            Err(e) => {
+                out.push(CheckResult::fail(NAME, format!("{shown}: {e}"), "check the role in READ_REPLICA_URLS"));
+                continue;
+            }
+        }
+        match (&primary_id, system_identifier(&mut db)) {
+            (Some(p), Some(r)) if *p != r => out.push(CheckResult::fail(
+                NAME,
+                format!("{shown} replicates system {r}, but DATABASE_URL is system {p}"),
+                "list only hot standbys of DATABASE_URL's server in READ_REPLICA_URLS",
+            )),
+            _ => out.push(CheckResult::pass(NAME, format!("{shown}: a hot standby"))),
+        }
+    }
 }
 
 fn check_publication(db: &mut postgres::Client, config: &Config, registry: &Registry, out: &mut Vec<CheckResult>) {

@@ -202,6 +202,53 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// Builds a streaming replica of this (running) cluster under `opts.dir` with
+    /// `pg_basebackup -R -X stream` over loopback as the superuser, then starts it on its own
+    /// port (`opts.port` or a free one) and waits until it accepts read-only connections.
+    ///
+    /// The replica is a [`LocalCluster`] like any other: stop it, pause its replay through SQL,
+    /// and give it its own watchdog with [`LocalCluster::stop_when_process_exits`]. The primary's
+    /// `pg_hba.conf` must allow replication connections for the superuser from 127.0.0.1, which
+    /// the default one written by `initdb --auth=trust` (and [`LocalCluster::set_hba`]) does.
+    pub fn start_replica(&self, opts: &ClusterOptions) -> Result<LocalCluster, ClusterError> {
+        fs::create_dir_all(&opts.dir).map_err(io_err(format!("creating {}", opts.dir.display())))?;
+        let dir = opts.dir.canonicalize().map_err(io_err(format!("resolving {}", opts.dir.display())))?;
+        let port = match opts.port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        fs::write(dir.join("port"), port.to_string()).map_err(io_err("recording the replica port"))?;
+        let replica = LocalCluster { bin_dir: self.bin_dir.clone(), dir, port, run_as_postgres: self.run_as_postgres };
+        if replica.run_as_postgres {
+            replica.chown_to_postgres(&replica.dir)?;
+        }
+        if !replica.data_dir().join("PG_VERSION").is_file() {
+            let mut cmd = replica.command("pg_basebackup");
+            cmd.arg("-D").arg(replica.data_dir()).args([
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                SUPERUSER,
+            ]);
+            replica.run(cmd, "pg_basebackup")?;
+        }
+        // The copied synchro.conf names the primary's port and socket directory: rewrite it.
+        replica.write_conf(opts)?;
+        if !replica.is_running() {
+            replica.start_server()?;
+        }
+        replica.wait_ready(Duration::from_secs(60))?;
+        Ok(replica)
+    }
+
     /// The directory given in the options (canonicalised).
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -74,6 +74,9 @@ pub enum AuthMode {
 pub struct Config {
     /// Application and infrastructure database.
     pub database_url: String,
+    /// Streaming replicas that pull hydration and snapshot pages may read from
+    /// (`READ_REPLICA_URLS`), empty when none.
+    pub read_replica_urls: Vec<String>,
     /// The replication connection (`replication=database`).
     pub replication_url: String,
     /// Whether `replication_url` was derived from `database_url` rather than given.
@@ -147,6 +150,11 @@ const VARS: &[VarDoc] = &[
         name: "REPLICATION_URL",
         default: "DATABASE_URL + replication=database",
         meaning: "connection used for logical replication",
+    },
+    VarDoc {
+        name: "READ_REPLICA_URLS",
+        default: "(empty)",
+        meaning: "comma list of streaming replica URLs for pull hydration and snapshot pages (used only when caught up)",
     },
     VarDoc { name: "JWT_SECRET", default: "(empty)", meaning: "HMAC secret: HS256/HS384/HS512 bearer tokens" },
     VarDoc {
@@ -323,6 +331,18 @@ impl Config {
             None => (pgurl::with_replication_database(&database_url), true),
         };
 
+        let mut read_replica_urls = Vec::new();
+        for url in get("READ_REPLICA_URLS").unwrap_or("").split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            validate_url("READ_REPLICA_URLS", url)?;
+            if url == database_url || read_replica_urls.iter().any(|u| u == url) {
+                return Err(ConfigError {
+                    variable: "READ_REPLICA_URLS",
+                    message: "lists the same URL twice, or DATABASE_URL itself".to_string(),
+                });
+            }
+            read_replica_urls.push(url.to_string());
+        }
+
         let auth = match (get("JWT_SECRET"), get("JWKS_URL")) {
             (Some(secret), _) => AuthMode::JwtSecret(secret.to_string()),
             (None, Some(url)) => {
@@ -418,6 +438,7 @@ impl Config {
 
         Ok(Config {
             database_url,
+            read_replica_urls,
             replication_url,
             replication_url_derived,
             auth,
@@ -538,6 +559,14 @@ mod tests {
     }
 
     #[test]
+    fn read_replicas_are_a_comma_list() {
+        assert!(Config::from_vars(&vars(&[])).unwrap().read_replica_urls.is_empty());
+        let c =
+            Config::from_vars(&vars(&[("READ_REPLICA_URLS", " postgres://r1/app , ,postgres://r2:6432/app")])).unwrap();
+        assert_eq!(c.read_replica_urls, vec!["postgres://r1/app", "postgres://r2:6432/app"]);
+    }
+
+    #[test]
     fn token_rules() {
         let c = Config::from_vars(&vars(&[
             ("JWT_ISSUER", "https://idp"),
@@ -580,6 +609,10 @@ mod tests {
             (&[("REPLICATION_URL", "postgres://h:0/x")], "REPLICATION_URL"),
             (&[("DATABASE_URL", "postgres://h/x?sslmode=allow")], "DATABASE_URL"),
             (&[("REPLICATION_URL", "postgres://h/x?sslmode=verify-ca&sslrootcert=")], "REPLICATION_URL"),
+            (&[("READ_REPLICA_URLS", "postgres://r1/app,not a url")], "READ_REPLICA_URLS"),
+            (&[("READ_REPLICA_URLS", "postgres://r1/app, postgres://r1/app")], "READ_REPLICA_URLS"),
+            (&[("READ_REPLICA_URLS", "postgres://u@localhost/app")], "READ_REPLICA_URLS"),
+            (&[("READ_REPLICA_URLS", "postgres://r1/x?sslmode=allow")], "READ_REPLICA_URLS"),
             (&[("JWKS_URL", "ftp://x")], "JWKS_URL"),
             (&[("JWKS_REFRESH_SECS", "0")], "JWKS_REFRESH_SECS"),
             (&[("JWT_LEEWAY_SECS", "601")], "JWT_LEEWAY_SECS"),

@@ -32,7 +32,7 @@
 //! | [`buckets`] | bucket assignment through foreign-key chains, pluggable |
 //! | [`writer`] | the changelog writer thread, edge backfill |
 //! | [`registry`], [`schema`] | synced tables as introspected; the served schema and its hash |
-//! | [`store`] | all SQL: migrations, introspection, clients, changelog, the pull probe, publication, pool (sessions with prepared hot statements) |
+//! | [`store`] | all SQL: migrations, introspection, clients, changelog, the pull probe, publication, pool (sessions with prepared hot statements), read replicas |
 //! | [`engine`] | register, pull, schema, tables (library API, no HTTP) |
 //! | [`protocol`] | request/response messages: the contract's field names live here only |
 //! | [`http`], [`service`] | the HTTP edge and its mapping onto the engine |
@@ -53,6 +53,9 @@
 //!   the event channel and the HTTP queue are bounded, large transactions stream in chunks.
 //! * SQL identifiers come only from the introspected registry, always quoted; values are
 //!   always bound parameters.
+//! * A read replica serves a page only after replaying past the primary's WAL insert position
+//!   taken after the page's primary reads: no client ever gets a row older than the change that
+//!   announced it, whichever server read it.
 //! * No thread dies silently: workers survive handler panics, the capture supervisor restarts
 //!   failed sessions with capped backoff and logs every attempt.
 //!

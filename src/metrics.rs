@@ -113,6 +113,29 @@ impl Metrics {
     }
 }
 
+/// One counter family with a single label, read at scrape time: `name{label="value"} n`.
+#[derive(Debug, Clone)]
+pub struct LabeledCounter {
+    /// Metric name.
+    pub name: &'static str,
+    /// Help text.
+    pub help: &'static str,
+    /// The label's name.
+    pub label: &'static str,
+    /// Each label value with its count.
+    pub values: Vec<(&'static str, u64)>,
+}
+
+impl LabeledCounter {
+    /// Appends the family in the text format.
+    pub fn render_into(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP {} {}\n# TYPE {} counter", self.name, self.help, self.name);
+        for (value, n) in &self.values {
+            let _ = writeln!(out, "{}{{{}=\"{}\"}} {n}", self.name, self.label, escape(value));
+        }
+    }
+}
+
 fn write_histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
     for (i, b) in BOUNDS.iter().enumerate() {
         let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{b}\"}} {}", h.counts[i]);
@@ -149,6 +172,17 @@ mod tests {
         assert!(text.contains("synchro_push_records_total{status=\"applied\"} 1"));
         assert!(text.contains("# TYPE synchro_slot_active gauge\nsynchro_slot_active 1"));
         // Every non-comment line is `name{labels} value` or `name value`.
+        let mut text = text;
+        LabeledCounter {
+            name: "synchro_pull_hydrations_total",
+            help: "Pulled pages.",
+            label: "source",
+            values: vec![("replica", 2), ("primary", 1)],
+        }
+        .render_into(&mut text);
+        assert!(text.contains("# TYPE synchro_pull_hydrations_total counter\n"));
+        assert!(text.contains("synchro_pull_hydrations_total{source=\"replica\"} 2\n"));
+        assert!(text.contains("synchro_pull_hydrations_total{source=\"primary\"} 1\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");

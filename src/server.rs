@@ -19,6 +19,7 @@ use crate::replication::stream::{
 use crate::service::EngineApi;
 use crate::store::introspect::{self, RegistrySettings};
 use crate::store::publication::{self, PublicationChange};
+use crate::store::replicas::{ReplicaSet, ReplicaSettings};
 use crate::store::{migrations, pool};
 use crate::version::VersionGate;
 
@@ -235,7 +236,17 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
     migrate_with_retry(config, Duration::from_secs(60))?;
     let settings = engine_settings(config)?;
     let pool = pool::connect_pool(&config.database_url, (config.http_threads as u32).saturating_add(4))?;
-    let engine = Arc::new(Engine::new(pool, settings)?);
+    let mut engine = Engine::new(pool, settings)?;
+    if !config.read_replica_urls.is_empty() {
+        let replicas = ReplicaSet::connect(
+            &config.read_replica_urls,
+            (config.http_threads as u32).saturating_add(4),
+            ReplicaSettings::default(),
+        )?;
+        crate::info!("read replicas configured", replicas = replicas.len() as u64);
+        engine = engine.with_read_replicas(replicas);
+    }
+    let engine = Arc::new(engine);
     let capture = start_elected_capture(config, engine.clone())?;
     let addr = parse_listen_addr(&config.listen_addr)?;
     let mut http = HttpConfig::new(addr);

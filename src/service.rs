@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::engine::{Engine, EngineError};
 use crate::http::{ApiError, SyncApi};
-use crate::metrics::{Metrics, Sample};
+use crate::metrics::{LabeledCounter, Metrics, Sample};
 use crate::replication::stream::{CaptureState, CaptureStatus};
 use crate::types::UserId;
 
@@ -131,6 +131,15 @@ impl EngineApi {
                 push("synchro_slot_retained_wal_bytes", "gauge", "WAL the slot keeps on the server.", get(5));
             }
         }
+        if let Some(replicas) = self.engine.read_replicas() {
+            push("synchro_read_replicas", "gauge", "Configured read replicas.", replicas.len() as f64);
+            push(
+                "synchro_read_replicas_down",
+                "gauge",
+                "Read replicas taken out after a failure (their reads go to the primary).",
+                replicas.down_count() as f64,
+            );
+        }
         out
     }
 }
@@ -230,7 +239,23 @@ impl SyncApi for EngineApi {
     }
 
     fn metrics(&self) -> Option<String> {
-        Some(self.metrics.render(&self.samples()))
+        let mut out = self.metrics.render(&self.samples());
+        let reads = self.engine.read_counts();
+        LabeledCounter {
+            name: "synchro_pull_hydrations_total",
+            help: "Non-empty pull pages by where their rows were read (READ_REPLICA_URLS).",
+            label: "source",
+            values: vec![("replica", reads.pull_replica), ("primary", reads.pull_primary)],
+        }
+        .render_into(&mut out);
+        LabeledCounter {
+            name: "synchro_snapshot_pages_total",
+            help: "Snapshot pages by where their rows were read (READ_REPLICA_URLS).",
+            label: "source",
+            values: vec![("replica", reads.snapshot_replica), ("primary", reads.snapshot_primary)],
+        }
+        .render_into(&mut out);
+        Some(out)
     }
 
     fn observe(&self, endpoint: &'static str, status: u16, elapsed: Duration) {

@@ -8,6 +8,7 @@ mod pull;
 mod push;
 mod rebuild;
 mod register;
+mod replica_reads;
 mod snapshot;
 
 use std::fmt;
@@ -17,10 +18,12 @@ use std::sync::{Mutex, RwLock};
 use crate::protocol::BadRequest;
 use crate::store::introspect::{self, RegistryError, RegistrySettings};
 use crate::store::pool::{Pool, PooledClient, StoreError};
+use crate::store::replicas::ReplicaSet;
 
 pub use catalog::CatalogState;
 pub use hooks::{Hooks, NoHooks};
 pub use push::{last_writer_wins, ConflictResolver, LastWriterWins, ServerWins};
+pub use replica_reads::ReadCounts;
 
 /// What the engine can answer besides success. The HTTP layer maps each to a status.
 #[derive(Debug)]
@@ -139,6 +142,10 @@ pub struct Engine {
     /// Lets the per-request catalog check skip the fingerprint while the database's snapshot
     /// has not moved (see [`introspect::current_snapshot`]).
     verified: Mutex<Option<VerifiedSnapshot>>,
+    /// Read replicas for pull hydration and snapshot pages (`READ_REPLICA_URLS`).
+    replicas: Option<ReplicaSet>,
+    /// Pages read on the replicas and on the primary.
+    reads: replica_reads::ReadCounters,
 }
 
 impl fmt::Debug for Engine {
@@ -154,7 +161,27 @@ impl Engine {
         let mut db = pool.get().map_err(StoreError::from)?;
         let state = CatalogState::load(&mut **db, &settings.registry)?;
         drop(db);
-        Ok(Engine { pool, settings, catalog: RwLock::new(Arc::new(state)), verified: Mutex::new(None) })
+        Ok(Engine {
+            pool,
+            settings,
+            catalog: RwLock::new(Arc::new(state)),
+            verified: Mutex::new(None),
+            replicas: None,
+            reads: replica_reads::ReadCounters::default(),
+        })
+    }
+
+    /// Lets pull hydration and snapshot pages read from `replicas` when one has replayed far
+    /// enough to be indistinguishable from the primary for that page (see
+    /// [`ReplicaSet::reader_for`]); everything else stays on the primary.
+    pub fn with_read_replicas(mut self, replicas: ReplicaSet) -> Engine {
+        self.replicas = Some(replicas);
+        self
+    }
+
+    /// The read replicas, if any.
+    pub fn read_replicas(&self) -> Option<&ReplicaSet> {
+        self.replicas.as_ref()
     }
 
     /// The settings.

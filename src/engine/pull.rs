@@ -10,6 +10,7 @@ use postgres::GenericClient;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::replica_reads::PageKind;
 use super::{CatalogState, Engine, EngineError};
 use crate::checksum::record_checksum;
 use crate::protocol::{BucketUpdate, DeleteEntry, PullRequest, PullResponse, Record};
@@ -191,14 +192,36 @@ impl Engine {
             let checkpoint = if per_bucket { from } else { req.checkpoint };
             return Ok(PullResponse { bucket_updates: bucket_updates(&subs, &req.known_buckets), ..empty(checkpoint) });
         };
-        let mut tx = db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the pull"))?;
-        tx.query_typed("SELECT set_config('app.user_id', $1, true)", &[(&user.as_str(), postgres::types::Type::TEXT)])
-            .map_err(StoreError::query("setting app.user_id"))?;
         let checkpoint = last.seq.0;
-        let (changes, deletes) = materialise(&mut tx, &cat, &entries)?;
-        let bucket_checksums: BTreeMap<String, i32> =
-            if has_more { BTreeMap::new() } else { changelog::bucket_checksums(&mut tx, &subs)?.into_iter().collect() };
-        tx.commit().map_err(StoreError::query("finishing the pull"))?;
+        // The page was read above, so the primary's WAL position taken now covers every change
+        // it announces: a replica that replayed past it holds at least those versions.
+        let on_replica =
+            self.read_on_replica(&mut db, PageKind::Pull, |replica| read_changes(replica, user, &cat, &entries))?;
+        let (changes, deletes, bucket_checksums) = match on_replica {
+            Some((changes, deletes)) => {
+                // Checksums come from the bucket edges, which only the primary's view matches.
+                let sums: BTreeMap<String, i32> = if has_more {
+                    BTreeMap::new()
+                } else {
+                    changelog::bucket_checksums(&mut **db, &subs)?.into_iter().collect()
+                };
+                (changes, deletes, sums)
+            }
+            None => {
+                let mut tx =
+                    db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the pull"))?;
+                set_user(&mut tx, user)?;
+                let (changes, deletes) = materialise(&mut tx, &cat, &entries)?;
+                let sums: BTreeMap<String, i32> = if has_more {
+                    BTreeMap::new()
+                } else {
+                    changelog::bucket_checksums(&mut tx, &subs)?.into_iter().collect()
+                };
+                tx.commit().map_err(StoreError::query("finishing the pull"))?;
+                self.reads.count(PageKind::Pull, false);
+                (changes, deletes, sums)
+            }
+        };
 
         let bucket_checkpoints = per_bucket.then(|| {
             let mut map = req.bucket_checkpoints.clone();
@@ -269,6 +292,28 @@ fn bucket_updates(subs: &[String], known: &[String]) -> Option<BucketUpdate> {
         removed: known.iter().filter(|b| !subs.contains(b)).cloned().collect(),
     };
     (!update.added.is_empty() || !update.removed.is_empty()).then_some(update)
+}
+
+/// `app.user_id` for the transaction, so RLS policies see the caller (§6.2 step 3).
+pub(crate) fn set_user(tx: &mut impl GenericClient, user: &UserId) -> Result<(), StoreError> {
+    tx.query_typed("SELECT set_config('app.user_id', $1, true)", &[(&user.as_str(), postgres::types::Type::TEXT)])
+        .map_err(StoreError::query("setting app.user_id"))?;
+    Ok(())
+}
+
+/// Hydrates a page in a read-only transaction of its own with `app.user_id` set, exactly as on
+/// the primary (a replica applies the same RLS policies).
+fn read_changes(
+    db: &mut postgres::Client,
+    user: &UserId,
+    cat: &CatalogState,
+    entries: &[ChangelogEntry],
+) -> Result<(Vec<Record>, Vec<DeleteEntry>), EngineError> {
+    let mut tx = db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the pull"))?;
+    set_user(&mut tx, user)?;
+    let out = materialise(&mut tx, cat, entries)?;
+    tx.commit().map_err(StoreError::query("finishing the pull"))?;
+    Ok(out)
 }
 
 /// §6.4: de-duplicate by record (position of first occurrence, operation and bucket of the

@@ -5,9 +5,10 @@
 use postgres::GenericClient;
 use serde_json::{Map, Value};
 
-use super::pull::{to_record, Hydrated};
+use super::pull::{set_user, to_record, Hydrated};
+use super::replica_reads::PageKind;
 use super::{Engine, EngineError};
-use crate::protocol::{SnapshotCursor, SnapshotRequest, SnapshotResponse};
+use crate::protocol::{Record, SnapshotCursor, SnapshotRequest, SnapshotResponse};
 use crate::registry::{quote_ident, Registry, SyncTable};
 use crate::store::changelog;
 use crate::store::clients;
@@ -79,7 +80,7 @@ impl Engine {
         clients::load(&mut **db, user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
         let tables = cat.registry.dependency_order();
         let max_seq = changelog::max_seq(&mut **db)?;
-        let (mut idx, mut after, cp) = match &req.cursor {
+        let (idx, after, cp) = match &req.cursor {
             None => (0usize, String::new(), max_seq),
             Some(c) => {
                 // A cursor is only ever one we issued: anything else is refused, never run as SQL.
@@ -90,29 +91,19 @@ impl Engine {
                 (c.table_idx as usize, c.after_id.clone(), if c.checkpoint == 0 { max_seq } else { c.checkpoint })
             }
         };
-        let mut tx =
-            db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the snapshot"))?;
-        tx.execute("SELECT set_config('app.user_id', $1, true)", &[&user.as_str()])
-            .map_err(StoreError::query("setting app.user_id"))?;
-        let mut records = Vec::new();
-        while idx < tables.len() && (records.len() as i64) < req.limit {
-            let t = tables[idx];
-            let remaining = req.limit - records.len() as i64;
-            let rows = read_page(&mut tx, user.as_str(), &cat.registry, t, &after, remaining).map_err(|e| match e {
-                PageError::BadCursor => EngineError::BadRequest("invalid snapshot cursor".into()),
-                PageError::Store(s) => EngineError::Store(s),
-            })?;
-            let got = rows.len() as i64;
-            for (id, row) in rows {
-                after = id.clone();
-                records.push(to_record(&t.name, id, row, None, None, false)?);
+        // The checkpoint was captured (on the first page) before this page started, so a
+        // replica past the primary's WAL position as of now holds every change at or below it.
+        let page = match self.read_on_replica(&mut db, PageKind::Snapshot, |replica| {
+            read_pages(replica, user, &cat.registry, &tables, idx, after.clone(), req.limit)
+        })? {
+            Some(page) => page,
+            None => {
+                let page = read_pages(&mut db, user, &cat.registry, &tables, idx, after, req.limit)?;
+                self.reads.count(PageKind::Snapshot, false);
+                page
             }
-            if got < remaining {
-                idx += 1;
-                after = String::new();
-            }
-        }
-        tx.commit().map_err(StoreError::query("finishing the snapshot page"))?;
+        };
+        let Pages { records, idx, after } = page;
         let has_more = idx < tables.len();
         if !has_more {
             // A completed snapshot leaves the client with last_pull_at set (§6.5), even at cp 0.
@@ -129,6 +120,48 @@ impl Engine {
             schema_hash: cat.schema.hash.clone(),
         })
     }
+}
+
+/// What one snapshot request read: the records and where the next page starts.
+struct Pages {
+    records: Vec<Record>,
+    idx: usize,
+    after: String,
+}
+
+/// Reads up to `limit` records from table `idx` on, after key `after`, in one read-only
+/// transaction with `app.user_id` set.
+fn read_pages(
+    db: &mut postgres::Client,
+    user: &UserId,
+    registry: &Registry,
+    tables: &[&SyncTable],
+    mut idx: usize,
+    mut after: String,
+    limit: i64,
+) -> Result<Pages, EngineError> {
+    let mut tx = db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the snapshot"))?;
+    set_user(&mut tx, user)?;
+    let mut records = Vec::new();
+    while idx < tables.len() && (records.len() as i64) < limit {
+        let t = tables[idx];
+        let remaining = limit - records.len() as i64;
+        let rows = read_page(&mut tx, user.as_str(), registry, t, &after, remaining).map_err(|e| match e {
+            PageError::BadCursor => EngineError::BadRequest("invalid snapshot cursor".into()),
+            PageError::Store(s) => EngineError::Store(s),
+        })?;
+        let got = rows.len() as i64;
+        for (id, row) in rows {
+            after = id.clone();
+            records.push(to_record(&t.name, id, row, None, None, false)?);
+        }
+        if got < remaining {
+            idx += 1;
+            after = String::new();
+        }
+    }
+    tx.commit().map_err(StoreError::query("finishing the snapshot page"))?;
+    Ok(Pages { records, idx, after })
 }
 
 enum PageError {

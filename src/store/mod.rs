@@ -1,4 +1,4 @@
-//! All SQL lives here: migrations, registry introspection, changelog, clients, snapshot.
+//! All SQL lives here: migrations, registry introspection, changelog, clients, snapshot, read replicas.
 
 pub mod changelog;
 pub mod clients;
@@ -8,3 +8,4 @@ pub mod migrations;
 pub mod pool;
 pub mod publication;
 pub mod pull_probe;
+pub mod replicas;

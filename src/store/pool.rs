@@ -245,6 +245,9 @@ impl From<r2d2::Error> for StoreError {
     }
 }
 
+/// The settings every session starts with (contract C16 and the `data` encoding of §6.6).
+const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c bytea_output=hex";
+
 /// Parses `url` for the `postgres` crate with every session in UTC (contract C16) and a
 /// connect timeout, so a dead database fails requests fast instead of hanging workers. The TLS
 /// parameters the `postgres` crate does not know (`verify-ca`, `verify-full`, `sslrootcert`) are
@@ -262,7 +265,7 @@ pub fn pg_config(url: &str) -> Result<(postgres::Config, Connector), StoreError>
     params.set_param("sslmode", Some(crate_mode));
     params.set_param("sslrootcert", None);
     let mut config: postgres::Config = params.to_conninfo().parse().map_err(|e: postgres::Error| bad(e.to_string()))?;
-    config.options("-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c bytea_output=hex");
+    config.options(SESSION_OPTIONS);
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
@@ -287,15 +290,33 @@ fn connector(_tls: &TlsSettings) -> Result<Connector, StoreError> {
 /// shows up as 503s rather than a refusal to start.
 pub fn connect_pool(url: &str, max_size: u32) -> Result<Pool, StoreError> {
     let (config, connector) = pg_config(url)?;
+    Ok(build_pool(config, connector, max_size, Box::new(LogConnectErrors)))
+}
+
+/// [`connect_pool`] for a pool whose owner reports connection failures itself (r2d2 retries a
+/// failed connection in the background every few seconds, and the read replicas log only
+/// changes of state, not every attempt), with `extra_options` (`-c name=value ...`) added to
+/// every session's settings.
+pub fn connect_quiet_pool(url: &str, max_size: u32, extra_options: &str) -> Result<Pool, StoreError> {
+    let (mut config, connector) = pg_config(url)?;
+    config.options(&format!("{SESSION_OPTIONS} {extra_options}"));
+    Ok(build_pool(config, connector, max_size, Box::new(r2d2::NopErrorHandler)))
+}
+
+fn build_pool(
+    config: postgres::Config,
+    connector: Connector,
+    max_size: u32,
+    errors: Box<dyn r2d2::HandleError<postgres::Error>>,
+) -> Pool {
     let manager = SessionManager(PostgresConnectionManager::new(config, connector));
-    let pool = r2d2::Pool::builder()
+    r2d2::Pool::builder()
         .max_size(max_size.max(1))
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(5))
         .test_on_check_out(false)
-        .error_handler(Box::new(LogConnectErrors))
-        .build_unchecked(manager);
-    Ok(pool)
+        .error_handler(errors)
+        .build_unchecked(manager)
 }
 
 /// Connects a single session (migrations, introspection, the writer) with the pool's settings.

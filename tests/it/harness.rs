@@ -38,6 +38,18 @@ pub fn private_cluster() -> LocalCluster {
     start_cluster(&unique("private"))
 }
 
+/// A streaming replica of `primary` (which must be running), stopped and deleted with this test
+/// process like every test cluster.
+pub fn replica_of(primary: &LocalCluster) -> LocalCluster {
+    let dir = std::env::temp_dir().join(format!("synchro-test-{}", unique("replica")));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut opts = ClusterOptions::new(&dir);
+    opts.fast_unsafe = true;
+    let replica = primary.start_replica(&opts).unwrap_or_else(|e| panic!("starting the replica: {e}"));
+    replica.stop_when_process_exits(std::process::id(), true).expect("replica watchdog");
+    replica
+}
+
 /// A fresh database on a cluster; dropped (with its connections) at the end of the test.
 pub struct TestDb<'a> {
     /// The cluster holding the database.

@@ -14,6 +14,7 @@ mod introspect;
 mod jwks;
 mod leader;
 mod migrations;
+mod replicas;
 mod replication_conn;
 mod rls;
 mod server;
