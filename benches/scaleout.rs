@@ -3,6 +3,9 @@
 //! stand by). On a 2-core machine this shows the cost of the extra processes more than a gain;
 //! the point of several instances there is availability (see `cargo bench --bench takeover`).
 //!
+//! Then 100-change pulls (hydration-heavy) on one instance without and with a streaming replica
+//! (`READ_REPLICA_URLS`), where hydration moves to the replica when it has replayed far enough.
+//!
 //! `cargo bench --bench scaleout`
 
 use std::io::{Read, Write};
@@ -29,8 +32,16 @@ impl Drop for Instance {
 }
 
 fn spawn(cluster: &LocalCluster, threads: usize) -> Instance {
+    spawn_with(cluster, threads, &[])
+}
+
+fn spawn_with(cluster: &LocalCluster, threads: usize, vars: &[(&str, String)]) -> Instance {
     let port = free_port().expect("port");
-    let child = Command::new(env!("CARGO_BIN_EXE_synchrod"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_synchrod"));
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let child = cmd
         .env("DATABASE_URL", cluster.url(DB))
         .env("SYNC_TABLES", "tasks,comments,categories")
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
@@ -99,6 +110,63 @@ fn wait_healthy(addr: SocketAddr) {
     }
 }
 
+/// Registers and bootstraps every client through the first instance, runs `prepare` (between
+/// the snapshots and the load), then pulls from the snapshot checkpoints for `secs` seconds with
+/// client `i` on instance `i % n`. Returns (requests/s, p50 ms, p99 ms).
+fn pulls(instances: &[Instance], secs: u64, prepare: impl FnOnce(usize)) -> (f64, f64, f64) {
+    let n = instances.len();
+    let mut admin = Conn::new(instances[0].addr).expect("connect");
+    let (_, schema) = admin.call("GET", "/sync/schema", "u0", "");
+    let schema: Value = serde_json::from_slice(&schema).expect("schema");
+    let (v, h) = (schema["schema_version"].clone(), schema["schema_hash"].clone());
+    let mut checkpoints = Vec::new();
+    for i in 0..CLIENTS {
+        let user = format!("u{i}");
+        let body = json!({"client_id": "c", "schema_version": v, "schema_hash": h}).to_string();
+        assert_eq!(admin.call("POST", "/sync/register", &user, &body).0, 200);
+        let body = json!({"client_id": "c", "limit": 1000, "schema_version": v, "schema_hash": h}).to_string();
+        let (st, page) = admin.call("POST", "/sync/snapshot", &user, &body);
+        assert_eq!(st, 200);
+        let page: Value = serde_json::from_slice(&page).expect("page");
+        checkpoints.push(page["checkpoint"].as_i64().unwrap_or(0));
+    }
+    prepare(CLIENTS);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let handles: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let addr = instances[i % n].addr;
+            let body =
+                json!({"client_id": "c", "checkpoint": checkpoints[i], "limit": 100, "schema_version": v, "schema_hash": h})
+                    .to_string();
+            std::thread::spawn(move || {
+                let mut c = Conn::new(addr).expect("connect");
+                let mut lat = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    assert_eq!(c.call("POST", "/sync/pull", &format!("u{i}"), &body).0, 200);
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                lat
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut all: Vec<f64> = handles.into_iter().flat_map(|h| h.join().expect("client")).collect();
+    let elapsed = started.elapsed().as_secs_f64().max(secs as f64);
+    all.sort_by(f64::total_cmp);
+    let pct = |p: f64| all[((all.len() as f64 - 1.0) * p) as usize];
+    (all.len() as f64 / elapsed, pct(0.5), pct(0.99))
+}
+
+fn gauge(addr: SocketAddr, name: &str) -> f64 {
+    let Some(mut c) = Conn::new(addr) else { return f64::NAN };
+    let (_, body) = c.call("GET", "/metrics", "", "");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 fn main() {
     let dir = std::env::temp_dir().join(format!("synchro-bench-scaleout-{}", std::process::id()));
     let mut opts = ClusterOptions::new(&dir);
@@ -115,52 +183,36 @@ fn main() {
         for i in &instances {
             wait_healthy(i.addr);
         }
-        // Register and bootstrap every client (through the first instance; they share the database).
-        let mut admin = Conn::new(instances[0].addr).expect("connect");
-        let (_, schema) = admin.call("GET", "/sync/schema", "u0", "");
-        let schema: Value = serde_json::from_slice(&schema).expect("schema");
-        let (v, h) = (schema["schema_version"].clone(), schema["schema_hash"].clone());
-        let mut checkpoints = Vec::new();
-        for i in 0..CLIENTS {
-            let user = format!("u{i}");
-            let body = json!({"client_id": "c", "schema_version": v, "schema_hash": h}).to_string();
-            assert_eq!(admin.call("POST", "/sync/register", &user, &body).0, 200);
-            let body = json!({"client_id": "c", "limit": 1000, "schema_version": v, "schema_hash": h}).to_string();
-            let (st, page) = admin.call("POST", "/sync/snapshot", &user, &body);
-            assert_eq!(st, 200);
-            let page: Value = serde_json::from_slice(&page).expect("page");
-            checkpoints.push(page["checkpoint"].as_i64().unwrap_or(0));
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let handles: Vec<_> = (0..CLIENTS)
-            .map(|i| {
-                let addr = instances[i % n].addr;
-                let body =
-                    json!({"client_id": "c", "checkpoint": checkpoints[i], "schema_version": v, "schema_hash": h})
-                        .to_string();
-                std::thread::spawn(move || {
-                    let mut c = Conn::new(addr).expect("connect");
-                    let mut lat = Vec::new();
-                    while Instant::now() < deadline {
-                        let t = Instant::now();
-                        assert_eq!(c.call("POST", "/sync/pull", &format!("u{i}"), &body).0, 200);
-                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                    }
-                    lat
-                })
-            })
-            .collect();
-        let started = Instant::now();
-        let mut all: Vec<f64> = handles.into_iter().flat_map(|h| h.join().expect("client")).collect();
-        let secs = started.elapsed().as_secs_f64().max(5.0);
-        all.sort_by(f64::total_cmp);
-        let pct = |p: f64| all[((all.len() as f64 - 1.0) * p) as usize];
-        println!(
-            "{n} instance(s) x {threads} workers: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
-            all.len() as f64 / secs,
-            pct(0.5),
-            pct(0.99)
-        );
+        let (rps, p50, p99) = pulls(&instances, 5, |_| ());
+        println!("{n} instance(s) x {threads} workers: {rps:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms");
         drop(instances);
     }
+
+    // 100-change pulls on one instance, without and with a streaming replica.
+    let fill = |clients: usize| {
+        let sql = format!(
+            "INSERT INTO tasks (user_id, title) SELECT 'u' || (g % {clients}), 't' || g FROM generate_series(0, {}) g",
+            clients * 100 - 1
+        );
+        cluster.psql(DB, &sql).expect("tasks");
+        std::thread::sleep(Duration::from_secs(2)); // captured
+    };
+    let one = vec![spawn(&cluster, 8)];
+    wait_healthy(one[0].addr);
+    let (rps, p50, p99) = pulls(&one, 5, fill);
+    println!("100-change pulls, 1 instance, primary only: {rps:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms");
+    drop(one);
+    let mut ropts = ClusterOptions::new(dir.join("replica"));
+    ropts.fast_unsafe = true;
+    let replica = cluster.start_replica(&ropts).expect("replica");
+    replica.stop_when_process_exits(std::process::id(), true).expect("replica watchdog");
+    let with = vec![spawn_with(&cluster, 8, &[("READ_REPLICA_URLS", replica.url(DB))])];
+    wait_healthy(with[0].addr);
+    let (rps, p50, p99) = pulls(&with, 5, fill);
+    println!(
+        "100-change pulls, 1 instance + 1 replica: {rps:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms \
+         (pages hydrated on the replica: {:.0}, on the primary: {:.0})",
+        gauge(with[0].addr, "synchro_pull_hydrations_total{source=\"replica\"}"),
+        gauge(with[0].addr, "synchro_pull_hydrations_total{source=\"primary\"}")
+    );
 }
