@@ -168,6 +168,12 @@ pub fn spawn(
     rx: Receiver<WalEvent>,
 ) -> Result<WriterHandle, WriterError> {
     let mut db = pool::connect(&config.database_url)?;
+    // Every writer statement is a keyed lookup or insert. Tables that grow fast (a bulk load,
+    // the edge table itself) keep stale statistics for a while, and with them PostgreSQL planned
+    // these lookups as sequential scans or as a bitmap over the whole table: quadratic over an
+    // ingest. Index scans are always right here.
+    db.batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+        .map_err(StoreError::query("configuring the writer session"))?;
     let stored = stored_position(&mut db, &config.slot_name)?;
     let progress = Arc::new(WriterProgress::default());
     progress.committed_lsn.store(stored.0, Ordering::Release);
@@ -416,12 +422,14 @@ pub(crate) fn plan_chunk(
     let mut initial: HashMap<RecordKey, BTreeSet<String>> = HashMap::new();
     let mut stored_sums: HashMap<(RecordKey, String), Option<i32>> = HashMap::new();
     for (&table, ids) in &by_table {
-        // `= ANY` on the primary key's prefix: an index scan whatever the statistics say (a
-        // join against unnest() was planned as a hash join over the whole, growing table while
-        // its statistics were stale).
+        // One primary-key probe per record, whatever the statistics say: planned as a join
+        // against unnest() or as `record_id = ANY`, PostgreSQL scanned every edge of the table
+        // while its statistics were stale (a growing table), which made an ingest quadratic.
+        // `OFFSET 0` keeps the lateral subquery from being flattened into such a join.
         for r in db
             .query(
-                "SELECT record_id, bucket_id, checksum FROM sync_bucket_edges WHERE table_name = $1 AND record_id = ANY ($2)",
+                "SELECT k.r, e.bucket_id, e.checksum FROM unnest($2::text[]) AS k(r) CROSS JOIN LATERAL \
+                 (SELECT bucket_id, checksum FROM sync_bucket_edges WHERE table_name = $1 AND record_id = k.r OFFSET 0) e",
                 &[&table, ids],
             )
             .map_err(StoreError::query("reading bucket edges"))?
