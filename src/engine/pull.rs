@@ -295,9 +295,16 @@ fn bucket_updates(subs: &[String], known: &[String]) -> Option<BucketUpdate> {
 }
 
 /// `app.user_id` for the transaction, so RLS policies see the caller (§6.2 step 3).
+///
+/// The same statement turns sequential scans off for the transaction: every read that follows
+/// (hydration by primary key, snapshot pages in key order, edges by bucket) has an index, and
+/// right after a bulk load PostgreSQL's stale statistics made it scan whole tables instead.
 pub(crate) fn set_user(tx: &mut impl GenericClient, user: &UserId) -> Result<(), StoreError> {
-    tx.query_typed("SELECT set_config('app.user_id', $1, true)", &[(&user.as_str(), postgres::types::Type::TEXT)])
-        .map_err(StoreError::query("setting app.user_id"))?;
+    tx.query_typed(
+        "SELECT set_config('app.user_id', $1, true), set_config('enable_seqscan', 'off', true)",
+        &[(&user.as_str(), postgres::types::Type::TEXT)],
+    )
+    .map_err(StoreError::query("setting app.user_id"))?;
     Ok(())
 }
 
