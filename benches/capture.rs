@@ -8,26 +8,21 @@
 //! * Commit -> changelog latency p50/p99 at a steady 1k rows/s.
 //! * Peak RSS of synchrod while it ingests one 1M-row transaction.
 
-use std::process::{Child, Command, Stdio};
+#[allow(dead_code)]
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
 use synchro::cluster::{ClusterOptions, LocalCluster};
 
+use common::{wait_until, Synchrod};
+
 const DB: &str = "bench";
 
 fn client(cluster: &LocalCluster) -> Client {
     Client::connect(&cluster.url(DB), NoTls).expect("connect")
-}
-
-/// A synchrod child that is killed when dropped (also when the benchmark panics).
-struct Synchrod(Child);
-
-impl Drop for Synchrod {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn spawn_synchrod(cluster: &LocalCluster, slot: &str) -> Synchrod {
@@ -43,14 +38,6 @@ fn spawn_synchrod(cluster: &LocalCluster, slot: &str) -> Synchrod {
         .spawn()
         .expect("spawn synchrod");
     Synchrod(child)
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn marker_seen(c: &mut Client, id: i64) -> bool {

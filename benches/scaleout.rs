@@ -8,27 +8,24 @@
 //!
 //! `cargo bench --bench scaleout`
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+#[allow(dead_code)]
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use synchro::cluster::{free_port, ClusterOptions, LocalCluster};
+
+use common::{gauge, percentile, Conn, Synchrod};
 
 const DB: &str = "bench";
 const CLIENTS: usize = 64;
 
 struct Instance {
     addr: SocketAddr,
-    child: Child,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    _child: Synchrod,
 }
 
 fn spawn(cluster: &LocalCluster, threads: usize) -> Instance {
@@ -51,56 +48,13 @@ fn spawn_with(cluster: &LocalCluster, threads: usize, vars: &[(&str, String)]) -
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn synchrod");
-    Instance { addr: format!("127.0.0.1:{port}").parse().expect("addr"), child }
-}
-
-/// A keep-alive HTTP/1.1 connection.
-struct Conn {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    fn new(addr: SocketAddr) -> Option<Conn> {
-        let s = TcpStream::connect(addr).ok()?;
-        s.set_nodelay(true).ok()?;
-        Some(Conn { s, buf: Vec::with_capacity(16 * 1024) })
-    }
-
-    fn call(&mut self, method: &str, path: &str, user: &str, body: &str) -> (u16, Vec<u8>) {
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: b\r\nX-User-ID: {user}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        self.s.write_all(req.as_bytes()).expect("write");
-        self.buf.clear();
-        let mut chunk = [0u8; 16384];
-        loop {
-            let n = self.s.read(&mut chunk).expect("read");
-            assert!(n > 0, "connection closed");
-            self.buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
-                let status: u16 = head[9..12].parse().expect("status");
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse().ok()))
-                    .unwrap_or(0);
-                while self.buf.len() < end + 4 + len {
-                    let n = self.s.read(&mut chunk).expect("read");
-                    assert!(n > 0);
-                    self.buf.extend_from_slice(&chunk[..n]);
-                }
-                return (status, self.buf[end + 4..end + 4 + len].to_vec());
-            }
-        }
-    }
+    Instance { addr: format!("127.0.0.1:{port}").parse().expect("addr"), _child: Synchrod(child) }
 }
 
 fn wait_healthy(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(mut c) = Conn::new(addr) {
+        if let Some(mut c) = Conn::try_new(addr) {
             if c.call("GET", "/healthz", "", "").0 == 200 {
                 return;
             }
@@ -115,7 +69,7 @@ fn wait_healthy(addr: SocketAddr) {
 /// client `i` on instance `i % n`. Returns (requests/s, p50 ms, p99 ms).
 fn pulls(instances: &[Instance], secs: u64, prepare: impl FnOnce(usize)) -> (f64, f64, f64) {
     let n = instances.len();
-    let mut admin = Conn::new(instances[0].addr).expect("connect");
+    let mut admin = Conn::new(instances[0].addr);
     let (_, schema) = admin.call("GET", "/sync/schema", "u0", "");
     let schema: Value = serde_json::from_slice(&schema).expect("schema");
     let (v, h) = (schema["schema_version"].clone(), schema["schema_hash"].clone());
@@ -139,7 +93,7 @@ fn pulls(instances: &[Instance], secs: u64, prepare: impl FnOnce(usize)) -> (f64
                 json!({"client_id": "c", "checkpoint": checkpoints[i], "limit": 100, "schema_version": v, "schema_hash": h})
                     .to_string();
             std::thread::spawn(move || {
-                let mut c = Conn::new(addr).expect("connect");
+                let mut c = Conn::new(addr);
                 let mut lat = Vec::new();
                 while Instant::now() < deadline {
                     let t = Instant::now();
@@ -154,17 +108,7 @@ fn pulls(instances: &[Instance], secs: u64, prepare: impl FnOnce(usize)) -> (f64
     let mut all: Vec<f64> = handles.into_iter().flat_map(|h| h.join().expect("client")).collect();
     let elapsed = started.elapsed().as_secs_f64().max(secs as f64);
     all.sort_by(f64::total_cmp);
-    let pct = |p: f64| all[((all.len() as f64 - 1.0) * p) as usize];
-    (all.len() as f64 / elapsed, pct(0.5), pct(0.99))
-}
-
-fn gauge(addr: SocketAddr, name: &str) -> f64 {
-    let Some(mut c) = Conn::new(addr) else { return f64::NAN };
-    let (_, body) = c.call("GET", "/metrics", "", "");
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(f64::NAN)
+    (all.len() as f64 / elapsed, percentile(&all, 0.5), percentile(&all, 0.99))
 }
 
 fn main() {
@@ -212,7 +156,7 @@ fn main() {
     println!(
         "100-change pulls, 1 instance + 1 replica: {rps:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms \
          (pages hydrated on the replica: {:.0}, on the primary: {:.0})",
-        gauge(with[0].addr, "synchro_pull_hydrations_total{source=\"replica\"}"),
-        gauge(with[0].addr, "synchro_pull_hydrations_total{source=\"primary\"}")
+        gauge(with[0].addr, "synchro_pull_hydrations_total{source=\"replica\"}").unwrap_or(f64::NAN),
+        gauge(with[0].addr, "synchro_pull_hydrations_total{source=\"primary\"}").unwrap_or(f64::NAN)
     );
 }

@@ -8,9 +8,11 @@
 //! * Push throughput with 16 clients (100 creates per request).
 //! * Commit -> visible in a pull, p50/p99.
 
+#[allow(dead_code)]
+mod common;
+
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,54 +21,9 @@ use serde_json::{json, Value};
 use synchro::cluster::{ClusterOptions, LocalCluster};
 use synchro::config::Config;
 
+use common::{percentile, Conn};
+
 const DB: &str = "bench";
-
-/// A keep-alive HTTP/1.1 connection.
-struct Conn {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    fn new(addr: SocketAddr) -> Conn {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_nodelay(true).unwrap();
-        Conn { s, buf: Vec::with_capacity(64 * 1024) }
-    }
-
-    fn call(&mut self, method: &str, path: &str, user: &str, body: &str) -> (u16, Vec<u8>) {
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: b\r\nX-User-ID: {user}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        self.s.write_all(req.as_bytes()).unwrap();
-        self.buf.clear();
-        let mut chunk = [0u8; 16384];
-        loop {
-            let n = self.s.read(&mut chunk).unwrap();
-            assert!(n > 0, "connection closed");
-            self.buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
-                let status: u16 = head[9..12].parse().unwrap();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
-                    .unwrap_or(0);
-                while self.buf.len() < end + 4 + len {
-                    let n = self.s.read(&mut chunk).unwrap();
-                    assert!(n > 0);
-                    self.buf.extend_from_slice(&chunk[..n]);
-                }
-                return (status, self.buf[end + 4..end + 4 + len].to_vec());
-            }
-        }
-    }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p) as usize]
-}
 
 /// One request of a load test, given the client index and its connection.
 type Request = Arc<dyn Fn(usize, &mut Conn) + Send + Sync>;

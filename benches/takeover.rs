@@ -6,9 +6,11 @@
 //!
 //! `cargo bench --bench takeover`
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+#[allow(dead_code)]
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,18 +18,13 @@ use std::time::{Duration, Instant};
 use postgres::{Client, NoTls};
 use synchro::cluster::{free_port, ClusterOptions, LocalCluster};
 
+use common::{gauge, percentile, wait_until, Synchrod};
+
 const DB: &str = "bench";
 
 struct Instance {
-    port: u16,
-    child: Child,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    addr: SocketAddr,
+    child: Synchrod,
 }
 
 fn spawn(cluster: &LocalCluster, port: u16) -> Instance {
@@ -40,28 +37,11 @@ fn spawn(cluster: &LocalCluster, port: u16) -> Instance {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn synchrod");
-    Instance { port, child }
+    Instance { addr: SocketAddr::from(([127, 0, 0, 1], port)), child: Synchrod(child) }
 }
 
-fn gauge(port: u16, name: &str) -> Option<f64> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
-fn is_leader(port: u16) -> bool {
-    gauge(port, "synchro_capture_leader") == Some(1.0) && gauge(port, "synchro_capture_streaming") == Some(1.0)
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn is_leader(addr: SocketAddr) -> bool {
+    gauge(addr, "synchro_capture_leader") == Some(1.0) && gauge(addr, "synchro_capture_streaming") == Some(1.0)
 }
 
 fn captured(c: &mut Client, id: i64) -> bool {
@@ -71,10 +51,6 @@ fn captured(c: &mut Client, id: i64) -> bool {
     )
     .map(|r| r.get(0))
     .unwrap_or(false)
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn main() {
@@ -90,7 +66,7 @@ fn main() {
     println!("synchro capture takeover benchmark ({kills} kills of the leader among 3 instances, steady writes)");
 
     let mut instances: Vec<Instance> = (0..3).map(|_| spawn(&cluster, free_port().unwrap())).collect();
-    wait_until("a leader", Duration::from_secs(60), || instances.iter().filter(|i| is_leader(i.port)).count() == 1);
+    wait_until("a leader", Duration::from_secs(60), || instances.iter().filter(|i| is_leader(i.addr)).count() == 1);
 
     // About 500 single-row transactions per second for the whole run.
     let stop = Arc::new(AtomicBool::new(false));
@@ -111,21 +87,21 @@ fn main() {
     let mut first_row = Vec::new();
     for _ in 0..kills {
         std::thread::sleep(Duration::from_millis(500));
-        let leader = instances.iter().position(|i| is_leader(i.port)).expect("a leader");
+        let leader = instances.iter().position(|i| is_leader(i.addr)).expect("a leader");
         let killed_at = Instant::now();
-        instances[leader].child.kill().expect("kill");
-        let _ = instances[leader].child.wait();
+        instances[leader].child.0.kill().expect("kill");
+        let _ = instances[leader].child.0.wait();
         let probe = next.load(Ordering::Acquire) + 1;
         wait_until("a new leader", Duration::from_secs(30), || {
-            instances.iter().enumerate().any(|(i, inst)| i != leader && is_leader(inst.port))
+            instances.iter().enumerate().any(|(i, inst)| i != leader && is_leader(inst.addr))
         });
         elected.push(killed_at.elapsed().as_secs_f64() * 1000.0);
         wait_until("a row written after the kill", Duration::from_secs(30), || captured(&mut c, probe));
         first_row.push(killed_at.elapsed().as_secs_f64() * 1000.0);
-        let port = instances[leader].port;
-        instances[leader] = spawn(&cluster, port);
+        let addr = instances[leader].addr;
+        instances[leader] = spawn(&cluster, addr.port());
         wait_until("the restarted standby", Duration::from_secs(30), || {
-            gauge(port, "synchro_capture_leader") == Some(0.0)
+            gauge(addr, "synchro_capture_leader") == Some(0.0)
         });
     }
     stop.store(true, Ordering::Release);
@@ -141,15 +117,15 @@ fn main() {
     first_row.sort_by(f64::total_cmp);
     println!(
         "kill -> new leader streaming: p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms (target < 2000 ms)",
-        pct(&elected, 0.5),
-        pct(&elected, 0.9),
-        pct(&elected, 1.0)
+        percentile(&elected, 0.5),
+        percentile(&elected, 0.9),
+        percentile(&elected, 1.0)
     );
     println!(
         "kill -> first row written after the kill in the changelog: p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms",
-        pct(&first_row, 0.5),
-        pct(&first_row, 0.9),
-        pct(&first_row, 1.0)
+        percentile(&first_row, 0.5),
+        percentile(&first_row, 0.9),
+        percentile(&first_row, 1.0)
     );
     println!(
         "changelog integrity: {last} rows written, {distinct} captured, {} duplicates, {} missing",

@@ -66,10 +66,7 @@ impl EngineApi {
             );
             // Seconds behind: the age of the newest change in the changelog while WAL is pending.
             let last_commit = c.last_commit_ms.load(Ordering::Relaxed);
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let now_ms = crate::time::unix_ms_now();
             let lag_secs = if wal_end > committed && last_commit > 0 {
                 now_ms.saturating_sub(last_commit) as f64 / 1000.0
             } else {

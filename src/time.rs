@@ -53,6 +53,16 @@ fn from_micros(us: i128) -> Option<SystemTime> {
     }
 }
 
+/// Milliseconds since the Unix epoch (0 for times before it), for counters and metrics.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// [`unix_ms`] of now.
+pub fn unix_ms_now() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
 /// RFC 3339 in UTC with `Z`; the fraction only when non-zero, trailing zeros trimmed, at most
 /// microseconds: `2026-03-05T11:30:00Z`, `2026-03-05T11:30:00.123456Z`.
 pub fn format_timestamp(t: SystemTime) -> String {

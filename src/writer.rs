@@ -278,8 +278,7 @@ impl Writer {
                 self.publish(lsn);
             }
             if let Some(t) = batch.last_commit_time {
-                let ms = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-                self.progress.last_commit_ms.fetch_max(ms, Ordering::Relaxed);
+                self.progress.last_commit_ms.fetch_max(crate::time::unix_ms(t), Ordering::Relaxed);
             }
             self.progress.batches.fetch_add(1, Ordering::Relaxed);
             self.progress.rows.fetch_add(batch.changelog_rows, Ordering::Relaxed);

@@ -24,6 +24,7 @@ use crate::pgurl;
 use crate::registry::Registry;
 use crate::store::changelog::{self, watermark};
 use crate::store::pool::{self, StoreError};
+use crate::time::unix_ms_now as now_ms;
 use crate::types::Lsn;
 use crate::wire::backend::{self, BackendMessage, ReplicationMessage};
 use crate::wire::pgoutput;
@@ -144,10 +145,6 @@ pub struct CaptureStatus {
     pub wal_messages: AtomicU64,
     /// Commit time (Unix ms) of the newest replicated transaction in the changelog.
     pub last_commit_ms: AtomicU64,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl CaptureStatus {

@@ -220,13 +220,33 @@ pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Logs why the pool could not open a connection (r2d2 itself keeps only the short message).
-#[derive(Debug)]
-struct LogConnectErrors;
+/// Logs why the pool could not open a connection (r2d2 itself keeps only the short message),
+/// at most once per [`CONNECT_ERROR_LOG_EVERY`]: while the database is down r2d2 retries for
+/// every waiting request, and one line per attempt would flood the log.
+#[derive(Debug, Default)]
+struct LogConnectErrors {
+    last_logged_ms: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+const CONNECT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl r2d2::HandleError<postgres::Error> for LogConnectErrors {
     fn handle_error(&self, error: postgres::Error) {
-        crate::warn!("opening a pooled database connection failed", error = with_causes(&error));
+        use std::sync::atomic::Ordering;
+        let now_ms = crate::time::unix_ms_now();
+        let last = self.last_logged_ms.load(Ordering::Relaxed);
+        let due = now_ms.saturating_sub(last) >= CONNECT_ERROR_LOG_EVERY.as_millis() as u64;
+        if due && self.last_logged_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+            crate::warn!(
+                "opening a pooled database connection failed",
+                error = with_causes(&error),
+                similar_failures_not_logged = suppressed
+            );
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -290,7 +310,7 @@ fn connector(_tls: &TlsSettings) -> Result<Connector, StoreError> {
 /// shows up as 503s rather than a refusal to start.
 pub fn connect_pool(url: &str, max_size: u32) -> Result<Pool, StoreError> {
     let (config, connector) = pg_config(url)?;
-    Ok(build_pool(config, connector, max_size, Box::new(LogConnectErrors)))
+    Ok(build_pool(config, connector, max_size, Box::new(LogConnectErrors::default())))
 }
 
 /// [`connect_pool`] for a pool whose owner reports connection failures itself (r2d2 retries a

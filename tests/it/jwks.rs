@@ -17,6 +17,7 @@ use ring::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair, RsaPublicKeyCompo
 use serde_json::{json, Value};
 use sha2::Sha256;
 
+use crate::capture::wait_for;
 use crate::client::{get, post, Resp};
 use crate::harness::TestDb;
 use crate::server::start;
@@ -226,15 +227,6 @@ fn tables(addr: SocketAddr, token: &str) -> Resp {
     get(addr, "/sync/tables", &bearer(token))
 }
 
-/// Polls `probe` until it returns true, failing after `limit`.
-fn eventually(what: &str, limit: Duration, mut probe: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !probe() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn refused(r: &Resp, message: &str, case: &str) {
     assert_eq!(r.status, 401, "{case}: {}", r.body);
     assert_eq!(r.json()["error"], message, "{case}");
@@ -392,9 +384,7 @@ fn key_rotation_unknown_kids_and_max_age() {
     // The identity provider rotates: k2 published, k1 withdrawn. The first k2 token more than
     // JWKS_REFRESH_SECS after the last fetch refreshes the set.
     jwks.serve(200, &[new.jwk("k2")], None, false);
-    eventually("a k2 token accepted after the refresh", Duration::from_secs(15), || {
-        tables(addr, &new_token).status == 200
-    });
+    wait_for(15, "a k2 token accepted after the refresh", || (tables(addr, &new_token).status == 200).then_some(()));
     refused(&tables(addr, &old_token), "invalid token", "k1 withdrawn");
 
     // A burst of unknown kids costs at most one fetch per interval.
@@ -410,12 +400,10 @@ fn key_rotation_unknown_kids_and_max_age() {
     // Cache-Control: max-age is honoured by the background refresher: a withdrawn key stops
     // working although no token asked for an unknown kid.
     jwks.serve(200, &[new.jwk("k2"), old.jwk("k1")], Some("public, max-age=1"), false);
-    eventually("k1 accepted again once republished", Duration::from_secs(15), || {
-        tables(addr, &old_token).status == 200
-    });
+    wait_for(15, "k1 accepted again once republished", || (tables(addr, &old_token).status == 200).then_some(()));
     jwks.serve(200, &[old.jwk("k1")], Some("max-age=1"), false);
-    eventually("k2 refused after max-age without any unknown kid", Duration::from_secs(15), || {
-        tables(addr, &new_token).status == 401
+    wait_for(15, "k2 refused after max-age without any unknown kid", || {
+        (tables(addr, &new_token).status == 401).then_some(())
     });
     assert_eq!(tables(addr, &old_token).status, 200);
     server.shutdown(Duration::from_secs(5));
@@ -440,10 +428,10 @@ fn jwks_down_at_startup_answers_503_until_keys_load() {
     // An endpoint that answers 200 with a set of unusable keys is still "down".
     jwks.serve(200, &[json!({"kty": "oct", "k": "c2VjcmV0"})], None, false);
     let hits = jwks.hits();
-    eventually("a retry", Duration::from_secs(15), || jwks.hits() > hits);
+    wait_for(15, "a retry", || (jwks.hits() > hits).then_some(()));
     assert_eq!(tables(addr, &token).status, 503);
     jwks.serve(200, &[key.jwk("e1")], None, false);
-    eventually("keys loaded by the background retry", Duration::from_secs(20), || tables(addr, &token).status == 200);
+    wait_for(20, "keys loaded by the background retry", || (tables(addr, &token).status == 200).then_some(()));
     server.shutdown(Duration::from_secs(5));
 }
 

@@ -85,7 +85,16 @@ fn three_instances_one_leader_takeover_after_kill_without_loss_or_duplicates() {
 
     let mut takeovers = Vec::new();
     for round in 0..3 {
-        std::thread::sleep(Duration::from_millis(700));
+        // Let the current leader capture some of the load before it is killed.
+        let target = next_event.load(Ordering::Acquire) + 50;
+        wait_for(30, "the leader to capture the load", || {
+            let n: i64 = db
+                .client()
+                .query_one("SELECT count(*) FROM sync_changelog WHERE table_name = 'events'", &[])
+                .ok()?
+                .get(0);
+            (n >= i64::from(target)).then_some(())
+        });
         let leader = match leaders(&instances)[..] {
             [one] => one,
             ref other => panic!("round {round}: expected one leader, found {other:?}"),

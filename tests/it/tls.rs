@@ -237,3 +237,27 @@ fn synchrod_captures_and_serves_over_verify_full() {
     assert!(rows.iter().all(|r| r.get::<_, bool>(1)), "every tls_user session uses TLS");
     server.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn a_hostile_answer_to_sslrequest_is_a_clean_error() {
+    // Something that is not PostgreSQL: answers the SSLRequest with a byte that means nothing,
+    // or with a huge garbage stream, then hangs up.
+    for reply in [&b"X"[..], &[0xffu8; 70_000][..], &b""[..]] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let reply = reply.to_vec();
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let Ok((mut s, _)) = listener.accept() else { return };
+                let mut request = [0u8; 8];
+                let _ = std::io::Read::read_exact(&mut s, &mut request);
+                let _ = std::io::Write::write_all(&mut s, &reply);
+            }
+        });
+        let url = format!("postgres://u@127.0.0.1:{port}/d?sslmode=require");
+        let e = replication(&url).err().expect("not a PostgreSQL server").to_string();
+        assert!(!e.is_empty());
+        assert!(pool_ssl(&url).is_err());
+        server.join().unwrap();
+    }
+}
