@@ -3,6 +3,8 @@
 //! stand by). On a 2-core machine this shows the cost of the extra processes more than a gain;
 //! the point of several instances there is availability (see `cargo bench --bench takeover`).
 //!
+//! Then the same on one instance with a separate sync store (`SYNC_STORE_URL`).
+//!
 //! Then 100-change pulls (hydration-heavy) on one instance without and with a streaming replica
 //! (`READ_REPLICA_URLS`), where hydration moves to the replica when it has replayed far enough.
 //!
@@ -131,6 +133,19 @@ fn main() {
         println!("{n} instance(s) x {threads} workers: {rps:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms");
         drop(instances);
     }
+
+    // The same empty pulls on one instance whose sync tables live in a separate store (another
+    // database of the same server, with its own slot): one more connection and round trip each.
+    cluster.psql("postgres", &format!("CREATE DATABASE {DB}_store")).expect("store db");
+    let split = vec![spawn_with(
+        &cluster,
+        8,
+        &[("SYNC_STORE_URL", cluster.url(&format!("{DB}_store"))), ("SLOT_NAME", "store_slot".into())],
+    )];
+    wait_healthy(split[0].addr);
+    let (rps, p50, p99) = pulls(&split, 5, |_| ());
+    println!("1 instance x 8 workers, separate sync store: {rps:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms");
+    drop(split);
 
     // 100-change pulls on one instance, without and with a streaming replica.
     let fill = |clients: usize| {

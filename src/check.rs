@@ -162,7 +162,27 @@ pub fn run(config: &Config) -> Vec<CheckResult> {
         Err(e) => out.push(CheckResult::fail("replication connection (no pooler)", e.to_string(), "fix REPLICATION_URL")),
     }
 
-    let applied: Vec<i32> = db
+    // The infrastructure tables live in the sync store when one is configured.
+    let mut store = match &config.sync_store_url {
+        None => None,
+        Some(url) => match pool::connect(url) {
+            Ok(s) => {
+                out.push(CheckResult::pass("sync store reachable", crate::logging::redact_url(url)));
+                Some(s)
+            }
+            Err(e) => {
+                out.push(CheckResult::fail(
+                    "sync store reachable",
+                    e.to_string(),
+                    "check SYNC_STORE_URL and that its PostgreSQL accepts connections",
+                ));
+                return out;
+            }
+        },
+    };
+    let applied: Vec<i32> = store
+        .as_mut()
+        .unwrap_or(&mut db)
         .query("SELECT version FROM synchro_migrations", &[])
         .map(|rows| rows.iter().map(|r| r.get(0)).collect())
         .unwrap_or_default();

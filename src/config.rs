@@ -72,8 +72,12 @@ pub enum AuthMode {
 /// The complete server configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Application and infrastructure database.
+    /// The application database (synced tables, slot, publication), and the sync tables'
+    /// database too unless `sync_store_url` is set.
     pub database_url: String,
+    /// A separate database for the sync tables (`SYNC_STORE_URL`), `None` when they live in
+    /// the application database.
+    pub sync_store_url: Option<String>,
     /// Streaming replicas that pull hydration and snapshot pages may read from
     /// (`READ_REPLICA_URLS`), empty when none.
     pub read_replica_urls: Vec<String>,
@@ -144,7 +148,12 @@ const VARS: &[VarDoc] = &[
     VarDoc {
         name: "DATABASE_URL",
         default: "(required; `synchrod dev` starts its own)",
-        meaning: "PostgreSQL URL of the application and sync tables",
+        meaning: "PostgreSQL URL of the application tables (and of the sync tables unless SYNC_STORE_URL is set)",
+    },
+    VarDoc {
+        name: "SYNC_STORE_URL",
+        default: "(empty: DATABASE_URL)",
+        meaning: "separate database for the changelog, bucket edges, clients, checkpoints and manifest",
     },
     VarDoc {
         name: "REPLICATION_URL",
@@ -309,6 +318,11 @@ impl Config {
         Config::from_vars(&std::env::vars().collect())
     }
 
+    /// Where the sync tables live: `SYNC_STORE_URL`, else `DATABASE_URL`.
+    pub fn store_url(&self) -> &str {
+        self.sync_store_url.as_deref().unwrap_or(&self.database_url)
+    }
+
     /// Reads the configuration from a variable map (empty values count as unset).
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
         let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
@@ -331,13 +345,32 @@ impl Config {
             None => (pgurl::with_replication_database(&database_url), true),
         };
 
+        let sync_store_url = match get("SYNC_STORE_URL") {
+            Some(url) => {
+                validate_url("SYNC_STORE_URL", url)?;
+                // The same database twice would be harmless but pays for a second connection
+                // per request; say so instead.
+                (url != database_url).then(|| url.to_string()).ok_or(ConfigError {
+                    variable: "SYNC_STORE_URL",
+                    message:
+                        "is DATABASE_URL itself: leave it unset to keep the sync tables in the application database"
+                            .to_string(),
+                })?;
+                Some(url.to_string())
+            }
+            None => None,
+        };
+
         let mut read_replica_urls = Vec::new();
         for url in get("READ_REPLICA_URLS").unwrap_or("").split(',').map(str::trim).filter(|u| !u.is_empty()) {
             validate_url("READ_REPLICA_URLS", url)?;
-            if url == database_url || read_replica_urls.iter().any(|u| u == url) {
+            if url == database_url
+                || sync_store_url.as_deref() == Some(url)
+                || read_replica_urls.iter().any(|u| u == url)
+            {
                 return Err(ConfigError {
                     variable: "READ_REPLICA_URLS",
-                    message: "lists the same URL twice, or DATABASE_URL itself".to_string(),
+                    message: "lists the same URL twice, or DATABASE_URL or SYNC_STORE_URL itself".to_string(),
                 });
             }
             read_replica_urls.push(url.to_string());
@@ -438,6 +471,7 @@ impl Config {
 
         Ok(Config {
             database_url,
+            sync_store_url,
             read_replica_urls,
             replication_url,
             replication_url_derived,
@@ -559,6 +593,13 @@ mod tests {
     }
 
     #[test]
+    fn the_sync_store_is_optional() {
+        assert_eq!(Config::from_vars(&vars(&[])).unwrap().sync_store_url, None);
+        let c = Config::from_vars(&vars(&[("SYNC_STORE_URL", " postgres://s:6432/store ")])).unwrap();
+        assert_eq!(c.sync_store_url.as_deref(), Some("postgres://s:6432/store"));
+    }
+
+    #[test]
     fn read_replicas_are_a_comma_list() {
         assert!(Config::from_vars(&vars(&[])).unwrap().read_replica_urls.is_empty());
         let c =
@@ -610,6 +651,13 @@ mod tests {
             (&[("DATABASE_URL", "postgres://h/x?sslmode=allow")], "DATABASE_URL"),
             (&[("REPLICATION_URL", "postgres://h/x?sslmode=verify-ca&sslrootcert=")], "REPLICATION_URL"),
             (&[("READ_REPLICA_URLS", "postgres://r1/app,not a url")], "READ_REPLICA_URLS"),
+            (&[("SYNC_STORE_URL", "not a url")], "SYNC_STORE_URL"),
+            (&[("SYNC_STORE_URL", "postgres://u@localhost/app")], "SYNC_STORE_URL"),
+            (&[("SYNC_STORE_URL", "postgres://s/x?sslmode=allow")], "SYNC_STORE_URL"),
+            (
+                &[("SYNC_STORE_URL", "postgres://s/store"), ("READ_REPLICA_URLS", "postgres://s/store")],
+                "READ_REPLICA_URLS",
+            ),
             (&[("READ_REPLICA_URLS", "postgres://r1/app, postgres://r1/app")], "READ_REPLICA_URLS"),
             (&[("READ_REPLICA_URLS", "postgres://u@localhost/app")], "READ_REPLICA_URLS"),
             (&[("READ_REPLICA_URLS", "postgres://r1/x?sslmode=allow")], "READ_REPLICA_URLS"),

@@ -20,7 +20,7 @@ use crate::service::EngineApi;
 use crate::store::introspect::{self, RegistrySettings};
 use crate::store::publication::{self, PublicationChange};
 use crate::store::replicas::{ReplicaSet, ReplicaSettings};
-use crate::store::{migrations, pool};
+use crate::store::{migrations, pool, Stores};
 use crate::version::VersionGate;
 
 /// Why the server could not start or stopped.
@@ -67,9 +67,9 @@ impl From<EngineError> for ServerError {
     }
 }
 
-/// Applies the infrastructure migrations and returns the steps applied.
+/// Applies the infrastructure migrations (in the sync store) and returns the steps applied.
 pub fn migrate(config: &Config) -> Result<Vec<i32>, ServerError> {
-    let mut client = pool::connect(&config.database_url)?;
+    let mut client = pool::connect(config.store_url())?;
     Ok(migrations::apply(&mut client).map_err(pool::StoreError::query("applying migrations"))?)
 }
 
@@ -235,8 +235,16 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
     let auth = authenticator(config)?;
     migrate_with_retry(config, Duration::from_secs(60))?;
     let settings = engine_settings(config)?;
-    let pool = pool::connect_pool(&config.database_url, (config.http_threads as u32).saturating_add(4))?;
-    let mut engine = Engine::new(pool, settings)?;
+    let pool_size = (config.http_threads as u32).saturating_add(4);
+    let pool = pool::connect_pool(&config.database_url, pool_size)?;
+    let store = match &config.sync_store_url {
+        Some(url) => {
+            crate::info!("sync tables in a separate store", store = crate::logging::redact_url(url));
+            Some(pool::connect_pool(url, pool_size)?)
+        }
+        None => None,
+    };
+    let mut engine = Engine::with_stores(pool, store, settings)?;
     if !config.read_replica_urls.is_empty() {
         let replicas = ReplicaSet::connect(
             &config.read_replica_urls,
@@ -282,7 +290,7 @@ fn compaction_settings(config: &Config) -> crate::store::compaction::CompactionS
 
 /// Runs one compaction pass (`synchrod compact`).
 pub fn compact_once(config: &Config) -> Result<crate::store::compaction::CompactionReport, ServerError> {
-    let mut db = pool::connect(&config.database_url)?;
+    let mut db = pool::connect(config.store_url())?;
     Ok(crate::store::compaction::compact(&mut db, &compaction_settings(config))?)
 }
 
@@ -295,7 +303,7 @@ fn spawn_compaction(
     capture: Arc<CaptureStatus>,
 ) -> Result<(Arc<std::sync::atomic::AtomicBool>, thread::JoinHandle<()>), ServerError> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (s, url, settings) = (stop.clone(), config.database_url.clone(), compaction_settings(config));
+    let (s, url, settings) = (stop.clone(), config.store_url().to_string(), compaction_settings(config));
     let handle = thread::Builder::new()
         .name("compaction".into())
         .spawn(move || {
@@ -368,15 +376,16 @@ fn begin_capture(config: &Config, engine: &Engine, status: Arc<CaptureStatus>) -
     }
     let tables = CaptureTables::from_registry(&cat.registry);
     let assigner = Arc::new(DefaultAssigner);
-    let capture_config =
+    let mut capture_config =
         CaptureConfig::new(&config.replication_url, &config.database_url, &config.slot_name, &config.publication_name);
+    capture_config.writer.store_url = config.sync_store_url.clone();
     // The slot must exist before the backfill: every row committed after this point is either
     // streamed or (if older) backfilled, never neither.
     capture::ensure_slot(&capture_config).map_err(|e| ServerError::Config(format!("preparing replication: {e}")))?;
-    let mut db = pool::connect(&config.database_url)?;
+    let mut dbs = Stores::connect(&config.database_url, config.sync_store_url.as_deref())?;
     let started = Instant::now();
     let edges =
-        crate::writer::backfill_edges(&mut db, &tables.routing, assigner.as_ref(), crate::checksum::record_checksum)?;
+        crate::writer::backfill_edges(&mut dbs, &tables.routing, assigner.as_ref(), crate::checksum::record_checksum)?;
     if edges > 0 {
         crate::info!("bucket edges backfilled", edges = edges, millis = started.elapsed().as_millis() as u64);
     }

@@ -109,14 +109,12 @@ impl EngineApi {
                 c.batches.load(Ordering::Relaxed) as f64,
             );
         }
-        if let Ok(mut db) = self.engine.pool().get_timeout(Duration::from_secs(1)) {
+        if let Ok(mut db) = self.engine.store_pool().get_timeout(Duration::from_secs(1)) {
             let row = db.query_one(
                 "SELECT (SELECT count(*) FROM sync_clients)::float8, (SELECT count(*) FROM sync_clients WHERE is_active)::float8, \
                         GREATEST((SELECT reltuples FROM pg_class WHERE oid = 'sync_changelog'::regclass), 0)::float8, \
-                        pg_total_relation_size('sync_changelog')::float8, \
-                        (SELECT active::int FROM pg_replication_slots WHERE slot_name = $1)::float8, \
-                        (SELECT (pg_current_wal_lsn() - restart_lsn) FROM pg_replication_slots WHERE slot_name = $1)::float8",
-                &[&self.slot_name],
+                        pg_total_relation_size('sync_changelog')::float8",
+                &[],
             );
             if let Ok(r) = row {
                 let get = |i: usize| r.get::<_, Option<f64>>(i).unwrap_or(0.0);
@@ -124,8 +122,19 @@ impl EngineApi {
                 push("synchro_clients_active", "gauge", "Active client devices.", get(1));
                 push("synchro_changelog_rows", "gauge", "Changelog rows (planner estimate).", get(2));
                 push("synchro_changelog_bytes", "gauge", "Changelog size on disk, indexes included.", get(3));
-                push("synchro_slot_active", "gauge", "1 while the replication slot has a consumer.", get(4));
-                push("synchro_slot_retained_wal_bytes", "gauge", "WAL the slot keeps on the server.", get(5));
+            }
+        }
+        // The slot lives in the application database (the sync store may be another one).
+        if let Ok(mut db) = self.engine.pool().get_timeout(Duration::from_secs(1)) {
+            let row = db.query_one(
+                "SELECT (SELECT active::int FROM pg_replication_slots WHERE slot_name = $1)::float8, \
+                        (SELECT (pg_current_wal_lsn() - restart_lsn) FROM pg_replication_slots WHERE slot_name = $1)::float8",
+                &[&self.slot_name],
+            );
+            if let Ok(r) = row {
+                let get = |i: usize| r.get::<_, Option<f64>>(i).unwrap_or(0.0);
+                push("synchro_slot_active", "gauge", "1 while the replication slot has a consumer.", get(0));
+                push("synchro_slot_retained_wal_bytes", "gauge", "WAL the slot keeps on the server.", get(1));
             }
         }
         if let Some(replicas) = self.engine.read_replicas() {

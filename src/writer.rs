@@ -28,6 +28,7 @@ use crate::buckets::{dedup_buckets, resolve_owners, BucketAssigner, Owner, Routi
 use crate::change::{ChangeKind, ColumnValue, RowChange, WalEvent};
 use crate::registry::quote_ident;
 use crate::store::pool::{self, StoreError};
+use crate::store::Stores;
 use crate::types::{Lsn, Op};
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;
@@ -80,8 +81,11 @@ impl WriterError {
 /// Writer settings.
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
-    /// Where the changelog lives.
+    /// The application database: current rows and foreign keys are read here.
     pub database_url: String,
+    /// The sync store (`SYNC_STORE_URL`) when the changelog, edges and WAL position live in a
+    /// separate database; `None` when they live in the application database.
+    pub store_url: Option<String>,
     /// The slot whose position is stored.
     pub slot_name: String,
     /// Close a batch after this many rows (at the next commit).
@@ -95,10 +99,16 @@ pub struct WriterConfig {
 }
 
 impl WriterConfig {
+    /// Where the changelog, edges and WAL position live.
+    pub fn store_url(&self) -> &str {
+        self.store_url.as_deref().unwrap_or(&self.database_url)
+    }
+
     /// Defaults for `database_url` and `slot_name`.
     pub fn new(database_url: &str, slot_name: &str) -> WriterConfig {
         WriterConfig {
             database_url: database_url.to_string(),
+            store_url: None,
             slot_name: slot_name.to_string(),
             max_batch_rows: 5000,
             // Bounds commit -> changelog latency under a steady trickle of changes.
@@ -160,6 +170,17 @@ fn store_position(db: &mut impl GenericClient, slot: &str, lsn: Lsn, expected: L
     Ok(())
 }
 
+/// A writer session: every writer statement is a keyed lookup or insert. Tables that grow fast
+/// (a bulk load, the edge table itself) keep stale statistics for a while, and with them
+/// PostgreSQL planned these lookups as sequential scans or as a bitmap over the whole table:
+/// quadratic over an ingest. Index scans are always right here.
+fn connect_writer_session(url: &str) -> Result<postgres::Client, StoreError> {
+    let mut db = pool::connect(url)?;
+    db.batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+        .map_err(StoreError::query("configuring the writer session"))?;
+    Ok(db)
+}
+
 /// Starts the writer thread.
 pub fn spawn(
     config: WriterConfig,
@@ -167,13 +188,12 @@ pub fn spawn(
     assigner: Arc<dyn BucketAssigner>,
     rx: Receiver<WalEvent>,
 ) -> Result<WriterHandle, WriterError> {
-    let mut db = pool::connect(&config.database_url)?;
-    // Every writer statement is a keyed lookup or insert. Tables that grow fast (a bulk load,
-    // the edge table itself) keep stale statistics for a while, and with them PostgreSQL planned
-    // these lookups as sequential scans or as a bitmap over the whole table: quadratic over an
-    // ingest. Index scans are always right here.
-    db.batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
-        .map_err(StoreError::query("configuring the writer session"))?;
+    let mut db = connect_writer_session(config.store_url())?;
+    // With a separate sync store, current rows and owners are read on a second session.
+    let app = match &config.store_url {
+        Some(_) => Some(connect_writer_session(&config.database_url)?),
+        None => None,
+    };
     let stored = stored_position(&mut db, &config.slot_name)?;
     let progress = Arc::new(WriterProgress::default());
     progress.committed_lsn.store(stored.0, Ordering::Release);
@@ -181,7 +201,7 @@ pub fn spawn(
     let join = thread::Builder::new()
         .name("changelog-writer".into())
         .spawn(move || {
-            let mut w = Writer { config, routing, assigner, progress: p, stored };
+            let mut w = Writer { config, routing, assigner, progress: p, stored, app };
             w.run(&mut db, &rx)
         })
         .map_err(|e| WriterError::Position(format!("spawning the writer thread: {e}")))?;
@@ -195,6 +215,8 @@ struct Writer {
     progress: Arc<WriterProgress>,
     /// Replicated transactions that committed at or before this LSN are already applied.
     stored: Lsn,
+    /// The application database, when the sync store is separate (reads only, autocommit).
+    app: Option<postgres::Client>,
 }
 
 /// The state of one open batch.
@@ -352,12 +374,13 @@ impl Writer {
 
     /// Writes the buffered changes: edges looked up and owners resolved for the whole chunk,
     /// then one statement each for changelog rows, edge removals, edge upserts and failures.
-    fn flush_chunk(&self, db: &mut impl GenericClient, batch: &mut Batch) -> Result<(), WriterError> {
+    fn flush_chunk(&mut self, db: &mut impl GenericClient, batch: &mut Batch) -> Result<(), WriterError> {
         if batch.chunk.is_empty() {
             return Ok(());
         }
         let chunk = std::mem::take(&mut batch.chunk);
-        let out = plan_chunk(db, &self.routing, self.assigner.as_ref(), &chunk, self.config.checksum)?;
+        let out =
+            plan_chunk(db, self.app.as_mut(), &self.routing, self.assigner.as_ref(), &chunk, self.config.checksum)?;
         batch.changelog_rows += write_plan(db, &out)?;
         Ok(())
     }
@@ -396,9 +419,12 @@ fn payload_json(c: &RowChange) -> String {
     serde_json::Value::Object(map).to_string()
 }
 
-/// Computes the changelog rows and net edge changes of a chunk (§9.4 with C6 and C8).
+/// Computes the changelog rows and net edge changes of a chunk (§9.4 with C6 and C8). Edges
+/// are read on `db` (the sync store); owners and current rows on `app`, or on `db` when the
+/// store is the application database.
 pub(crate) fn plan_chunk(
     db: &mut impl GenericClient,
+    mut app: Option<&mut postgres::Client>,
     routing: &RoutingTable,
     assigner: &dyn BucketAssigner,
     chunk: &[RowChange],
@@ -441,7 +467,10 @@ pub(crate) fn plan_chunk(
     }
     // Owners for every change that may need an assignment, in one pass.
     let needs: Vec<&RowChange> = chunk.iter().collect();
-    let owners = resolve_owners(db, routing, &needs)?;
+    let owners = match app.as_deref_mut() {
+        Some(a) => resolve_owners(a, routing, &needs)?,
+        None => resolve_owners(db, routing, &needs)?,
+    };
 
     let mut state: HashMap<RecordKey, BTreeSet<String>> = initial.clone();
     let mut plan = Plan::default();
@@ -514,15 +543,11 @@ pub(crate) fn plan_chunk(
     let mut checksums: HashMap<RecordKey, i32> = HashMap::new();
     for (table, ids) in &upsert_keys {
         let Some(t) = routing.get(table) else { continue };
-        let sql = format!(
-            "SELECT t.{pk}::text, row_to_json(t.*)::text FROM {q} t WHERE t.{pk} = ANY ($1::text[]::{ty}[])",
-            pk = quote_ident(&t.pk),
-            q = t.qualified,
-            ty = t.pk_type
-        );
-        for r in db.query(&sql, &[ids]).map_err(StoreError::query(format!("reading current rows of {table}")))? {
-            let id: String = r.get(0);
-            let json: String = r.get(1);
+        let rows = match app.as_deref_mut() {
+            Some(a) => current_rows(a, t, ids)?,
+            None => current_rows(db, t, ids)?,
+        };
+        for (id, json) in rows {
             checksums.insert((table.clone(), id), checksum(&json));
         }
     }
@@ -544,6 +569,22 @@ pub(crate) fn plan_chunk(
     plan.edge_updates.sort();
     plan.edge_deletes.sort();
     Ok(plan)
+}
+
+/// `(primary key, row_to_json text)` of the rows of `t` with keys `ids` that still exist.
+fn current_rows(
+    db: &mut impl GenericClient,
+    t: &TableRouting,
+    ids: &[String],
+) -> Result<Vec<(String, String)>, StoreError> {
+    let sql = format!(
+        "SELECT t.{pk}::text, row_to_json(t.*)::text FROM {q} t WHERE t.{pk} = ANY ($1::text[]::{ty}[])",
+        pk = quote_ident(&t.pk),
+        q = t.qualified,
+        ty = t.pk_type
+    );
+    let rows = db.query(&sql, &[&ids]).map_err(StoreError::query(format!("reading current rows of {}", t.name)))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 type EdgeColumns<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<Option<i32>>);
@@ -613,9 +654,10 @@ pub(crate) fn write_plan(db: &mut impl GenericClient, plan: &Plan) -> Result<u64
 
 /// C17: gives every existing row of every routed table its bucket edges (with checksums), so
 /// rebuilds and bucket checksums cover rows that predate the consumer. Runs once per table
-/// (remembered in `synchro_watermarks`), in pages, writing no changelog rows.
+/// (remembered in `synchro_watermarks`), in pages, writing no changelog rows. Rows are read
+/// from the application database, edges written to the sync store.
 pub fn backfill_edges(
-    db: &mut postgres::Client,
+    dbs: &mut Stores<postgres::Client>,
     routing: &RoutingTable,
     assigner: &dyn BucketAssigner,
     checksum: fn(&str) -> i32,
@@ -625,7 +667,7 @@ pub fn backfill_edges(
     tables.sort_by(|a, b| a.name.cmp(&b.name));
     for t in tables {
         let mark = format!("backfill:{}", t.name);
-        if crate::store::changelog::read_watermark(db, &mark)? > 0 {
+        if crate::store::changelog::read_watermark(dbs.store(), &mark)? > 0 {
             continue;
         }
         let mut columns = vec![format!("t.{}::text", quote_ident(&t.pk))];
@@ -636,18 +678,26 @@ pub fn backfill_edges(
         }
         // Soft-deleted rows belong to no bucket (the writer removes their edges too).
         let live = t.deleted_at.as_deref().map(|c| format!("AND t.{} IS NULL", quote_ident(c))).unwrap_or_default();
+        // In one database, rows that already have edges (an earlier, interrupted backfill) are
+        // skipped in the same query; with a separate store the edge probe of the plan finds
+        // them and writes nothing for them.
+        let pk = quote_ident(&t.pk);
+        let unseen = if dbs.is_split() {
+            "AND $2::text IS NOT NULL".to_string()
+        } else {
+            format!("AND NOT EXISTS (SELECT 1 FROM sync_bucket_edges e WHERE e.table_name = $2 AND e.record_id = t.{pk}::text)")
+        };
         let mut after: Option<String> = None;
         loop {
             let sql = format!(
-                "SELECT {cols} FROM {q} t WHERE ($1::text IS NULL OR t.{pk} > $1::text::{ty}) {live} \
-                 AND NOT EXISTS (SELECT 1 FROM sync_bucket_edges e WHERE e.table_name = $2 AND e.record_id = t.{pk}::text) \
+                "SELECT {cols} FROM {q} t WHERE ($1::text IS NULL OR t.{pk} > $1::text::{ty}) {live} {unseen} \
                  ORDER BY t.{pk} LIMIT 1000",
                 cols = columns.join(", "),
                 q = t.qualified,
-                pk = quote_ident(&t.pk),
                 ty = t.pk_type
             );
-            let rows = db
+            let rows = dbs
+                .app()
                 .query(&sql, &[&after, &t.name])
                 .map_err(StoreError::query(format!("backfilling edges of {}", t.name)))?;
             if rows.is_empty() {
@@ -670,15 +720,20 @@ pub fn backfill_edges(
                 })
                 .collect();
             after = chunk.last().map(|c| c.key.clone());
-            let mut tx = db.transaction().map_err(StoreError::query("starting a backfill page"))?;
-            let mut plan = plan_chunk(&mut tx, routing, assigner, &chunk, checksum)?;
+            let (app, store) = dbs.split_mut();
+            let (target, reads) = match store {
+                Some(s) => (s, Some(app)),
+                None => (app, None),
+            };
+            let mut tx = target.transaction().map_err(StoreError::query("starting a backfill page"))?;
+            let mut plan = plan_chunk(&mut tx, reads, routing, assigner, &chunk, checksum)?;
             // Backfill writes membership only: clients get these rows from snapshots.
             plan.changelog.clear();
             total += (plan.edge_inserts.len() + plan.edge_updates.len()) as u64;
             write_plan(&mut tx, &plan)?;
             tx.commit().map_err(StoreError::query("committing a backfill page"))?;
         }
-        crate::store::changelog::raise_watermark(db, &mark, 1)?;
+        crate::store::changelog::raise_watermark(dbs.store(), &mark, 1)?;
     }
     Ok(total)
 }

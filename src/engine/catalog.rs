@@ -35,6 +35,22 @@ impl CatalogState {
         Ok(CatalogState { registry, types, schema, version, fingerprint, oids })
     }
 
+    /// [`CatalogState::load`] with the manifest in the sync store: the catalog is read on the
+    /// application database, the version recorded in the store.
+    pub(crate) fn load_from(dbs: &mut super::Conns, settings: &RegistrySettings) -> Result<CatalogState, EngineError> {
+        if !dbs.is_split() {
+            return CatalogState::load(&mut ***dbs.app(), settings);
+        }
+        let app = &mut ***dbs.app();
+        let registry = introspect::load_registry(app, settings)?;
+        let types = introspect::type_catalog(app)?;
+        let schema = Schema::build(&registry, &types).map_err(|e| EngineError::Schema(e.to_string()))?;
+        let oids: Vec<Oid> = registry.tables.iter().map(|t| t.oid).collect();
+        let fingerprint = introspect::catalog_fingerprint(app, &oids)?;
+        let version = introspect::manifest_version(&mut ***dbs.store(), &schema.hash)?;
+        Ok(CatalogState { registry, types, schema, version, fingerprint, oids })
+    }
+
     /// The catalog fingerprint of the registered tables when this state was loaded.
     pub(crate) fn fingerprint(&self) -> &str {
         &self.fingerprint

@@ -19,6 +19,11 @@ use crate::protocol::BadRequest;
 use crate::store::introspect::{self, RegistryError, RegistrySettings};
 use crate::store::pool::{Pool, PooledClient, StoreError};
 use crate::store::replicas::ReplicaSet;
+use crate::store::Stores;
+
+/// The connections of one request: the application database and, when configured, the
+/// separate sync store.
+pub(crate) type Conns = Stores<PooledClient>;
 
 pub use catalog::CatalogState;
 pub use hooks::{Hooks, NoHooks};
@@ -136,7 +141,10 @@ struct VerifiedSnapshot {
 
 /// The sync engine.
 pub struct Engine {
+    /// The application database.
     pool: Pool,
+    /// The sync store, when it is a separate database (`SYNC_STORE_URL`).
+    store: Option<Pool>,
     settings: EngineSettings,
     catalog: RwLock<Arc<CatalogState>>,
     /// Lets the per-request catalog check skip the fingerprint while the database's snapshot
@@ -158,11 +166,22 @@ impl Engine {
     /// Loads and validates the registry and the schema manifest. Fails on any table the SDKs
     /// could not sync (C15), with a message saying how to fix it.
     pub fn new(pool: Pool, settings: EngineSettings) -> Result<Engine, EngineError> {
-        let mut db = pool.get().map_err(StoreError::from)?;
-        let state = CatalogState::load(&mut **db, &settings.registry)?;
-        drop(db);
+        Engine::with_stores(pool, None, settings)
+    }
+
+    /// [`Engine::new`] with the sync tables (changelog, edges, clients, checkpoints, manifest,
+    /// watermarks) in a separate database reached through `store`, while `app` holds the
+    /// synced tables. See `docs/scale-out.md` for the consistency rules.
+    pub fn with_stores(app: Pool, store: Option<Pool>, settings: EngineSettings) -> Result<Engine, EngineError> {
+        let mut dbs = Stores::new(
+            app.get().map_err(StoreError::from)?,
+            store.as_ref().map(|s| s.get()).transpose().map_err(StoreError::from)?,
+        );
+        let state = CatalogState::load_from(&mut dbs, &settings.registry)?;
+        drop(dbs);
         Ok(Engine {
-            pool,
+            pool: app,
+            store,
             settings,
             catalog: RwLock::new(Arc::new(state)),
             verified: Mutex::new(None),
@@ -189,25 +208,43 @@ impl Engine {
         &self.settings
     }
 
-    /// The pool.
+    /// The application database's pool.
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
-    fn db(&self) -> Result<PooledClient, EngineError> {
-        Ok(self.pool.get().map_err(StoreError::from)?)
+    /// The sync store's pool: the application pool unless a separate store is configured.
+    pub fn store_pool(&self) -> &Pool {
+        self.store.as_ref().unwrap_or(&self.pool)
+    }
+
+    /// True when the sync tables live in a separate database.
+    pub fn has_separate_store(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// Checks out the connections a request needs (one when there is no separate store).
+    pub(crate) fn dbs(&self) -> Result<Conns, EngineError> {
+        let app = self.pool.get().map_err(StoreError::from)?;
+        let store = match &self.store {
+            Some(s) => Some(s.get().map_err(StoreError::from)?),
+            None => None,
+        };
+        Ok(Stores::new(app, store))
     }
 
     /// The current catalog, reloaded first when DDL touched a registered table (so a schema
-    /// change is seen by the very next request, §4.6). While the database snapshot is the one
-    /// at which the fingerprint was last taken this is one cheap prepared round trip.
-    pub fn catalog(&self, db: &mut PooledClient) -> Result<Arc<CatalogState>, EngineError> {
-        let snapshot = introspect::current_snapshot(db)?;
-        self.catalog_at(db, &snapshot)
+    /// change is seen by the very next request, §4.6). While the application database's
+    /// snapshot is the one at which the fingerprint was last taken this is one cheap prepared
+    /// round trip.
+    pub(crate) fn catalog(&self, dbs: &mut Conns) -> Result<Arc<CatalogState>, EngineError> {
+        let snapshot = introspect::current_snapshot(dbs.app())?;
+        self.catalog_at(dbs, &snapshot)
     }
 
-    /// [`Engine::catalog`] for a request that already read the current snapshot.
-    pub(crate) fn catalog_at(&self, db: &mut PooledClient, snapshot: &str) -> Result<Arc<CatalogState>, EngineError> {
+    /// [`Engine::catalog`] for a request that already read the application database's current
+    /// snapshot.
+    pub(crate) fn catalog_at(&self, dbs: &mut Conns, snapshot: &str) -> Result<Arc<CatalogState>, EngineError> {
         let cached = self.cached_catalog();
         let known = match self.verified.lock() {
             Ok(v) => v.clone(),
@@ -217,7 +254,7 @@ impl Engine {
             // The same snapshot sees the same catalog rows: the fingerprint cannot have changed.
             Some(k) if k.snapshot == snapshot => k.fingerprint,
             _ => {
-                let (snapshot, fingerprint) = introspect::snapshot_fingerprint(&mut ***db, cached.oids())?;
+                let (snapshot, fingerprint) = introspect::snapshot_fingerprint(&mut ***dbs.app(), cached.oids())?;
                 let verified = VerifiedSnapshot { snapshot, fingerprint: fingerprint.clone() };
                 match self.verified.lock() {
                     Ok(mut v) => *v = Some(verified),
@@ -229,7 +266,7 @@ impl Engine {
         if fingerprint == cached.fingerprint() {
             return Ok(cached);
         }
-        let fresh = Arc::new(CatalogState::load(&mut ***db, &self.settings.registry)?);
+        let fresh = Arc::new(CatalogState::load_from(dbs, &self.settings.registry)?);
         crate::info!("schema changed", schema_version = fresh.version, schema_hash = fresh.schema.hash.clone());
         match self.catalog.write() {
             Ok(mut c) => *c = fresh.clone(),
@@ -246,21 +283,23 @@ impl Engine {
         }
     }
 
-    /// True when PostgreSQL answers a trivial query.
+    /// True when PostgreSQL (both databases, with a separate store) answers a trivial query.
     pub fn health(&self) -> bool {
-        // A pooled connection may have died with a restarted server: try twice.
-        (0..2).any(|_| {
-            self.pool
-                .get_timeout(std::time::Duration::from_secs(1))
-                .map(|mut db| db.simple_query("SELECT 1").is_ok())
-                .unwrap_or(false)
-        })
+        let answers = |pool: &Pool| {
+            // A pooled connection may have died with a restarted server: try twice.
+            (0..2).any(|_| {
+                pool.get_timeout(std::time::Duration::from_secs(1))
+                    .map(|mut db| db.simple_query("SELECT 1").is_ok())
+                    .unwrap_or(false)
+            })
+        };
+        answers(&self.pool) && self.store.as_ref().is_none_or(answers)
     }
 
     /// `GET /sync/schema` body: version, hash, server time and the served tables.
     pub fn schema_json(&self) -> Result<Vec<u8>, EngineError> {
-        let mut db = self.db()?;
-        let cat = self.catalog(&mut db)?;
+        let mut dbs = self.dbs()?;
+        let cat = self.catalog(&mut dbs)?;
         let mut out = String::with_capacity(cat.schema.tables_json.len() + 160);
         out.push_str(&format!(
             "{{\"schema_version\":{},\"schema_hash\":\"{}\",\"server_time\":\"{}\",\"tables\":",
@@ -275,8 +314,8 @@ impl Engine {
 
     /// `GET /sync/tables` body.
     pub fn tables_json(&self) -> Result<Vec<u8>, EngineError> {
-        let mut db = self.db()?;
-        let cat = self.catalog(&mut db)?;
+        let mut dbs = self.dbs()?;
+        let cat = self.catalog(&mut dbs)?;
         let body = serde_json::json!({
             "tables": crate::schema::table_meta(&cat.registry),
             "server_time": crate::time::format_timestamp(std::time::SystemTime::now()),

@@ -17,6 +17,7 @@ use crate::protocol::{BucketUpdate, DeleteEntry, PullRequest, PullResponse, Reco
 use crate::registry::SyncTable;
 use crate::store::changelog::{self, ChangelogEntry};
 use crate::store::clients;
+use crate::store::introspect;
 use crate::store::pool::StoreError;
 use crate::store::pull_probe::{self, PullProbeRequest, Retention};
 use crate::time::format_timestamp;
@@ -109,13 +110,13 @@ impl Engine {
 
     /// One pull page.
     pub fn pull(&self, user: &UserId, req: &PullRequest) -> Result<PullResponse, EngineError> {
-        let mut db = self.db()?;
+        let mut dbs = self.dbs()?;
         let per_bucket = !req.bucket_checkpoints.is_empty();
         // One round trip for the catalog snapshot, the client, retention and the first page.
         let defaults = clients::default_subscriptions(user);
         let map: Vec<(String, i64)> = req.bucket_checkpoints.iter().map(|(b, s)| (b.clone(), *s)).collect();
         let probe = pull_probe::probe(
-            &mut db,
+            dbs.store(),
             &PullProbeRequest {
                 user,
                 client_id: &req.client_id,
@@ -126,7 +127,10 @@ impl Engine {
                 limit: req.limit + 1,
             },
         )?;
-        let cat = self.catalog_at(&mut db, &probe.snapshot)?;
+        // The probe's snapshot is the store's; with a separate store the catalog check needs the
+        // application database's own (one more round trip, on the other connection).
+        let snapshot = if dbs.is_split() { introspect::current_snapshot(dbs.app())? } else { probe.snapshot };
+        let cat = self.catalog_at(&mut dbs, &snapshot)?;
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
         let client = probe.client.ok_or(EngineError::ClientNotRegistered)?;
         let subs = client.subscriptions(user);
@@ -187,7 +191,7 @@ impl Engine {
         entries.truncate(req.limit as usize);
         let Some(last) = entries.last() else {
             if pull_stamp_is_stale(&client) {
-                clients::touch_pull(&mut **db, user, &req.client_id)?;
+                clients::touch_pull(&mut ***dbs.store(), user, &req.client_id)?;
             }
             let checkpoint = if per_bucket { from } else { req.checkpoint };
             return Ok(PullResponse { bucket_updates: bucket_updates(&subs, &req.known_buckets), ..empty(checkpoint) });
@@ -196,31 +200,28 @@ impl Engine {
         // The page was read above, so the primary's WAL position taken now covers every change
         // it announces: a replica that replayed past it holds at least those versions.
         let on_replica =
-            self.read_on_replica(&mut db, PageKind::Pull, |replica| read_changes(replica, user, &cat, &entries))?;
-        let (changes, deletes, bucket_checksums) = match on_replica {
-            Some((changes, deletes)) => {
-                // Checksums come from the bucket edges, which only the primary's view matches.
-                let sums: BTreeMap<String, i32> = if has_more {
-                    BTreeMap::new()
-                } else {
-                    changelog::bucket_checksums(&mut **db, &subs)?.into_iter().collect()
-                };
-                (changes, deletes, sums)
-            }
+            self.read_on_replica(dbs.app(), PageKind::Pull, |replica| read_changes(replica, user, &cat, &entries))?;
+        let (changes, deletes) = match on_replica {
+            Some(read) => read,
             None => {
-                let mut tx =
-                    db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the pull"))?;
+                let mut tx = dbs
+                    .app()
+                    .build_transaction()
+                    .read_only(true)
+                    .start()
+                    .map_err(StoreError::query("starting the pull"))?;
                 set_user(&mut tx, user)?;
-                let (changes, deletes) = materialise(&mut tx, &cat, &entries)?;
-                let sums: BTreeMap<String, i32> = if has_more {
-                    BTreeMap::new()
-                } else {
-                    changelog::bucket_checksums(&mut tx, &subs)?.into_iter().collect()
-                };
+                let read = materialise(&mut tx, &cat, &entries)?;
                 tx.commit().map_err(StoreError::query("finishing the pull"))?;
                 self.reads.count(PageKind::Pull, false);
-                (changes, deletes, sums)
+                read
             }
+        };
+        // Checksums come from the bucket edges (the sync store), after the rows were read.
+        let bucket_checksums: BTreeMap<String, i32> = if has_more {
+            BTreeMap::new()
+        } else {
+            changelog::bucket_checksums(&mut ***dbs.store(), &subs)?.into_iter().collect()
         };
 
         let bucket_checkpoints = per_bucket.then(|| {
@@ -236,14 +237,14 @@ impl Engine {
         let bookkeeping = (|| -> Result<(), StoreError> {
             if let Some(map) = &bucket_checkpoints {
                 let pairs: Vec<(String, i64)> = map.iter().map(|(b, s)| (b.clone(), *s)).collect();
-                clients::raise_bucket_checkpoints(&mut **db, user, &req.client_id, &pairs)?;
+                clients::raise_bucket_checkpoints(&mut ***dbs.store(), user, &req.client_id, &pairs)?;
             }
             if checkpoint > req.checkpoint {
                 // Also stamps last_pull_at.
-                return clients::advance_legacy(&mut **db, user, &req.client_id, checkpoint);
+                return clients::advance_legacy(&mut ***dbs.store(), user, &req.client_id, checkpoint);
             }
             if pull_stamp_is_stale(&client) {
-                clients::touch_pull(&mut **db, user, &req.client_id)?;
+                clients::touch_pull(&mut ***dbs.store(), user, &req.client_id)?;
             }
             Ok(())
         })();

@@ -217,11 +217,13 @@ impl Engine {
 
     /// Applies a batch of client changes in one transaction.
     pub fn push(&self, user: &UserId, req: &PushRequest) -> Result<PushResponse, EngineError> {
-        let mut db = self.db()?;
-        let cat = self.catalog(&mut db)?;
+        let mut dbs = self.dbs()?;
+        let cat = self.catalog(&mut dbs)?;
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
-        clients::load(&mut **db, user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
-        let mut tx = db.transaction().map_err(StoreError::query("starting the push"))?;
+        clients::load(&mut ***dbs.store(), user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        // Pushes write the application database only; the client bookkeeping around them is in
+        // the sync store (which may be the same database), outside this transaction.
+        let mut tx = dbs.app().transaction().map_err(StoreError::query("starting the push"))?;
         tx.execute("SELECT set_config('app.user_id', $1, true)", &[&user.as_str()])
             .map_err(StoreError::query("setting app.user_id"))?;
         if let Some(role) = &self.settings.push_role {
@@ -286,7 +288,7 @@ impl Engine {
             return Err(EngineError::Hook(why));
         }
         tx.commit().map_err(StoreError::query("committing the push"))?;
-        if let Err(e) = clients::touch_push(&mut **db, user, &req.client_id) {
+        if let Err(e) = clients::touch_push(&mut ***dbs.store(), user, &req.client_id) {
             crate::warn!("recording the push time failed", error = e.to_string());
         }
         Ok(PushResponse {

@@ -40,14 +40,16 @@ impl Engine {
 
     /// One page of a bucket's live rows.
     pub fn rebuild(&self, user: &UserId, req: &RebuildRequest) -> Result<RebuildResponse, EngineError> {
-        let mut db = self.db()?;
-        let cat = self.catalog(&mut db)?;
+        let mut dbs = self.dbs()?;
+        let cat = self.catalog(&mut dbs)?;
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
-        let client = clients::load(&mut **db, user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        let client =
+            clients::load(&mut ***dbs.store(), user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
         if !client.subscriptions(user).contains(&req.bucket_id) {
             return Err(EngineError::Forbidden(format!("bucket {} is not subscribed by this client", req.bucket_id)));
         }
-        let max_seq = changelog::max_seq(&mut **db)?;
+        // Read before the members and rows, as for snapshots: later changes have higher `seq`.
+        let max_seq = changelog::max_seq(&mut ***dbs.store())?;
         let (cp, after) = match req.cursor.as_deref().and_then(parse_cursor) {
             Some((Some(cp), t, r)) => {
                 if cp > max_seq {
@@ -58,12 +60,8 @@ impl Engine {
             Some((None, t, r)) => (max_seq, Some((t, r))),
             None => (max_seq, None),
         };
-        let mut tx =
-            db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the rebuild"))?;
-        tx.execute("SELECT set_config('app.user_id', $1, true)", &[&user.as_str()])
-            .map_err(StoreError::query("setting app.user_id"))?;
         let mut members = changelog::bucket_members(
-            &mut tx,
+            &mut ***dbs.store(),
             &req.bucket_id,
             after.as_ref().map(|(t, r)| (t.as_str(), r.as_str())),
             req.limit + 1,
@@ -74,6 +72,11 @@ impl Engine {
         for (t, r) in &members {
             by_table.entry(t.as_str()).or_default().push(r.clone());
         }
+        // Members come from the edges (sync store), rows from the application database.
+        let mut tx =
+            dbs.app().build_transaction().read_only(true).start().map_err(StoreError::query("starting the rebuild"))?;
+        tx.execute("SELECT set_config('app.user_id', $1, true)", &[&user.as_str()])
+            .map_err(StoreError::query("setting app.user_id"))?;
         let mut records = Vec::new();
         for (table_name, ids) in by_table {
             // Edges of tables no longer synced are skipped: they cannot be hydrated or served.
@@ -87,16 +90,19 @@ impl Engine {
                 records.push(to_record(table_name, id, row, None, Some(req.bucket_id.clone()), true)?);
             }
         }
+        tx.commit().map_err(StoreError::query("finishing the rebuild page"))?;
         let bucket_checksum = if has_more {
             None
         } else {
-            changelog::bucket_checksums(&mut tx, std::slice::from_ref(&req.bucket_id))?.first().map(|(_, c)| *c)
+            changelog::bucket_checksums(&mut ***dbs.store(), std::slice::from_ref(&req.bucket_id))?
+                .first()
+                .map(|(_, c)| *c)
         };
-        tx.commit().map_err(StoreError::query("finishing the rebuild page"))?;
         let cursor = if has_more { members.last().map(|(t, r)| format!("{cp}:{t}|{r}")) } else { None };
         if !has_more {
-            clients::set_bucket_checkpoint(&mut **db, user, &req.client_id, &req.bucket_id, cp)?;
-            clients::reactivate(&mut **db, user, &req.client_id)?;
+            let store = &mut ***dbs.store();
+            clients::set_bucket_checkpoint(store, user, &req.client_id, &req.bucket_id, cp)?;
+            clients::reactivate(store, user, &req.client_id)?;
         }
         Ok(RebuildResponse {
             records,
@@ -111,10 +117,11 @@ impl Engine {
 
     /// GET /sync/debug body.
     pub fn debug_json(&self, user: &UserId, client_id: &str) -> Result<Vec<u8>, EngineError> {
-        let mut db = self.db()?;
-        let client = clients::load(&mut **db, user, client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        let mut dbs = self.dbs()?;
+        let db = &mut ***dbs.store();
+        let client = clients::load(db, user, client_id)?.ok_or(EngineError::ClientNotRegistered)?;
         let mut buckets = Vec::new();
-        for (bucket, checkpoint) in clients::bucket_checkpoints(&mut **db, user, client_id)? {
+        for (bucket, checkpoint) in clients::bucket_checkpoints(db, user, client_id)? {
             let row = db
                 .query_one("SELECT count(*), BIT_XOR(checksum) FROM sync_bucket_edges WHERE bucket_id = $1", &[&bucket])
                 .map_err(StoreError::query("counting bucket members"))?;

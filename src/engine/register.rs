@@ -22,8 +22,8 @@ impl Engine {
 
     /// Registers (or re-registers) a device of `user`.
     pub fn register(&self, user: &UserId, req: &RegisterRequest) -> Result<RegisterResponse, EngineError> {
-        let mut db = self.db()?;
-        let cat = self.catalog(&mut db)?;
+        let mut dbs = self.dbs()?;
+        let cat = self.catalog(&mut dbs)?;
         if !req.schema.is_bootstrap() {
             Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
         }
@@ -43,7 +43,8 @@ impl Engine {
             platform: req.platform.clone(),
             app_version: req.app_version.clone(),
         };
-        let mut tx = db.transaction().map_err(crate::store::pool::StoreError::query("starting the registration"))?;
+        let mut tx =
+            dbs.store().transaction().map_err(crate::store::pool::StoreError::query("starting the registration"))?;
         let client = clients::register(&mut tx, user, &reg)?;
         let checkpoints: BTreeMap<String, i64> =
             clients::bucket_checkpoints(&mut tx, user, &req.client_id)?.into_iter().collect();

@@ -74,12 +74,14 @@ impl Engine {
 
     /// One snapshot page.
     pub fn snapshot(&self, user: &UserId, req: &SnapshotRequest) -> Result<SnapshotResponse, EngineError> {
-        let mut db = self.db()?;
-        let cat = self.catalog(&mut db)?;
+        let mut dbs = self.dbs()?;
+        let cat = self.catalog(&mut dbs)?;
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
-        clients::load(&mut **db, user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        clients::load(&mut ***dbs.store(), user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
         let tables = cat.registry.dependency_order();
-        let max_seq = changelog::max_seq(&mut **db)?;
+        // Read before any row: every change committed after this point has a higher `seq`, so
+        // the client catches up on it with its next pull (also with a separate sync store).
+        let max_seq = changelog::max_seq(&mut ***dbs.store())?;
         let (idx, after, cp) = match &req.cursor {
             None => (0usize, String::new(), max_seq),
             Some(c) => {
@@ -93,12 +95,12 @@ impl Engine {
         };
         // The checkpoint was captured (on the first page) before this page started, so a
         // replica past the primary's WAL position as of now holds every change at or below it.
-        let page = match self.read_on_replica(&mut db, PageKind::Snapshot, |replica| {
+        let page = match self.read_on_replica(dbs.app(), PageKind::Snapshot, |replica| {
             read_pages(replica, user, &cat.registry, &tables, idx, after.clone(), req.limit)
         })? {
             Some(page) => page,
             None => {
-                let page = read_pages(&mut db, user, &cat.registry, &tables, idx, after, req.limit)?;
+                let page = read_pages(dbs.app(), user, &cat.registry, &tables, idx, after, req.limit)?;
                 self.reads.count(PageKind::Snapshot, false);
                 page
             }
@@ -107,9 +109,10 @@ impl Engine {
         let has_more = idx < tables.len();
         if !has_more {
             // A completed snapshot leaves the client with last_pull_at set (§6.5), even at cp 0.
-            clients::advance_legacy(&mut **db, user, &req.client_id, cp)?;
-            clients::touch_pull(&mut **db, user, &req.client_id)?;
-            clients::reactivate(&mut **db, user, &req.client_id)?;
+            let store = &mut ***dbs.store();
+            clients::advance_legacy(store, user, &req.client_id, cp)?;
+            clients::touch_pull(store, user, &req.client_id)?;
+            clients::reactivate(store, user, &req.client_id)?;
         }
         Ok(SnapshotResponse {
             records,

@@ -23,7 +23,8 @@ use crate::decode::{Decoded, Decoder, Routes};
 use crate::pgurl;
 use crate::registry::Registry;
 use crate::store::changelog::{self, watermark};
-use crate::store::pool::{self, StoreError};
+use crate::store::pool::StoreError;
+use crate::store::Stores;
 use crate::time::unix_ms_now as now_ms;
 use crate::types::Lsn;
 use crate::wire::backend::{self, BackendMessage, ReplicationMessage};
@@ -322,31 +323,32 @@ fn mark_history_reset(db: &mut postgres::Client, why: &str) -> Result<i64, Store
 /// relying on the slot to retain changes (synchronously at startup, before the edge backfill).
 pub fn ensure_slot(config: &CaptureConfig) -> Result<(), CaptureError> {
     let params = pgurl::parse(&config.replication_url).map_err(|e| CaptureError::Config(e.to_string()))?;
-    let mut db = pool::connect(&config.writer.database_url)?;
+    let mut dbs = Stores::connect(&config.writer.database_url, config.writer.store_url.as_deref())?;
     let mut conn = ReplicationConn::connect(&params, Duration::from_secs(10))?;
     conn.identify_system()?;
-    let stored = writer::stored_position(&mut db, &config.slot_name)?;
-    ensure_slot_with(&mut conn, &mut db, config, stored)?;
+    let stored = writer::stored_position(dbs.store(), &config.slot_name)?;
+    ensure_slot_with(&mut conn, &mut dbs, config, stored)?;
     conn.close();
     Ok(())
 }
 
 fn ensure_slot_with(
     conn: &mut ReplicationConn,
-    db: &mut postgres::Client,
+    dbs: &mut Stores<postgres::Client>,
     config: &CaptureConfig,
     stored: Lsn,
 ) -> Result<(), CaptureError> {
-    match slot_info(db, &config.slot_name)? {
+    match slot_info(dbs.app(), &config.slot_name)? {
         Some(info) if info.lost => {
             crate::error!(
                 "replication slot was invalidated (max_slot_wal_keep_size exceeded?); recreating it",
                 slot = config.slot_name.clone()
             );
-            db.execute("SELECT pg_drop_replication_slot($1)", &[&config.slot_name])
+            dbs.app()
+                .execute("SELECT pg_drop_replication_slot($1)", &[&config.slot_name])
                 .map_err(StoreError::query("dropping the invalidated slot"))?;
             conn.create_slot(&config.slot_name)?;
-            mark_history_reset(db, "replication slot invalidated")?;
+            mark_history_reset(dbs.store(), "replication slot invalidated")?;
         }
         Some(info) if info.plugin.as_deref() != Some("pgoutput") => {
             return Err(CaptureError::Config(format!(
@@ -365,7 +367,7 @@ fn ensure_slot_with(
             crate::info!("replication slot created", slot = config.slot_name.clone());
             if !stored.is_zero() {
                 // We streamed before, and the slot is gone (dropped, or a restored backup).
-                mark_history_reset(db, "replication slot missing")?;
+                mark_history_reset(dbs.store(), "replication slot missing")?;
             }
         }
     }
@@ -407,11 +409,11 @@ fn run_session(
     status: &CaptureStatus,
 ) -> Result<(), CaptureError> {
     let params = pgurl::parse(&config.replication_url).map_err(|e| CaptureError::Config(e.to_string()))?;
-    let mut db = pool::connect(&config.writer.database_url)?;
+    let mut dbs = Stores::connect(&config.writer.database_url, config.writer.store_url.as_deref())?;
     let mut conn = ReplicationConn::connect(&params, Duration::from_secs(10))?;
     let system = conn.identify_system()?;
-    let stored = writer::stored_position(&mut db, &config.slot_name)?;
-    ensure_slot_with(&mut conn, &mut db, config, stored)?;
+    let stored = writer::stored_position(dbs.store(), &config.slot_name)?;
+    ensure_slot_with(&mut conn, &mut dbs, config, stored)?;
     // Bounded: a slow writer slows WAL reading instead of growing memory.
     let (tx, rx) = bounded::<WalEvent>(config.channel_capacity.max(16));
     let writer = writer::spawn(config.writer.clone(), tables.routing.clone(), assigner, rx)?;

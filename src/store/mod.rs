@@ -9,3 +9,6 @@ pub mod pool;
 pub mod publication;
 pub mod pull_probe;
 pub mod replicas;
+pub mod stores;
+
+pub use stores::Stores;

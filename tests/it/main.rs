@@ -20,6 +20,7 @@ mod rls;
 mod server;
 mod store;
 mod sync_api;
+mod sync_store;
 #[cfg(feature = "tls")]
 mod tls;
 mod types;

@@ -17,14 +17,14 @@ const EXTRA: &str = "CREATE TABLE notes (id bigint PRIMARY KEY, user_id text, bo
 const TABLES: &str = "tasks,comments,categories,notes";
 
 /// A device of one user.
-struct Device {
+pub(crate) struct Device {
     addr: SocketAddr,
-    user: String,
-    client_id: String,
-    version: i64,
-    hash: String,
+    pub(crate) user: String,
+    pub(crate) client_id: String,
+    pub(crate) version: i64,
+    pub(crate) hash: String,
     checkpoint: i64,
-    rows: BTreeMap<(String, String), Value>,
+    pub(crate) rows: BTreeMap<(String, String), Value>,
 }
 
 impl Device {
@@ -32,11 +32,11 @@ impl Device {
         format!("X-User-ID: {}\r\n", self.user)
     }
 
-    fn call(&self, path: &str, body: Value) -> Resp {
+    pub(crate) fn call(&self, path: &str, body: Value) -> Resp {
         post(self.addr, path, &self.headers(), body.to_string().as_bytes())
     }
 
-    fn new(addr: SocketAddr, user: &str, client_id: &str) -> Device {
+    pub(crate) fn new(addr: SocketAddr, user: &str, client_id: &str) -> Device {
         let mut d = Device {
             addr,
             user: user.into(),
@@ -55,7 +55,7 @@ impl Device {
         d
     }
 
-    fn snapshot(&mut self, limit: i64) {
+    pub(crate) fn snapshot(&mut self, limit: i64) {
         self.rows.clear();
         let mut cursor = Value::Null;
         loop {
@@ -81,7 +81,7 @@ impl Device {
         }
     }
 
-    fn pull(&mut self) {
+    pub(crate) fn pull(&mut self) {
         loop {
             let r = self.call("/sync/pull", json!({"client_id": self.client_id, "checkpoint": self.checkpoint, "limit": 3, "schema_version": self.version, "schema_hash": self.hash}));
             assert_eq!(r.status, 200, "{}", r.body);
@@ -105,7 +105,7 @@ impl Device {
         }
     }
 
-    fn push(&self, changes: Value) -> Value {
+    pub(crate) fn push(&self, changes: Value) -> Value {
         let r = self.call("/sync/push", json!({"client_id": self.client_id, "changes": changes, "schema_version": self.version, "schema_hash": self.hash}));
         assert_eq!(r.status, 200, "{}", r.body);
         let v = r.json();
@@ -115,7 +115,7 @@ impl Device {
     }
 
     /// Pulls until `pred` holds for the local copy.
-    fn pull_until(&mut self, what: &str, pred: impl Fn(&BTreeMap<(String, String), Value>) -> bool) {
+    pub(crate) fn pull_until(&mut self, what: &str, pred: impl Fn(&BTreeMap<(String, String), Value>) -> bool) {
         wait_for(20, what, || {
             self.pull();
             pred(&self.rows).then_some(())
@@ -123,20 +123,28 @@ impl Device {
     }
 }
 
-fn task(id: &str, title: &str) -> Value {
+pub(crate) fn task(id: &str, title: &str) -> Value {
     json!({"id": id, "table_name": "tasks", "operation": "create", "client_updated_at": "2026-03-05T11:00:00.123Z",
            "data": {"id": id, "user_id": "someone-else", "title": title, "done": false, "priority": 1, "due_date": null, "tags": "[\"a\",\"b c\"]",
                     "category_id": null, "created_at": "1999-01-01T00:00:00Z", "updated_at": "1999-01-01T00:00:00Z", "deleted_at": null}})
 }
 
-fn setup() -> (TestDb<'static>, synchro::server::Running) {
-    let db = TestDb::new();
+/// Creates the demo tables in `db` and starts synchrod on them, with the sync tables in
+/// `store` when given (`SYNC_STORE_URL`).
+pub(crate) fn start_demo(db: &TestDb, store: Option<&str>) -> synchro::server::Running {
     db.execute(SCHEMA);
     db.execute(EXTRA);
-    let server = start(
-        &db,
-        &[("SYNC_TABLES", TABLES), ("READ_ONLY_TABLES", "categories"), ("SLOT_NAME", &format!("s_{}", db.name))],
-    );
+    let slot = format!("s_{}", db.name);
+    let mut vars = vec![("SYNC_TABLES", TABLES), ("READ_ONLY_TABLES", "categories"), ("SLOT_NAME", slot.as_str())];
+    if let Some(url) = store {
+        vars.push(("SYNC_STORE_URL", url));
+    }
+    start(db, &vars)
+}
+
+fn setup() -> (TestDb<'static>, synchro::server::Running) {
+    let db = TestDb::new();
+    let server = start_demo(&db, None);
     (db, server)
 }
 
@@ -401,7 +409,7 @@ fn rebuild_and_debug() {
 }
 
 /// What PostgreSQL holds for `user`: their tasks, comments under them, and shared categories.
-fn truth(db: &TestDb, user: &str) -> BTreeMap<(String, String), Value> {
+pub(crate) fn truth(db: &TestDb, user: &str) -> BTreeMap<(String, String), Value> {
     let mut out = BTreeMap::new();
     let mut c = db.client();
     for (table, sql) in [
@@ -420,6 +428,13 @@ fn truth(db: &TestDb, user: &str) -> BTreeMap<(String, String), Value> {
 #[test]
 fn randomized_devices_converge_on_what_postgresql_holds() {
     let (db, server) = setup();
+    converge(&db, &server);
+    server.shutdown(Duration::from_secs(5));
+}
+
+/// Four devices of two users push, SQL writes behind synchro's back, and in the end every
+/// device holds exactly what PostgreSQL holds for its user.
+pub(crate) fn converge(db: &TestDb, server: &synchro::server::Running) {
     let users = ["alice", "bob"];
     let mut devices: Vec<Device> = users
         .iter()
@@ -461,7 +476,7 @@ fn randomized_devices_converge_on_what_postgresql_holds() {
             }
         }
     }
-    let all = [truth(&db, "alice"), truth(&db, "bob")];
+    let all = [truth(db, "alice"), truth(db, "bob")];
     for table in ["tasks", "comments"] {
         assert!(all.iter().any(|t| t.keys().any(|(tb, _)| tb == table)), "the workload produced {table}");
     }
@@ -471,7 +486,7 @@ fn randomized_devices_converge_on_what_postgresql_holds() {
         d.pull_until("the marker", |rows| {
             rows.contains_key(&("categories".into(), "00000000-0000-0000-0000-0000000000ff".into()))
         });
-        let expected = truth(&db, &d.user);
+        let expected = truth(db, &d.user);
         assert_eq!(
             d.rows.keys().collect::<Vec<_>>(),
             expected.keys().collect::<Vec<_>>(),
@@ -481,7 +496,6 @@ fn randomized_devices_converge_on_what_postgresql_holds() {
         );
         assert_eq!(d.rows, expected, "{} {} holds exactly PostgreSQL's rows", d.user, d.client_id);
     }
-    server.shutdown(Duration::from_secs(5));
 }
 
 #[test]
