@@ -26,29 +26,27 @@ pub struct CatalogState {
 impl CatalogState {
     /// Introspects, validates, serves and versions the registered tables.
     pub fn load(db: &mut impl GenericClient, settings: &RegistrySettings) -> Result<CatalogState, EngineError> {
-        let registry = introspect::load_registry(db, settings)?;
-        let types = introspect::type_catalog(db)?;
-        let schema = Schema::build(&registry, &types).map_err(|e| EngineError::Schema(e.to_string()))?;
-        let version = introspect::manifest_version(db, &schema.hash)?;
-        let oids: Vec<Oid> = registry.tables.iter().map(|t| t.oid).collect();
-        let fingerprint = introspect::catalog_fingerprint(db, &oids)?;
-        Ok(CatalogState { registry, types, schema, version, fingerprint, oids })
+        let mut state = CatalogState::introspect(db, settings)?;
+        state.version = introspect::manifest_version(db, &state.schema.hash)?;
+        Ok(state)
     }
 
     /// [`CatalogState::load`] with the manifest in the sync store: the catalog is read on the
     /// application database, the version recorded in the store.
     pub(crate) fn load_from(dbs: &mut super::Conns, settings: &RegistrySettings) -> Result<CatalogState, EngineError> {
-        if !dbs.is_split() {
-            return CatalogState::load(&mut ***dbs.app(), settings);
-        }
-        let app = &mut ***dbs.app();
-        let registry = introspect::load_registry(app, settings)?;
-        let types = introspect::type_catalog(app)?;
+        let mut state = CatalogState::introspect(&mut ***dbs.app(), settings)?;
+        state.version = introspect::manifest_version(&mut ***dbs.store(), &state.schema.hash)?;
+        Ok(state)
+    }
+
+    /// Everything but the manifest version (left 0).
+    fn introspect(db: &mut impl GenericClient, settings: &RegistrySettings) -> Result<CatalogState, EngineError> {
+        let registry = introspect::load_registry(db, settings)?;
+        let types = introspect::type_catalog(db)?;
         let schema = Schema::build(&registry, &types).map_err(|e| EngineError::Schema(e.to_string()))?;
         let oids: Vec<Oid> = registry.tables.iter().map(|t| t.oid).collect();
-        let fingerprint = introspect::catalog_fingerprint(app, &oids)?;
-        let version = introspect::manifest_version(&mut ***dbs.store(), &schema.hash)?;
-        Ok(CatalogState { registry, types, schema, version, fingerprint, oids })
+        let fingerprint = introspect::catalog_fingerprint(db, &oids)?;
+        Ok(CatalogState { registry, types, schema, version: 0, fingerprint, oids })
     }
 
     /// The catalog fingerprint of the registered tables when this state was loaded.
