@@ -154,14 +154,51 @@ fn main() {
         c.execute("INSERT INTO items VALUES ($1, 'solo', 0)", &[&(10_000_000 + i)]).unwrap();
     }
     c.execute("INSERT INTO events (id) VALUES (2)", &[]).unwrap();
+    // How much WAL PostgreSQL must decode again before it can send anything: logical decoding
+    // restarts at the slot's restart_lsn, which trails the confirmed position.
+    let redecode: f64 = c
+        .query_one(
+            "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn)::float8 FROM pg_replication_slots WHERE slot_name = 'bench_slot'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     let started = Instant::now();
     let child = spawn_synchrod(&cluster, "bench_slot");
+    wait_until("the replication stream", Duration::from_secs(600), || {
+        c.query_one("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = 'bench_slot' AND active)", &[])
+            .map(|r| r.get(0))
+            .unwrap_or(false)
+    });
+    let connected = started.elapsed();
+    // Startup (connect, migrations check, catalog, slot) is timed apart from the ingest itself:
+    // the rate counts from the first of these transactions reaching the changelog.
+    wait_until("the first one-row transaction", Duration::from_secs(600), || {
+        c.query_one(
+            "SELECT EXISTS (SELECT 1 FROM sync_changelog WHERE table_name = 'items' AND record_id = '10000000')",
+            &[],
+        )
+        .map(|r| r.get(0))
+        .unwrap_or(false)
+    });
+    let startup = started.elapsed();
     wait_until("one-row transactions", Duration::from_secs(600), || marker_seen(&mut c, 2));
-    let t = started.elapsed();
+    let total = started.elapsed();
+    let ingest = total - startup;
     println!(
-        "one-row transactions ingested: {:.0} tx/s ({singles} tx in {:.2} s; target >= 5000 tx/s)",
-        singles as f64 / t.as_secs_f64(),
-        t.as_secs_f64()
+        "one-row transactions ingested: {:.0} tx/s ({singles} tx in {:.2} s after a {:.2} s startup; \
+         {:.0} tx/s counting the startup; target >= 5000 tx/s)",
+        singles as f64 / ingest.as_secs_f64(),
+        ingest.as_secs_f64(),
+        startup.as_secs_f64(),
+        singles as f64 / total.as_secs_f64()
+    );
+    println!(
+        "  startup: {:.2} s until the stream started, then {:.2} s while PostgreSQL decoded {:.0} MB of WAL \
+         again from the slot's restart_lsn before the first new transaction",
+        connected.as_secs_f64(),
+        (startup - connected).as_secs_f64(),
+        redecode / 1e6
     );
 
     // 3. Commit -> changelog latency at a steady 1k rows/s (changelog insertion time measured

@@ -401,6 +401,9 @@ fn send_event(
     }
 }
 
+/// How soon newly committed progress is confirmed to the server, at the latest.
+const CONFIRM_PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
 fn run_session(
     config: &CaptureConfig,
     tables: &CaptureTables,
@@ -432,6 +435,7 @@ fn run_session(
     let (mut seen_rows, mut seen_batches) = (0u64, 0u64);
     let mut in_txn = false;
     let mut last_status = Instant::now();
+    let mut last_confirmed = stored;
     let mut last_idle = Lsn::ZERO;
     let result = (|| -> Result<(), CaptureError> {
         while !stop.load(Ordering::Acquire) {
@@ -484,11 +488,16 @@ fn run_session(
                     _ => {}
                 }
             }
-            if reply_now || last_status.elapsed() >= config.status_interval {
-                let lsn = Lsn(progress.committed_lsn.load(Ordering::Acquire));
-                status.committed_lsn.store(lsn.0, Ordering::Relaxed);
-                conn.send_status(lsn, lsn, lsn, false)?;
+            // Besides the timer and the server's requests, confirm progress within a second: the
+            // server can only move the slot's restart_lsn (and free WAL) past what we confirmed,
+            // and a restart decodes everything after restart_lsn again before sending anything.
+            let committed = Lsn(progress.committed_lsn.load(Ordering::Acquire));
+            let progressed = committed > last_confirmed && last_status.elapsed() >= CONFIRM_PROGRESS_EVERY;
+            if reply_now || progressed || last_status.elapsed() >= config.status_interval {
+                status.committed_lsn.store(committed.0, Ordering::Relaxed);
+                conn.send_status(committed, committed, committed, false)?;
                 last_status = Instant::now();
+                last_confirmed = committed;
             }
             status.committed_lsn.store(progress.committed_lsn.load(Ordering::Acquire), Ordering::Relaxed);
             let (rows, batches) = (progress.rows.load(Ordering::Relaxed), progress.batches.load(Ordering::Relaxed));
