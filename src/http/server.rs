@@ -7,7 +7,9 @@
 //!   most that long, never a stuck server);
 //! * the same timeout also bounds `accept()` on the listening socket, and `tiny_http`'s accept
 //!   loop ends for good on any accept error: a small `http-heartbeat` thread connects to our own
-//!   socket well within the timeout so an idle listener never times out, and if the accept loop
+//!   socket well within the timeout so an idle listener never times out (and, every 50 ms, so a
+//!   wake-up that `tiny_http`'s connection pool lost in a burst of new connections costs at most
+//!   that long instead of 5 s), and if the accept loop
 //!   dies anyway (e.g. out of file descriptors) the dispatcher starts a fresh `tiny_http::Server`
 //!   on a clone of the same socket while it keeps draining the old one's live connections;
 //! * requests go from the dispatcher to a fixed pool of workers over a bounded channel: when it
@@ -26,6 +28,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::routes::{BodyError, Incoming, Router};
 use super::{ApiError, Reply};
+
+/// How often the heartbeat connects to our own listener (see [`HttpServer::start`]).
+const POOL_NUDGE_EVERY: Duration = Duration::from_millis(50);
 
 /// HTTP server settings.
 #[derive(Debug, Clone)]
@@ -208,17 +213,19 @@ impl HttpServer {
         let heartbeat = {
             let stopping = stopping.clone();
             let target = heartbeat_target(local_addr);
-            let every = (config.idle_timeout / 3).max(Duration::from_millis(100));
+            // Often, for a second reason besides keeping accept() alive: tiny_http's connection
+            // pool can lose a wake-up when several connections arrive at once, and the connection
+            // it lost then waits for an idle thread's 5 s timeout or for another connection to
+            // close before its first request is read. Each heartbeat connection is handed to
+            // that pool too, and either wakes a waiting thread or starts a new one, which then
+            // picks up the waiting connection: the stall is bounded by this interval.
+            let every = (config.idle_timeout / 3).clamp(Duration::from_millis(10), POOL_NUDGE_EVERY);
             thread::Builder::new().name("http-heartbeat".into()).spawn(move || {
-                let mut last = Instant::now();
                 while !stopping.load(Ordering::Acquire) {
-                    thread::sleep(Duration::from_millis(50).min(every));
-                    if last.elapsed() >= every {
-                        // A connection that closes at once: tiny_http accepts it and its reader
-                        // sees EOF. Failure is harmless (the listener is busy anyway).
-                        let _ = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1));
-                        last = Instant::now();
-                    }
+                    thread::sleep(every);
+                    // A connection that closes at once: tiny_http accepts it and its reader sees
+                    // EOF. Failure is harmless (the listener is busy anyway).
+                    let _ = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1));
                 }
             })?
         };

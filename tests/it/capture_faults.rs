@@ -58,6 +58,11 @@ pub fn spawn_synchrod_with(db: &TestDb, slot: &str, vars: &[(&str, &str)]) -> Sy
 /// (last op delete), and no (bucket, record) has two consecutive creates (a replayed insert).
 /// Repeated deletes are legitimate: every update of a soft-deleted row re-emits one (§9.4).
 pub fn assert_consistent(db: &TestDb) {
+    assert_consistent_in(db, db);
+}
+
+/// [`assert_consistent`] with the sync tables in `store` (`SYNC_STORE_URL`).
+pub fn assert_consistent_in(db: &TestDb, store: &TestDb) {
     let mut c = db.client();
     let mut live: BTreeMap<(String, String), String> = BTreeMap::new();
     for r in c.query("SELECT id::text, COALESCE(user_id, '') FROM projects WHERE deleted_at IS NULL", &[]).unwrap() {
@@ -70,7 +75,7 @@ pub fn assert_consistent(db: &TestDb) {
     for r in c.query("SELECT id::text FROM tags", &[]).unwrap() {
         live.insert(("tags".into(), r.get(0)), "global".into());
     }
-    let log = changelog(db);
+    let log = changelog(store);
     let mut last: BTreeMap<(String, String), BTreeMap<String, i16>> = BTreeMap::new();
     for ((bucket, table, record), ops) in &log {
         if table != "projects" && table != "tags" {
@@ -98,7 +103,7 @@ pub fn assert_consistent(db: &TestDb) {
     let expected_edges: BTreeSet<(String, String, String)> =
         live.iter().map(|((t, r), b)| (t.clone(), r.clone(), b.clone())).collect();
     let actual: BTreeSet<(String, String, String)> =
-        edges(db).into_iter().filter(|(t, _, _)| t == "projects" || t == "tags").collect();
+        edges(store).into_iter().filter(|(t, _, _)| t == "projects" || t == "tags").collect();
     assert_eq!(actual, expected_edges, "bucket edges match the tables");
 }
 
@@ -167,8 +172,13 @@ pub fn wait_streaming(db: &TestDb) {
 }
 
 pub fn catch_up(db: &TestDb, marker: i32) {
+    catch_up_in(db, db, marker);
+}
+
+/// [`catch_up`] with the changelog in `store`.
+pub fn catch_up_in(db: &TestDb, store: &TestDb, marker: i32) {
     db.execute(&format!("INSERT INTO tags VALUES ({marker}, 'marker')"));
-    let mut c = db.client();
+    let mut c = store.client();
     wait_for(90, "the consumer to catch up", || {
         // Tolerates a consumer still starting (its tables may not exist yet).
         let seen = c

@@ -45,7 +45,7 @@ impl SyncApi for Stub {
 }
 
 fn start(threads: usize, queue: usize, min_version: &str) -> (HttpServer, Arc<Stub>, crossbeam_channel::Sender<()>) {
-    start_with(threads, queue, min_version, Arc::new(synchro::http::AdmitAll))
+    start_with(threads, queue, min_version, Arc::new(synchro::http::AdmitAll), Duration::from_secs(2))
 }
 
 fn start_with(
@@ -53,6 +53,7 @@ fn start_with(
     queue: usize,
     min_version: &str,
     admission: Arc<dyn synchro::http::AdmissionPolicy>,
+    idle_timeout: Duration,
 ) -> (HttpServer, Arc<Stub>, crossbeam_channel::Sender<()>) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let stub = Arc::new(Stub { gate: Mutex::new(Some(rx)), blocked: AtomicUsize::new(0) });
@@ -60,7 +61,7 @@ fn start_with(
     config.threads = threads;
     config.queue = queue;
     config.max_body_bytes = 12 << 20;
-    config.idle_timeout = Duration::from_secs(2);
+    config.idle_timeout = idle_timeout;
     let router = Router {
         api: stub.clone(),
         auth: Arc::new(HeaderAuthenticator),
@@ -297,7 +298,7 @@ impl synchro::http::AdmissionPolicy for Policy {
 #[test]
 fn an_embedder_admission_policy_limits_and_pauses_sync_requests() {
     let policy = Arc::new(Policy { maintenance: false.into(), budget: AtomicUsize::new(2) });
-    let (server, _stub, tx) = start_with(2, 16, "", policy.clone());
+    let (server, _stub, tx) = start_with(2, 16, "", policy.clone(), Duration::from_secs(2));
     drop(tx);
     let addr = server.local_addr();
     for _ in 0..2 {
@@ -317,4 +318,53 @@ fn an_embedder_admission_policy_limits_and_pauses_sync_requests() {
     // Unauthenticated requests are refused before the policy is asked.
     assert_eq!(get(addr, "/sync/schema", "").status, 401);
     server.shutdown(Duration::from_secs(2));
+}
+
+/// A burst of new keep-alive connections, as when many devices come online at once. tiny_http
+/// hands each accepted connection to its thread pool, whose wake-up can be lost in a burst: the
+/// connection then waited for an idle thread's 5 s timeout (or for another connection to
+/// close) before its first request was even read. The server now nudges that pool often enough
+/// that no connection waits long; this checks the bound with the default idle timeout.
+#[test]
+fn a_burst_of_new_connections_is_served_without_stalls() {
+    let (server, _stub, _tx) = start_with(
+        8,
+        4096,
+        "",
+        Arc::new(synchro::http::AdmitAll),
+        HttpConfig::new("127.0.0.1:0".parse().unwrap()).idle_timeout,
+    );
+    let addr = server.local_addr();
+    let mut worst = Duration::ZERO;
+    for _round in 0..2 {
+        let start = Arc::new(std::sync::Barrier::new(64));
+        let clients: Vec<_> = (0..64)
+            .map(|_| {
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    let mut slowest = Duration::ZERO;
+                    // Busy for a while: a stalled connection is not rescued by others closing.
+                    let until = Instant::now() + Duration::from_secs(3);
+                    while Instant::now() < until {
+                        let t = Instant::now();
+                        let req = format!(
+                            "POST /sync/pull HTTP/1.1\r\nHost: x\r\n{USER}Content-Length: {}\r\n\r\n{PULL}",
+                            PULL.len()
+                        );
+                        s.write_all(req.as_bytes()).unwrap();
+                        assert_eq!(read_response(&mut s).status, 200);
+                        slowest = slowest.max(t.elapsed());
+                    }
+                    slowest
+                })
+            })
+            .collect();
+        for c in clients {
+            worst = worst.max(c.join().unwrap());
+        }
+    }
+    eprintln!("slowest request in the bursts: {worst:?}");
+    assert!(worst < Duration::from_millis(1500), "a connection stalled for {worst:?}");
 }

@@ -12,7 +12,7 @@ use synchro::cluster::free_port;
 
 use crate::capture::wait_for;
 use crate::capture::SCHEMA;
-use crate::capture_faults::{assert_consistent, catch_up, random_workload, spawn_synchrod_with, Rng, Synchrod};
+use crate::capture_faults::{assert_consistent_in, catch_up_in, random_workload, spawn_synchrod_with, Rng, Synchrod};
 use crate::harness::TestDb;
 
 /// A gauge from an instance's `/metrics`, or `None` while it is not answering.
@@ -34,9 +34,15 @@ struct Instance {
     child: Synchrod,
 }
 
-fn spawn(db: &TestDb, slot: &str, port: u16) -> Instance {
+/// An instance on `db`, with the sync tables in `store` when it is another database.
+fn spawn(db: &TestDb, store: &TestDb, slot: &str, port: u16) -> Instance {
     let addr = format!("127.0.0.1:{port}");
-    let child = spawn_synchrod_with(db, slot, &[("LISTEN_ADDR", &addr)]);
+    let store_url = store.url();
+    let mut vars = vec![("LISTEN_ADDR", addr.as_str())];
+    if store.name != db.name {
+        vars.push(("SYNC_STORE_URL", store_url.as_str()));
+    }
+    let child = spawn_synchrod_with(db, slot, &vars);
     Instance { port, child }
 }
 
@@ -47,9 +53,22 @@ fn leaders(instances: &[Instance]) -> Vec<usize> {
 #[test]
 fn three_instances_one_leader_takeover_after_kill_without_loss_or_duplicates() {
     let db = TestDb::new();
+    takeovers_lose_and_duplicate_nothing(&db, &db);
+}
+
+#[test]
+fn takeovers_with_a_separate_sync_store_lose_and_duplicate_nothing() {
+    let db = TestDb::new();
+    let store = TestDb::new();
+    takeovers_lose_and_duplicate_nothing(&db, &store);
+}
+
+/// Three instances under write load, the leader killed three times: one leader at a time,
+/// takeover, and every change captured exactly once (in `store`'s changelog).
+fn takeovers_lose_and_duplicate_nothing(db: &TestDb<'static>, store: &TestDb<'static>) {
     db.execute(SCHEMA);
     let slot = format!("ha_{}", db.name);
-    let mut instances: Vec<Instance> = (0..3).map(|_| spawn(&db, &slot, free_port().unwrap())).collect();
+    let mut instances: Vec<Instance> = (0..3).map(|_| spawn(db, store, &slot, free_port().unwrap())).collect();
     let first = wait_for(60, "one leader among three", || match leaders(&instances)[..] {
         [one] => Some(one),
         _ => None,
@@ -88,7 +107,7 @@ fn three_instances_one_leader_takeover_after_kill_without_loss_or_duplicates() {
         // Let the current leader capture some of the load before it is killed.
         let target = next_event.load(Ordering::Acquire) + 50;
         wait_for(30, "the leader to capture the load", || {
-            let n: i64 = db
+            let n: i64 = store
                 .client()
                 .query_one("SELECT count(*) FROM sync_changelog WHERE table_name = 'events'", &[])
                 .ok()?
@@ -108,7 +127,7 @@ fn three_instances_one_leader_takeover_after_kill_without_loss_or_duplicates() {
         takeovers.push(killed_at.elapsed());
         // The killed instance comes back as a standby.
         let port = instances[leader].port;
-        instances[leader] = spawn(&db, &slot, port);
+        instances[leader] = spawn(db, store, &slot, port);
         wait_for(30, "the restarted instance to stand by", || {
             (gauge(port, "synchro_capture_leader") == Some(0.0)).then_some(())
         });
@@ -116,7 +135,7 @@ fn three_instances_one_leader_takeover_after_kill_without_loss_or_duplicates() {
     }
     stop.store(true, Ordering::Release);
     load.join().unwrap();
-    catch_up(&db, 999_999);
+    catch_up_in(db, store, 999_999);
     eprintln!("takeover times: {takeovers:?}");
     for t in &takeovers {
         assert!(*t < Duration::from_secs(10), "takeover took {t:?}");
@@ -124,7 +143,7 @@ fn three_instances_one_leader_takeover_after_kill_without_loss_or_duplicates() {
 
     // Every event row reached the changelog exactly once; everything else is consistent.
     let total = next_event.load(Ordering::Acquire) - 1;
-    let rows = db
+    let rows = store
         .client()
         .query("SELECT record_id, count(*) FROM sync_changelog WHERE table_name = 'events' GROUP BY record_id", &[])
         .unwrap();
@@ -132,5 +151,5 @@ fn three_instances_one_leader_takeover_after_kill_without_loss_or_duplicates() {
     for r in &rows {
         assert_eq!(r.get::<_, i64>(1), 1, "event {} captured once", r.get::<_, String>(0));
     }
-    assert_consistent(&db);
+    assert_consistent_in(db, store);
 }
