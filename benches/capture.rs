@@ -1,6 +1,8 @@
 //! Change-capture benchmark: prints figures, each beside a baseline measured in the same run.
 //!
-//! `cargo bench --bench capture` (set `BENCH_ROWS` to change the 1,000,000-row workload).
+//! `cargo bench --bench capture` (set `BENCH_ROWS` to change the 1,000,000-row workload; set
+//! `BENCH_STORE=1` to keep the sync tables in a separate database of the same server, as with
+//! `SYNC_STORE_URL`).
 //!
 //! * WAL ingest: 1M narrow rows in 1k-row transactions, drained by synchrod vs `pg_recvlogical`
 //!   (same cluster, same publication, its own slot, output to /dev/null).
@@ -20,13 +22,29 @@ use synchro::cluster::{ClusterOptions, LocalCluster};
 use common::{wait_until, Synchrod};
 
 const DB: &str = "bench";
+const STORE_DB: &str = "bench_store";
+
+/// Whether this run keeps the sync tables in [`STORE_DB`] (`BENCH_STORE=1`).
+fn separate_store() -> bool {
+    std::env::var("BENCH_STORE").is_ok_and(|v| v == "1")
+}
 
 fn client(cluster: &LocalCluster) -> Client {
     Client::connect(&cluster.url(DB), NoTls).expect("connect")
 }
 
+/// A session on the database that holds the changelog.
+fn store_client(cluster: &LocalCluster) -> Client {
+    let db = if separate_store() { STORE_DB } else { DB };
+    Client::connect(&cluster.url(db), NoTls).expect("connect")
+}
+
 fn spawn_synchrod(cluster: &LocalCluster, slot: &str) -> Synchrod {
-    let child = Command::new(env!("CARGO_BIN_EXE_synchrod"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_synchrod"));
+    if separate_store() {
+        cmd.env("SYNC_STORE_URL", cluster.url(STORE_DB));
+    }
+    let child = cmd
         .env("DATABASE_URL", cluster.url(DB))
         .env("SYNC_TABLES", "items,events")
         .env("SLOT_NAME", slot)
@@ -72,7 +90,10 @@ fn main() {
     let cluster = LocalCluster::start(&opts).expect("cluster");
     cluster.stop_when_process_exits(std::process::id(), true).expect("watchdog");
     cluster.psql("postgres", &format!("CREATE DATABASE {DB}")).expect("db");
+    cluster.psql("postgres", &format!("CREATE DATABASE {STORE_DB}")).expect("store db");
     let mut c = client(&cluster);
+    // Where the changelog is read (the application database unless BENCH_STORE=1).
+    let mut s = store_client(&cluster);
     c.batch_execute(
         "CREATE TABLE items (id bigint PRIMARY KEY, user_id text NOT NULL, n int NOT NULL);
          CREATE TABLE events (id bigint PRIMARY KEY, sent_at timestamptz DEFAULT clock_timestamp());
@@ -81,8 +102,9 @@ fn main() {
     )
     .unwrap();
     println!(
-        "synchro change-capture benchmark ({rows} rows, PostgreSQL {})",
-        c.query_one("SHOW server_version", &[]).unwrap().get::<_, String>(0)
+        "synchro change-capture benchmark ({rows} rows, PostgreSQL {}{})",
+        c.query_one("SHOW server_version", &[]).unwrap().get::<_, String>(0),
+        if separate_store() { ", sync tables in a separate database" } else { "" }
     );
 
     // Let synchrod create its slot, migrate and backfill, then stop it so the workload queues up.
@@ -95,7 +117,7 @@ fn main() {
         probe -= 1;
         c.execute("INSERT INTO events (id) VALUES ($1)", &[&probe]).unwrap();
         std::thread::sleep(Duration::from_millis(100));
-        marker_seen(&mut c, probe)
+        marker_seen(&mut s, probe)
     });
     stop(child);
     c.execute("SELECT pg_create_logical_replication_slot('baseline_slot', 'pgoutput')", &[]).unwrap();
@@ -126,7 +148,7 @@ fn main() {
     c.execute("SELECT pg_stat_statements_reset()", &[]).unwrap();
     let started = Instant::now();
     let child = spawn_synchrod(&cluster, "bench_slot");
-    wait_until("synchrod to ingest the workload", Duration::from_secs(1800), || marker_seen(&mut c, 1));
+    wait_until("synchrod to ingest the workload", Duration::from_secs(1800), || marker_seen(&mut s, 1));
     let ours = started.elapsed();
     let base_rate = rows as f64 / baseline.as_secs_f64();
     let our_rate = rows as f64 / ours.as_secs_f64();
@@ -174,7 +196,7 @@ fn main() {
     // Startup (connect, migrations check, catalog, slot) is timed apart from the ingest itself:
     // the rate counts from the first of these transactions reaching the changelog.
     wait_until("the first one-row transaction", Duration::from_secs(600), || {
-        c.query_one(
+        s.query_one(
             "SELECT EXISTS (SELECT 1 FROM sync_changelog WHERE table_name = 'items' AND record_id = '10000000')",
             &[],
         )
@@ -182,7 +204,7 @@ fn main() {
         .unwrap_or(false)
     });
     let startup = started.elapsed();
-    wait_until("one-row transactions", Duration::from_secs(600), || marker_seen(&mut c, 2));
+    wait_until("one-row transactions", Duration::from_secs(600), || marker_seen(&mut s, 2));
     let total = started.elapsed();
     let ingest = total - startup;
     println!(
@@ -203,7 +225,7 @@ fn main() {
 
     // 3. Commit -> changelog latency at a steady 1k rows/s (changelog insertion time measured
     //    with clock_timestamp(), so it excludes nothing but the writer's own commit).
-    c.batch_execute("ALTER TABLE sync_changelog ALTER COLUMN created_at SET DEFAULT clock_timestamp()").unwrap();
+    s.batch_execute("ALTER TABLE sync_changelog ALTER COLUMN created_at SET DEFAULT clock_timestamp()").unwrap();
     let total = 5_000i64;
     let tick = Duration::from_millis(1);
     let mut next = Instant::now();
@@ -214,17 +236,17 @@ fn main() {
             std::thread::sleep(d);
         }
     }
-    wait_until("latency rows", Duration::from_secs(60), || marker_seen(&mut c, 100 + total - 1));
-    let mut lat: Vec<f64> = c
-        .query(
-            "SELECT (EXTRACT(EPOCH FROM (l.created_at - e.sent_at)) * 1000)::float8 FROM events e \
-             JOIN sync_changelog l ON l.table_name = 'events' AND l.record_id = e.id::text WHERE e.id >= 100",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<_, f64>(0))
-        .collect();
+    wait_until("latency rows", Duration::from_secs(60), || marker_seen(&mut s, 100 + total - 1));
+    // Joined here rather than in SQL: the changelog may be in another database.
+    let epoch_ms = |client: &mut Client, sql: &str| -> std::collections::HashMap<String, f64> {
+        client.query(sql, &[]).unwrap().iter().map(|r| (r.get::<_, String>(0), r.get::<_, f64>(1))).collect()
+    };
+    let sent = epoch_ms(&mut c, "SELECT id::text, (EXTRACT(EPOCH FROM sent_at) * 1000)::float8 FROM events WHERE id >= 100");
+    let logged = epoch_ms(
+        &mut s,
+        "SELECT record_id, (EXTRACT(EPOCH FROM created_at) * 1000)::float8 FROM sync_changelog WHERE table_name = 'events'",
+    );
+    let mut lat: Vec<f64> = sent.iter().filter_map(|(id, at)| Some(logged.get(id)? - at)).collect();
     lat.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
     println!(
@@ -246,7 +268,7 @@ fn main() {
     )
     .unwrap();
     c.execute("INSERT INTO events (id) VALUES (3)", &[]).unwrap();
-    wait_until("the large transaction", Duration::from_secs(1800), || marker_seen(&mut c, 3));
+    wait_until("the large transaction", Duration::from_secs(1800), || marker_seen(&mut s, 3));
     let peak = peak_rss_kib(pid);
     println!(
         "synchrod RSS: idle {:.1} MB, peak during a {rows}-row transaction {:.1} MB (target <= 64 MB)",
