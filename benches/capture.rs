@@ -241,7 +241,8 @@ fn main() {
     let epoch_ms = |client: &mut Client, sql: &str| -> std::collections::HashMap<String, f64> {
         client.query(sql, &[]).unwrap().iter().map(|r| (r.get::<_, String>(0), r.get::<_, f64>(1))).collect()
     };
-    let sent = epoch_ms(&mut c, "SELECT id::text, (EXTRACT(EPOCH FROM sent_at) * 1000)::float8 FROM events WHERE id >= 100");
+    let sent =
+        epoch_ms(&mut c, "SELECT id::text, (EXTRACT(EPOCH FROM sent_at) * 1000)::float8 FROM events WHERE id >= 100");
     let logged = epoch_ms(
         &mut s,
         "SELECT record_id, (EXTRACT(EPOCH FROM created_at) * 1000)::float8 FROM sync_changelog WHERE table_name = 'events'",

@@ -115,6 +115,7 @@ struct Served {
 /// A JWKS endpoint on loopback; counts the requests it answers. Stopped on drop.
 struct JwksServer {
     addr: SocketAddr,
+    scheme: &'static str,
     served: Arc<Mutex<Served>>,
     hits: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
@@ -123,6 +124,30 @@ struct JwksServer {
 
 impl JwksServer {
     fn start(status: u16, keys: &[Value]) -> JwksServer {
+        JwksServer::start_with(status, keys, None)
+    }
+
+    /// The endpoint over HTTPS with the test-only `localhost` certificate (signed by
+    /// `tests/fixtures/tls-test-ca.pem`).
+    #[cfg(feature = "tls")]
+    fn start_https(keys: &[Value]) -> JwksServer {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(fixture("tls-test-localhost.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(fixture("tls-test-localhost.key.pem")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        JwksServer::start_with(200, keys, Some(Arc::new(config)))
+    }
+
+    fn start_with(status: u16, keys: &[Value], tls: Option<ServerTls>) -> JwksServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -135,6 +160,8 @@ impl JwksServer {
         let hits = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, h, st) = (served.clone(), hits.clone(), stop.clone());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+
         let thread = thread::Builder::new()
             .name("test-jwks".into())
             .spawn(move || {
@@ -142,18 +169,26 @@ impl JwksServer {
                     match listener.accept() {
                         Ok((stream, _)) => {
                             h.fetch_add(1, Ordering::SeqCst);
-                            answer(stream, &s);
+                            stream.set_nonblocking(false).unwrap();
+                            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                            match &tls {
+                                None => answer(stream, &s),
+                                Some(config) => answer_tls(stream, config, &s),
+                            }
                         }
                         Err(_) => thread::sleep(Duration::from_millis(10)),
                     }
                 }
             })
             .unwrap();
-        JwksServer { addr, served, hits, stop, thread: Some(thread) }
+        JwksServer { addr, scheme, served, hits, stop, thread: Some(thread) }
     }
 
     fn url(&self) -> String {
-        format!("http://{}/.well-known/jwks.json", self.addr)
+        match self.scheme {
+            "https" => format!("https://localhost:{}/.well-known/jwks.json", self.addr.port()),
+            _ => format!("http://{}/.well-known/jwks.json", self.addr),
+        }
     }
 
     fn serve(&self, status: u16, keys: &[Value], cache_control: Option<&str>, chunked: bool) {
@@ -180,9 +215,26 @@ impl Drop for JwksServer {
     }
 }
 
-fn answer(mut stream: TcpStream, served: &Mutex<Served>) {
-    stream.set_nonblocking(false).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+#[cfg(feature = "tls")]
+type ServerTls = Arc<rustls::ServerConfig>;
+#[cfg(not(feature = "tls"))]
+type ServerTls = std::convert::Infallible;
+
+#[cfg(feature = "tls")]
+fn answer_tls(stream: TcpStream, config: &ServerTls, served: &Mutex<Served>) {
+    let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, stream);
+    answer(&mut tls, served);
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+}
+
+#[cfg(not(feature = "tls"))]
+fn answer_tls(_: TcpStream, config: &ServerTls, _: &Mutex<Served>) {
+    match *config {}
+}
+
+fn answer(mut stream: impl Read + Write, served: &Mutex<Served>) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -451,4 +503,48 @@ fn synchrod_check_fetches_the_key_set() {
     assert!(line.contains("fix: check JWKS_URL"), "{line}");
     let line = synchro::check::check_jwks(&config("http://127.0.0.1:1/jwks")).unwrap().line();
     assert!(line.starts_with("FAIL JWKS endpoint: fetching http://127.0.0.1:1/jwks: cannot connect"), "{line}");
+}
+
+#[cfg(feature = "tls")]
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// The `https://` path through a running synchrod: keys fetched over TLS verified against
+/// `SSL_CERT_FILE` (a subprocess, so the variable does not leak into other tests), and a CA
+/// bundle that does not vouch for the endpoint leaves synchrod answering 503 instead of
+/// trusting it.
+#[cfg(feature = "tls")]
+#[test]
+fn https_jwks_verified_against_ssl_cert_file() {
+    use crate::capture_faults::spawn_synchrod_with;
+    let rsa = Signer::rsa();
+    let jwks = JwksServer::start_https(&[rsa.jwk("rsa1")]);
+    let db = TestDb::new();
+    db.execute(TABLE);
+    let token = rsa.token(Some("rsa1"), &json!({"sub": "alice", "exp": now() + 600}));
+    let ca = fixture("tls-test-ca.pem").display().to_string();
+    let system = "/etc/ssl/certs/ca-certificates.crt";
+    for (trusted, bundle) in [(true, ca.as_str()), (false, system)] {
+        if !std::path::Path::new(bundle).exists() {
+            continue; // no other bundle on this machine to distrust the endpoint with
+        }
+        let port = synchro::cluster::free_port().unwrap();
+        let (url, slot, listen) = (jwks.url(), format!("jh_{}_{trusted}", db.name), format!("127.0.0.1:{port}"));
+        let _child = spawn_synchrod_with(
+            &db,
+            &slot,
+            &[("SYNC_TABLES", "items"), ("JWKS_URL", &url), ("SSL_CERT_FILE", bundle), ("LISTEN_ADDR", &listen)],
+        );
+        let addr: SocketAddr = listen.parse().unwrap();
+        wait_for(30, "synchrod to listen", || TcpStream::connect(addr).ok().map(|_| ()));
+        let r = tables(addr, &token);
+        if trusted {
+            assert_eq!(r.status, 200, "keys fetched over https: {}", r.body);
+        } else {
+            assert_eq!(r.status, 503, "an endpoint the bundle does not vouch for is never trusted: {}", r.body);
+            assert!(r.header("retry-after").is_some());
+        }
+    }
+    assert!(jwks.hits() >= 1);
 }
