@@ -17,7 +17,8 @@ pub trait Hooks: Send + Sync {
 
     /// Runs inside the push transaction after every record was processed, with the applied
     /// ones. `Err` rolls the whole push back (HTTP 500): use it for audit rows or side tables
-    /// that must commit together with the data.
+    /// that must commit together with the data. The transaction is on the application database
+    /// (`DATABASE_URL`), also when the sync tables live in a separate store.
     fn on_push_accepted(
         &self,
         _tx: &mut Transaction<'_>,
