@@ -56,7 +56,13 @@ impl Device {
     }
 
     pub(crate) fn snapshot(&mut self, limit: i64) {
+        self.snapshot_with(limit, |_| {});
+    }
+
+    /// A snapshot in pages of `limit`, running `between(page number)` after each page.
+    pub(crate) fn snapshot_with(&mut self, limit: i64, mut between: impl FnMut(usize)) {
         self.rows.clear();
+        let mut page_no = 0;
         let mut cursor = Value::Null;
         loop {
             let r = self.call("/sync/snapshot", json!({"client_id": self.client_id, "cursor": cursor, "limit": limit, "schema_version": self.version, "schema_hash": self.hash}));
@@ -78,6 +84,8 @@ impl Device {
             let c = &page["cursor"];
             assert!(c["checkpoint"].is_i64() && c["table_idx"].is_i64() && c["after_id"].is_string(), "{c}");
             cursor = c.clone();
+            between(page_no);
+            page_no += 1;
         }
     }
 
@@ -656,5 +664,38 @@ fn the_server_wins_resolver_is_configurable() {
     assert_eq!(r["rejected"][0]["reason_code"], "server_won_conflict", "{r}");
     assert_eq!(r["rejected"][0]["message"], "server always wins");
     assert_eq!(r["accepted"].as_array().unwrap().len(), 2, "tables without updated_at have no conflicts: {r}");
+    server.shutdown(Duration::from_secs(5));
+}
+
+/// Writes land while a device pages through its snapshot: rows already sent change, rows not
+/// sent yet change or vanish, new rows appear. The snapshot's checkpoint was taken before its
+/// first row was read, so one pull afterwards leaves the device with exactly PostgreSQL's rows.
+pub(crate) fn snapshot_under_writes(db: &TestDb, server: &synchro::server::Running) {
+    db.execute(
+        "INSERT INTO tasks (id, user_id, title) \
+         SELECT ('40000000-0000-0000-0000-' || lpad(g::text, 12, '0'))::uuid, 'alice', 'seed ' || g FROM generate_series(1, 30) g",
+    );
+    let mut d = Device::new(server.addr, "alice", "pager");
+    let id = |n: u32| format!("40000000-0000-0000-0000-{n:012}");
+    d.snapshot_with(3, |page| match page {
+        0 => db.execute(&format!("UPDATE tasks SET title = 'changed early' WHERE id = '{}'", id(1))),
+        1 => db.execute(&format!("DELETE FROM tasks WHERE id = '{}'", id(29))),
+        2 => db.execute(&format!("UPDATE tasks SET title = 'changed late' WHERE id = '{}'", id(30))),
+        3 => db.execute(&format!("INSERT INTO tasks (id, user_id, title) VALUES ('{}', 'alice', 'new')", id(31))),
+        _ => {}
+    });
+    db.execute("INSERT INTO categories (id, name) VALUES ('00000000-0000-0000-0000-0000000000fe', 'marker')");
+    d.pull_until("the marker", |rows| {
+        rows.contains_key(&("categories".into(), "00000000-0000-0000-0000-0000000000fe".into()))
+    });
+    assert_eq!(d.rows, truth(db, "alice"), "the device holds exactly PostgreSQL's rows");
+    assert_eq!(d.rows[&("tasks".to_string(), id(1))]["title"], "changed early");
+    assert!(!d.rows.contains_key(&("tasks".to_string(), id(29))));
+}
+
+#[test]
+fn writes_during_a_paged_snapshot_reach_the_device_by_pull() {
+    let (db, server) = setup();
+    snapshot_under_writes(&db, &server);
     server.shutdown(Duration::from_secs(5));
 }

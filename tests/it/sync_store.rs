@@ -11,7 +11,7 @@ use synchro::config::Config;
 use crate::capture::wait_for;
 use crate::client::{get, post};
 use crate::harness::{private_cluster, TestDb};
-use crate::sync_api::{converge, start_demo, task, truth, Device};
+use crate::sync_api::{converge, snapshot_under_writes, start_demo, task, truth, Device};
 
 /// The infrastructure tables of `db`, by name.
 fn sync_tables(db: &TestDb) -> Vec<String> {
@@ -138,6 +138,15 @@ fn randomized_devices_converge_with_a_separate_store() {
     let store = TestDb::new();
     let server = start_demo(&app, Some(&store.url()));
     converge(&app, &server);
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn writes_during_a_paged_snapshot_with_a_separate_store() {
+    let app = TestDb::new();
+    let store = TestDb::new();
+    let server = start_demo(&app, Some(&store.url()));
+    snapshot_under_writes(&app, &server);
     server.shutdown(Duration::from_secs(5));
 }
 
