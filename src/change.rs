@@ -65,6 +65,8 @@ pub enum WalEvent {
     Begin {
         /// LSN of the commit record.
         final_lsn: Lsn,
+        /// The transaction id (32 bits, as pgoutput sends it).
+        xid: u32,
     },
     /// A row change inside the current transaction.
     Row(RowChange),

@@ -158,7 +158,9 @@ impl Decoder {
     /// Translates one decoded pgoutput message.
     pub fn decode(&mut self, msg: &PgOutput<'_>) -> Result<Decoded, DecodeEventError> {
         match msg {
-            PgOutput::Begin { final_lsn, .. } => Ok(Decoded::Event(WalEvent::Begin { final_lsn: *final_lsn })),
+            PgOutput::Begin { final_lsn, xid, .. } => {
+                Ok(Decoded::Event(WalEvent::Begin { final_lsn: *final_lsn, xid: *xid }))
+            }
             PgOutput::Commit { end_lsn, commit_time, .. } => {
                 Ok(Decoded::Event(WalEvent::Commit { end_lsn: *end_lsn, commit_time: pg_time(*commit_time) }))
             }

@@ -14,8 +14,9 @@
 //!   checksum hydration would emit for the current row (C6).
 //! * The writer is the only writer of the changelog, so `seq` order is commit order.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -28,7 +29,7 @@ use crate::buckets::{dedup_buckets, resolve_owners, BucketAssigner, Owner, Routi
 use crate::change::{ChangeKind, ColumnValue, RowChange, WalEvent};
 use crate::registry::quote_ident;
 use crate::store::pool::{self, StoreError};
-use crate::store::Stores;
+use crate::store::{visibility, Stores};
 use crate::types::{Lsn, Op};
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;
@@ -223,6 +224,10 @@ struct Writer {
 #[derive(Default)]
 struct Batch {
     chunk: Vec<RowChange>,
+    /// The transactions with rows in `chunk` (their 32-bit ids, in stream order).
+    chunk_xids: Vec<u32>,
+    /// The transaction being received.
+    xid: u32,
     rows_in_batch: usize,
     in_txn: bool,
     skip_txn: bool,
@@ -321,8 +326,9 @@ impl Writer {
 
     fn apply(&mut self, db: &mut impl GenericClient, batch: &mut Batch, event: WalEvent) -> Result<(), WriterError> {
         match event {
-            WalEvent::Begin { final_lsn } => {
+            WalEvent::Begin { final_lsn, xid } => {
                 batch.in_txn = true;
+                batch.xid = xid;
                 // Its commit record precedes the stored position: applied before a crash.
                 batch.skip_txn = !self.stored.is_zero() && final_lsn < self.stored;
             }
@@ -331,6 +337,9 @@ impl Writer {
                     return Ok(());
                 }
                 batch.chunk.push(change);
+                if batch.chunk_xids.last() != Some(&batch.xid) {
+                    batch.chunk_xids.push(batch.xid);
+                }
                 batch.rows_in_batch += 1;
                 self.progress.max_buffered.fetch_max(batch.chunk.len(), Ordering::Relaxed);
                 if batch.chunk.len() >= self.config.chunk_rows {
@@ -379,6 +388,14 @@ impl Writer {
             return Ok(());
         }
         let chunk = std::mem::take(&mut batch.chunk);
+        let xids = std::mem::take(&mut batch.chunk_xids);
+        // The walsender may send a commit a moment before the committing backend has made it
+        // visible to other sessions; every read of current rows below must see these
+        // transactions (or a child's parent inserted with it would look missing).
+        match self.app.as_mut() {
+            Some(app) => visibility::wait_until_visible(app, &xids)?,
+            None => visibility::wait_until_visible(db, &xids)?,
+        }
         let out =
             plan_chunk(db, self.app.as_mut(), &self.routing, self.assigner.as_ref(), &chunk, self.config.checksum)?;
         batch.changelog_rows += write_plan(db, &out)?;
@@ -386,20 +403,32 @@ impl Writer {
     }
 }
 
-/// What a chunk writes.
+/// A bucket id inside one plan: shared by the changelog rows, the edge rows and the working
+/// state without copying the text each time.
+type Bucket = Rc<str>;
+
+/// A record inside one plan: `(table, primary key)`, borrowed from the chunk.
+type Key<'a> = (&'a str, &'a str);
+
+/// The buckets a record belongs to, sorted and without duplicates (usually one).
+type Buckets = Vec<Bucket>;
+
+/// What a chunk writes. Tables and keys borrow the chunk's text: a plan allocates per bucket
+/// and per failure, not per row and field (the writer thread's time used to go to copying).
 #[derive(Debug, Default)]
-pub(crate) struct Plan {
-    changelog: Vec<(String, String, String, i16)>,
-    edge_deletes: Vec<(String, String, String)>,
+pub(crate) struct Plan<'a> {
+    changelog: Vec<(Bucket, &'a str, &'a str, i16)>,
+    edge_deletes: Vec<(&'a str, &'a str, Bucket)>,
     /// Edges the database does not hold yet (plain inserts: the writer is the only edge
     /// writer, and a second writer is fenced, so no conflict handling is needed).
-    edge_inserts: Vec<(String, String, String, Option<i32>)>,
+    edge_inserts: Vec<Edge<'a>>,
     /// Held edges whose checksum changed.
-    edge_updates: Vec<(String, String, String, Option<i32>)>,
+    edge_updates: Vec<Edge<'a>>,
     failures: Vec<(String, String, i16, String, String)>,
 }
 
-type RecordKey = (String, String);
+/// `(table, record, bucket, checksum)`.
+type Edge<'a> = (&'a str, &'a str, Bucket, Option<i32>);
 
 fn is_soft_delete(t: &TableRouting, c: &RowChange) -> bool {
     c.kind == ChangeKind::Update
@@ -419,34 +448,60 @@ fn payload_json(c: &RowChange) -> String {
     serde_json::Value::Object(map).to_string()
 }
 
+/// One shared copy of each bucket id seen by a plan.
+#[derive(Default)]
+struct Interner(HashSet<Bucket>);
+
+impl Interner {
+    fn get(&mut self, name: &str) -> Bucket {
+        if let Some(b) = self.0.get(name) {
+            return b.clone();
+        }
+        let b: Bucket = Rc::from(name);
+        self.0.insert(b.clone());
+        b
+    }
+}
+
+/// The record's buckets as the plan has them so far: its latest state in the chunk, else what
+/// the database held before the chunk.
+fn held<'s, 'a>(
+    state: &'s HashMap<Key<'a>, Buckets>,
+    initial: &'s HashMap<Key<'a>, Buckets>,
+    key: Key<'a>,
+) -> Option<&'s Buckets> {
+    state.get(&key).or_else(|| initial.get(&key))
+}
+
 /// Computes the changelog rows and net edge changes of a chunk (§9.4 with C6 and C8). Edges
 /// are read on `db` (the sync store); owners and current rows on `app`, or on `db` when the
 /// store is the application database.
-pub(crate) fn plan_chunk(
+pub(crate) fn plan_chunk<'a>(
     db: &mut impl GenericClient,
     mut app: Option<&mut postgres::Client>,
     routing: &RoutingTable,
     assigner: &dyn BucketAssigner,
-    chunk: &[RowChange],
+    chunk: &'a [RowChange],
     checksum: fn(&str) -> i32,
-) -> Result<Plan, StoreError> {
-    // Every record the chunk touches, including old keys of key changes.
-    let mut keys: Vec<RecordKey> = Vec::new();
+) -> Result<Plan<'a>, StoreError> {
+    // Every record the chunk touches, including old keys of key changes, sorted by table.
+    let mut keys: Vec<Key<'a>> = Vec::with_capacity(chunk.len());
     for c in chunk {
-        keys.push((c.table.clone(), c.key.clone()));
+        keys.push((&c.table, &c.key));
         if let Some(old) = &c.old_key {
-            keys.push((c.table.clone(), old.clone()));
+            keys.push((&c.table, old));
         }
     }
-    keys.sort();
+    keys.sort_unstable();
     keys.dedup();
-    let mut by_table: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (table, id) in &keys {
-        by_table.entry(table.as_str()).or_default().push(id.as_str());
-    }
-    let mut initial: HashMap<RecordKey, BTreeSet<String>> = HashMap::new();
-    let mut stored_sums: HashMap<(RecordKey, String), Option<i32>> = HashMap::new();
-    for (&table, ids) in &by_table {
+    // The chunk's own copy of a key the database sent back.
+    let key_of = |table: &str, id: &str| keys.binary_search(&(table, id)).ok().map(|i| keys[i]);
+    let mut buckets = Interner::default();
+    let mut initial: HashMap<Key<'a>, Buckets> = HashMap::new();
+    let mut stored_sums: HashMap<(Key<'a>, Bucket), Option<i32>> = HashMap::new();
+    for run in keys.chunk_by(|a, b| a.0 == b.0) {
+        let table = run[0].0;
+        let ids: Vec<&str> = run.iter().map(|k| k.1).collect();
         // One primary-key probe per record, whatever the statistics say: planned as a join
         // against unnest() or as `record_id = ANY`, PostgreSQL scanned every edge of the table
         // while its statistics were stale (a growing table), which made an ingest quadratic.
@@ -455,13 +510,16 @@ pub(crate) fn plan_chunk(
             .query(
                 "SELECT k.r, e.bucket_id, e.checksum FROM unnest($2::text[]) AS k(r) CROSS JOIN LATERAL \
                  (SELECT bucket_id, checksum FROM sync_bucket_edges WHERE table_name = $1 AND record_id = k.r OFFSET 0) e",
-                &[&table, ids],
+                &[&table, &ids],
             )
             .map_err(StoreError::query("reading bucket edges"))?
         {
-            let key: RecordKey = (table.to_string(), r.get(0));
-            let bucket: String = r.get(1);
-            initial.entry(key.clone()).or_default().insert(bucket.clone());
+            let Some(key) = key_of(table, r.get(0)) else { continue };
+            let bucket = buckets.get(r.get(1));
+            let held = initial.entry(key).or_default();
+            if let Err(at) = held.binary_search(&bucket) {
+                held.insert(at, bucket.clone());
+            }
             stored_sums.insert((key, bucket), r.get(2));
         }
     }
@@ -472,7 +530,8 @@ pub(crate) fn plan_chunk(
         None => resolve_owners(db, routing, &needs)?,
     };
 
-    let mut state: HashMap<RecordKey, BTreeSet<String>> = initial.clone();
+    // Each touched record's buckets after the changes so far (falling back to `initial`).
+    let mut state: HashMap<Key<'a>, Buckets> = HashMap::new();
     let mut plan = Plan::default();
     for (c, owner) in chunk.iter().zip(owners.iter()) {
         let Some(t) = routing.get(&c.table) else { continue };
@@ -482,24 +541,24 @@ pub(crate) fn plan_chunk(
         }
         if let Some(old) = &c.old_key {
             // The primary key changed: the old record leaves all its buckets.
-            let k = (c.table.clone(), old.clone());
-            for b in state.remove(&k).unwrap_or_default() {
-                plan.changelog.push((b, c.table.clone(), old.clone(), Op::Delete.code()));
+            let k: Key<'a> = (&c.table, old);
+            for b in held(&state, &initial, k).cloned().unwrap_or_default() {
+                plan.changelog.push((b, &c.table, old, Op::Delete.code()));
             }
-            state.insert(k, BTreeSet::new());
+            state.insert(k, Vec::new());
         }
-        let key = (c.table.clone(), c.key.clone());
-        let existing = state.get(&key).cloned().unwrap_or_default();
+        let key: Key<'a> = (&c.table, &c.key);
+        let existing = held(&state, &initial, key).cloned().unwrap_or_default();
         let removal = c.kind == ChangeKind::Delete || is_soft_delete(t, c);
         if removal && !existing.is_empty() {
             for b in &existing {
-                plan.changelog.push((b.clone(), c.table.clone(), c.key.clone(), Op::Delete.code()));
+                plan.changelog.push((b.clone(), &c.table, &c.key, Op::Delete.code()));
             }
-            state.insert(key, BTreeSet::new());
+            state.insert(key, Vec::new());
             continue;
         }
-        let desired = match assigner.assign(t, c, owner) {
-            Ok(b) => dedup_buckets(b),
+        let desired: Vec<Bucket> = match assigner.assign(t, c, owner) {
+            Ok(b) => dedup_buckets(b).iter().map(|b| buckets.get(b)).collect(),
             Err(why) => {
                 let op = match c.kind {
                     ChangeKind::Insert => Op::Create,
@@ -513,54 +572,63 @@ pub(crate) fn plan_chunk(
         if removal {
             // No edges yet (e.g. a row older than the consumer): tell its assigned buckets.
             for b in &desired {
-                plan.changelog.push((b.clone(), c.table.clone(), c.key.clone(), Op::Delete.code()));
+                plan.changelog.push((b.clone(), &c.table, &c.key, Op::Delete.code()));
             }
-            state.insert(key, BTreeSet::new());
+            state.insert(key, Vec::new());
             continue;
         }
         // C8: removals first, so a client subscribed to both buckets ends with the row.
         for b in existing.iter().filter(|b| !desired.contains(b)) {
-            plan.changelog.push((b.clone(), c.table.clone(), c.key.clone(), Op::Delete.code()));
+            plan.changelog.push((b.clone(), &c.table, &c.key, Op::Delete.code()));
         }
         for b in &desired {
             let op = if existing.contains(b) { Op::Update } else { Op::Create };
-            plan.changelog.push((b.clone(), c.table.clone(), c.key.clone(), op.code()));
+            plan.changelog.push((b.clone(), &c.table, &c.key, op.code()));
         }
-        state.insert(key, desired.into_iter().collect());
+        let mut after = desired;
+        after.sort_unstable();
+        after.dedup();
+        state.insert(key, after);
     }
     // Net edge changes against what the database held before the chunk.
-    let mut upsert_keys: HashMap<String, Vec<String>> = HashMap::new();
-    for (key, buckets) in &state {
-        let before = initial.get(key).cloned().unwrap_or_default();
-        for b in before.difference(buckets) {
-            plan.edge_deletes.push((key.0.clone(), key.1.clone(), b.clone()));
+    let none = Vec::new();
+    let mut upsert_keys: Vec<Key<'a>> = Vec::new();
+    for &k in &keys {
+        let Some(after) = held(&state, &initial, k) else { continue };
+        for b in initial.get(&k).unwrap_or(&none).iter().filter(|b| !after.contains(b)) {
+            plan.edge_deletes.push((k.0, k.1, b.clone()));
         }
-        if !buckets.is_empty() {
-            upsert_keys.entry(key.0.clone()).or_default().push(key.1.clone());
+        if !after.is_empty() {
+            upsert_keys.push(k);
         }
     }
     // C6: edge checksum = the checksum hydration would emit for the current row.
-    let mut checksums: HashMap<RecordKey, i32> = HashMap::new();
-    for (table, ids) in &upsert_keys {
+    let mut checksums: HashMap<Key<'a>, i32> = HashMap::new();
+    for run in upsert_keys.chunk_by(|a, b| a.0 == b.0) {
+        let table = run[0].0;
         let Some(t) = routing.get(table) else { continue };
+        let ids: Vec<&str> = run.iter().map(|k| k.1).collect();
         let rows = match app.as_deref_mut() {
-            Some(a) => current_rows(a, t, ids)?,
-            None => current_rows(db, t, ids)?,
+            Some(a) => current_rows(a, t, &ids)?,
+            None => current_rows(db, t, &ids)?,
         };
         for (id, json) in rows {
-            checksums.insert((table.clone(), id), checksum(&json));
+            if let Some(key) = key_of(table, &id) {
+                checksums.insert(key, checksum(&json));
+            }
         }
     }
-    for (key, buckets) in &state {
-        let held = initial.get(key);
-        for b in buckets {
-            // A row deleted later in the stream has no current version: its edge keeps a NULL
-            // checksum until the delete removes it.
-            let sum = checksums.get(key).copied();
-            let edge = (key.0.clone(), key.1.clone(), b.clone(), sum);
-            if !held.is_some_and(|h| h.contains(b)) {
+    for &k in &upsert_keys {
+        let Some(after) = held(&state, &initial, k) else { continue };
+        let before = initial.get(&k);
+        // A row deleted later in the stream has no current version: its edge keeps a NULL
+        // checksum until the delete removes it.
+        let sum = checksums.get(&k).copied();
+        for b in after {
+            let edge = (k.0, k.1, b.clone(), sum);
+            if !before.is_some_and(|h| h.contains(b)) {
                 plan.edge_inserts.push(edge);
-            } else if stored_sums.get(&(key.clone(), b.clone())) != Some(&sum) {
+            } else if stored_sums.get(&(k, b.clone())) != Some(&sum) {
                 plan.edge_updates.push(edge);
             }
         }
@@ -575,7 +643,7 @@ pub(crate) fn plan_chunk(
 fn current_rows(
     db: &mut impl GenericClient,
     t: &TableRouting,
-    ids: &[String],
+    ids: &[&str],
 ) -> Result<Vec<(String, String)>, StoreError> {
     let sql = format!(
         "SELECT t.{pk}::text, row_to_json(t.*)::text FROM {q} t WHERE t.{pk} = ANY ($1::text[]::{ty}[])",
@@ -589,17 +657,17 @@ fn current_rows(
 
 type EdgeColumns<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<Option<i32>>);
 
-fn edge_columns(edges: &[(String, String, String, Option<i32>)]) -> EdgeColumns<'_> {
+fn edge_columns<'a>(edges: &'a [Edge<'_>]) -> EdgeColumns<'a> {
     (
-        edges.iter().map(|r| r.0.as_str()).collect(),
-        edges.iter().map(|r| r.1.as_str()).collect(),
-        edges.iter().map(|r| r.2.as_str()).collect(),
+        edges.iter().map(|r| r.0).collect(),
+        edges.iter().map(|r| r.1).collect(),
+        edges.iter().map(|r| &*r.2).collect(),
         edges.iter().map(|r| r.3).collect(),
     )
 }
 
 /// Writes a plan; returns the number of changelog rows.
-pub(crate) fn write_plan(db: &mut impl GenericClient, plan: &Plan) -> Result<u64, StoreError> {
+pub(crate) fn write_plan(db: &mut impl GenericClient, plan: &Plan<'_>) -> Result<u64, StoreError> {
     if !plan.changelog.is_empty() {
         // COPY: the cheapest insert path; rows keep their order, so `seq` follows the plan.
         let sink = db
@@ -607,14 +675,15 @@ pub(crate) fn write_plan(db: &mut impl GenericClient, plan: &Plan) -> Result<u64
             .map_err(StoreError::query("starting the changelog COPY"))?;
         let mut w = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT2]);
         for (bucket, table, record, op) in &plan.changelog {
-            w.write(&[bucket, table, record, op]).map_err(StoreError::query("writing changelog rows"))?;
+            let bucket: &str = bucket;
+            w.write(&[&bucket, table, record, op]).map_err(StoreError::query("writing changelog rows"))?;
         }
         w.finish().map_err(StoreError::query("finishing the changelog COPY"))?;
     }
     if !plan.edge_deletes.is_empty() {
-        let tables: Vec<&str> = plan.edge_deletes.iter().map(|r| r.0.as_str()).collect();
-        let ids: Vec<&str> = plan.edge_deletes.iter().map(|r| r.1.as_str()).collect();
-        let buckets: Vec<&str> = plan.edge_deletes.iter().map(|r| r.2.as_str()).collect();
+        let tables: Vec<&str> = plan.edge_deletes.iter().map(|r| r.0).collect();
+        let ids: Vec<&str> = plan.edge_deletes.iter().map(|r| r.1).collect();
+        let buckets: Vec<&str> = plan.edge_deletes.iter().map(|r| &*r.2).collect();
         db.execute(
             "DELETE FROM sync_bucket_edges e USING unnest($1::text[], $2::text[], $3::text[]) AS d(t, r, b) \
              WHERE e.table_name = d.t AND e.record_id = d.r AND e.bucket_id = d.b",

@@ -10,5 +10,6 @@ pub mod publication;
 pub mod pull_probe;
 pub mod replicas;
 pub mod stores;
+pub mod visibility;
 
 pub use stores::Stores;

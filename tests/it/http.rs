@@ -335,6 +335,10 @@ fn a_burst_of_new_connections_is_served_without_stalls() {
         HttpConfig::new("127.0.0.1:0".parse().unwrap()).idle_timeout,
     );
     let addr = server.local_addr();
+    // Every client stays busy for `busy`: a stalled connection is not rescued by others
+    // closing, so with the pool bug its first answer came after `busy` (or 5 s). Without it the
+    // first answer takes milliseconds; the bound leaves room for a loaded machine.
+    let busy = Duration::from_secs(4);
     let mut worst = Duration::ZERO;
     for _round in 0..2 {
         let start = Arc::new(std::sync::Barrier::new(64));
@@ -343,21 +347,19 @@ fn a_burst_of_new_connections_is_served_without_stalls() {
                 let start = start.clone();
                 std::thread::spawn(move || {
                     start.wait();
+                    let began = Instant::now();
                     let mut s = TcpStream::connect(addr).unwrap();
-                    let mut slowest = Duration::ZERO;
-                    // Busy for a while: a stalled connection is not rescued by others closing.
-                    let until = Instant::now() + Duration::from_secs(3);
-                    while Instant::now() < until {
-                        let t = Instant::now();
+                    let mut first = None;
+                    while began.elapsed() < busy {
                         let req = format!(
                             "POST /sync/pull HTTP/1.1\r\nHost: x\r\n{USER}Content-Length: {}\r\n\r\n{PULL}",
                             PULL.len()
                         );
                         s.write_all(req.as_bytes()).unwrap();
                         assert_eq!(read_response(&mut s).status, 200);
-                        slowest = slowest.max(t.elapsed());
+                        first.get_or_insert(began.elapsed());
                     }
-                    slowest
+                    first.unwrap_or(busy)
                 })
             })
             .collect();
@@ -365,6 +367,6 @@ fn a_burst_of_new_connections_is_served_without_stalls() {
             worst = worst.max(c.join().unwrap());
         }
     }
-    eprintln!("slowest request in the bursts: {worst:?}");
-    assert!(worst < Duration::from_millis(1500), "a connection stalled for {worst:?}");
+    eprintln!("slowest first answer in the bursts: {worst:?}");
+    assert!(worst < busy / 2, "a new connection waited {worst:?} for its first answer");
 }

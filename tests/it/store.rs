@@ -117,3 +117,33 @@ fn watermarks_only_rise() {
     changelog::raise_watermark(&mut c, changelog::watermark::COMPACTED_THROUGH, 3).unwrap();
     assert_eq!(changelog::read_watermark(&mut c, changelog::watermark::COMPACTED_THROUGH).unwrap(), 9);
 }
+
+#[test]
+fn transaction_visibility_follows_commit() {
+    use synchro::store::visibility::{all_visible, wait_until_visible};
+    let db = TestDb::new();
+    db.execute("CREATE TABLE v (id int PRIMARY KEY)");
+    let (mut writer, mut reader) = (db.client(), db.client());
+    assert!(all_visible(&mut reader, &[]).unwrap(), "nothing to wait for");
+    let (xid_tx, xid_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    // A transaction left open until told, then committed a moment later.
+    let committer = std::thread::spawn(move || {
+        let mut tx = writer.transaction().unwrap();
+        tx.execute("INSERT INTO v VALUES (1)", &[]).unwrap();
+        let xid: i64 = tx.query_one("SELECT txid_current()", &[]).unwrap().get(0);
+        xid_tx.send((xid & 0xffff_ffff) as u32).unwrap();
+        go_rx.recv().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        tx.commit().unwrap();
+    });
+    let xid32 = xid_rx.recv().unwrap();
+    assert!(!all_visible(&mut reader, &[xid32]).unwrap(), "in progress: not visible");
+    go_tx.send(()).unwrap();
+    wait_until_visible(&mut reader, &[xid32]).unwrap();
+    let n: i64 = reader.query_one("SELECT count(*) FROM v", &[]).unwrap().get(0);
+    assert_eq!(n, 1, "once visible, the row is there");
+    committer.join().unwrap();
+    // Older transactions are visible too.
+    assert!(all_visible(&mut reader, &[xid32, xid32 - 1, 3]).unwrap());
+}
