@@ -336,9 +336,9 @@ fn a_burst_of_new_connections_is_served_without_stalls() {
     );
     let addr = server.local_addr();
     // Every client stays busy for `busy`: a stalled connection is not rescued by others
-    // closing, so with the pool bug its first answer came after `busy` (or 5 s). Without it the
-    // first answer takes milliseconds; the bound leaves room for a loaded machine.
-    let busy = Duration::from_secs(4);
+    // closing, so with the pool bug its first answer came after the pool's 5 s timeout. Without
+    // it the first answer takes milliseconds; the bound leaves room for a loaded machine.
+    let busy = Duration::from_secs(6);
     let mut worst = Duration::ZERO;
     for _round in 0..2 {
         let start = Arc::new(std::sync::Barrier::new(64));
@@ -368,5 +368,5 @@ fn a_burst_of_new_connections_is_served_without_stalls() {
         }
     }
     eprintln!("slowest first answer in the bursts: {worst:?}");
-    assert!(worst < busy / 2, "a new connection waited {worst:?} for its first answer");
+    assert!(worst < Duration::from_secs(4), "a new connection waited {worst:?} for its first answer");
 }
