@@ -17,9 +17,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
-use synchro::cluster::{ClusterOptions, LocalCluster};
+use synchro::cluster::LocalCluster;
 
-use common::{wait_until, Synchrod};
+use common::{bench_cluster, in_changelog, wait_until, Synchrod};
 
 const DB: &str = "bench";
 const STORE_DB: &str = "bench_store";
@@ -59,12 +59,7 @@ fn spawn_synchrod(cluster: &LocalCluster, slot: &str) -> Synchrod {
 }
 
 fn marker_seen(c: &mut Client, id: i64) -> bool {
-    c.query_one(
-        "SELECT EXISTS (SELECT 1 FROM sync_changelog WHERE table_name = 'events' AND record_id = $1)",
-        &[&id.to_string()],
-    )
-    .map(|r| r.get(0))
-    .unwrap_or(false)
+    in_changelog(c, "events", id)
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -81,15 +76,9 @@ fn stop(child: Synchrod) {
 
 fn main() {
     let rows: i64 = std::env::var("BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let dir = std::env::temp_dir().join(format!("synchro-bench-{}", std::process::id()));
-    let mut opts = ClusterOptions::new(&dir);
-    opts.fast_unsafe = true;
-    opts.extra_conf.push("max_wal_size = '4GB'".into());
-    // Where the writer's time goes (printed after the ingest).
-    opts.extra_conf.push("shared_preload_libraries = 'pg_stat_statements'".into());
-    let cluster = LocalCluster::start(&opts).expect("cluster");
-    cluster.stop_when_process_exits(std::process::id(), true).expect("watchdog");
-    cluster.psql("postgres", &format!("CREATE DATABASE {DB}")).expect("db");
+    // pg_stat_statements: where the writer's time goes (printed after the ingest).
+    let cluster =
+        bench_cluster("capture", DB, &["max_wal_size = '4GB'", "shared_preload_libraries = 'pg_stat_statements'"]);
     cluster.psql("postgres", &format!("CREATE DATABASE {STORE_DB}")).expect("store db");
     let mut c = client(&cluster);
     // Where the changelog is read (the application database unless BENCH_STORE=1).

@@ -18,9 +18,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use std::sync::Arc;
 use synchro::cluster::{free_port, ClusterOptions, LocalCluster};
 
-use common::{gauge, percentile, Conn, Synchrod};
+use common::{bench_cluster, closed_loop, gauge, Conn, Request, Synchrod};
 
 const DB: &str = "bench";
 const CLIENTS: usize = 64;
@@ -87,39 +88,20 @@ fn pulls(instances: &[Instance], secs: u64, prepare: impl FnOnce(usize)) -> (f64
         checkpoints.push(page["checkpoint"].as_i64().unwrap_or(0));
     }
     prepare(CLIENTS);
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let handles: Vec<_> = (0..CLIENTS)
-        .map(|i| {
-            let addr = instances[i % n].addr;
-            let body =
-                json!({"client_id": "c", "checkpoint": checkpoints[i], "limit": 100, "schema_version": v, "schema_hash": h})
-                    .to_string();
-            std::thread::spawn(move || {
-                let mut c = Conn::new(addr);
-                let mut lat = Vec::new();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    assert_eq!(c.call("POST", "/sync/pull", &format!("u{i}"), &body).0, 200);
-                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                }
-                lat
-            })
+    let bodies: Vec<String> = checkpoints
+        .iter()
+        .map(|cp| {
+            json!({"client_id": "c", "checkpoint": cp, "limit": 100, "schema_version": v, "schema_hash": h}).to_string()
         })
         .collect();
-    let started = Instant::now();
-    let mut all: Vec<f64> = handles.into_iter().flat_map(|h| h.join().expect("client")).collect();
-    let elapsed = started.elapsed().as_secs_f64().max(secs as f64);
-    all.sort_by(f64::total_cmp);
-    (all.len() as f64 / elapsed, percentile(&all, 0.5), percentile(&all, 0.99))
+    let pull: Request = Arc::new(move |i, c: &mut Conn| {
+        assert_eq!(c.call("POST", "/sync/pull", &format!("u{i}"), &bodies[i]).0, 200);
+    });
+    closed_loop(CLIENTS, secs, |i| instances[i % n].addr, pull)
 }
 
 fn main() {
-    let dir = std::env::temp_dir().join(format!("synchro-bench-scaleout-{}", std::process::id()));
-    let mut opts = ClusterOptions::new(&dir);
-    opts.fast_unsafe = true;
-    let cluster = LocalCluster::start(&opts).expect("cluster");
-    cluster.stop_when_process_exits(std::process::id(), true).expect("watchdog");
-    cluster.psql("postgres", &format!("CREATE DATABASE {DB}")).expect("db");
+    let cluster = bench_cluster("scaleout", DB, &[]);
     cluster.psql(DB, synchro::dev::DEMO_SCHEMA).expect("schema");
     println!("synchro scale-out benchmark ({CLIENTS} clients, empty pulls, 8 HTTP workers in all, 2 cores)");
 
@@ -161,7 +143,7 @@ fn main() {
     let (rps, p50, p99) = pulls(&one, 5, fill);
     println!("100-change pulls, 1 instance, primary only: {rps:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms");
     drop(one);
-    let mut ropts = ClusterOptions::new(dir.join("replica"));
+    let mut ropts = ClusterOptions::new(cluster.dir().join("replica"));
     ropts.fast_unsafe = true;
     let replica = cluster.start_replica(&ropts).expect("replica");
     replica.stop_when_process_exits(std::process::id(), true).expect("replica watchdog");

@@ -18,48 +18,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use synchro::cluster::{ClusterOptions, LocalCluster};
 use synchro::config::Config;
 
-use common::{percentile, Conn};
+use common::{bench_cluster, closed_loop, percentile, Conn, Request};
 
 const DB: &str = "bench";
 
-/// One request of a load test, given the client index and its connection.
-type Request = Arc<dyn Fn(usize, &mut Conn) + Send + Sync>;
-
-/// Runs `f(client index)` on `clients` threads for `secs`, returns (requests/s, p50 ms, p99 ms).
+/// Runs `f` on `clients` keep-alive connections to `addr` for `secs`.
 fn load(clients: usize, secs: u64, f: Request, addr: SocketAddr) -> (f64, f64, f64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let handles: Vec<_> = (0..clients)
-        .map(|i| {
-            let f = f.clone();
-            std::thread::spawn(move || {
-                let mut conn = Conn::new(addr);
-                let mut lat = Vec::new();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    f(i, &mut conn);
-                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                }
-                lat
-            })
-        })
-        .collect();
-    let started = Instant::now();
-    let mut all: Vec<f64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
-    let elapsed = started.elapsed().as_secs_f64().max(secs as f64);
-    all.sort_by(|a, b| a.total_cmp(b));
-    (all.len() as f64 / elapsed, percentile(&all, 0.5), percentile(&all, 0.99))
+    closed_loop(clients, secs, |_| addr, f)
 }
 
 fn main() {
-    let dir = std::env::temp_dir().join(format!("synchro-bench-sync-{}", std::process::id()));
-    let mut opts = ClusterOptions::new(&dir);
-    opts.fast_unsafe = true;
-    let cluster = LocalCluster::start(&opts).expect("cluster");
-    cluster.stop_when_process_exits(std::process::id(), true).expect("watchdog");
-    cluster.psql("postgres", &format!("CREATE DATABASE {DB}")).expect("db");
+    let cluster = bench_cluster("sync", DB, &[]);
+    let dir = cluster.dir().to_path_buf();
     cluster.psql(DB, synchro::dev::DEMO_SCHEMA).expect("schema");
     synchro::logging::set_level(synchro::config::LogLevel::Error);
     let mut vars = HashMap::new();

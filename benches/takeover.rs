@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
-use synchro::cluster::{free_port, ClusterOptions, LocalCluster};
+use synchro::cluster::{free_port, LocalCluster};
 
-use common::{gauge, percentile, wait_until, Synchrod};
+use common::{bench_cluster, gauge, in_changelog, percentile, wait_until, Synchrod};
 
 const DB: &str = "bench";
 
@@ -44,23 +44,9 @@ fn is_leader(addr: SocketAddr) -> bool {
     gauge(addr, "synchro_capture_leader") == Some(1.0) && gauge(addr, "synchro_capture_streaming") == Some(1.0)
 }
 
-fn captured(c: &mut Client, id: i64) -> bool {
-    c.query_one(
-        "SELECT EXISTS (SELECT 1 FROM sync_changelog WHERE table_name = 'events' AND record_id = $1)",
-        &[&id.to_string()],
-    )
-    .map(|r| r.get(0))
-    .unwrap_or(false)
-}
-
 fn main() {
     let kills: usize = std::env::var("BENCH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let dir = std::env::temp_dir().join(format!("synchro-bench-takeover-{}", std::process::id()));
-    let mut opts = ClusterOptions::new(&dir);
-    opts.fast_unsafe = true;
-    let cluster = LocalCluster::start(&opts).expect("cluster");
-    cluster.stop_when_process_exits(std::process::id(), true).expect("watchdog");
-    cluster.psql("postgres", &format!("CREATE DATABASE {DB}")).expect("db");
+    let cluster = bench_cluster("takeover", DB, &[]);
     cluster.psql(DB, "CREATE TABLE events (id bigint PRIMARY KEY, user_id text)").expect("schema");
     let mut c = Client::connect(&cluster.url(DB), NoTls).expect("connect");
     println!("synchro capture takeover benchmark ({kills} kills of the leader among 3 instances, steady writes)");
@@ -96,7 +82,7 @@ fn main() {
             instances.iter().enumerate().any(|(i, inst)| i != leader && is_leader(inst.addr))
         });
         elected.push(killed_at.elapsed().as_secs_f64() * 1000.0);
-        wait_until("a row written after the kill", Duration::from_secs(30), || captured(&mut c, probe));
+        wait_until("a row written after the kill", Duration::from_secs(30), || in_changelog(&mut c, "events", probe));
         first_row.push(killed_at.elapsed().as_secs_f64() * 1000.0);
         let addr = instances[leader].addr;
         instances[leader] = spawn(&cluster, addr.port());
@@ -107,7 +93,7 @@ fn main() {
     stop.store(true, Ordering::Release);
     load.join().expect("load thread");
     let last = next.load(Ordering::Acquire) - 1;
-    wait_until("the last row", Duration::from_secs(60), || captured(&mut c, last));
+    wait_until("the last row", Duration::from_secs(60), || in_changelog(&mut c, "events", last));
     let row = c
         .query_one("SELECT count(DISTINCT record_id), count(*) FROM sync_changelog WHERE table_name = 'events'", &[])
         .expect("count");

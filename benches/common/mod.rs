@@ -5,7 +5,67 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Child;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use synchro::cluster::{ClusterOptions, LocalCluster};
+
+/// A throwaway cluster for one benchmark run (fast, unsafe settings, deleted when the process
+/// exits) holding an empty database `db`; `extra_conf` lines go to postgresql.conf.
+pub fn bench_cluster(name: &str, db: &str, extra_conf: &[&str]) -> LocalCluster {
+    let dir = std::env::temp_dir().join(format!("synchro-bench-{name}-{}", std::process::id()));
+    let mut opts = ClusterOptions::new(&dir);
+    opts.fast_unsafe = true;
+    opts.extra_conf.extend(extra_conf.iter().map(|l| l.to_string()));
+    let cluster = LocalCluster::start(&opts).expect("cluster");
+    cluster.stop_when_process_exits(std::process::id(), true).expect("watchdog");
+    cluster.psql("postgres", &format!("CREATE DATABASE {db}")).expect("db");
+    cluster
+}
+
+/// Whether the changelog on `c` holds a row for `record` of `table` (a marker the benchmark wrote).
+pub fn in_changelog(c: &mut postgres::Client, table: &str, record: i64) -> bool {
+    c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM sync_changelog WHERE table_name = $1 AND record_id = $2)",
+        &[&table, &record.to_string()],
+    )
+    .map(|r| r.get(0))
+    .unwrap_or(false)
+}
+
+/// One request of a closed-loop load, given the client index and its keep-alive connection.
+pub type Request = Arc<dyn Fn(usize, &mut Conn) + Send + Sync>;
+
+/// Runs `request` in a loop on `clients` threads for `secs`, client `i` connected to
+/// `addr_of(i)`; returns (requests/s, p50 ms, p99 ms).
+pub fn closed_loop(
+    clients: usize,
+    secs: u64,
+    addr_of: impl Fn(usize) -> SocketAddr,
+    request: Request,
+) -> (f64, f64, f64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let handles: Vec<_> = (0..clients)
+        .map(|i| {
+            let (request, addr) = (request.clone(), addr_of(i));
+            std::thread::spawn(move || {
+                let mut conn = Conn::new(addr);
+                let mut lat = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    request(i, &mut conn);
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                lat
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut all: Vec<f64> = handles.into_iter().flat_map(|h| h.join().expect("client")).collect();
+    let elapsed = started.elapsed().as_secs_f64().max(secs as f64);
+    all.sort_by(f64::total_cmp);
+    (all.len() as f64 / elapsed, percentile(&all, 0.5), percentile(&all, 0.99))
+}
 
 /// A synchrod child that is killed when dropped (also when the benchmark panics).
 pub struct Synchrod(pub Child);

@@ -149,7 +149,6 @@ impl JwksServer {
 
     fn start_with(status: u16, keys: &[Value], tls: Option<ServerTls>) -> JwksServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let served = Arc::new(Mutex::new(Served {
             status,
@@ -165,18 +164,17 @@ impl JwksServer {
         let thread = thread::Builder::new()
             .name("test-jwks".into())
             .spawn(move || {
-                while !st.load(Ordering::SeqCst) {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            h.fetch_add(1, Ordering::SeqCst);
-                            stream.set_nonblocking(false).unwrap();
-                            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                            match &tls {
-                                None => answer(stream, &s),
-                                Some(config) => answer_tls(stream, config, &s),
-                            }
-                        }
-                        Err(_) => thread::sleep(Duration::from_millis(10)),
+                // Blocking accept; Drop sets `stop` and connects once to wake it.
+                for stream in listener.incoming() {
+                    if st.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    h.fetch_add(1, Ordering::SeqCst);
+                    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    match &tls {
+                        None => answer(stream, &s),
+                        Some(config) => answer_tls(stream, config, &s),
                     }
                 }
             })
@@ -209,6 +207,7 @@ impl JwksServer {
 impl Drop for JwksServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

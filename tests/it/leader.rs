@@ -97,6 +97,7 @@ fn takeovers_lose_and_duplicate_nothing(db: &TestDb<'static>, store: &TestDb<'st
                 random_workload(&writer_db, &mut rng, 5);
                 let id = next_event.fetch_add(1, Ordering::AcqRel);
                 c.batch_execute(&format!("INSERT INTO events VALUES ({id}, 'once')")).unwrap();
+                // Paces the load generator (a steady write rate), not a wait for a condition.
                 std::thread::sleep(Duration::from_millis(2));
             }
         })

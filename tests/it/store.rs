@@ -127,14 +127,13 @@ fn transaction_visibility_follows_commit() {
     assert!(all_visible(&mut reader, &[]).unwrap(), "nothing to wait for");
     let (xid_tx, xid_rx) = std::sync::mpsc::channel();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    // A transaction left open until told, then committed a moment later.
+    // A transaction left open until told, then committed while the reader waits for it.
     let committer = std::thread::spawn(move || {
         let mut tx = writer.transaction().unwrap();
         tx.execute("INSERT INTO v VALUES (1)", &[]).unwrap();
         let xid: i64 = tx.query_one("SELECT txid_current()", &[]).unwrap().get(0);
         xid_tx.send((xid & 0xffff_ffff) as u32).unwrap();
         go_rx.recv().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(50));
         tx.commit().unwrap();
     });
     let xid32 = xid_rx.recv().unwrap();

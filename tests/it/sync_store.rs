@@ -132,22 +132,23 @@ fn the_sync_tables_live_only_in_the_store_and_every_endpoint_works() {
     assert!(lines.iter().any(|l| l.starts_with("FAIL sync store reachable")), "{lines:?}");
 }
 
-#[test]
-fn randomized_devices_converge_with_a_separate_store() {
+/// Runs `scenario` against synchrod on the demo tables with the sync tables in a second database.
+fn with_a_separate_store(scenario: fn(&TestDb, &synchro::server::Running)) {
     let app = TestDb::new();
     let store = TestDb::new();
     let server = start_demo(&app, Some(&store.url()));
-    converge(&app, &server);
+    scenario(&app, &server);
     server.shutdown(Duration::from_secs(5));
 }
 
 #[test]
+fn randomized_devices_converge_with_a_separate_store() {
+    with_a_separate_store(converge);
+}
+
+#[test]
 fn writes_during_a_paged_snapshot_with_a_separate_store() {
-    let app = TestDb::new();
-    let store = TestDb::new();
-    let server = start_demo(&app, Some(&store.url()));
-    snapshot_under_writes(&app, &server);
-    server.shutdown(Duration::from_secs(5));
+    with_a_separate_store(snapshot_under_writes);
 }
 
 #[test]
