@@ -29,6 +29,17 @@ pub struct TableRouting {
     pub parent: Option<(String, String)>,
     /// The real deleted-at column (an update setting it is a removal).
     pub deleted_at: Option<String>,
+    /// Every column, in table order: what `row_to_json` of a row holds.
+    pub columns: Vec<String>,
+}
+
+impl TableRouting {
+    /// Whether a replicated tuple with these columns carries the whole row, so that its JSON can
+    /// be rendered from the tuple (`false` after a schema change the registry has not caught
+    /// up with, or with stored generated columns, which pgoutput leaves out).
+    pub fn is_whole_row(&self, columns: &[crate::change::RelColumn]) -> bool {
+        columns.len() == self.columns.len() && columns.iter().zip(&self.columns).all(|(c, n)| &c.name == n)
+    }
 }
 
 /// Every routed table by name.
@@ -52,6 +63,7 @@ impl RoutingTable {
                     owner: t.owner.clone(),
                     parent: t.parent.as_ref().map(|p| (p.table.clone(), p.fk_column.clone())),
                     deleted_at: t.deleted_at.real().map(str::to_string),
+                    columns: t.columns.iter().map(|c| c.name.clone()).collect(),
                 };
                 (t.name.clone(), routing)
             })
@@ -203,14 +215,14 @@ pub fn resolve_owners(
         match c.value(col) {
             Some(ColumnValue::Text(v)) => Some(v.clone()),
             Some(ColumnValue::UnchangedToast) => {
-                current.get(&(c.table.clone(), col.to_string())).and_then(|m| m.get(&c.key).cloned()).flatten()
+                current.get(&(c.table.to_string(), col.to_string())).and_then(|m| m.get(&c.key).cloned()).flatten()
             }
             _ => None,
         }
     };
     let gone = |c: &RowChange, col: &str| -> bool {
         matches!(c.value(col), Some(ColumnValue::UnchangedToast))
-            && !current.get(&(c.table.clone(), col.to_string())).is_some_and(|m| m.contains_key(&c.key))
+            && !current.get(&(c.table.to_string(), col.to_string())).is_some_and(|m| m.contains_key(&c.key))
     };
     for (i, c) in changes.iter().enumerate() {
         let Some(t) = routing.get(&c.table) else {

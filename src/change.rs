@@ -1,8 +1,18 @@
 //! The events that flow from the replication thread to the changelog writer.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::types::Lsn;
+use crate::types::{Lsn, Oid};
+
+/// A column of a replicated relation, as its Relation message described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelColumn {
+    /// The column name.
+    pub name: String,
+    /// The column's type oid (a domain's own oid for a domain).
+    pub type_oid: Oid,
+}
 
 /// A column value in pgoutput's text form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,22 +49,29 @@ pub enum ChangeKind {
 /// One row change of a registered table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowChange {
-    /// The registered (unqualified) table name.
-    pub table: String,
+    /// The registered (unqualified) table name, shared by every change of the table.
+    pub table: Arc<str>,
     /// What happened.
     pub kind: ChangeKind,
     /// The primary key as PostgreSQL text.
     pub key: String,
     /// For an update that changed the primary key: the old key.
     pub old_key: Option<String>,
-    /// Column values (new tuple; for deletes the old tuple, possibly key-only).
-    pub values: Vec<(String, ColumnValue)>,
+    /// The relation's columns (shared by every change until the relation changes).
+    pub columns: Arc<[RelColumn]>,
+    /// One value per column of `columns` (new tuple; for deletes the old tuple, possibly key-only).
+    pub values: Vec<ColumnValue>,
 }
 
 impl RowChange {
     /// The value of a column, if the tuple carried it.
     pub fn value(&self, column: &str) -> Option<&ColumnValue> {
-        self.values.iter().find(|(c, _)| c == column).map(|(_, v)| v)
+        self.columns.iter().position(|c| c.name == column).and_then(|i| self.values.get(i))
+    }
+
+    /// `(column name, value)` pairs in column order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &ColumnValue)> {
+        self.columns.iter().map(|c| c.name.as_str()).zip(self.values.iter())
     }
 }
 

@@ -129,6 +129,18 @@ pub fn canonical_json(row_json: &str) -> Option<String> {
     Some(out)
 }
 
+/// The canonical JSON of any JSON value (a `json` or `jsonb` column's text), or `None` when it
+/// does not parse or holds a number outside double range.
+pub fn canonical_value(json: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(json).ok()?;
+    if !within_double_range(&value) {
+        return None;
+    }
+    let mut out = String::with_capacity(json.len());
+    push_canonical(&mut out, &value);
+    Some(out)
+}
+
 /// The §13.1 checksum of a row's `row_to_json` text.
 ///
 /// ```

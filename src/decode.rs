@@ -7,14 +7,16 @@
 //! decoding messages, origins, types) is consumed silently.
 //!
 //! Values stay in pgoutput's text form. An unchanged TOASTed value (tuple kind `u`) becomes
-//! [`ColumnValue::UnchangedToast`], never NULL: the writer only needs the owner and foreign-key
-//! columns, and when one of those is unchanged-TOAST it reads the current row instead.
+//! [`ColumnValue::UnchangedToast`], never NULL: when the writer needs such a value (an owner or
+//! foreign-key column, or the whole row for its checksum) it reads the current row instead.
+//! Each change carries its relation's columns with their type oids, shared between changes.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::change::{ChangeKind, ColumnValue, RowChange, WalEvent};
+use crate::change::{ChangeKind, ColumnValue, RelColumn, RowChange, WalEvent};
 use crate::types::{Lsn, Oid};
 use crate::wire::pgoutput::{OldTuple, PgOutput, TupleValue};
 
@@ -106,8 +108,8 @@ impl Routes {
 
 #[derive(Debug, Clone)]
 struct CachedRelation {
-    table: String,
-    columns: Vec<String>,
+    table: Arc<str>,
+    columns: Arc<[RelColumn]>,
     /// Position of the primary key column, when the relation is registered.
     pk_index: Option<usize>,
 }
@@ -166,16 +168,17 @@ impl Decoder {
             }
             PgOutput::Relation { rel, namespace, name, columns, .. } => {
                 let pk = self.routes.pk_of(namespace, name).map(str::to_string);
-                let names: Vec<String> = columns.iter().map(|c| c.name.to_string()).collect();
+                let columns: Arc<[RelColumn]> =
+                    columns.iter().map(|c| RelColumn { name: c.name.to_string(), type_oid: c.type_oid }).collect();
                 let registered = pk.is_some();
                 let pk_index = match &pk {
-                    Some(pk) => Some(names.iter().position(|n| n == pk).ok_or_else(|| {
+                    Some(pk) => Some(columns.iter().position(|c| &c.name == pk).ok_or_else(|| {
                         DecodeEventError::MissingKeyColumn { table: name.to_string(), column: pk.clone() }
                     })?),
                     None => None,
                 };
                 let previous =
-                    self.relations.insert(*rel, CachedRelation { table: name.to_string(), columns: names, pk_index });
+                    self.relations.insert(*rel, CachedRelation { table: Arc::from(*name), columns, pk_index });
                 let changed = match &previous {
                     Some(p) => p.columns != self.relations[rel].columns,
                     None => false,
@@ -202,7 +205,7 @@ impl Decoder {
                     .iter()
                     .filter_map(|r| self.relations.get(r))
                     .filter(|r| r.pk_index.is_some())
-                    .map(|r| r.table.clone())
+                    .map(|r| r.table.to_string())
                     .collect();
                 if tables.is_empty() {
                     Ok(Decoded::Nothing)
@@ -227,7 +230,7 @@ impl Decoder {
         };
         if tuple.len() != relation.columns.len() {
             return Err(DecodeEventError::ColumnCountMismatch {
-                table: relation.table.clone(),
+                table: relation.table.to_string(),
                 expected: relation.columns.len(),
                 got: tuple.len(),
             });
@@ -236,13 +239,13 @@ impl Decoder {
             match t.get(pk_index) {
                 Some(TupleValue::Text(bytes)) => {
                     std::str::from_utf8(bytes).map(str::to_string).map_err(|_| DecodeEventError::BadKey {
-                        table: relation.table.clone(),
-                        column: relation.columns[pk_index].clone(),
+                        table: relation.table.to_string(),
+                        column: relation.columns[pk_index].name.clone(),
                     })
                 }
                 _ => Err(DecodeEventError::BadKey {
-                    table: relation.table.clone(),
-                    column: relation.columns[pk_index].clone(),
+                    table: relation.table.to_string(),
+                    column: relation.columns[pk_index].name.clone(),
                 }),
             }
         };
@@ -257,20 +260,27 @@ impl Decoder {
             _ => None,
         };
         let mut values = Vec::with_capacity(tuple.len());
-        for (name, value) in relation.columns.iter().zip(tuple) {
+        for (column, value) in relation.columns.iter().zip(tuple) {
             let v = match value {
                 TupleValue::Null => ColumnValue::Null,
                 TupleValue::UnchangedToast => ColumnValue::UnchangedToast,
                 TupleValue::Text(bytes) | TupleValue::Binary(bytes) => {
                     ColumnValue::Text(String::from_utf8(bytes.to_vec()).map_err(|_| DecodeEventError::BadText {
-                        table: relation.table.clone(),
-                        column: name.clone(),
+                        table: relation.table.to_string(),
+                        column: column.name.clone(),
                     })?)
                 }
             };
-            values.push((name.clone(), v));
+            values.push(v);
         }
-        Ok(Decoded::Event(WalEvent::Row(RowChange { table: relation.table.clone(), kind, key, old_key, values })))
+        Ok(Decoded::Event(WalEvent::Row(RowChange {
+            table: relation.table.clone(),
+            kind,
+            key,
+            old_key,
+            columns: relation.columns.clone(),
+            values,
+        })))
     }
 }
 

@@ -88,6 +88,7 @@ pub mod protocol;
 pub mod registry;
 pub mod replication;
 pub mod rls;
+pub mod row_json;
 pub mod schema;
 pub mod server;
 pub mod service;

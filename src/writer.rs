@@ -11,7 +11,8 @@
 //! * A replicated transaction is never held in memory: rows are written in chunks inside the
 //!   still-open database transaction (memory is bounded by the chunk size).
 //! * Within a chunk, removal rows precede addition rows (contract C8), and edge checksums are the
-//!   checksum hydration would emit for the current row (C6).
+//!   checksum hydration would emit for the row (C6): rendered from the chunk's latest version
+//!   of the row when its text determines `row_to_json` ([`crate::row_json`]), read back otherwise.
 //! * The writer is the only writer of the changelog, so `seq` order is commit order.
 
 use std::collections::{HashMap, HashSet};
@@ -26,8 +27,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use postgres::GenericClient;
 
 use crate::buckets::{dedup_buckets, resolve_owners, BucketAssigner, Owner, RoutingTable, TableRouting};
-use crate::change::{ChangeKind, ColumnValue, RowChange, WalEvent};
+use crate::change::{ChangeKind, ColumnValue, RelColumn, RowChange, WalEvent};
 use crate::registry::quote_ident;
+use crate::row_json;
 use crate::store::pool::{self, StoreError};
 use crate::store::{visibility, Stores};
 use crate::types::{Lsn, Op};
@@ -437,11 +439,10 @@ fn is_soft_delete(t: &TableRouting, c: &RowChange) -> bool {
 
 fn payload_json(c: &RowChange) -> String {
     let map: serde_json::Map<String, serde_json::Value> = c
-        .values
         .iter()
         .filter_map(|(k, v)| match v {
-            ColumnValue::Null => Some((k.clone(), serde_json::Value::Null)),
-            ColumnValue::Text(t) => Some((k.clone(), serde_json::Value::String(t.clone()))),
+            ColumnValue::Null => Some((k.to_string(), serde_json::Value::Null)),
+            ColumnValue::Text(t) => Some((k.to_string(), serde_json::Value::String(t.clone()))),
             ColumnValue::UnchangedToast => None,
         })
         .collect();
@@ -565,7 +566,7 @@ pub(crate) fn plan_chunk<'a>(
                     ChangeKind::Update => Op::Update,
                     ChangeKind::Delete => Op::Delete,
                 };
-                plan.failures.push((c.table.clone(), c.key.clone(), op.code(), why, payload_json(c)));
+                plan.failures.push((c.table.to_string(), c.key.clone(), op.code(), why, payload_json(c)));
                 continue;
             }
         };
@@ -602,9 +603,33 @@ pub(crate) fn plan_chunk<'a>(
             upsert_keys.push(k);
         }
     }
-    // C6: edge checksum = the checksum hydration would emit for the current row.
+    // C6: edge checksum = the checksum hydration would emit for the current row. Rendered from
+    // the chunk's latest version of the row when its text determines `row_to_json` (the common
+    // case: no read of the application database); read back otherwise.
     let mut checksums: HashMap<Key<'a>, i32> = HashMap::new();
-    for run in upsert_keys.chunk_by(|a, b| a.0 == b.0) {
+    if std::ptr::fn_addr_eq(checksum, crate::checksum::record_checksum as fn(&str) -> i32) {
+        let mut latest: HashMap<Key<'a>, &'a RowChange> = HashMap::with_capacity(chunk.len());
+        for c in chunk {
+            latest.insert((&c.table, &c.key), c);
+        }
+        let mut whole: Vec<(&Arc<[RelColumn]>, bool)> = Vec::new();
+        for &k in &upsert_keys {
+            let Some(c) = latest.get(&k).filter(|c| c.kind != ChangeKind::Delete) else { continue };
+            let is_whole = match whole.iter().find(|(cols, _)| Arc::ptr_eq(cols, &c.columns)) {
+                Some((_, w)) => *w,
+                None => {
+                    let w = routing.get(k.0).is_some_and(|t| t.is_whole_row(&c.columns));
+                    whole.push((&c.columns, w));
+                    w
+                }
+            };
+            if let Some(sum) = is_whole.then(|| row_json::row_checksum(&c.columns, &c.values)).flatten() {
+                checksums.insert(k, sum);
+            }
+        }
+    }
+    let unrendered: Vec<Key<'a>> = upsert_keys.iter().copied().filter(|k| !checksums.contains_key(k)).collect();
+    for run in unrendered.chunk_by(|a, b| a.0 == b.0) {
         let table = run[0].0;
         let Some(t) = routing.get(table) else { continue };
         let ids: Vec<&str> = run.iter().map(|k| k.1).collect();
@@ -756,6 +781,11 @@ pub fn backfill_edges(
         } else {
             format!("AND NOT EXISTS (SELECT 1 FROM sync_bucket_edges e WHERE e.table_name = $2 AND e.record_id = t.{pk}::text)")
         };
+        // Only the routing columns are read (the edge checksums come from the current rows):
+        // their types do not matter here.
+        let rel_columns: Arc<[RelColumn]> =
+            names.iter().map(|n| RelColumn { name: n.clone(), type_oid: crate::types::Oid(0) }).collect();
+        let table: Arc<str> = Arc::from(t.name.as_str());
         let mut after: Option<String> = None;
         loop {
             let sql = format!(
@@ -775,16 +805,13 @@ pub fn backfill_edges(
             let chunk: Vec<RowChange> = rows
                 .iter()
                 .map(|r| RowChange {
-                    table: t.name.clone(),
+                    table: table.clone(),
                     kind: ChangeKind::Insert,
                     key: r.get(0),
                     old_key: None,
-                    values: names
-                        .iter()
-                        .enumerate()
-                        .map(|(i, n)| {
-                            (n.clone(), r.get::<_, Option<String>>(i).map_or(ColumnValue::Null, ColumnValue::Text))
-                        })
+                    columns: rel_columns.clone(),
+                    values: (0..rel_columns.len())
+                        .map(|i| r.get::<_, Option<String>>(i).map_or(ColumnValue::Null, ColumnValue::Text))
                         .collect(),
                 })
                 .collect();

@@ -17,6 +17,8 @@ pub fn start(db: &TestDb, vars: &[(&str, &str)]) -> Running {
     synchro::logging::set_level(synchro::config::LogLevel::Error);
     let mut map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     map.entry("DATABASE_URL".into()).or_insert_with(|| db.url());
+    // Slots are per cluster: one per test database, so concurrent tests never share one.
+    map.entry("SLOT_NAME".into()).or_insert_with(|| format!("slot_{}", db.name));
     map.entry("LISTEN_ADDR".into()).or_insert_with(|| "127.0.0.1:0".into());
     map.entry("HTTP_THREADS".into()).or_insert_with(|| "4".into());
     let config = Config::from_vars(&map).unwrap();
