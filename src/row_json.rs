@@ -16,9 +16,10 @@
 //! | `timestamp` | `"YYYY-MM-DDTHH:MM:SS[.f]"` | the text with `T` for the space |
 //! | `timestamptz` | `"…T…+00:00"` | the text (`… +00`) with `T` and `:00` |
 //! | `json`, `jsonb` | the value itself | the text, parsed |
+//! | arrays of the types above | nested JSON arrays of the elements, bounds dropped | the array text, parsed |
 //!
-//! Anything else gives `None` and the writer reads the row instead: other types (arrays,
-//! enums, domains, composites, ranges, …), unchanged-TOAST values, infinite or BC dates, years
+//! Anything else gives `None` and the writer reads the row instead: other types (enums,
+//! domains, composites, ranges, intervals, bytea, …), unchanged-TOAST values, infinite or BC dates, years
 //! past 9999, JSON with numbers outside double range (the contract then hashes the raw
 //! `row_to_json` text), and tuples whose columns are not the table's full column list (stored
 //! generated columns are in `row_to_json` but not in pgoutput).
@@ -47,29 +48,30 @@ const NUMERIC: u32 = 1700;
 const UUID: u32 = 2950;
 const JSONB: u32 = 3802;
 
-/// Whether values of this type can be rendered from their text (see the module table).
-pub fn renders(type_oid: u32) -> bool {
-    matches!(
-        type_oid,
-        BOOL | NAME
-            | INT8
-            | INT2
-            | INT4
-            | TEXT
-            | JSON
-            | FLOAT4
-            | FLOAT8
-            | BPCHAR
-            | VARCHAR
-            | DATE
-            | TIME
-            | TIMESTAMP
-            | TIMESTAMPTZ
-            | TIMETZ
-            | NUMERIC
-            | UUID
-            | JSONB
-    )
+/// The element type of an array type whose elements are rendered.
+fn array_element(type_oid: u32) -> Option<u32> {
+    Some(match type_oid {
+        1000 => BOOL,
+        1003 => NAME,
+        1005 => INT2,
+        1007 => INT4,
+        1016 => INT8,
+        1009 => TEXT,
+        199 => JSON,
+        1021 => FLOAT4,
+        1022 => FLOAT8,
+        1014 => BPCHAR,
+        1015 => VARCHAR,
+        1182 => DATE,
+        1183 => TIME,
+        1115 => TIMESTAMP,
+        1185 => TIMESTAMPTZ,
+        1270 => TIMETZ,
+        1231 => NUMERIC,
+        2951 => UUID,
+        3807 => JSONB,
+        _ => return None,
+    })
 }
 
 /// The §13.1 checksum of the row `values` (one per column of `columns`), or `None` when the
@@ -117,14 +119,13 @@ fn push_value(out: &mut String, oid: u32, text: &str) -> Option<()> {
             "f" => "false",
             _ => return None,
         }),
-        INT2 | INT4 | INT8 | FLOAT4 | FLOAT8 | NUMERIC => {
-            if is_json_number(text) {
-                push_number(out, text)?;
-            } else {
-                // NaN and the infinities: row_to_json quotes what is not a JSON number.
-                json_text::push_string(out, text);
-            }
-        }
+        INT2 | INT4 | INT8 if is_json_number(text) => push_number(out, text)?,
+        FLOAT4 | FLOAT8 | NUMERIC => match text {
+            // row_to_json quotes what is not a JSON number: NaN and the infinities.
+            "NaN" | "Infinity" | "-Infinity" => json_text::push_string(out, text),
+            _ if is_json_number(text) => push_number(out, text)?,
+            _ => return None,
+        },
         TEXT | VARCHAR | BPCHAR | NAME | UUID | TIME | TIMETZ => json_text::push_string(out, text),
         DATE => {
             if !is_iso_date(text) {
@@ -149,9 +150,95 @@ fn push_value(out: &mut String, oid: u32, text: &str) -> Option<()> {
             push_datetime(out, date, time, "+00:00");
         }
         JSON | JSONB => out.push_str(&canonical_value(text)?),
-        _ => return None,
+        _ => {
+            let element = array_element(oid)?;
+            // `[lower:upper]=` appears when a lower bound is not 1; row_to_json drops it.
+            let body = if text.starts_with('[') { &text[text.find('=')? + 1..] } else { text };
+            let mut p = ArrayText { b: body.as_bytes(), i: 0 };
+            p.array(out, element)?;
+            if p.i != p.b.len() {
+                return None;
+            }
+        }
     }
     Some(())
+}
+
+/// A reader of PostgreSQL's array output (`{1,2}`, `{{"a b",NULL},{x,"q\"y"}}`), writing the
+/// canonical JSON array. Elements are quoted when they are empty, contain `{}",\` or
+/// whitespace, or read `NULL`; inside quotes a backslash escapes the next byte. The delimiter
+/// is a comma for every element type rendered here.
+struct ArrayText<'t> {
+    b: &'t [u8],
+    i: usize,
+}
+
+impl ArrayText<'_> {
+    fn array(&mut self, out: &mut String, element: u32) -> Option<()> {
+        if self.b.get(self.i) != Some(&b'{') {
+            return None;
+        }
+        self.i += 1;
+        out.push('[');
+        if self.b.get(self.i) == Some(&b'}') {
+            self.i += 1;
+            out.push(']');
+            return Some(());
+        }
+        loop {
+            match self.b.get(self.i)? {
+                b'{' => self.array(out, element)?,
+                b'"' => {
+                    let value = self.quoted()?;
+                    push_value(out, element, &value)?;
+                }
+                _ => {
+                    let start = self.i;
+                    while !matches!(self.b.get(self.i)?, b',' | b'}') {
+                        self.i += 1;
+                    }
+                    let raw = std::str::from_utf8(&self.b[start..self.i]).ok()?;
+                    if raw == "NULL" {
+                        out.push_str("null");
+                    } else {
+                        push_value(out, element, raw)?;
+                    }
+                }
+            }
+            match self.b.get(self.i)? {
+                b',' => out.push(','),
+                b'}' => {
+                    self.i += 1;
+                    out.push(']');
+                    return Some(());
+                }
+                _ => return None,
+            }
+            self.i += 1;
+        }
+    }
+
+    /// A quoted element, unescaped; `self.i` is on its opening quote.
+    fn quoted(&mut self) -> Option<String> {
+        self.i += 1;
+        let mut value = Vec::new();
+        loop {
+            match *self.b.get(self.i)? {
+                b'"' => {
+                    self.i += 1;
+                    return String::from_utf8(value).ok();
+                }
+                b'\\' => {
+                    value.push(*self.b.get(self.i + 1)?);
+                    self.i += 2;
+                }
+                c => {
+                    value.push(c);
+                    self.i += 1;
+                }
+            }
+        }
+    }
 }
 
 fn push_datetime(out: &mut String, date: &str, time: &str, zone: &str) {
@@ -291,10 +378,31 @@ mod tests {
     }
 
     #[test]
+    fn arrays_become_json_arrays() {
+        let one = |oid: u32, v: &str| canonical_row(&cols(&[("c", oid)]), &[text(v)]);
+        let want = |json: &str| Some(format!("{{\"c\":{json}}}"));
+        assert_eq!(one(1007, "{}"), want("[]"));
+        assert_eq!(one(1007, "[0:1]={1,2}"), want("[1,2]"));
+        assert_eq!(one(1007, "{{1,NULL},{3,4}}"), want("[[1,null],[3,4]]"));
+        assert_eq!(
+            one(1009, r#"{"","NULL","a b","q\"x","b\\s",NULL,"{}","é,",plain}"#),
+            want(r#"["","NULL","a b","q\"x","b\\s",null,"{}","é,","plain"]"#)
+        );
+        assert_eq!(one(1185, r#"{"2026-01-01 10:00:00+00",NULL}"#), want(r#"["2026-01-01T10:00:00+00:00",null]"#));
+        assert_eq!(one(3807, r#"{"{\"b\": 1, \"a\": 2}","[1, 2.50]"}"#), want(r#"[{"a":2,"b":1},[1,2.5]]"#));
+        assert_eq!(one(1231, "{1.50,NaN}"), want(r#"[1.5,"NaN"]"#));
+        assert_eq!(one(1000, "{t,f}"), want("[true,false]"));
+        for bad in ["{1,2", "{1,2}}", "1,2", "{\"x}", "{{1},2", "[0:1]{1}", "{1,x}"] {
+            assert_eq!(one(1007, bad), None, "{bad}");
+        }
+        assert_eq!(one(1187, "{\"1 day\"}"), None, "interval[]");
+    }
+
+    #[test]
     fn refuses_what_the_text_does_not_determine() {
         let one = |oid: u32, v: ColumnValue| row_checksum(&cols(&[("c", oid)]), &[v]);
         assert_eq!(one(TEXT, ColumnValue::UnchangedToast), None);
-        assert_eq!(one(1007, text("{1,2}")), None, "int4[]");
+        assert_eq!(one(1187, text("{\"1 day\"}")), None, "interval[]");
         assert_eq!(one(TIMESTAMPTZ, text("infinity")), None);
         assert_eq!(one(TIMESTAMPTZ, text("0099-01-01 00:00:00+00 BC")), None);
         assert_eq!(one(TIMESTAMPTZ, text("12026-01-01 00:00:00+00")), None);
