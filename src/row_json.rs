@@ -155,7 +155,7 @@ fn push_value(out: &mut String, oid: u32, text: &str) -> Option<()> {
             // `[lower:upper]=` appears when a lower bound is not 1; row_to_json drops it.
             let body = if text.starts_with('[') { &text[text.find('=')? + 1..] } else { text };
             let mut p = ArrayText { b: body.as_bytes(), i: 0 };
-            p.array(out, element)?;
+            p.array(out, element, 0)?;
             if p.i != p.b.len() {
                 return None;
             }
@@ -174,8 +174,9 @@ struct ArrayText<'t> {
 }
 
 impl ArrayText<'_> {
-    fn array(&mut self, out: &mut String, element: u32) -> Option<()> {
-        if self.b.get(self.i) != Some(&b'{') {
+    fn array(&mut self, out: &mut String, element: u32, depth: usize) -> Option<()> {
+        // PostgreSQL arrays have at most six dimensions (MAXDIM).
+        if depth >= 6 || self.b.get(self.i) != Some(&b'{') {
             return None;
         }
         self.i += 1;
@@ -187,7 +188,7 @@ impl ArrayText<'_> {
         }
         loop {
             match self.b.get(self.i)? {
-                b'{' => self.array(out, element)?,
+                b'{' => self.array(out, element, depth + 1)?,
                 b'"' => {
                     let value = self.quoted()?;
                     push_value(out, element, &value)?;
@@ -396,6 +397,32 @@ mod tests {
             assert_eq!(one(1007, bad), None, "{bad}");
         }
         assert_eq!(one(1187, "{\"1 day\"}"), None, "interval[]");
+        assert_eq!(one(1007, "{{{{{{1}}}}}}"), want("[[[[[[1]]]]]]"));
+        assert_eq!(one(1007, &format!("{}{}", "{".repeat(100_000), "}".repeat(100_000))), None, "deeper than MAXDIM");
+    }
+
+    /// Arbitrary text for every rendered kind: an answer or `None`, never a panic (the fuzz
+    /// target `text_inputs` covers the same from its corpus).
+    #[test]
+    fn any_text_is_answered_without_panicking() {
+        const ALPHABET: &[char] = &[
+            '{', '}', '"', '\\', ',', ' ', 'N', 'U', 'L', 'a', 'é', '1', '0', '-', ':', '.', 'e', 'T', '+', '[', ']',
+            '=',
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 24) as usize;
+            let text: String = (0..len).map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize]).collect();
+            for oid in [INT4, FLOAT8, NUMERIC, TEXT, JSONB, DATE, TIMESTAMPTZ, 1007, 1009, 1185, 3807] {
+                let _ = canonical_row(&cols(&[("c", oid)]), &[ColumnValue::Text(text.clone())]);
+            }
+        }
     }
 
     #[test]
