@@ -31,14 +31,23 @@ pub struct TableRouting {
     pub deleted_at: Option<String>,
     /// Every column, in table order: what `row_to_json` of a row holds.
     pub columns: Vec<String>,
+    /// Each column's type oid, as the registry read it.
+    pub type_oids: Vec<u32>,
+    /// Each column's rendering type (`registry::Column::render_oid`), for `crate::row_json`.
+    pub render_oids: Vec<u32>,
 }
 
 impl TableRouting {
-    /// Whether a replicated tuple with these columns carries the whole row, so that its JSON can
-    /// be rendered from the tuple (`false` after a schema change the registry has not caught
-    /// up with, or with stored generated columns, which pgoutput leaves out).
+    /// Whether a replicated tuple with these columns carries the whole row as the registry knows
+    /// it, so that its JSON can be rendered from the tuple with [`TableRouting::render_oids`]
+    /// (`false` after a schema change the registry has not caught up with, or with stored
+    /// generated columns, which pgoutput leaves out).
     pub fn is_whole_row(&self, columns: &[crate::change::RelColumn]) -> bool {
-        columns.len() == self.columns.len() && columns.iter().zip(&self.columns).all(|(c, n)| &c.name == n)
+        columns.len() == self.columns.len()
+            && columns
+                .iter()
+                .zip(self.columns.iter().zip(&self.type_oids))
+                .all(|(c, (n, t))| &c.name == n && c.type_oid.0 == *t)
     }
 }
 
@@ -64,6 +73,8 @@ impl RoutingTable {
                     parent: t.parent.as_ref().map(|p| (p.table.clone(), p.fk_column.clone())),
                     deleted_at: t.deleted_at.real().map(str::to_string),
                     columns: t.columns.iter().map(|c| c.name.clone()).collect(),
+                    type_oids: t.columns.iter().map(|c| c.type_oid.0).collect(),
+                    render_oids: t.columns.iter().map(|c| c.render_oid.0).collect(),
                 };
                 (t.name.clone(), routing)
             })

@@ -69,9 +69,10 @@ pub fn text_inputs(data: &[u8]) {
     let _ = crate::version::parse(&text);
     let _ = crate::checksum::record_checksum(&text);
     // The text of a column of each rendered kind, as pgoutput would send it.
-    for oid in [16, 20, 25, 114, 700, 1082, 1083, 1114, 1184, 1700, 3802, 1000, 1007, 1009, 1185, 1231, 3807] {
+    for oid in [16, 17, 20, 25, 114, 700, 1082, 1083, 1114, 1184, 1186, 1700, 3802, 1000, 1007, 1009, 1185, 1231, 3807]
+    {
         let columns = [crate::change::RelColumn { name: "c".into(), type_oid: crate::types::Oid(oid) }];
-        let _ = crate::row_json::canonical_row(&columns, &[crate::change::ColumnValue::Text(text.to_string())]);
+        let _ = crate::row_json::canonical_row(&columns, &[oid], &[crate::change::ColumnValue::Text(text.to_string())]);
     }
 }
 

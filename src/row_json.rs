@@ -4,22 +4,26 @@
 //! The edge checksum must equal the checksum a pull emits when it hydrates the row, which is
 //! computed over `row_to_json(t.*)` (PROTOCOL §9.4 C6). For the column types below, the text a
 //! replication session receives determines that JSON exactly, so the canonical form (§13.2) can
-//! be built from the tuple. Both sessions run with `TimeZone=UTC` and `DateStyle=ISO` (see
-//! `replication::conn` and `store::pool`), which the timestamp rules rely on.
+//! be built from the tuple. Both sessions start with the same settings
+//! (`store::pool::SESSION_OPTIONS`: `TimeZone=UTC`, `DateStyle=ISO`, `IntervalStyle=postgres`,
+//! `bytea_output=hex`), which the timestamp, interval and bytea rules rely on.
 //!
 //! | Type | `row_to_json` value | From the text |
 //! |---|---|---|
 //! | `bool` | `true` / `false` | `t` / `f` |
 //! | `int2`, `int4`, `int8`, `float4`, `float8`, `numeric` | the text as a number when it is a valid JSON number, else a string (`NaN`, `Infinity`) | same rule |
-//! | `text`, `varchar`, `bpchar`, `name`, `uuid`, `time`, `timetz` | a string | the text |
+//! | `text`, `varchar`, `bpchar`, `name`, `uuid`, `time`, `timetz`, `interval`, `bytea` | a string | the text |
+//! | an enum (without a cast to JSON) | its label | the text |
+//! | a domain over a built-in type | as its base type | as its base type |
 //! | `date` | `"YYYY-MM-DD"` | the text, when it has that shape |
 //! | `timestamp` | `"YYYY-MM-DDTHH:MM:SS[.f]"` | the text with `T` for the space |
 //! | `timestamptz` | `"…T…+00:00"` | the text (`… +00`) with `T` and `:00` |
 //! | `json`, `jsonb` | the value itself | the text, parsed |
 //! | arrays of the types above | nested JSON arrays of the elements, bounds dropped | the array text, parsed |
 //!
-//! Anything else gives `None` and the writer reads the row instead: other types (enums,
-//! domains, composites, ranges, intervals, bytea, …), unchanged-TOAST values, infinite or BC dates, years
+//! Anything else gives `None` and the writer reads the row instead: other types (composites,
+//! ranges, geometric and network types, money, arrays of domains, user types with a cast to
+//! JSON, …), unchanged-TOAST values, infinite or BC dates, years
 //! past 9999, JSON with numbers outside double range (the contract then hashes the raw
 //! `row_to_json` text), and tuples whose columns are not the table's full column list (stored
 //! generated columns are in `row_to_json` but not in pgoutput).
@@ -29,6 +33,7 @@ use crate::checksum::{canonical_value, crc32, format_number};
 use crate::json_text;
 
 const BOOL: u32 = 16;
+const BYTEA: u32 = 17;
 const NAME: u32 = 19;
 const INT8: u32 = 20;
 const INT2: u32 = 21;
@@ -44,6 +49,7 @@ const TIME: u32 = 1083;
 const TIMESTAMP: u32 = 1114;
 const TIMESTAMPTZ: u32 = 1184;
 const TIMETZ: u32 = 1266;
+const INTERVAL: u32 = 1186;
 const NUMERIC: u32 = 1700;
 const UUID: u32 = 2950;
 const JSONB: u32 = 3802;
@@ -52,6 +58,8 @@ const JSONB: u32 = 3802;
 fn array_element(type_oid: u32) -> Option<u32> {
     Some(match type_oid {
         1000 => BOOL,
+        1001 => BYTEA,
+        1187 => INTERVAL,
         1003 => NAME,
         1005 => INT2,
         1007 => INT4,
@@ -74,16 +82,18 @@ fn array_element(type_oid: u32) -> Option<u32> {
     })
 }
 
-/// The §13.1 checksum of the row `values` (one per column of `columns`), or `None` when the
-/// text does not determine `row_to_json` (see the module documentation). The caller checks
-/// that `columns` are all of the table's columns.
-pub fn row_checksum(columns: &[RelColumn], values: &[ColumnValue]) -> Option<i32> {
-    canonical_row(columns, values).map(|c| crc32(c.as_bytes()) as i32)
+/// The §13.1 checksum of the row `values` (one per column of `columns`), each rendered as the
+/// type in `render` (the column's type, or what `row_to_json` treats it as: a domain's base
+/// type, `text` for an enum; 0 for none), or `None` when the text does not determine
+/// `row_to_json` (see the module documentation). The caller checks that `columns` are all of
+/// the table's columns.
+pub fn row_checksum(columns: &[RelColumn], render: &[u32], values: &[ColumnValue]) -> Option<i32> {
+    canonical_row(columns, render, values).map(|c| crc32(c.as_bytes()) as i32)
 }
 
 /// The canonical JSON (§13.2) of the row, as [`row_checksum`] hashes it.
-pub fn canonical_row(columns: &[RelColumn], values: &[ColumnValue]) -> Option<String> {
-    if columns.len() != values.len() {
+pub fn canonical_row(columns: &[RelColumn], render: &[u32], values: &[ColumnValue]) -> Option<String> {
+    if columns.len() != values.len() || render.len() != values.len() {
         return None;
     }
     // Keys sorted byte-wise: the canonical form's order, whatever the column order.
@@ -100,7 +110,7 @@ pub fn canonical_row(columns: &[RelColumn], values: &[ColumnValue]) -> Option<St
         match &values[i] {
             ColumnValue::Null => out.push_str("null"),
             ColumnValue::UnchangedToast => return None,
-            ColumnValue::Text(t) => push_value(&mut out, columns[i].type_oid.0, t)?,
+            ColumnValue::Text(t) => push_value(&mut out, render[i], t)?,
         }
     }
     out.push('}');
@@ -126,7 +136,9 @@ fn push_value(out: &mut String, oid: u32, text: &str) -> Option<()> {
             _ if is_json_number(text) => push_number(out, text)?,
             _ => return None,
         },
-        TEXT | VARCHAR | BPCHAR | NAME | UUID | TIME | TIMETZ => json_text::push_string(out, text),
+        // Settings-dependent outputs (bytea_output, IntervalStyle) are pinned alike in both
+        // sessions.
+        TEXT | VARCHAR | BPCHAR | NAME | UUID | TIME | TIMETZ | INTERVAL | BYTEA => json_text::push_string(out, text),
         DATE => {
             if !is_iso_date(text) {
                 return None;
@@ -335,6 +347,10 @@ mod tests {
         spec.iter().map(|(n, t)| RelColumn { name: n.to_string(), type_oid: Oid(*t) }).collect()
     }
 
+    fn oids(columns: &[RelColumn]) -> Vec<u32> {
+        columns.iter().map(|c| c.type_oid.0).collect()
+    }
+
     fn text(v: &str) -> ColumnValue {
         ColumnValue::Text(v.to_string())
     }
@@ -375,12 +391,12 @@ mod tests {
             text("9007199254740993"),
         ];
         let pg = r#"{"id":"00000000-0000-0000-0000-000000000001","qty":3,"price":12.50,"ratio":1e+30,"odd":"NaN","done":true,"name":"A & B <\"q\">\n","meta":{"a": [1, 2.0, null], "b": 2},"day":"2026-03-05","at":"2026-03-05T11:30:00.123456+00:00","local":"2026-03-05T11:30:00","gone":null,"big":9007199254740993}"#;
-        assert_eq!(row_checksum(&columns, &values), Some(record_checksum(pg)));
+        assert_eq!(row_checksum(&columns, &oids(&columns), &values), Some(record_checksum(pg)));
     }
 
     #[test]
     fn arrays_become_json_arrays() {
-        let one = |oid: u32, v: &str| canonical_row(&cols(&[("c", oid)]), &[text(v)]);
+        let one = |oid: u32, v: &str| canonical_row(&cols(&[("c", oid)]), &[oid], &[text(v)]);
         let want = |json: &str| Some(format!("{{\"c\":{json}}}"));
         assert_eq!(one(1007, "{}"), want("[]"));
         assert_eq!(one(1007, "[0:1]={1,2}"), want("[1,2]"));
@@ -396,7 +412,7 @@ mod tests {
         for bad in ["{1,2", "{1,2}}", "1,2", "{\"x}", "{{1},2", "[0:1]{1}", "{1,x}"] {
             assert_eq!(one(1007, bad), None, "{bad}");
         }
-        assert_eq!(one(1187, "{\"1 day\"}"), None, "interval[]");
+        assert_eq!(one(1017, "{\"(1,2)\"}"), None, "point[]");
         assert_eq!(one(1007, "{{{{{{1}}}}}}"), want("[[[[[[1]]]]]]"));
         assert_eq!(one(1007, &format!("{}{}", "{".repeat(100_000), "}".repeat(100_000))), None, "deeper than MAXDIM");
     }
@@ -420,16 +436,16 @@ mod tests {
             let len = (next() % 24) as usize;
             let text: String = (0..len).map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize]).collect();
             for oid in [INT4, FLOAT8, NUMERIC, TEXT, JSONB, DATE, TIMESTAMPTZ, 1007, 1009, 1185, 3807] {
-                let _ = canonical_row(&cols(&[("c", oid)]), &[ColumnValue::Text(text.clone())]);
+                let _ = canonical_row(&cols(&[("c", oid)]), &[oid], &[ColumnValue::Text(text.clone())]);
             }
         }
     }
 
     #[test]
     fn refuses_what_the_text_does_not_determine() {
-        let one = |oid: u32, v: ColumnValue| row_checksum(&cols(&[("c", oid)]), &[v]);
+        let one = |oid: u32, v: ColumnValue| row_checksum(&cols(&[("c", oid)]), &[oid], &[v]);
         assert_eq!(one(TEXT, ColumnValue::UnchangedToast), None);
-        assert_eq!(one(1187, text("{\"1 day\"}")), None, "interval[]");
+        assert_eq!(one(1017, text("{\"(1,2)\"}")), None, "point[]");
         assert_eq!(one(TIMESTAMPTZ, text("infinity")), None);
         assert_eq!(one(TIMESTAMPTZ, text("0099-01-01 00:00:00+00 BC")), None);
         assert_eq!(one(TIMESTAMPTZ, text("12026-01-01 00:00:00+00")), None);
@@ -438,7 +454,8 @@ mod tests {
         assert_eq!(one(JSONB, text(r#"{"x": 1e400}"#)), None);
         assert_eq!(one(NUMERIC, text(&format!("1{}", "0".repeat(400)))), None);
         assert_eq!(one(BOOL, text("yes")), None);
-        assert_eq!(row_checksum(&cols(&[("a", INT4), ("b", INT4)]), &[text("1")]), None);
+        assert_eq!(row_checksum(&cols(&[("a", INT4), ("b", INT4)]), &[INT4, INT4], &[text("1")]), None);
+        assert_eq!(one(0, text("x")), None, "no rendering type");
     }
 
     #[test]

@@ -623,7 +623,8 @@ pub(crate) fn plan_chunk<'a>(
                     w
                 }
             };
-            if let Some(sum) = is_whole.then(|| row_json::row_checksum(&c.columns, &c.values)).flatten() {
+            let render = routing.get(k.0).map(|t| t.render_oids.as_slice()).unwrap_or_default();
+            if let Some(sum) = is_whole.then(|| row_json::row_checksum(&c.columns, render, &c.values)).flatten() {
                 checksums.insert(k, sum);
             }
         }

@@ -652,6 +652,7 @@ mod tests {
             name: name.into(),
             db_type: db_type.into(),
             type_oid: crate::types::Oid(0),
+            render_oid: crate::types::Oid(0),
             element_type: None,
             nullable: true,
             default_sql: String::new(),

@@ -275,8 +275,9 @@ impl ReplicationConn {
             ("replication", "database"),
             ("application_name", "synchrod"),
         ];
-        // Replication sessions render values in the server's TimeZone: pin UTC like every other session.
-        startup.push(("options", "-c TimeZone=UTC -c DateStyle=ISO"));
+        // Values arrive rendered with the session's settings: pin the ones every pooled session
+        // uses (UTC, ISO dates, interval and bytea formats), so text renders alike in both.
+        startup.push(("options", crate::store::pool::SESSION_OPTIONS));
         frontend::startup(&mut conn.out, &startup);
         conn.flush_out("sending the startup message")?;
         conn.authenticate(params)?;

@@ -187,13 +187,44 @@ struct RawTable {
     fks: Vec<(String, String, String, String, bool)>,
 }
 
+/// The first oid of user-defined objects (`FirstNormalObjectId`).
+const FIRST_USER_OID: u32 = 16384;
+
+/// What `row_to_json` renders a column of type `oid` as (see `registry::Column::render_oid`):
+/// it looks through domains, renders enums as their label, and uses a type's cast to `json`
+/// when a user type has one (then 0: not rendered from text).
+fn render_oid(
+    oid: u32,
+    typtype: &str,
+    base: u32,
+    base_typtype: Option<&str>,
+    elem_typtype: Option<&str>,
+    json_cast: bool,
+) -> u32 {
+    const TEXT: u32 = 25;
+    const TEXT_ARRAY: u32 = 1009;
+    match (typtype, base_typtype, elem_typtype) {
+        _ if json_cast => 0,
+        ("d", _, _) if base < FIRST_USER_OID => base,
+        ("d", Some("e"), _) | ("e", _, _) => TEXT,
+        ("d", _, _) => 0,
+        (_, _, Some("e")) => TEXT_ARRAY,
+        _ => oid,
+    }
+}
+
 fn read_table(db: &mut impl GenericClient, oid: Oid, schema: String, name: String) -> Result<RawTable, StoreError> {
     let columns = db
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, NOT a.attnotnull, \
                     COALESCE(pg_get_expr(d.adbin, d.adrelid), ''), \
-                    CASE WHEN t.typcategory = 'A' THEN format_type(t.typelem, NULL) END \
+                    CASE WHEN t.typcategory = 'A' THEN format_type(t.typelem, NULL) END, \
+                    t.typtype::text, t.typbasetype, bt.typtype::text, et.typtype::text, \
+                    EXISTS (SELECT 1 FROM pg_cast c WHERE c.castsource IN (t.oid, t.typbasetype, t.typelem) \
+                            AND c.castsource >= 16384 AND c.casttarget IN ('json'::regtype, 'jsonb'::regtype)) \
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             LEFT JOIN pg_type bt ON bt.oid = t.typbasetype \
+             LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A' \
              LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             &[&oid.0],
@@ -204,6 +235,14 @@ fn read_table(db: &mut impl GenericClient, oid: Oid, schema: String, name: Strin
             name: r.get(0),
             db_type: r.get(1),
             type_oid: Oid(r.get(2)),
+            render_oid: Oid(render_oid(
+                r.get(2),
+                &r.get::<_, String>(6),
+                r.get(7),
+                r.get::<_, Option<String>>(8).as_deref(),
+                r.get::<_, Option<String>>(9).as_deref(),
+                r.get(10),
+            )),
             nullable: r.get(3),
             default_sql: r.get(4),
             element_type: r.get(5),

@@ -265,8 +265,11 @@ impl From<r2d2::Error> for StoreError {
     }
 }
 
-/// The settings every session starts with (contract C16 and the `data` encoding of §6.6).
-const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c bytea_output=hex";
+/// The settings every session starts with (contract C16 and the `data` encoding of §6.6),
+/// replication sessions included: edge checksums rendered from WAL text rely on both
+/// rendering values alike (`crate::row_json`).
+pub(crate) const SESSION_OPTIONS: &str =
+    "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c bytea_output=hex";
 
 /// Parses `url` for the `postgres` crate with every session in UTC (contract C16) and a
 /// connect timeout, so a dead database fails requests fast instead of hanging workers. The TLS

@@ -8,6 +8,8 @@ use crate::capture::wait_for;
 use crate::client::{get, post};
 use crate::harness::TestDb;
 use crate::server::start;
+use synchro::config::TableName;
+use synchro::store::introspect::RegistrySettings;
 
 const USER: &str = "X-User-ID: alice\r\n";
 
@@ -201,12 +203,21 @@ fn every_contract_type_round_trips_through_wal_pull_and_push() {
 
 /// Columns of every type whose JSON the writer renders from WAL text (`synchro::row_json`).
 const RENDERED: &str = "
+    CREATE TYPE mood2 AS ENUM ('happy', 'sad', 'it''s <b>');
+    CREATE TYPE mood3 AS ENUM ('x');
+    CREATE FUNCTION mood3_json(mood3) RETURNS json LANGUAGE sql AS $$ SELECT json_build_object('m', $1::text) $$;
+    CREATE CAST (mood3 AS json) WITH FUNCTION mood3_json(mood3);
+    CREATE DOMAIN posint2 AS integer CHECK (VALUE > 0);
+    CREATE DOMAIN stamp AS timestamptz;
+    CREATE DOMAIN dmood AS mood2;
     CREATE TABLE rendered (
       id text PRIMARY KEY, user_id text,
       b boolean, i2 smallint, i4 integer, i8 bigint, r4 real, f8 double precision, num numeric,
       t text, vc varchar(20), ch char(3), nm name, u uuid, j json, jb jsonb,
       d date, tm time, ttz timetz, ts timestamp, tstz timestamptz,
-      ia int[], ta text[], tsa timestamptz[], jba jsonb[], na numeric[], ba boolean[]);";
+      ia int[], ta text[], tsa timestamptz[], jba jsonb[], na numeric[], ba boolean[],
+      m mood2, ma mood2[], dp posint2, ds stamp, dm dmood, mc mood3, iv interval, by bytea,
+      iva interval[], bya bytea[]);";
 
 /// Rows of random values for [`RENDERED`], beside the edge values below.
 const RANDOM_ROWS: usize = 300;
@@ -236,6 +247,10 @@ const RENDERED_ROWS: &[&[(&str, &str)]] = &[
     &[("jba", "ARRAY['{\"b\": 1, \"a\": [2.50]}'::jsonb, '\"s\"']"), ("na", "ARRAY[1.50, 'NaN', -0.0]::numeric[]")],
     &[("ia", "'{}'"), ("ta", "'{}'"), ("ba", "'{t,f,NULL}'")],
     &[("tsa", "ARRAY['infinity'::timestamptz]")],
+    &[("m", "'it''s <b>'"), ("ma", "ARRAY['happy', 'it''s <b>', NULL]::mood2[]"), ("dp", "7"), ("dm", "'sad'")],
+    &[("ds", "'2026-03-05 11:30:00.5+00'"), ("iv", "'1 year 2 mons -3 days 04:05:06.789'"), ("by", "'\\x00ff7f'")],
+    &[("iva", "ARRAY['1 day'::interval, NULL]"), ("bya", "ARRAY['\\x'::bytea, '\\x01']")],
+    &[("mc", "'x'")],
 ];
 
 /// The writer renders edge checksums from WAL text for the types of `synchro::row_json`. For
@@ -249,8 +264,9 @@ fn checksums_rendered_from_wal_text_equal_row_to_json() {
 
     let db = TestDb::new();
     db.execute(RENDERED);
-    // `name` is not a contract type: excluded from the schema, it is still in row_to_json.
-    let server = start(&db, &[("SYNC_TABLES", "rendered"), ("EXCLUDE_COLUMNS", "rendered.nm")]);
+    // `name` and a domain over an enum are not contract types: excluded from the schema, they
+    // are still in row_to_json.
+    let server = start(&db, &[("SYNC_TABLES", "rendered"), ("EXCLUDE_COLUMNS", "rendered.nm,rendered.dm")]);
     for (n, row) in RENDERED_ROWS.iter().enumerate() {
         let cols: Vec<&str> = row.iter().map(|v| v.0).collect();
         let lits: Vec<&str> = row.iter().map(|v| v.1).collect();
@@ -264,7 +280,8 @@ fn checksums_rendered_from_wal_text_equal_row_to_json() {
     // And random values across each type's range (seeded: a failure reproduces).
     db.execute(&format!(
         "SELECT setseed(0.42);
-         INSERT INTO rendered (id, user_id, b, i2, i4, i8, r4, f8, num, t, vc, ch, j, jb, d, tm, ttz, ts, tstz, ia, ta, na)
+         INSERT INTO rendered (id, user_id, b, i2, i4, i8, r4, f8, num, t, vc, ch, j, jb, d, tm, ttz, ts, tstz, ia, ta, na,
+                               m, dp, ds, iv, by)
          SELECT 'g' || i, 'alice', random() < 0.5, (random() * 65535 - 32768)::int2,
            (random() * 4e9 - 2e9)::int4, (random() * 1.8e19 - 9e18)::int8,
            ((random() - 0.5) * 10 ^ (random() * 70 - 35))::real, (random() - 0.5) * 10 ^ (random() * 600 - 300),
@@ -280,23 +297,35 @@ fn checksums_rendered_from_wal_text_equal_row_to_json() {
            ARRAY[(random() * 1000)::int, NULL, -(random() * 10)::int],
            (SELECT array_agg(CASE WHEN random() < 0.1 THEN NULL ELSE chr(1 + (random() * 300)::int) || 'x' END)
               FROM generate_series(0, (random() * 5)::int + i * 0)),
-           ARRAY[round((random() * 1e6)::numeric, (random() * 6)::int)]
+           ARRAY[round((random() * 1e6)::numeric, (random() * 6)::int)],
+           (ARRAY['happy', 'sad', 'it''s <b>'])[1 + (random() * 2)::int]::mood2, 1 + (random() * 1000)::int,
+           timestamptz '1000-01-01 00:00+00' + random() * interval '8999 years',
+           random() * interval '1000 days' - random() * interval '50 years',
+           decode(md5(i::text), 'hex')
          FROM generate_series(1, {RANDOM_ROWS}) i"
     ));
 
     // Text as a replication session receives it (the output functions, TimeZone UTC, ISO).
     let mut c = db.client();
     c.batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO'").unwrap();
-    let columns: Vec<RelColumn> = c
-        .query(
-            "SELECT attname::text, atttypid FROM pg_attribute WHERE attrelid = 'rendered'::regclass \
-             AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| RelColumn { name: r.get(0), type_oid: synchro::types::Oid(r.get(1)) })
-        .collect();
+    // The columns as the registry reads them, with the type each renders as.
+    let settings = RegistrySettings {
+        tables: vec![TableName { schema: None, name: "rendered".into() }],
+        read_only: vec![],
+        owner_column: "user_id".into(),
+        excluded: ["nm", "dm"].map(|c| (TableName { schema: None, name: "rendered".into() }, c.into())).to_vec(),
+        updated_at_column: "updated_at".into(),
+        deleted_at_column: "deleted_at".into(),
+    };
+    let registry = synchro::store::introspect::load_registry(&mut c, &settings).unwrap();
+    let table = &registry.tables[0];
+    let columns: Vec<RelColumn> =
+        table.columns.iter().map(|c| RelColumn { name: c.name.clone(), type_oid: c.type_oid }).collect();
+    let render: Vec<u32> = table.columns.iter().map(|c| c.render_oid.0).collect();
+    let render_of = |name: &str| render[columns.iter().position(|c| c.name == name).unwrap()];
+    assert_eq!((render_of("m"), render_of("ma"), render_of("dm")), (25, 1009, 25), "enums render as text");
+    assert_eq!((render_of("dp"), render_of("ds")), (23, 1184), "domains render as their base type");
+    assert_eq!(render_of("mc"), 0, "an enum with a cast to json is not rendered from text");
     // format('%s') calls the output function, as pgoutput does (a cast to text would strip
     // char(n) padding).
     let texts = columns
@@ -311,13 +340,14 @@ fn checksums_rendered_from_wal_text_equal_row_to_json() {
             .map(|i| r.get::<_, Option<String>>(i + 1).map_or(ColumnValue::Null, ColumnValue::Text))
             .collect();
         let json: String = r.get(0);
-        if let Some(sum) = synchro::row_json::row_checksum(&columns, &values) {
+        if let Some(sum) = synchro::row_json::row_checksum(&columns, &render, &values) {
             assert_eq!(sum, record_checksum(&json), "{json}");
             rendered += 1;
         }
     }
-    // Declined: 1e400 (numeric and json), infinite (twice), BC and five-digit-year dates.
-    assert_eq!(rendered, RENDERED_ROWS.len() - 6 + RANDOM_ROWS, "rows rendered from text");
+    // Declined: 1e400 (numeric and json), infinite (twice), BC and five-digit-year dates, the
+    // enum with a cast to json.
+    assert_eq!(rendered, RENDERED_ROWS.len() - 7 + RANDOM_ROWS, "rows rendered from text");
 
     // Through the pipeline: edge checksums equal the hydration checksums pull reports.
     wait_for(20, "every row's edge", || {
