@@ -138,6 +138,16 @@ fn every_contract_type_round_trips_through_wal_pull_and_push() {
         let needle = format!("\"{col}\":{rendered}");
         assert!(body.contains(&needle), "{col}: expected {needle} in {}", sql1["data"]);
     }
+    // Edge checksums (rendered from WAL text: every column type here renders) equal the
+    // checksums pull emitted while hydrating.
+    let mut c = db.client();
+    for id in ["sql1", "nulls"] {
+        let sum: Option<i32> = c
+            .query_one("SELECT checksum FROM sync_bucket_edges WHERE table_name = 'typed' AND record_id = $1", &[&id])
+            .unwrap()
+            .get(0);
+        assert_eq!(sum.map(i64::from), record(id)["checksum"].as_i64(), "{id}");
+    }
     let nulls = record("nulls");
     for (col, _, _) in VALUES {
         assert_eq!(nulls["data"][col], Value::Null, "{col} present as null");
