@@ -72,6 +72,7 @@ pub mod cluster;
 pub mod config;
 pub mod decode;
 pub mod dev;
+pub mod edge_session;
 pub mod engine;
 pub mod fuzzing;
 pub mod http;

@@ -28,6 +28,7 @@ use postgres::GenericClient;
 
 use crate::buckets::{dedup_buckets, resolve_owners, BucketAssigner, Owner, RoutingTable, TableRouting};
 use crate::change::{ChangeKind, ColumnValue, RelColumn, RowChange, WalEvent};
+use crate::edge_session::{self, EdgeSession, EdgeWrites};
 use crate::registry::quote_ident;
 use crate::row_json;
 use crate::store::pool::{self, StoreError};
@@ -145,7 +146,14 @@ pub struct WriterHandle {
     pub join: JoinHandle<Result<(), WriterError>>,
 }
 
-/// Reads the stored position of `slot`.
+/// Where replication of `slot` resumes: the changelog position, or the edge position when the
+/// edges are behind it (a crash between the two commits of a batch).
+pub fn resume_position(db: &mut impl GenericClient, slot: &str) -> Result<Lsn, StoreError> {
+    let stored = stored_position(db, slot)?;
+    Ok(edge_session::stored_position(db, slot)?.map_or(stored, |e| e.min(stored)))
+}
+
+/// Reads the stored (changelog) position of `slot`.
 pub fn stored_position(db: &mut impl GenericClient, slot: &str) -> Result<Lsn, StoreError> {
     let row = db
         .query_opt("SELECT confirmed_lsn FROM sync_wal_position WHERE slot_name = $1", &[&slot])
@@ -198,13 +206,16 @@ pub fn spawn(
         None => None,
     };
     let stored = stored_position(&mut db, &config.slot_name)?;
+    edge_session::init_watermarks(&mut db, &config.slot_name, stored)?;
+    let edges_stored = edge_session::stored_position(&mut db, &config.slot_name)?.unwrap_or(stored);
+    let edges = EdgeSession::start(connect_writer_session(config.store_url())?)?;
     let progress = Arc::new(WriterProgress::default());
-    progress.committed_lsn.store(stored.0, Ordering::Release);
+    progress.committed_lsn.store(edges_stored.0, Ordering::Release);
     let p = progress.clone();
     let join = thread::Builder::new()
         .name("changelog-writer".into())
         .spawn(move || {
-            let mut w = Writer { config, routing, assigner, progress: p, stored, app };
+            let mut w = Writer { config, routing, assigner, progress: p, stored, app, edges, edges_stored };
             w.run(&mut db, &rx)
         })
         .map_err(|e| WriterError::Position(format!("spawning the writer thread: {e}")))?;
@@ -220,12 +231,22 @@ struct Writer {
     stored: Lsn,
     /// The application database, when the sync store is separate (reads only, autocommit).
     app: Option<postgres::Client>,
+    /// The second store session, which writes the bucket edges beside the changelog.
+    edges: EdgeSession,
+    /// Replicated transactions that committed at or before this LSN have their edges applied
+    /// (at most `stored`: edges commit after the changelog).
+    edges_stored: Lsn,
 }
 
 /// The state of one open batch.
 #[derive(Default)]
 struct Batch {
     chunk: Vec<RowChange>,
+    /// The buffered chunk belongs to transactions whose changelog rows are already stored
+    /// (replayed after a crash between a batch's two commits): only their edges are written.
+    chunk_edges_only: bool,
+    /// The transaction being received is such a transaction.
+    edges_only: bool,
     /// The transactions with rows in `chunk` (their 32-bit ids, in stream order).
     chunk_xids: Vec<u32>,
     /// The transaction being received.
@@ -297,15 +318,33 @@ impl Writer {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
             };
-            if let Some(lsn) = confirm {
+            if let Some(lsn) = confirm.filter(|l| *l > self.stored) {
                 // On a fence, `tx` is dropped unfinished: the batch rolls back.
                 store_position(&mut tx, &self.config.slot_name, lsn, self.stored)?;
             }
+            // The changelog `seq` the batch's edges cover (rebuilds start at most there).
+            let seq = if batch.changelog_rows > 0 {
+                Some(
+                    tx.query_one("SELECT currval(pg_get_serial_sequence('sync_changelog', 'seq'))", &[])
+                        .map_err(StoreError::query("reading the batch's last seq"))?
+                        .get::<_, i64>(0),
+                )
+            } else {
+                None
+            };
             tx.commit().map_err(StoreError::query("committing a changelog batch"))?;
+            // Then the edges: never ahead of the changelog.
             if let Some(lsn) = confirm {
                 self.stored = self.stored.max(lsn);
-                self.publish(lsn);
             }
+            let edge_lsn = confirm.unwrap_or(self.edges_stored).max(self.edges_stored);
+            if crate::edge_session::fail_between_commits() {
+                crate::error!("failpoint: stopping between the changelog and edge commits");
+                std::process::abort();
+            }
+            self.edges.commit(&self.config.slot_name, edge_lsn, self.edges_stored, seq)?;
+            self.edges_stored = edge_lsn;
+            self.publish(self.stored.min(self.edges_stored));
             if let Some(t) = batch.last_commit_time {
                 self.progress.last_commit_ms.fetch_max(crate::time::unix_ms(t), Ordering::Relaxed);
             }
@@ -331,12 +370,19 @@ impl Writer {
             WalEvent::Begin { final_lsn, xid } => {
                 batch.in_txn = true;
                 batch.xid = xid;
-                // Its commit record precedes the stored position: applied before a crash.
-                batch.skip_txn = !self.stored.is_zero() && final_lsn < self.stored;
+                // Its commit record precedes the stored positions: applied before a crash
+                // (entirely, or its changelog rows only).
+                batch.skip_txn = !self.edges_stored.is_zero() && final_lsn < self.edges_stored;
+                batch.edges_only = !batch.skip_txn && !self.stored.is_zero() && final_lsn < self.stored;
             }
             WalEvent::Row(change) => {
                 if batch.skip_txn || self.routing.get(&change.table).is_none() {
                     return Ok(());
+                }
+                if batch.chunk_edges_only != batch.edges_only {
+                    // A chunk is either replayed for its edges or written whole.
+                    self.flush_chunk(db, batch)?;
+                    batch.chunk_edges_only = batch.edges_only;
                 }
                 batch.chunk.push(change);
                 if batch.chunk_xids.last() != Some(&batch.xid) {
@@ -353,16 +399,21 @@ impl Writer {
                     return Ok(());
                 }
                 self.flush_chunk(db, batch)?;
-                let n = db
-                    .execute(
-                        "WITH gone AS (DELETE FROM sync_bucket_edges WHERE table_name = ANY ($1) \
-                         RETURNING table_name, record_id, bucket_id) \
-                         INSERT INTO sync_changelog (bucket_id, table_name, record_id, operation) \
-                         SELECT bucket_id, table_name, record_id, 3 FROM gone ORDER BY table_name, record_id, bucket_id",
-                        &[&tables],
-                    )
-                    .map_err(StoreError::query("recording a TRUNCATE"))?;
-                batch.changelog_rows += n;
+                // The edges go on the edge session (after every earlier chunk's), their delete
+                // rows on the changelog.
+                let gone = self.edges.truncate(&tables)?;
+                if !batch.edges_only && !gone.is_empty() {
+                    let ids: Vec<&str> = gone.iter().map(|g| g.1.as_str()).collect();
+                    let tables: Vec<&str> = gone.iter().map(|g| g.0.as_str()).collect();
+                    let buckets: Vec<&str> = gone.iter().map(|g| g.2.as_str()).collect();
+                    batch.changelog_rows += db
+                        .execute(
+                            "INSERT INTO sync_changelog (bucket_id, table_name, record_id, operation) \
+                             SELECT b, t, r, 3 FROM unnest($1::text[], $2::text[], $3::text[]) AS g(t, r, b)",
+                            &[&tables, &ids, &buckets],
+                        )
+                        .map_err(StoreError::query("recording a TRUNCATE"))?;
+                }
             }
             WalEvent::Commit { end_lsn, commit_time } => {
                 if !batch.skip_txn {
@@ -398,9 +449,20 @@ impl Writer {
             Some(app) => visibility::wait_until_visible(app, &xids)?,
             None => visibility::wait_until_visible(db, &xids)?,
         }
-        let out =
-            plan_chunk(db, self.app.as_mut(), &self.routing, self.assigner.as_ref(), &chunk, self.config.checksum)?;
-        batch.changelog_rows += write_plan(db, &out)?;
+        let plan = plan_chunk(
+            db,
+            self.app.as_mut(),
+            EdgeReads::Session(&self.edges),
+            &self.routing,
+            self.assigner.as_ref(),
+            &chunk,
+            self.config.checksum,
+        )?;
+        // The edges first, so their backend works while this one writes the changelog.
+        self.edges.write(plan.edge_writes())?;
+        if !batch.chunk_edges_only {
+            batch.changelog_rows += write_changelog(db, &plan)?;
+        }
         Ok(())
     }
 }
@@ -431,6 +493,27 @@ pub(crate) struct Plan<'a> {
 
 /// `(table, record, bucket, checksum)`.
 type Edge<'a> = (&'a str, &'a str, Bucket, Option<i32>);
+
+/// Where a plan reads the edges records hold.
+#[derive(Clone, Copy)]
+pub(crate) enum EdgeReads<'e> {
+    /// On the session the plan is written on (the backfill: one transaction).
+    Here,
+    /// On the writer's edge session, after the edge changes sent to it before.
+    Session(&'e EdgeSession),
+}
+
+impl Plan<'_> {
+    /// The plan's edge changes, owned (for the edge session).
+    fn edge_writes(&self) -> EdgeWrites {
+        let key = |t: &str, r: &str, b: &Bucket| (t.to_string(), r.to_string(), b.to_string());
+        EdgeWrites {
+            deletes: self.edge_deletes.iter().map(|(t, r, b)| key(t, r, b)).collect(),
+            inserts: self.edge_inserts.iter().map(|(t, r, b, c)| (key(t, r, b), *c)).collect(),
+            updates: self.edge_updates.iter().map(|(t, r, b, c)| (key(t, r, b), *c)).collect(),
+        }
+    }
+}
 
 fn is_soft_delete(t: &TableRouting, c: &RowChange) -> bool {
     c.kind == ChangeKind::Update
@@ -480,11 +563,12 @@ fn held<'s, 'a>(
 pub(crate) fn plan_chunk<'a>(
     db: &mut impl GenericClient,
     mut app: Option<&mut postgres::Client>,
+    edges: EdgeReads<'_>,
     routing: &RoutingTable,
     assigner: &dyn BucketAssigner,
     chunk: &'a [RowChange],
     checksum: fn(&str) -> i32,
-) -> Result<Plan<'a>, StoreError> {
+) -> Result<Plan<'a>, WriterError> {
     // Every record the chunk touches, including old keys of key changes, sorted by table.
     let mut keys: Vec<Key<'a>> = Vec::with_capacity(chunk.len());
     for c in chunk {
@@ -503,25 +587,18 @@ pub(crate) fn plan_chunk<'a>(
     for run in keys.chunk_by(|a, b| a.0 == b.0) {
         let table = run[0].0;
         let ids: Vec<&str> = run.iter().map(|k| k.1).collect();
-        // One primary-key probe per record, whatever the statistics say: planned as a join
-        // against unnest() or as `record_id = ANY`, PostgreSQL scanned every edge of the table
-        // while its statistics were stale (a growing table), which made an ingest quadratic.
-        // `OFFSET 0` keeps the lateral subquery from being flattened into such a join.
-        for r in db
-            .query(
-                "SELECT k.r, e.bucket_id, e.checksum FROM unnest($2::text[]) AS k(r) CROSS JOIN LATERAL \
-                 (SELECT bucket_id, checksum FROM sync_bucket_edges WHERE table_name = $1 AND record_id = k.r OFFSET 0) e",
-                &[&table, &ids],
-            )
-            .map_err(StoreError::query("reading bucket edges"))?
-        {
-            let Some(key) = key_of(table, r.get(0)) else { continue };
-            let bucket = buckets.get(r.get(1));
+        let held_edges = match edges {
+            EdgeReads::Here => edge_session::probe_edges(db, table, &ids)?,
+            EdgeReads::Session(session) => session.probe(table, &ids)?,
+        };
+        for (record, bucket, sum) in held_edges {
+            let Some(key) = key_of(table, &record) else { continue };
+            let bucket = buckets.get(&bucket);
             let held = initial.entry(key).or_default();
             if let Err(at) = held.binary_search(&bucket) {
                 held.insert(at, bucket.clone());
             }
-            stored_sums.insert((key, bucket), r.get(2));
+            stored_sums.insert((key, bucket), sum);
         }
     }
     // Owners for every change that may need an assignment, in one pass.
@@ -681,19 +758,8 @@ fn current_rows(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-type EdgeColumns<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<Option<i32>>);
-
-fn edge_columns<'a>(edges: &'a [Edge<'_>]) -> EdgeColumns<'a> {
-    (
-        edges.iter().map(|r| r.0).collect(),
-        edges.iter().map(|r| r.1).collect(),
-        edges.iter().map(|r| &*r.2).collect(),
-        edges.iter().map(|r| r.3).collect(),
-    )
-}
-
-/// Writes a plan; returns the number of changelog rows.
-pub(crate) fn write_plan(db: &mut impl GenericClient, plan: &Plan<'_>) -> Result<u64, StoreError> {
+/// Writes a plan's changelog rows (and assignment failures); returns the number of rows.
+pub(crate) fn write_changelog(db: &mut impl GenericClient, plan: &Plan<'_>) -> Result<u64, StoreError> {
     if !plan.changelog.is_empty() {
         // COPY: the cheapest insert path; rows keep their order, so `seq` follows the plan.
         let sink = db
@@ -705,36 +771,6 @@ pub(crate) fn write_plan(db: &mut impl GenericClient, plan: &Plan<'_>) -> Result
             w.write(&[&bucket, table, record, op]).map_err(StoreError::query("writing changelog rows"))?;
         }
         w.finish().map_err(StoreError::query("finishing the changelog COPY"))?;
-    }
-    if !plan.edge_deletes.is_empty() {
-        let tables: Vec<&str> = plan.edge_deletes.iter().map(|r| r.0).collect();
-        let ids: Vec<&str> = plan.edge_deletes.iter().map(|r| r.1).collect();
-        let buckets: Vec<&str> = plan.edge_deletes.iter().map(|r| &*r.2).collect();
-        db.execute(
-            "DELETE FROM sync_bucket_edges e USING unnest($1::text[], $2::text[], $3::text[]) AS d(t, r, b) \
-             WHERE e.table_name = d.t AND e.record_id = d.r AND e.bucket_id = d.b",
-            &[&tables, &ids, &buckets],
-        )
-        .map_err(StoreError::query("removing bucket edges"))?;
-    }
-    if !plan.edge_inserts.is_empty() {
-        let (tables, ids, buckets, sums) = edge_columns(&plan.edge_inserts);
-        db.execute(
-            "INSERT INTO sync_bucket_edges (table_name, record_id, bucket_id, checksum, updated_at) \
-             SELECT t, r, b, c, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[]) AS u(t, r, b, c)",
-            &[&tables, &ids, &buckets, &sums],
-        )
-        .map_err(StoreError::query("writing bucket edges"))?;
-    }
-    if !plan.edge_updates.is_empty() {
-        let (tables, ids, buckets, sums) = edge_columns(&plan.edge_updates);
-        db.execute(
-            "UPDATE sync_bucket_edges e SET checksum = u.c, updated_at = now() \
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[]) AS u(t, r, b, c) \
-             WHERE e.table_name = u.t AND e.record_id = u.r AND e.bucket_id = u.b",
-            &[&tables, &ids, &buckets, &sums],
-        )
-        .map_err(StoreError::query("updating bucket edge checksums"))?;
     }
     for (table, id, op, why, payload) in &plan.failures {
         crate::warn!("bucket assignment failed", table = table.clone(), record_id = id.clone(), error = why.clone());
@@ -823,11 +859,16 @@ pub fn backfill_edges(
                 None => (app, None),
             };
             let mut tx = target.transaction().map_err(StoreError::query("starting a backfill page"))?;
-            let mut plan = plan_chunk(&mut tx, reads, routing, assigner, &chunk, checksum)?;
-            // Backfill writes membership only: clients get these rows from snapshots.
-            plan.changelog.clear();
+            let plan = plan_chunk(&mut tx, reads, EdgeReads::Here, routing, assigner, &chunk, checksum).map_err(
+                |e| match e {
+                    WriterError::Store(e) => e,
+                    other => StoreError::Corrupt { detail: other.to_string() },
+                },
+            )?;
+            // Backfill writes membership only (clients get these rows from snapshots), in one
+            // transaction of its own.
             total += (plan.edge_inserts.len() + plan.edge_updates.len()) as u64;
-            write_plan(&mut tx, &plan)?;
+            edge_session::write_edges(&mut tx, &plan.edge_writes())?;
             tx.commit().map_err(StoreError::query("committing a backfill page"))?;
         }
         crate::store::changelog::raise_watermark(dbs.store(), &mark, 1)?;

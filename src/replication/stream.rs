@@ -313,6 +313,9 @@ fn mark_history_reset(db: &mut postgres::Client, why: &str) -> Result<i64, Store
         .map_err(StoreError::query("writing the history-reset marker"))?
         .get(0);
     changelog::raise_watermark(&mut tx, watermark::HISTORY_RESET, seq)?;
+    // No batch is in flight: every edge up to the marker is committed, so rebuilds may start
+    // past it.
+    changelog::raise_watermark(&mut tx, crate::edge_session::EDGES_SEQ, seq)?;
     tx.commit().map_err(StoreError::query("committing the history reset"))?;
     crate::error!("change history is incomplete; clients will re-snapshot", reason = why, reset_seq = seq);
     Ok(seq)
@@ -415,7 +418,8 @@ fn run_session(
     let mut dbs = Stores::connect(&config.writer.database_url, config.writer.store_url.as_deref())?;
     let mut conn = ReplicationConn::connect(&params, Duration::from_secs(10))?;
     let system = conn.identify_system()?;
-    let stored = writer::stored_position(dbs.store(), &config.slot_name)?;
+    // The changelog position, or the edge position when a crash left the edges behind.
+    let stored = writer::resume_position(dbs.store(), &config.slot_name)?;
     ensure_slot_with(&mut conn, &mut dbs, config, stored)?;
     // Bounded: a slow writer slows WAL reading instead of growing memory.
     let (tx, rx) = bounded::<WalEvent>(config.channel_capacity.max(16));

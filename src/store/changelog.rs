@@ -101,6 +101,23 @@ pub fn max_seq(db: &mut impl GenericClient) -> Result<i64, StoreError> {
     Ok(bounds(db)?.1)
 }
 
+/// `(MAX(seq), where a rebuild starts)`. A rebuild's members come from the bucket edges, which
+/// the writer commits a moment after the changelog rows (`crate::edge_session`): it starts at
+/// the `edges_seq` watermark when that is lower, so no member whose edge is still uncommitted
+/// is skipped (its change then comes with the next pull).
+pub fn rebuild_start(db: &mut impl GenericClient) -> Result<(i64, i64), StoreError> {
+    let row = db
+        .query_one(
+            "SELECT COALESCE((SELECT seq FROM sync_changelog ORDER BY seq DESC LIMIT 1), 0), \
+                    (SELECT seq FROM synchro_watermarks WHERE name = $1)",
+            &[&crate::edge_session::EDGES_SEQ],
+        )
+        .map_err(StoreError::query("reading the rebuild checkpoint"))?;
+    let max: i64 = row.get(0);
+    let edges: Option<i64> = row.get(1);
+    Ok((max, edges.map_or(max, |e| e.min(max))))
+}
+
 /// `BIT_XOR(checksum)` over each bucket's edges with a checksum; buckets without any are absent.
 pub fn bucket_checksums(db: &mut impl GenericClient, buckets: &[String]) -> Result<Vec<(String, i32)>, StoreError> {
     if buckets.is_empty() {

@@ -357,7 +357,7 @@ fn snapshot_cursors_and_malformed_requests() {
 
 #[test]
 fn rebuild_and_debug() {
-    let (_db, server) = setup();
+    let (db, server) = setup();
     let a = Device::new(server.addr, "alice", "a1");
     let tasks: Vec<Value> = (0..5).map(|i| task(&format!("50000000-0000-0000-0000-{i:012}"), "t")).collect();
     assert_eq!(a.push(Value::Array(tasks))["accepted"].as_array().unwrap().len(), 5);
@@ -394,6 +394,16 @@ fn rebuild_and_debug() {
         assert!(cursor.is_string());
     }
     assert_eq!((seen, pages), (5, 3));
+    // A rebuild starts where the committed edges end: the writer commits the edges a moment
+    // after the changelog rows, and a member whose edge is not committed yet must reach the
+    // client through its next pull instead of being skipped by the checkpoint.
+    let mut c = db.client();
+    let max: i64 = c.query_one("SELECT max(seq) FROM sync_changelog", &[]).unwrap().get(0);
+    assert_eq!(checkpoint, Some(max), "edges caught up: the rebuild starts at the changelog's end");
+    c.execute("UPDATE synchro_watermarks SET seq = $1 WHERE name = 'edges_seq'", &[&(max - 2)]).unwrap();
+    let r = a.call("/sync/rebuild", json!({"client_id": "a1", "bucket_id": "user:alice", "limit": 100, "schema_version": a.version, "schema_hash": a.hash})).json();
+    assert_eq!(r["checkpoint"].as_i64(), Some(max - 2), "edges behind: the rebuild starts where they end");
+    c.execute("UPDATE synchro_watermarks SET seq = $1 WHERE name = 'edges_seq'", &[&max]).unwrap();
     let r = a.call(
         "/sync/rebuild",
         json!({"client_id": "a1", "bucket_id": "user:bob", "schema_version": a.version, "schema_hash": a.hash}),
