@@ -32,6 +32,22 @@ pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
     }
 }
 
+/// Waits until the bucket edges have caught up with the changelog in `store`: the writer commits
+/// a batch's edges on their own session a moment after its changelog rows, so a test that saw a
+/// changelog row waits for this before looking at edges.
+pub fn edges_settled(store: &TestDb) {
+    let mut c = store.client();
+    wait_for(30, "the edges to catch up with the changelog", || {
+        c.query_one(
+            "SELECT COALESCE(bool_and(w.seq = p.confirmed_lsn), false) FROM sync_wal_position p \
+             JOIN synchro_watermarks w ON w.name = 'edges_lsn:' || p.slot_name",
+            &[],
+        )
+        .ok()
+        .and_then(|r| r.get::<_, bool>(0).then_some(()))
+    });
+}
+
 /// `(bucket, table, record) -> ops in seq order`.
 pub fn changelog(db: &TestDb) -> BTreeMap<(String, String, String), Vec<i16>> {
     let mut out: BTreeMap<(String, String, String), Vec<i16>> = BTreeMap::new();
@@ -87,6 +103,7 @@ fn changes_reach_the_changelog_in_the_right_buckets() {
     assert_eq!(log[&key("global", "tags", "1")], vec![1], "table without ownership");
     assert!(!log.keys().any(|k| k.1 == "unpublished"));
     // Edge checksums equal the hydration checksum of the current row (C6).
+    edges_settled(&db);
     let mut c = db.client();
     for r in c.query("SELECT e.checksum, row_to_json(p)::text FROM sync_bucket_edges e JOIN projects p ON p.id::text = e.record_id WHERE e.table_name = 'projects'", &[]).unwrap() {
         let sum: Option<i32> = r.get(0);
@@ -121,6 +138,7 @@ fn changes_reach_the_changelog_in_the_right_buckets() {
     assert_eq!(log[&key("global", "projects", p1)], vec![1, 3]);
     assert_eq!(log[&key("user:alice", "subtasks", "1")], vec![1, 3]);
     assert_eq!(log[&key("global", "tags", "1")], vec![1, 3]);
+    edges_settled(&db);
     let e = edges(&db);
     assert!(!e.iter().any(|(t, r, _)| t == "projects" && r == p1));
     assert!(!e.iter().any(|(t, _, _)| t == "tags" || t == "subtasks"));
@@ -168,7 +186,8 @@ fn pulls_see_direct_sql_writes() {
     );
     let pulled = wait_for(20, "a pull with the row", || {
         let r = post(server.addr, "/sync/pull", user, body.as_bytes()).json();
-        (!r["changes"].as_array().unwrap().is_empty()).then_some(r)
+        // The row's edge (and with it the bucket checksum) follows its changelog row.
+        (!r["changes"].as_array().unwrap().is_empty() && r["bucket_checksums"]["user:alice"].is_i64()).then_some(r)
     });
     let changes = pulled["changes"].as_array().unwrap();
     assert_eq!(changes.len(), 1, "bob's row never reaches alice: {pulled}");

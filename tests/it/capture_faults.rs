@@ -181,9 +181,11 @@ pub fn catch_up_in(db: &TestDb, store: &TestDb, marker: i32) {
     let mut c = store.client();
     wait_for(90, "the consumer to catch up", || {
         // Tolerates a consumer still starting (its tables may not exist yet).
+        // Its edge too: edges commit a moment after the changelog, on their own session.
         let seen = c
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM sync_changelog WHERE table_name = 'tags' AND record_id = $1)",
+                "SELECT EXISTS (SELECT 1 FROM sync_changelog WHERE table_name = 'tags' AND record_id = $1) \
+                    AND EXISTS (SELECT 1 FROM sync_bucket_edges WHERE table_name = 'tags' AND record_id = $1)",
                 &[&marker.to_string()],
             )
             .map(|r| r.get::<_, bool>(0))
@@ -288,10 +290,13 @@ fn a_crash_between_the_changelog_and_edge_commits_is_repaired_on_restart() {
     }
     let mut child = spawn_synchrod(&db, &slot);
     catch_up(&db, 1_000_003);
+    // The marker is in once the changelog side committed; its edges follow a moment later.
+    wait_for(30, "the edges to catch up with the changelog", || {
+        let (changelog_at, edges_at) = positions(&db, &slot);
+        (changelog_at == edges_at).then_some(())
+    });
     child.kill().unwrap();
     child.wait().unwrap();
-    let (changelog_at, edges_at) = positions(&db, &slot);
-    assert_eq!(changelog_at, edges_at, "edges caught up with the changelog");
     assert_consistent(&db);
     let log = changelog(&db);
     for round in 0..5u64 {

@@ -537,6 +537,7 @@ fn pull_pages_dedup_and_boundaries() {
             .get(0);
         (n == 4).then_some(n)
     });
+    crate::capture::edges_settled(&db);
     let body = |cp: i64, limit: i64| json!({"client_id": "a1", "checkpoint": cp, "limit": limit, "schema_version": a.version, "schema_hash": a.hash});
     // Exactly `limit` rows: has_more is false and the page carries the bucket checksums.
     let page = a.call("/sync/pull", body(start_cp, total)).json();
