@@ -94,7 +94,7 @@ impl Engine {
         let bucket_checksum = if has_more {
             None
         } else {
-            changelog::bucket_checksums(&mut ***dbs.store(), std::slice::from_ref(&req.bucket_id))?
+            changelog::bucket_checksums(&mut ***dbs.store(), std::slice::from_ref(&req.bucket_id), None)?
                 .first()
                 .map(|(_, c)| *c)
         };

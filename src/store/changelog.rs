@@ -119,15 +119,26 @@ pub fn rebuild_start(db: &mut impl GenericClient) -> Result<(i64, i64), StoreErr
 }
 
 /// `BIT_XOR(checksum)` over each bucket's edges with a checksum; buckets without any are absent.
-pub fn bucket_checksums(db: &mut impl GenericClient, buckets: &[String]) -> Result<Vec<(String, i32)>, StoreError> {
+///
+/// With `covering`, a pull page's last `seq`: nothing when the edges are not yet committed that
+/// far (the `edges_seq` watermark is below it, for the moment between the writer's changelog
+/// and edge commits). Checksums that miss the page's own changes would only make the SDK
+/// rebuild those buckets for nothing; it verifies at its next complete pull instead.
+pub fn bucket_checksums(
+    db: &mut impl GenericClient,
+    buckets: &[String],
+    covering: Option<i64>,
+) -> Result<Vec<(String, i32)>, StoreError> {
     if buckets.is_empty() {
         return Ok(Vec::new());
     }
     let rows = db
         .query_typed(
             "SELECT bucket_id, BIT_XOR(checksum) FROM sync_bucket_edges \
-             WHERE bucket_id = ANY($1) AND checksum IS NOT NULL GROUP BY bucket_id ORDER BY bucket_id",
-            &[(&buckets, Type::TEXT_ARRAY)],
+             WHERE bucket_id = ANY($1) AND checksum IS NOT NULL \
+               AND ($2::int8 IS NULL OR COALESCE((SELECT seq FROM synchro_watermarks WHERE name = $3), $2) >= $2) \
+             GROUP BY bucket_id ORDER BY bucket_id",
+            &[(&buckets, Type::TEXT_ARRAY), (&covering, Type::INT8), (&crate::edge_session::EDGES_SEQ, Type::TEXT)],
         )
         .map_err(StoreError::query("computing bucket checksums"))?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
