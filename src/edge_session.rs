@@ -219,20 +219,24 @@ fn run(mut client: postgres::Client, rx: Receiver<Command>) {
     // The first failure, answered to the next command that waits for an answer; the writer then
     // stops and the pipeline restarts from the stored positions.
     let mut failed: Option<WriterError> = None;
-    loop {
+    // A transaction opens with the first command of a batch, not at the end of the previous
+    // one: an idle writer must not sit idle in a transaction (`idle_in_transaction_session_timeout`
+    // would end the session).
+    while let Ok(first) = rx.recv() {
+        if failed.is_some() {
+            answer_failed(first, &mut failed);
+            continue;
+        }
         let mut tx = match client.transaction() {
             Ok(tx) => tx,
             Err(e) => {
                 failed = Some(StoreError::query("starting an edge batch")(e).into());
-                // Answer every command with the failure until the writer gives up.
-                for cmd in rx.iter() {
-                    answer_failed(cmd, &mut failed);
-                }
-                return;
+                answer_failed(first, &mut failed);
+                continue;
             }
         };
-        loop {
-            let Ok(cmd) = rx.recv() else { return };
+        let mut next = Some(first);
+        while let Some(cmd) = next.take().or_else(|| rx.recv().ok()) {
             if failed.is_some() {
                 answer_failed(cmd, &mut failed);
                 continue;

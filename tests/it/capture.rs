@@ -305,3 +305,23 @@ fn postgresql_restarts_mid_stream_and_the_stream_resumes() {
     assert_eq!(log[&key("global", "tags", "1")], vec![1], "nothing written twice");
     server.shutdown(Duration::from_secs(5));
 }
+
+/// The writer opens its transactions (changelog and edges) with a batch's first change, never
+/// while idle: a server with `idle_in_transaction_session_timeout` would otherwise end an idle
+/// writer's sessions, and capture would restart after every quiet spell.
+#[test]
+fn an_idle_writer_holds_no_transaction_open() {
+    let db = TestDb::new();
+    db.execute(SCHEMA);
+    db.execute(&format!("ALTER DATABASE {} SET idle_in_transaction_session_timeout = '300ms'", db.name));
+    let server = start(&db, &[("SYNC_TABLES", TABLES)]);
+    for id in 1..=3 {
+        db.execute(&format!("INSERT INTO tags VALUES ({id}, 'x')"));
+        wait_for(20, "the row", || changelog(&db).get(&key("global", "tags", &id.to_string())).map(|_| ()));
+        edges_settled(&db);
+        // A quiet spell longer than the timeout (the condition under test, not a wait).
+        std::thread::sleep(Duration::from_millis(800));
+    }
+    assert_eq!(gauge(server.addr, "synchro_capture_sessions_total"), 1.0, "capture never restarted");
+    server.shutdown(Duration::from_secs(5));
+}
