@@ -421,6 +421,8 @@ fn run_session(
     // The changelog position, or the edge position when a crash left the edges behind.
     let stored = writer::resume_position(dbs.store(), &config.slot_name)?;
     ensure_slot_with(&mut conn, &mut dbs, config, stored)?;
+    // Not needed while streaming: the writer has its own sessions.
+    drop(dbs);
     // Bounded: a slow writer slows WAL reading instead of growing memory.
     let (tx, rx) = bounded::<WalEvent>(config.channel_capacity.max(16));
     let writer = writer::spawn(config.writer.clone(), tables.routing.clone(), assigner, rx)?;
