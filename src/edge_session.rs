@@ -1,5 +1,7 @@
-//! The changelog writer's second sync-store session: bucket edges, written beside the
-//! changelog instead of after it.
+//! The changelog writer's second sync-store session (`CAPTURE_EDGE_SESSION=true`): bucket
+//! edges, written beside the changelog instead of after it. Without it the writer applies the
+//! same edge statements in its own batch transaction (one transaction per batch, as issue #3
+//! specifies); the positions and watermarks below are kept either way.
 //!
 //! Per source row the writer inserts a changelog row and a bucket edge, each with its indexes:
 //! in one PostgreSQL backend these run one after the other, and that backend is the ingest's
@@ -194,10 +196,11 @@ impl EdgeSession {
         self.ask(|reply| Command::Truncate { tables: tables.to_vec(), reply })
     }
 
-    /// Commits the batch's edges with the position `lsn` (expected to replace `expected`) and
-    /// the changelog `seq` they cover. Call only after the changelog side committed.
-    pub fn commit(&self, slot: &str, lsn: Lsn, expected: Lsn, seq: Option<i64>) -> Result<(), WriterError> {
-        self.ask(|reply| Command::Commit { mark: position_mark(slot), lsn, expected, seq, reply })
+    /// Commits the batch's edges with the position `lsn` under `mark` ([`position_mark`]),
+    /// expected to replace `expected`, and the changelog `seq` they cover. Call only after the
+    /// changelog side committed.
+    pub fn commit(&self, mark: &str, lsn: Lsn, expected: Lsn, seq: Option<i64>) -> Result<(), WriterError> {
+        self.ask(|reply| Command::Commit { mark: mark.to_string(), lsn, expected, seq, reply })
     }
 }
 
@@ -275,7 +278,8 @@ fn answer_failed(cmd: Command, failed: &mut Option<WriterError>) {
     }
 }
 
-fn truncate(db: &mut impl GenericClient, tables: &[String]) -> Result<Vec<EdgeKey>, StoreError> {
+/// Removes every edge of `tables`; returns them, sorted.
+pub fn truncate(db: &mut impl GenericClient, tables: &[String]) -> Result<Vec<EdgeKey>, StoreError> {
     let mut gone: Vec<EdgeKey> = db
         .query(
             "DELETE FROM sync_bucket_edges WHERE table_name = ANY ($1) RETURNING table_name, record_id, bucket_id",
@@ -289,7 +293,9 @@ fn truncate(db: &mut impl GenericClient, tables: &[String]) -> Result<Vec<EdgeKe
     Ok(gone)
 }
 
-fn store(
+/// Stores the edge position `lsn` under `mark` if it still reads `expected` (else
+/// [`WriterError::Fenced`]), and raises `edges_seq` to `seq`.
+pub fn store(
     db: &mut impl GenericClient,
     mark: &str,
     lsn: Lsn,

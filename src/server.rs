@@ -379,6 +379,7 @@ fn begin_capture(config: &Config, engine: &Engine, status: Arc<CaptureStatus>) -
     let mut capture_config =
         CaptureConfig::new(&config.replication_url, &config.database_url, &config.slot_name, &config.publication_name);
     capture_config.writer.store_url = config.sync_store_url.clone();
+    capture_config.writer.edge_session = config.capture_edge_session;
     // The slot must exist before the backfill: every row committed after this point is either
     // streamed or (if older) backfilled, never neither.
     capture::ensure_slot(&capture_config).map_err(|e| ServerError::Config(format!("preparing replication: {e}")))?;

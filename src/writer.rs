@@ -100,6 +100,11 @@ pub struct WriterConfig {
     pub chunk_rows: usize,
     /// The per-record checksum of a row's `row_to_json` text.
     pub checksum: fn(&str) -> i32,
+    /// Write the bucket edges on a second session beside the changelog
+    /// ([`crate::edge_session`]): the two backends work at once, and a batch commits as two
+    /// transactions (changelog first). Off: changelog rows, edges and the position in one
+    /// transaction per batch.
+    pub edge_session: bool,
 }
 
 impl WriterConfig {
@@ -119,6 +124,7 @@ impl WriterConfig {
             max_batch_delay: Duration::from_millis(20),
             chunk_rows: 1000,
             checksum: crate::checksum::record_checksum,
+            edge_session: false,
         }
     }
 }
@@ -208,7 +214,10 @@ pub fn spawn(
     let stored = stored_position(&mut db, &config.slot_name)?;
     edge_session::init_watermarks(&mut db, &config.slot_name, stored)?;
     let edges_stored = edge_session::stored_position(&mut db, &config.slot_name)?.unwrap_or(stored);
-    let edges = EdgeSession::start(connect_writer_session(config.store_url())?)?;
+    let edges = match config.edge_session {
+        true => Some(EdgeSession::start(connect_writer_session(config.store_url())?)?),
+        false => None,
+    };
     let progress = Arc::new(WriterProgress::default());
     progress.committed_lsn.store(edges_stored.0, Ordering::Release);
     let p = progress.clone();
@@ -231,8 +240,9 @@ struct Writer {
     stored: Lsn,
     /// The application database, when the sync store is separate (reads only, autocommit).
     app: Option<postgres::Client>,
-    /// The second store session, which writes the bucket edges beside the changelog.
-    edges: EdgeSession,
+    /// The second store session, which writes the bucket edges beside the changelog
+    /// (`WriterConfig::edge_session`); without it they go in the changelog's transaction.
+    edges: Option<EdgeSession>,
     /// Replicated transactions that committed at or before this LSN have their edges applied
     /// (at most `stored`: edges commit after the changelog).
     edges_stored: Lsn,
@@ -332,17 +342,24 @@ impl Writer {
             } else {
                 None
             };
+            let edge_lsn = confirm.unwrap_or(self.edges_stored).max(self.edges_stored);
+            let mark = edge_session::position_mark(&self.config.slot_name);
+            if self.edges.is_none() {
+                // One transaction: the edge position moves with the changelog's.
+                edge_session::store(&mut tx, &mark, edge_lsn, self.edges_stored, seq)?;
+            }
             tx.commit().map_err(StoreError::query("committing a changelog batch"))?;
-            // Then the edges: never ahead of the changelog.
             if let Some(lsn) = confirm {
                 self.stored = self.stored.max(lsn);
             }
-            let edge_lsn = confirm.unwrap_or(self.edges_stored).max(self.edges_stored);
-            if crate::edge_session::fail_between_commits() {
-                crate::error!("failpoint: stopping between the changelog and edge commits");
-                std::process::abort();
+            if let Some(edges) = &self.edges {
+                // Then the edges: never ahead of the changelog.
+                if edge_session::fail_between_commits() {
+                    crate::error!("failpoint: stopping between the changelog and edge commits");
+                    std::process::abort();
+                }
+                edges.commit(&mark, edge_lsn, self.edges_stored, seq)?;
             }
-            self.edges.commit(&self.config.slot_name, edge_lsn, self.edges_stored, seq)?;
             self.edges_stored = edge_lsn;
             self.publish(self.stored.min(self.edges_stored));
             if let Some(t) = batch.last_commit_time {
@@ -401,7 +418,10 @@ impl Writer {
                 self.flush_chunk(db, batch)?;
                 // The edges go on the edge session (after every earlier chunk's), their delete
                 // rows on the changelog.
-                let gone = self.edges.truncate(&tables)?;
+                let gone = match &self.edges {
+                    Some(edges) => edges.truncate(&tables)?,
+                    None => edge_session::truncate(db, &tables)?,
+                };
                 if !batch.edges_only && !gone.is_empty() {
                     let ids: Vec<&str> = gone.iter().map(|g| g.1.as_str()).collect();
                     let tables: Vec<&str> = gone.iter().map(|g| g.0.as_str()).collect();
@@ -452,14 +472,17 @@ impl Writer {
         let plan = plan_chunk(
             db,
             self.app.as_mut(),
-            EdgeReads::Session(&self.edges),
+            self.edges.as_ref().map_or(EdgeReads::Here, EdgeReads::Session),
             &self.routing,
             self.assigner.as_ref(),
             &chunk,
             self.config.checksum,
         )?;
-        // The edges first, so their backend works while this one writes the changelog.
-        self.edges.write(plan.edge_writes())?;
+        match &self.edges {
+            // The edges first, so their backend works while this one writes the changelog.
+            Some(edges) => edges.write(plan.edge_writes())?,
+            None => edge_session::write_edges(db, &plan.edge_writes())?,
+        }
         if !batch.chunk_edges_only {
             batch.changelog_rows += write_changelog(db, &plan)?;
         }

@@ -306,15 +306,15 @@ fn postgresql_restarts_mid_stream_and_the_stream_resumes() {
     server.shutdown(Duration::from_secs(5));
 }
 
-/// The writer opens its transactions (changelog and edges) with a batch's first change, never
-/// while idle: a server with `idle_in_transaction_session_timeout` would otherwise end an idle
+/// The writer opens its transactions (changelog and, with `CAPTURE_EDGE_SESSION`, edges) with
+/// a batch's first change, never while idle: a server with `idle_in_transaction_session_timeout` would otherwise end an idle
 /// writer's sessions, and capture would restart after every quiet spell.
 #[test]
 fn an_idle_writer_holds_no_transaction_open() {
     let db = TestDb::new();
     db.execute(SCHEMA);
     db.execute(&format!("ALTER DATABASE {} SET idle_in_transaction_session_timeout = '300ms'", db.name));
-    let server = start(&db, &[("SYNC_TABLES", TABLES)]);
+    let server = start(&db, &[("SYNC_TABLES", TABLES), ("CAPTURE_EDGE_SESSION", "true")]);
     for id in 1..=3 {
         db.execute(&format!("INSERT INTO tags VALUES ({id}, 'x')"));
         wait_for(20, "the row", || changelog(&db).get(&key("global", "tags", &id.to_string())).map(|_| ()));

@@ -196,10 +196,21 @@ pub fn catch_up_in(db: &TestDb, store: &TestDb, marker: i32) {
 
 #[test]
 fn killed_mid_batch_and_restarted_loses_and_duplicates_nothing() {
+    killed_mid_batch(&[]);
+}
+
+/// The same with the bucket edges on their own session (two commits per batch).
+#[test]
+fn killed_mid_batch_with_the_edge_session_loses_and_duplicates_nothing() {
+    killed_mid_batch(&[("CAPTURE_EDGE_SESSION", "true")]);
+}
+
+fn killed_mid_batch(vars: &[(&str, &str)]) {
     let db = TestDb::new();
     db.execute(SCHEMA);
     let slot = format!("kill_{}", db.name);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let spawn_synchrod = |db: &TestDb, slot: &str| spawn_synchrod_with(db, slot, vars);
     let mut child = spawn_synchrod(&db, &slot);
     wait_streaming(&db);
     for round in 0..4 {
@@ -256,8 +267,8 @@ fn positions(db: &TestDb, slot: &str) -> (i64, i64) {
     (row.get(0), row.get(1))
 }
 
-/// The edges are written on a second session and commit after the changelog. A crash between
-/// the two commits (forced by the test failpoint, five times in a row, with new writes each
+/// With `CAPTURE_EDGE_SESSION`, the edges are written on a second session and commit after the
+/// changelog. A crash between the two commits (forced by the test failpoint, five times in a row, with new writes each
 /// time) leaves the edges behind; each restart replays those transactions for their edges
 /// only, and in the end every row and edge is where it belongs, each event logged once.
 #[test]
@@ -265,7 +276,7 @@ fn a_crash_between_the_changelog_and_edge_commits_is_repaired_on_restart() {
     let db = TestDb::new();
     db.execute(SCHEMA);
     let slot = format!("split_{}", db.name);
-    let mut child = spawn_synchrod(&db, &slot);
+    let mut child = spawn_synchrod_with(&db, &slot, &[("CAPTURE_EDGE_SESSION", "true")]);
     wait_streaming(&db);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -277,7 +288,11 @@ fn a_crash_between_the_changelog_and_edge_commits_is_repaired_on_restart() {
             c.batch_execute(&format!("INSERT INTO events VALUES ({}, 'once')", 200_000 + round * 1000 + i)).unwrap();
         }
         let before = positions(&db, &slot);
-        let mut child = spawn_synchrod_with(&db, &slot, &[("SYNCHRO_TEST_FAILPOINT", "between-commits")]);
+        let mut child = spawn_synchrod_with(
+            &db,
+            &slot,
+            &[("CAPTURE_EDGE_SESSION", "true"), ("SYNCHRO_TEST_FAILPOINT", "between-commits")],
+        );
         // It aborts itself after its first batch's changelog commit.
         let status = wait_for(60, "synchrod to stop at the failpoint", || child.try_wait().unwrap());
         assert!(!status.success(), "round {round}: {status:?}");
@@ -288,6 +303,8 @@ fn a_crash_between_the_changelog_and_edge_commits_is_repaired_on_restart() {
         assert_eq!(edges_at, before.1, "round {round}: the edge side did not commit");
         assert!(edges_at <= changelog_at, "round {round}: edges never lead");
     }
+    // Repaired by a writer without the edge session (one transaction per batch): the replay
+    // of edges does not depend on the mode that left them behind.
     let mut child = spawn_synchrod(&db, &slot);
     catch_up(&db, 1_000_003);
     // The marker is in once the changelog side committed; its edges follow a moment later.
