@@ -41,34 +41,47 @@ pub fn position_mark(slot: &str) -> String {
 }
 
 /// `(table, record, bucket)` of an edge.
-pub type EdgeKey = (String, String, String);
+pub type EdgeKey<S = String> = (S, S, S);
 
-/// The edge changes of one chunk, owned so they can cross to the edge thread.
+/// The edge changes of one chunk: borrowed from the plan when written on the writer's own
+/// session, owned (`S = String`) to cross to the edge thread.
 #[derive(Debug, Default)]
-pub struct EdgeWrites {
+pub struct EdgeWrites<S = String> {
     /// Edges to remove.
-    pub deletes: Vec<EdgeKey>,
+    pub deletes: Vec<EdgeKey<S>>,
     /// New edges with their checksums.
-    pub inserts: Vec<(EdgeKey, Option<i32>)>,
+    pub inserts: Vec<(EdgeKey<S>, Option<i32>)>,
     /// Held edges whose checksum changed.
-    pub updates: Vec<(EdgeKey, Option<i32>)>,
+    pub updates: Vec<(EdgeKey<S>, Option<i32>)>,
 }
 
-impl EdgeWrites {
+impl<S> EdgeWrites<S> {
     fn is_empty(&self) -> bool {
         self.deletes.is_empty() && self.inserts.is_empty() && self.updates.is_empty()
     }
 }
 
+impl EdgeWrites<&str> {
+    /// An owned copy, to send to the edge thread.
+    pub fn owned(&self) -> EdgeWrites {
+        let key = |(t, r, b): &EdgeKey<&str>| (t.to_string(), r.to_string(), b.to_string());
+        EdgeWrites {
+            deletes: self.deletes.iter().map(key).collect(),
+            inserts: self.inserts.iter().map(|(k, c)| (key(k), *c)).collect(),
+            updates: self.updates.iter().map(|(k, c)| (key(k), *c)).collect(),
+        }
+    }
+}
+
 /// Applies edge changes: removals, then new edges, then changed checksums.
-pub fn write_edges(db: &mut impl GenericClient, w: &EdgeWrites) -> Result<(), StoreError> {
+pub fn write_edges<S: AsRef<str>>(db: &mut impl GenericClient, w: &EdgeWrites<S>) -> Result<(), StoreError> {
     type Columns<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>);
-    fn columns<'a>(keys: impl Iterator<Item = &'a EdgeKey>) -> Columns<'a> {
+    fn columns<'a, S: AsRef<str> + 'a>(keys: impl Iterator<Item = &'a EdgeKey<S>>) -> Columns<'a> {
         let mut out: Columns<'a> = (Vec::new(), Vec::new(), Vec::new());
         for (t, r, b) in keys {
-            out.0.push(t);
-            out.1.push(r);
-            out.2.push(b);
+            out.0.push(t.as_ref());
+            out.1.push(r.as_ref());
+            out.2.push(b.as_ref());
         }
         out
     }
@@ -139,12 +152,13 @@ enum Command {
         tables: Vec<String>,
         reply: Reply<Vec<EdgeKey>>,
     },
-    /// Stores the position (compare-and-set against `expected`) and `seq`, and commits.
+    /// Stores the position (compare-and-set against `expected`), raises `edges_seq` when the
+    /// edges caught up with the changelog, and commits.
     Commit {
         mark: String,
         lsn: Lsn,
         expected: Lsn,
-        seq: Option<i64>,
+        caught_up: bool,
         reply: Reply<()>,
     },
 }
@@ -197,10 +211,10 @@ impl EdgeSession {
     }
 
     /// Commits the batch's edges with the position `lsn` under `mark` ([`position_mark`]),
-    /// expected to replace `expected`, and the changelog `seq` they cover. Call only after the
+    /// expected to replace `expected` (see [`store`] for `caught_up`). Call only after the
     /// changelog side committed.
-    pub fn commit(&self, mark: &str, lsn: Lsn, expected: Lsn, seq: Option<i64>) -> Result<(), WriterError> {
-        self.ask(|reply| Command::Commit { mark: mark.to_string(), lsn, expected, seq, reply })
+    pub fn commit(&self, mark: &str, lsn: Lsn, expected: Lsn, caught_up: bool) -> Result<(), WriterError> {
+        self.ask(|reply| Command::Commit { mark: mark.to_string(), lsn, expected, caught_up, reply })
     }
 }
 
@@ -257,8 +271,8 @@ fn run(mut client: postgres::Client, rx: Receiver<Command>) {
                 Command::Truncate { tables, reply } => {
                     let _ = reply.send(truncate(&mut tx, &tables).map_err(WriterError::from));
                 }
-                Command::Commit { mark, lsn, expected, seq, reply } => {
-                    let done = store(&mut tx, &mark, lsn, expected, seq)
+                Command::Commit { mark, lsn, expected, caught_up, reply } => {
+                    let done = store(&mut tx, &mark, lsn, expected, caught_up)
                         .and_then(|()| tx.commit().map_err(|e| StoreError::query("committing bucket edges")(e).into()));
                     let _ = reply.send(done);
                     break;
@@ -294,13 +308,16 @@ pub fn truncate(db: &mut impl GenericClient, tables: &[String]) -> Result<Vec<Ed
 }
 
 /// Stores the edge position `lsn` under `mark` if it still reads `expected` (else
-/// [`WriterError::Fenced`]), and raises `edges_seq` to `seq`.
+/// [`WriterError::Fenced`]). With `caught_up` (the edges reach the changelog position: not a
+/// replay of edges a crash left behind), `edges_seq` rises to the changelog's last `seq`: every
+/// changelog row this session can see then has its edges committed with this transaction (the
+/// batch's changelog side committed first, or commits in this very transaction).
 pub fn store(
     db: &mut impl GenericClient,
     mark: &str,
     lsn: Lsn,
     expected: Lsn,
-    seq: Option<i64>,
+    caught_up: bool,
 ) -> Result<(), WriterError> {
     let n = db
         .execute(
@@ -311,8 +328,13 @@ pub fn store(
     if n == 0 {
         return Err(WriterError::Fenced { expected });
     }
-    if let Some(seq) = seq {
-        crate::store::changelog::raise_watermark(db, EDGES_SEQ, seq)?;
+    if caught_up {
+        db.execute(
+            "UPDATE synchro_watermarks SET seq = GREATEST(seq, (SELECT seq FROM sync_changelog ORDER BY seq DESC LIMIT 1)), \
+             updated_at = now() WHERE name = $1",
+            &[&EDGES_SEQ],
+        )
+        .map_err(StoreError::query("raising the edge watermark"))?;
     }
     Ok(())
 }

@@ -332,21 +332,13 @@ impl Writer {
                 // On a fence, `tx` is dropped unfinished: the batch rolls back.
                 store_position(&mut tx, &self.config.slot_name, lsn, self.stored)?;
             }
-            // The changelog `seq` the batch's edges cover (rebuilds start at most there).
-            let seq = if batch.changelog_rows > 0 {
-                Some(
-                    tx.query_one("SELECT currval(pg_get_serial_sequence('sync_changelog', 'seq'))", &[])
-                        .map_err(StoreError::query("reading the batch's last seq"))?
-                        .get::<_, i64>(0),
-                )
-            } else {
-                None
-            };
             let edge_lsn = confirm.unwrap_or(self.edges_stored).max(self.edges_stored);
+            // Not a replay of edges a crash left behind: the edges reach the changelog.
+            let caught_up = edge_lsn >= self.stored;
             let mark = edge_session::position_mark(&self.config.slot_name);
             if self.edges.is_none() {
                 // One transaction: the edge position moves with the changelog's.
-                edge_session::store(&mut tx, &mark, edge_lsn, self.edges_stored, seq)?;
+                edge_session::store(&mut tx, &mark, edge_lsn, self.edges_stored, caught_up)?;
             }
             tx.commit().map_err(StoreError::query("committing a changelog batch"))?;
             if let Some(lsn) = confirm {
@@ -358,7 +350,7 @@ impl Writer {
                     crate::error!("failpoint: stopping between the changelog and edge commits");
                     std::process::abort();
                 }
-                edges.commit(&mark, edge_lsn, self.edges_stored, seq)?;
+                edges.commit(&mark, edge_lsn, self.edges_stored, caught_up)?;
             }
             self.edges_stored = edge_lsn;
             self.publish(self.stored.min(self.edges_stored));
@@ -480,7 +472,7 @@ impl Writer {
         )?;
         match &self.edges {
             // The edges first, so their backend works while this one writes the changelog.
-            Some(edges) => edges.write(plan.edge_writes())?,
+            Some(edges) => edges.write(plan.edge_writes().owned())?,
             None => edge_session::write_edges(db, &plan.edge_writes())?,
         }
         if !batch.chunk_edges_only {
@@ -527,13 +519,12 @@ pub(crate) enum EdgeReads<'e> {
 }
 
 impl Plan<'_> {
-    /// The plan's edge changes, owned (for the edge session).
-    fn edge_writes(&self) -> EdgeWrites {
-        let key = |t: &str, r: &str, b: &Bucket| (t.to_string(), r.to_string(), b.to_string());
+    /// The plan's edge changes, borrowed from it.
+    fn edge_writes(&self) -> EdgeWrites<&str> {
         EdgeWrites {
-            deletes: self.edge_deletes.iter().map(|(t, r, b)| key(t, r, b)).collect(),
-            inserts: self.edge_inserts.iter().map(|(t, r, b, c)| (key(t, r, b), *c)).collect(),
-            updates: self.edge_updates.iter().map(|(t, r, b, c)| (key(t, r, b), *c)).collect(),
+            deletes: self.edge_deletes.iter().map(|(t, r, b)| (*t, *r, &**b)).collect(),
+            inserts: self.edge_inserts.iter().map(|(t, r, b, c)| ((*t, *r, &**b), *c)).collect(),
+            updates: self.edge_updates.iter().map(|(t, r, b, c)| ((*t, *r, &**b), *c)).collect(),
         }
     }
 }
@@ -715,16 +706,17 @@ pub(crate) fn plan_chunk<'a>(
         let mut whole: Vec<(&Arc<[RelColumn]>, bool)> = Vec::new();
         for &k in &upsert_keys {
             let Some(c) = latest.get(&k).filter(|c| c.kind != ChangeKind::Delete) else { continue };
+            let Some(t) = routing.get(k.0) else { continue };
             let is_whole = match whole.iter().find(|(cols, _)| Arc::ptr_eq(cols, &c.columns)) {
                 Some((_, w)) => *w,
                 None => {
-                    let w = routing.get(k.0).is_some_and(|t| t.is_whole_row(&c.columns));
+                    let w = t.is_whole_row(&c.columns);
                     whole.push((&c.columns, w));
                     w
                 }
             };
-            let render = routing.get(k.0).map(|t| t.render_oids.as_slice()).unwrap_or_default();
-            if let Some(sum) = is_whole.then(|| row_json::row_checksum(&c.columns, render, &c.values)).flatten() {
+            if let Some(sum) = is_whole.then(|| row_json::row_checksum(&c.columns, &t.render_oids, &c.values)).flatten()
+            {
                 checksums.insert(k, sum);
             }
         }

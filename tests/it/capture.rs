@@ -319,8 +319,20 @@ fn an_idle_writer_holds_no_transaction_open() {
         db.execute(&format!("INSERT INTO tags VALUES ({id}, 'x')"));
         wait_for(20, "the row", || changelog(&db).get(&key("global", "tags", &id.to_string())).map(|_| ()));
         edges_settled(&db);
-        // A quiet spell longer than the timeout (the condition under test, not a wait).
-        std::thread::sleep(Duration::from_millis(800));
+        // A quiet spell longer than the timeout: synchrod's sessions (the writer's among them;
+        // the leader lock's own session polls and is left out) have been idle, not idle in a
+        // transaction, for 600 ms.
+        let mut c = db.client();
+        wait_for(20, "a quiet spell", || {
+            c.query_one(
+                "SELECT COALESCE(bool_and(state = 'idle' AND state_change < now() - interval '600 ms'), false) \
+                 FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'synchrod' \
+                   AND backend_type = 'client backend'",
+                &[],
+            )
+            .ok()
+            .and_then(|r| r.get::<_, bool>(0).then_some(()))
+        });
     }
     assert_eq!(gauge(server.addr, "synchro_capture_sessions_total"), 1.0, "capture never restarted");
     server.shutdown(Duration::from_secs(5));
