@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use crate::client::post;
+use crate::client::{metric, post};
 use crate::harness::{private_cluster, TestDb};
 use crate::server::start;
 
@@ -215,14 +215,6 @@ fn pulls_see_direct_sql_writes() {
     server.shutdown(Duration::from_secs(5));
 }
 
-/// A gauge's value from `/metrics`.
-fn gauge(addr: std::net::SocketAddr, name: &str) -> f64 {
-    let body = crate::client::get(addr, "/metrics", "").body;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from\n{body}"))
-}
-
 #[test]
 fn replication_lag_metrics_move_while_the_consumer_is_held_up() {
     let db = TestDb::new();
@@ -231,7 +223,7 @@ fn replication_lag_metrics_move_while_the_consumer_is_held_up() {
     let server = start(&db, &[("SYNC_TABLES", TABLES), ("SLOT_NAME", &slot)]);
     db.execute("INSERT INTO tags VALUES (1, 'first')");
     wait_for(20, "the first row", || changelog(&db).get(&key("global", "tags", "1")).map(|_| ()));
-    wait_for(20, "no lag", || (gauge(server.addr, "synchro_replication_lag_bytes") == 0.0).then_some(()));
+    wait_for(20, "no lag", || (metric(server.addr, "synchro_replication_lag_bytes") == 0.0).then_some(()));
 
     // Hold the writer up: its next changelog insert waits for this lock.
     let mut blocker = db.client();
@@ -241,18 +233,18 @@ fn replication_lag_metrics_move_while_the_consumer_is_held_up() {
         db.execute(&format!("INSERT INTO tags VALUES ({i}, repeat('x', 500))"));
     }
     let bytes = wait_for(20, "lag in bytes", || {
-        let b = gauge(server.addr, "synchro_replication_lag_bytes");
+        let b = metric(server.addr, "synchro_replication_lag_bytes");
         (b > 0.0).then_some(b)
     });
     assert!(bytes >= 48.0 * 500.0, "lag covers the held-up inserts: {bytes}");
     // Lag in seconds grows while the writer stays held up.
-    wait_for(20, "lag in seconds", || (gauge(server.addr, "synchro_replication_lag_seconds") >= 1.0).then_some(()));
+    wait_for(20, "lag in seconds", || (metric(server.addr, "synchro_replication_lag_seconds") >= 1.0).then_some(()));
 
     tx.rollback().unwrap();
     wait_for(20, "the held-up rows", || changelog(&db).get(&key("global", "tags", "49")).map(|_| ()));
     wait_for(20, "lag back to zero", || {
-        let caught_up = gauge(server.addr, "synchro_replication_lag_bytes") == 0.0
-            && gauge(server.addr, "synchro_replication_lag_seconds") == 0.0;
+        let caught_up = metric(server.addr, "synchro_replication_lag_bytes") == 0.0
+            && metric(server.addr, "synchro_replication_lag_seconds") == 0.0;
         caught_up.then_some(())
     });
     server.shutdown(Duration::from_secs(5));
@@ -334,6 +326,6 @@ fn an_idle_writer_holds_no_transaction_open() {
             .and_then(|r| r.get::<_, bool>(0).then_some(()))
         });
     }
-    assert_eq!(gauge(server.addr, "synchro_capture_sessions_total"), 1.0, "capture never restarted");
+    assert_eq!(metric(server.addr, "synchro_capture_sessions_total"), 1.0, "capture never restarted");
     server.shutdown(Duration::from_secs(5));
 }

@@ -67,3 +67,14 @@ impl Resp {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
     }
 }
+
+/// The value of the sample `name` (with its labels, if any) in Prometheus text `text`.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A sample from a server's `/metrics`; panics when it is missing.
+pub fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let body = get(addr, "/metrics", "").body;
+    sample(&body, name).unwrap_or_else(|| panic!("{name} missing from\n{body}"))
+}

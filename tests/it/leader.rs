@@ -22,7 +22,7 @@ fn gauge(port: u16, name: &str) -> Option<f64> {
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    crate::client::sample(&text, name)
 }
 
 fn is_leader(port: u16) -> bool {

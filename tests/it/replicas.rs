@@ -72,10 +72,8 @@ impl Fixture {
         self.replica.psql(&self.db.name, "SELECT pg_wal_replay_resume()").expect("resume");
     }
 
-    fn metric(&self, line_start: &str) -> f64 {
-        let text = get(self.server.addr, "/metrics", "").body;
-        let line = text.lines().find(|l| l.starts_with(line_start)).unwrap_or_else(|| panic!("{line_start}: {text}"));
-        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    fn metric(&self, name: &str) -> f64 {
+        crate::client::metric(self.server.addr, name)
     }
 
     /// Updates note 1 until a pull of it is hydrated on the replica (the replica is used as
@@ -176,8 +174,8 @@ fn pulls_hydrate_on_a_caught_up_replica() {
     let mut phone = Phone::new(f.server.addr, "p1");
     f.wait_for_replica_pulls(&mut phone, "caught-up");
     assert!(f.metric("synchro_pull_hydrations_total{source=\"replica\"}") >= 1.0);
-    assert_eq!(f.metric("synchro_read_replicas "), 1.0);
-    assert_eq!(f.metric("synchro_read_replicas_down "), 0.0);
+    assert_eq!(f.metric("synchro_read_replicas"), 1.0);
+    assert_eq!(f.metric("synchro_read_replicas_down"), 0.0);
     f.server.shutdown(Duration::from_secs(5));
     // `synchrod check` vouches for the replica and refuses a server that is not in recovery.
     let not_a_replica = f.db.url().replace("127.0.0.1", "localhost");
@@ -239,11 +237,11 @@ fn a_stopped_replica_falls_back_to_the_primary_and_comes_back() {
     let after = f.counts();
     assert_eq!(after.pull_replica, before.pull_replica);
     assert!(after.pull_primary >= before.pull_primary + 3 && after.snapshot_primary > before.snapshot_primary);
-    assert_eq!(f.metric("synchro_read_replicas_down "), 1.0);
+    assert_eq!(f.metric("synchro_read_replicas_down"), 1.0);
     // Restarted, it is retried after its back-off and used again.
     f.replica.start_again().expect("restarting the replica");
     f.wait_for_replica_pulls(&mut phone, "back");
-    assert_eq!(f.metric("synchro_read_replicas_down "), 0.0);
+    assert_eq!(f.metric("synchro_read_replicas_down"), 0.0);
     f.server.shutdown(Duration::from_secs(5));
 }
 
