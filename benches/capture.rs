@@ -284,7 +284,14 @@ fn main() {
         let edge_session = i == 1 || i == 2;
         let label = if edge_session { "CAPTURE_EDGE_SESSION=true" } else { "one transaction per batch (default)" };
         if i > 0 {
-            // Start from empty sync tables again, as the first drain did.
+            // Start from empty sync tables again, as the first drain did, once the previous
+            // synchrod's sessions are gone (a backend finishing its last statement would
+            // otherwise deadlock with the TRUNCATE).
+            wait_until("the previous synchrod's sessions to end", Duration::from_secs(60), || {
+                c.query_one("SELECT count(*) = 0 FROM pg_stat_activity WHERE application_name = 'synchrod'", &[])
+                    .map(|r| r.get(0))
+                    .unwrap_or(false)
+            });
             s.batch_execute("TRUNCATE sync_changelog, sync_bucket_edges").unwrap();
         }
         c.execute("SELECT pg_stat_statements_reset()", &[]).unwrap();

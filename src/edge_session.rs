@@ -21,11 +21,9 @@
 //!   edge was not yet committed.
 //! * **Fencing.** The edge position is stored with a compare-and-set like the changelog's.
 
-use std::thread::{self, JoinHandle};
-
-use crossbeam_channel::{bounded, Receiver, Sender};
 use postgres::GenericClient;
 
+use crate::session_thread::{Done, Job, Reply, SessionThread};
 use crate::store::pool::StoreError;
 use crate::types::Lsn;
 use crate::writer::WriterError;
@@ -138,9 +136,7 @@ pub fn probe_edges(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
 }
 
-type Reply<T> = Sender<Result<T, WriterError>>;
-
-enum Command {
+enum EdgeJob {
     Probe {
         table: String,
         ids: Vec<String>,
@@ -163,38 +159,54 @@ enum Command {
     },
 }
 
-/// The edge thread and its session (one per writer).
-pub struct EdgeSession {
-    tx: Option<Sender<Command>>,
-    join: Option<JoinHandle<()>>,
+impl Job for EdgeJob {
+    fn run(self, tx: &mut postgres::Transaction<'_>) -> Result<Done, WriterError> {
+        match self {
+            EdgeJob::Probe { table, ids, reply } => {
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                let _ = reply.send(probe_edges(tx, &table, &ids).map_err(WriterError::from));
+            }
+            EdgeJob::Write(w) => write_edges(tx, &w)?,
+            EdgeJob::Truncate { tables, reply } => {
+                let _ = reply.send(truncate(tx, &tables).map_err(WriterError::from));
+            }
+            EdgeJob::Commit { mark, lsn, expected, caught_up, reply } => {
+                return Ok(match store(tx, &mark, lsn, expected, caught_up) {
+                    Ok(()) => Done::Commit(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        Done::Rollback
+                    }
+                });
+            }
+        }
+        Ok(Done::Continue)
+    }
+
+    fn refuse(self, err: WriterError) {
+        match self {
+            EdgeJob::Probe { reply, .. } => drop(reply.send(Err(err))),
+            EdgeJob::Truncate { reply, .. } => drop(reply.send(Err(err))),
+            EdgeJob::Commit { reply, .. } => drop(reply.send(Err(err))),
+            EdgeJob::Write(_) => {}
+        }
+    }
 }
+
+/// The edge thread and its session (one per writer).
+pub struct EdgeSession(SessionThread<EdgeJob>);
 
 impl EdgeSession {
     /// Starts the thread on an open session.
     pub fn start(client: postgres::Client) -> Result<EdgeSession, WriterError> {
         // Two chunks in flight at most: the writer stays at most one chunk ahead.
-        let (tx, rx) = bounded(2);
-        let join = thread::Builder::new()
-            .name("edge-writer".into())
-            .spawn(move || run(client, rx))
-            .map_err(|e| WriterError::Position(format!("spawning the edge thread: {e}")))?;
-        Ok(EdgeSession { tx: Some(tx), join: Some(join) })
-    }
-
-    fn send(&self, cmd: Command) -> Result<(), WriterError> {
-        self.tx.as_ref().and_then(|tx| tx.send(cmd).ok()).ok_or_else(gone)
-    }
-
-    fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, WriterError> {
-        let (reply, answer) = bounded(1);
-        self.send(make(reply))?;
-        answer.recv().map_err(|_| gone())?
+        SessionThread::start("edge-writer", client, 2).map(EdgeSession)
     }
 
     /// Edges held by `ids` of `table`, after every change sent before.
     pub fn probe(&self, table: &str, ids: &[&str]) -> Result<Vec<(String, String, Option<i32>)>, WriterError> {
         let ids = ids.iter().map(|s| s.to_string()).collect();
-        self.ask(|reply| Command::Probe { table: table.to_string(), ids, reply })
+        self.0.ask(|reply| EdgeJob::Probe { table: table.to_string(), ids, reply })
     }
 
     /// Queues a chunk's edge changes (a failure surfaces at the next probe or commit).
@@ -202,93 +214,19 @@ impl EdgeSession {
         if writes.is_empty() {
             return Ok(());
         }
-        self.send(Command::Write(writes))
+        self.0.send(EdgeJob::Write(writes))
     }
 
     /// Removes the edges of truncated tables; returns them, sorted.
     pub fn truncate(&self, tables: &[String]) -> Result<Vec<EdgeKey>, WriterError> {
-        self.ask(|reply| Command::Truncate { tables: tables.to_vec(), reply })
+        self.0.ask(|reply| EdgeJob::Truncate { tables: tables.to_vec(), reply })
     }
 
     /// Commits the batch's edges with the position `lsn` under `mark` ([`position_mark`]),
     /// expected to replace `expected` (see [`store`] for `caught_up`). Call only after the
     /// changelog side committed.
     pub fn commit(&self, mark: &str, lsn: Lsn, expected: Lsn, caught_up: bool) -> Result<(), WriterError> {
-        self.ask(|reply| Command::Commit { mark: mark.to_string(), lsn, expected, caught_up, reply })
-    }
-}
-
-impl Drop for EdgeSession {
-    fn drop(&mut self) {
-        // Closing the channel ends the thread; an uncommitted transaction rolls back.
-        self.tx.take();
-        if let Some(join) = self.join.take() {
-            let _ = join.join();
-        }
-    }
-}
-
-fn gone() -> WriterError {
-    WriterError::Position("the edge session stopped".into())
-}
-
-fn run(mut client: postgres::Client, rx: Receiver<Command>) {
-    // The first failure, answered to the next command that waits for an answer; the writer then
-    // stops and the pipeline restarts from the stored positions.
-    let mut failed: Option<WriterError> = None;
-    // A transaction opens with the first command of a batch, not at the end of the previous
-    // one: an idle writer must not sit idle in a transaction (`idle_in_transaction_session_timeout`
-    // would end the session).
-    while let Ok(first) = rx.recv() {
-        if failed.is_some() {
-            answer_failed(first, &mut failed);
-            continue;
-        }
-        let mut tx = match client.transaction() {
-            Ok(tx) => tx,
-            Err(e) => {
-                failed = Some(StoreError::query("starting an edge batch")(e).into());
-                answer_failed(first, &mut failed);
-                continue;
-            }
-        };
-        let mut next = Some(first);
-        while let Some(cmd) = next.take().or_else(|| rx.recv().ok()) {
-            if failed.is_some() {
-                answer_failed(cmd, &mut failed);
-                continue;
-            }
-            match cmd {
-                Command::Probe { table, ids, reply } => {
-                    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-                    let _ = reply.send(probe_edges(&mut tx, &table, &ids).map_err(WriterError::from));
-                }
-                Command::Write(w) => {
-                    if let Err(e) = write_edges(&mut tx, &w) {
-                        failed = Some(e.into());
-                    }
-                }
-                Command::Truncate { tables, reply } => {
-                    let _ = reply.send(truncate(&mut tx, &tables).map_err(WriterError::from));
-                }
-                Command::Commit { mark, lsn, expected, caught_up, reply } => {
-                    let done = store(&mut tx, &mark, lsn, expected, caught_up)
-                        .and_then(|()| tx.commit().map_err(|e| StoreError::query("committing bucket edges")(e).into()));
-                    let _ = reply.send(done);
-                    break;
-                }
-            }
-        }
-    }
-}
-
-fn answer_failed(cmd: Command, failed: &mut Option<WriterError>) {
-    let mut err = || failed.take().unwrap_or_else(|| WriterError::Position("the edge session failed earlier".into()));
-    match cmd {
-        Command::Probe { reply, .. } => drop(reply.send(Err(err()))),
-        Command::Truncate { reply, .. } => drop(reply.send(Err(err()))),
-        Command::Commit { reply, .. } => drop(reply.send(Err(err()))),
-        Command::Write(_) => {}
+        self.0.ask(|reply| EdgeJob::Commit { mark: mark.to_string(), lsn, expected, caught_up, reply })
     }
 }
 

@@ -66,6 +66,7 @@
 
 pub mod buckets;
 pub mod change;
+pub mod changelog_session;
 pub mod check;
 pub mod checksum;
 pub mod cluster;
@@ -93,6 +94,7 @@ pub mod row_json;
 pub mod schema;
 pub mod server;
 pub mod service;
+pub mod session_thread;
 pub mod store;
 pub mod time;
 pub mod tls;

@@ -14,6 +14,13 @@
 //!   checksum hydration would emit for the row (C6): rendered from the chunk's latest version
 //!   of the row when its text determines `row_to_json` ([`crate::row_json`]), read back otherwise.
 //! * The writer is the only writer of the changelog, so `seq` order is commit order.
+//!
+//! With `CAPTURE_EDGE_SESSION=true` the batch is written on two sessions of their own, each on
+//! its own thread: the changelog rows and the position on a [`ChangelogSession`], the edges
+//! and the edge position on an [`EdgeSession`]; the writer thread's session then only reads
+//! (visibility, owners, current rows), so the thread plans the next chunk while both backends
+//! write. A batch commits the changelog side first, then the edge side ([`crate::edge_session`]
+//! has the rules that keep that crash-safe).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -28,14 +35,13 @@ use postgres::GenericClient;
 
 use crate::buckets::{dedup_buckets, resolve_owners, BucketAssigner, Owner, RoutingTable, TableRouting};
 use crate::change::{ChangeKind, ColumnValue, RelColumn, RowChange, WalEvent};
+use crate::changelog_session::{self, store_position, ChangelogSession, Failure};
 use crate::edge_session::{self, EdgeSession, EdgeWrites};
 use crate::registry::quote_ident;
 use crate::row_json;
 use crate::store::pool::{self, StoreError};
 use crate::store::{visibility, Stores};
 use crate::types::{Lsn, Op};
-use postgres::binary_copy::BinaryCopyInWriter;
-use postgres::types::Type;
 
 /// A writer failure. The pipeline restarts replication from the stored LSN after one.
 #[derive(Debug)]
@@ -167,26 +173,6 @@ pub fn stored_position(db: &mut impl GenericClient, slot: &str) -> Result<Lsn, S
     Ok(Lsn(row.map(|r| r.get::<_, i64>(0) as u64).unwrap_or(0)))
 }
 
-/// Stores `lsn` as the position of `slot`, provided the stored value is still `expected` (what
-/// this writer read or last wrote). The compare-and-set fences off a second writer: its batch
-/// is rolled back instead of duplicating changelog rows. The row lock it takes serializes
-/// concurrent writers, so the loser sees the winner's value.
-fn store_position(db: &mut impl GenericClient, slot: &str, lsn: Lsn, expected: Lsn) -> Result<(), WriterError> {
-    let n = db
-        .execute(
-            "INSERT INTO sync_wal_position (slot_name, confirmed_lsn, updated_at) VALUES ($1, $2, now()) \
-             ON CONFLICT (slot_name) DO UPDATE \
-             SET confirmed_lsn = GREATEST(sync_wal_position.confirmed_lsn, EXCLUDED.confirmed_lsn), updated_at = now() \
-             WHERE sync_wal_position.confirmed_lsn = $3",
-            &[&slot, &(lsn.0 as i64), &(expected.0 as i64)],
-        )
-        .map_err(StoreError::query("storing the WAL position"))?;
-    if n == 0 {
-        return Err(WriterError::Fenced { expected });
-    }
-    Ok(())
-}
-
 /// A writer session: every writer statement is a keyed lookup or insert. Tables that grow fast
 /// (a bulk load, the edge table itself) keep stale statistics for a while, and with them
 /// PostgreSQL planned these lookups as sequential scans or as a bitmap over the whole table:
@@ -214,9 +200,12 @@ pub fn spawn(
     let stored = stored_position(&mut db, &config.slot_name)?;
     edge_session::init_watermarks(&mut db, &config.slot_name, stored)?;
     let edges_stored = edge_session::stored_position(&mut db, &config.slot_name)?.unwrap_or(stored);
-    let edges = match config.edge_session {
-        true => Some(EdgeSession::start(connect_writer_session(config.store_url())?)?),
-        false => None,
+    let (edges, changelog) = match config.edge_session {
+        true => (
+            Some(EdgeSession::start(connect_writer_session(config.store_url())?)?),
+            Some(ChangelogSession::start(connect_writer_session(config.store_url())?)?),
+        ),
+        false => (None, None),
     };
     let progress = Arc::new(WriterProgress::default());
     progress.committed_lsn.store(edges_stored.0, Ordering::Release);
@@ -224,7 +213,7 @@ pub fn spawn(
     let join = thread::Builder::new()
         .name("changelog-writer".into())
         .spawn(move || {
-            let mut w = Writer { config, routing, assigner, progress: p, stored, app, edges, edges_stored };
+            let mut w = Writer { config, routing, assigner, progress: p, stored, app, edges, changelog, edges_stored };
             w.run(&mut db, &rx)
         })
         .map_err(|e| WriterError::Position(format!("spawning the writer thread: {e}")))?;
@@ -243,6 +232,9 @@ struct Writer {
     /// The second store session, which writes the bucket edges beside the changelog
     /// (`WriterConfig::edge_session`); without it they go in the changelog's transaction.
     edges: Option<EdgeSession>,
+    /// With the edge session, the changelog's own session and thread: the writer thread's
+    /// session then only reads, and plans the next chunk while both write.
+    changelog: Option<ChangelogSession>,
     /// Replicated transactions that committed at or before this LSN have their edges applied
     /// (at most `stored`: edges commit after the changelog).
     edges_stored: Lsn,
@@ -283,91 +275,128 @@ impl Writer {
                 self.publish(wal_end);
                 continue;
             }
-            let started = Instant::now();
-            let mut tx = db.transaction().map_err(StoreError::query("starting a changelog batch"))?;
-            let mut batch = Batch::default();
-            self.apply(&mut tx, &mut batch, first)?;
-            let mut closed = false;
-            loop {
-                let due = batch.rows_in_batch >= self.config.max_batch_rows
-                    || started.elapsed() >= self.config.max_batch_delay;
-                let next = if batch.in_txn {
-                    // A replicated transaction must be finished before the batch can commit.
-                    rx.recv().ok()
-                } else if due {
-                    break;
-                } else {
-                    match rx.try_recv() {
-                        Ok(e) => Some(e),
-                        Err(TryRecvError::Empty) => {
-                            // Nothing queued: commit now for latency, unless more is about to come.
-                            match rx.recv_timeout(Duration::from_millis(1)) {
-                                Ok(e) => Some(e),
-                                Err(RecvTimeoutError::Timeout) => break,
-                                Err(RecvTimeoutError::Disconnected) => None,
-                            }
-                        }
-                        Err(TryRecvError::Disconnected) => None,
-                    }
-                };
-                match next {
-                    Some(e) => self.apply(&mut tx, &mut batch, e)?,
-                    None => {
-                        closed = true;
-                        break;
-                    }
-                }
-            }
-            if batch.in_txn {
-                // The stream ended mid-transaction: discard it (it will be replayed).
-                drop(tx);
-                return Ok(());
-            }
-            self.flush_chunk(&mut tx, &mut batch)?;
-            let confirm = match (batch.last_end, batch.idle_end) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
+            let closed = if self.changelog.is_some() {
+                // The changelog and the edges are written on their own sessions; this one
+                // only reads (visibility, owners, current rows).
+                let Some((batch, closed)) = self.collect(db, first, rx)? else { return Ok(()) };
+                self.commit(None, &batch)?;
+                closed
+            } else {
+                let mut tx = db.transaction().map_err(StoreError::query("starting a changelog batch"))?;
+                // None: the stream ended mid-transaction; `tx` rolls back (it will be replayed).
+                let Some((batch, closed)) = self.collect(&mut tx, first, rx)? else { return Ok(()) };
+                self.commit(Some(tx), &batch)?;
+                closed
             };
-            if let Some(lsn) = confirm.filter(|l| *l > self.stored) {
-                // On a fence, `tx` is dropped unfinished: the batch rolls back.
-                store_position(&mut tx, &self.config.slot_name, lsn, self.stored)?;
-            }
-            let edge_lsn = confirm.unwrap_or(self.edges_stored).max(self.edges_stored);
-            // Not a replay of edges a crash left behind: the edges reach the changelog.
-            let caught_up = edge_lsn >= self.stored;
-            let mark = edge_session::position_mark(&self.config.slot_name);
-            if self.edges.is_none() {
-                // One transaction: the edge position moves with the changelog's.
-                edge_session::store(&mut tx, &mark, edge_lsn, self.edges_stored, caught_up)?;
-            }
-            tx.commit().map_err(StoreError::query("committing a changelog batch"))?;
-            if let Some(lsn) = confirm {
-                self.stored = self.stored.max(lsn);
-            }
-            if let Some(edges) = &self.edges {
-                // Then the edges: never ahead of the changelog.
-                if edge_session::fail_between_commits() {
-                    crate::error!("failpoint: stopping between the changelog and edge commits");
-                    std::process::abort();
-                }
-                edges.commit(&mark, edge_lsn, self.edges_stored, caught_up)?;
-            }
-            self.edges_stored = edge_lsn;
-            self.publish(self.stored.min(self.edges_stored));
-            if let Some(t) = batch.last_commit_time {
-                self.progress.last_commit_ms.fetch_max(crate::time::unix_ms(t), Ordering::Relaxed);
-            }
-            self.progress.batches.fetch_add(1, Ordering::Relaxed);
-            self.progress.rows.fetch_add(batch.changelog_rows, Ordering::Relaxed);
-            crate::debug!(
-                "changelog batch",
-                rows = batch.changelog_rows,
-                lsn = confirm.map(|l| l.to_string()).unwrap_or_default()
-            );
             if closed {
                 return Ok(());
             }
         }
+    }
+
+    /// Applies events from `first` on until the batch is due (or the stream is idle), and
+    /// flushes the last chunk. Returns the batch and whether the stream closed, or `None` when
+    /// it ended inside a replicated transaction (which is then discarded: it will be replayed).
+    fn collect(
+        &mut self,
+        db: &mut impl GenericClient,
+        first: WalEvent,
+        rx: &Receiver<WalEvent>,
+    ) -> Result<Option<(Batch, bool)>, WriterError> {
+        let started = Instant::now();
+        let mut batch = Batch::default();
+        self.apply(db, &mut batch, first)?;
+        let mut closed = false;
+        loop {
+            let due =
+                batch.rows_in_batch >= self.config.max_batch_rows || started.elapsed() >= self.config.max_batch_delay;
+            let next = if batch.in_txn {
+                // A replicated transaction must be finished before the batch can commit.
+                rx.recv().ok()
+            } else if due {
+                break;
+            } else {
+                match rx.try_recv() {
+                    Ok(e) => Some(e),
+                    Err(TryRecvError::Empty) => {
+                        // Nothing queued: commit now for latency, unless more is about to come.
+                        match rx.recv_timeout(Duration::from_millis(1)) {
+                            Ok(e) => Some(e),
+                            Err(RecvTimeoutError::Timeout) => break,
+                            Err(RecvTimeoutError::Disconnected) => None,
+                        }
+                    }
+                    Err(TryRecvError::Disconnected) => None,
+                }
+            };
+            match next {
+                Some(e) => self.apply(db, &mut batch, e)?,
+                None => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if batch.in_txn {
+            return Ok(None);
+        }
+        self.flush_chunk(db, &mut batch)?;
+        Ok(Some((batch, closed)))
+    }
+
+    /// Commits a collected batch: the changelog side with its position (in `tx`, or on the
+    /// changelog session when `tx` is `None`), then the edge side (in `tx` too, or on the edge
+    /// session), and publishes the progress.
+    fn commit(&mut self, tx: Option<postgres::Transaction<'_>>, batch: &Batch) -> Result<(), WriterError> {
+        let confirm = match (batch.last_end, batch.idle_end) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let position = confirm.filter(|l| *l > self.stored);
+        let edge_lsn = confirm.unwrap_or(self.edges_stored).max(self.edges_stored);
+        // Not a replay of edges a crash left behind: the edges reach the changelog.
+        let caught_up = edge_lsn >= self.stored;
+        let mark = edge_session::position_mark(&self.config.slot_name);
+        let slot = &self.config.slot_name;
+        match (tx, &self.changelog) {
+            (Some(mut tx), _) => {
+                if let Some(lsn) = position {
+                    // On a fence, `tx` is dropped unfinished: the batch rolls back.
+                    store_position(&mut tx, slot, lsn, self.stored)?;
+                }
+                if self.edges.is_none() {
+                    // One transaction: the edge position moves with the changelog's.
+                    edge_session::store(&mut tx, &mark, edge_lsn, self.edges_stored, caught_up)?;
+                }
+                tx.commit().map_err(StoreError::query("committing a changelog batch"))?;
+            }
+            (None, Some(changelog)) => changelog.commit(slot, position, self.stored)?,
+            (None, None) => return Err(WriterError::Position("a batch without a changelog session".into())),
+        }
+        if let Some(lsn) = confirm {
+            self.stored = self.stored.max(lsn);
+        }
+        if let Some(edges) = &self.edges {
+            // Then the edges: never ahead of the changelog.
+            if edge_session::fail_between_commits() {
+                crate::error!("failpoint: stopping between the changelog and edge commits");
+                std::process::abort();
+            }
+            edges.commit(&mark, edge_lsn, self.edges_stored, caught_up)?;
+        }
+        self.edges_stored = edge_lsn;
+        self.publish(self.stored.min(self.edges_stored));
+        if let Some(t) = batch.last_commit_time {
+            self.progress.last_commit_ms.fetch_max(crate::time::unix_ms(t), Ordering::Relaxed);
+        }
+        self.progress.batches.fetch_add(1, Ordering::Relaxed);
+        self.progress.rows.fetch_add(batch.changelog_rows, Ordering::Relaxed);
+        crate::debug!(
+            "changelog batch",
+            rows = batch.changelog_rows,
+            lsn = confirm.map(|l| l.to_string()).unwrap_or_default()
+        );
+        Ok(())
     }
 
     fn publish(&self, lsn: Lsn) {
@@ -415,16 +444,17 @@ impl Writer {
                     None => edge_session::truncate(db, &tables)?,
                 };
                 if !batch.edges_only && !gone.is_empty() {
-                    let ids: Vec<&str> = gone.iter().map(|g| g.1.as_str()).collect();
-                    let tables: Vec<&str> = gone.iter().map(|g| g.0.as_str()).collect();
-                    let buckets: Vec<&str> = gone.iter().map(|g| g.2.as_str()).collect();
-                    batch.changelog_rows += db
-                        .execute(
-                            "INSERT INTO sync_changelog (bucket_id, table_name, record_id, operation) \
-                             SELECT b, t, r, 3 FROM unnest($1::text[], $2::text[], $3::text[]) AS g(t, r, b)",
-                            &[&tables, &ids, &buckets],
-                        )
-                        .map_err(StoreError::query("recording a TRUNCATE"))?;
+                    batch.changelog_rows += gone.len() as u64;
+                    let (mut tables, mut ids, mut buckets) = (Vec::new(), Vec::new(), Vec::new());
+                    for (t, r, b) in gone {
+                        tables.push(t);
+                        ids.push(r);
+                        buckets.push(b);
+                    }
+                    match &self.changelog {
+                        Some(changelog) => changelog.truncate(tables, ids, buckets)?,
+                        None => drop(changelog_session::record_truncate(db, &tables, &ids, &buckets)?),
+                    }
                 }
             }
             WalEvent::Commit { end_lsn, commit_time } => {
@@ -476,7 +506,18 @@ impl Writer {
             None => edge_session::write_edges(db, &plan.edge_writes())?,
         }
         if !batch.chunk_edges_only {
-            batch.changelog_rows += write_changelog(db, &plan)?;
+            batch.changelog_rows += plan.changelog.len() as u64;
+            let encoded = plan.encoded_changelog();
+            match &self.changelog {
+                Some(changelog) => {
+                    changelog.rows(encoded)?;
+                    changelog.failures(plan.failures)?;
+                }
+                None => {
+                    changelog_session::copy_rows(db, &encoded)?;
+                    changelog_session::record_failures(db, &plan.failures)?;
+                }
+            }
         }
         Ok(())
     }
@@ -503,7 +544,7 @@ pub(crate) struct Plan<'a> {
     edge_inserts: Vec<Edge<'a>>,
     /// Held edges whose checksum changed.
     edge_updates: Vec<Edge<'a>>,
-    failures: Vec<(String, String, i16, String, String)>,
+    failures: Vec<Failure>,
 }
 
 /// `(table, record, bucket, checksum)`.
@@ -519,6 +560,11 @@ pub(crate) enum EdgeReads<'e> {
 }
 
 impl Plan<'_> {
+    /// The plan's changelog rows in binary `COPY` format, in order (`seq` follows it).
+    fn encoded_changelog(&self) -> Vec<u8> {
+        changelog_session::encode_rows(self.changelog.iter().map(|(b, t, r, op)| (&**b, *t, *r, *op)))
+    }
+
     /// The plan's edge changes, borrowed from it.
     fn edge_writes(&self) -> EdgeWrites<&str> {
         EdgeWrites {
@@ -771,31 +817,6 @@ fn current_rows(
     );
     let rows = db.query(&sql, &[&ids]).map_err(StoreError::query(format!("reading current rows of {}", t.name)))?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
-/// Writes a plan's changelog rows (and assignment failures); returns the number of rows.
-pub(crate) fn write_changelog(db: &mut impl GenericClient, plan: &Plan<'_>) -> Result<u64, StoreError> {
-    if !plan.changelog.is_empty() {
-        // COPY: the cheapest insert path; rows keep their order, so `seq` follows the plan.
-        let sink = db
-            .copy_in("COPY sync_changelog (bucket_id, table_name, record_id, operation) FROM STDIN (FORMAT binary)")
-            .map_err(StoreError::query("starting the changelog COPY"))?;
-        let mut w = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT2]);
-        for (bucket, table, record, op) in &plan.changelog {
-            let bucket: &str = bucket;
-            w.write(&[&bucket, table, record, op]).map_err(StoreError::query("writing changelog rows"))?;
-        }
-        w.finish().map_err(StoreError::query("finishing the changelog COPY"))?;
-    }
-    for (table, id, op, why, payload) in &plan.failures {
-        crate::warn!("bucket assignment failed", table = table.clone(), record_id = id.clone(), error = why.clone());
-        db.execute(
-            "INSERT INTO sync_rule_failures (table_name, record_id, operation, error_text, payload) VALUES ($1, $2, $3, $4, $5::text::jsonb)",
-            &[table, id, op, why, payload],
-        )
-        .map_err(StoreError::query("recording a bucket assignment failure"))?;
-    }
-    Ok(plan.changelog.len() as u64)
 }
 
 /// C17: gives every existing row of every routed table its bucket edges (with checksums), so
