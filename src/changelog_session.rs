@@ -10,7 +10,7 @@
 
 use postgres::GenericClient;
 
-use crate::session_thread::{Done, Job, Reply, SessionThread};
+use crate::session_thread::{answer, Done, Job, Reply, SessionThread};
 use crate::store::pool::StoreError;
 use crate::types::Lsn;
 use crate::writer::WriterError;
@@ -137,15 +137,16 @@ impl Job for ChangelogJob {
             ChangelogJob::Commit { slot, lsn, expected, reply } => {
                 return Ok(match lsn.map_or(Ok(()), |lsn| store_position(tx, &slot, lsn, expected)) {
                     Ok(()) => Done::Commit(reply),
-                    Err(e) => {
-                        // Fenced: the batch rolls back.
-                        let _ = reply.send(Err(e));
-                        Done::Rollback
-                    }
+                    // Fenced (or failed): the batch rolls back.
+                    Err(e) => answer(reply, Err(e)),
                 });
             }
         }
         Ok(Done::Continue)
+    }
+
+    fn is_waited_for(&self) -> bool {
+        matches!(self, ChangelogJob::Commit { .. })
     }
 
     fn refuse(self, err: WriterError) {

@@ -23,7 +23,7 @@
 
 use postgres::GenericClient;
 
-use crate::session_thread::{Done, Job, Reply, SessionThread};
+use crate::session_thread::{answer, Done, Job, Reply, SessionThread};
 use crate::store::pool::StoreError;
 use crate::types::Lsn;
 use crate::writer::WriterError;
@@ -164,23 +164,24 @@ impl Job for EdgeJob {
         match self {
             EdgeJob::Probe { table, ids, reply } => {
                 let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-                let _ = reply.send(probe_edges(tx, &table, &ids).map_err(WriterError::from));
+                return Ok(answer(reply, probe_edges(tx, &table, &ids).map_err(WriterError::from)));
             }
             EdgeJob::Write(w) => write_edges(tx, &w)?,
             EdgeJob::Truncate { tables, reply } => {
-                let _ = reply.send(truncate(tx, &tables).map_err(WriterError::from));
+                return Ok(answer(reply, truncate(tx, &tables).map_err(WriterError::from)));
             }
             EdgeJob::Commit { mark, lsn, expected, caught_up, reply } => {
                 return Ok(match store(tx, &mark, lsn, expected, caught_up) {
                     Ok(()) => Done::Commit(reply),
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        Done::Rollback
-                    }
+                    Err(e) => answer(reply, Err(e)),
                 });
             }
         }
         Ok(Done::Continue)
+    }
+
+    fn is_waited_for(&self) -> bool {
+        !matches!(self, EdgeJob::Write(_))
     }
 
     fn refuse(self, err: WriterError) {

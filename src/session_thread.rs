@@ -8,9 +8,9 @@
 //!   `idle_in_transaction_session_timeout` would end) and closed by a job that commits or rolls
 //!   back.
 //! * **Failures.** A job that is not waited for (a write) cannot answer its failure: the session
-//!   keeps the first one and answers it to the next job that waits (a probe or the commit), and
-//!   refuses every later job. The writer then stops and the pipeline restarts from the stored
-//!   positions, dropping the session, whose open transaction rolls back.
+//!   keeps it and answers it to the next job that waits (a probe or the commit). After any
+//!   failure the batch rolls back at once and every later job is refused, the commit included.
+//!   The writer then stops and the pipeline restarts from the stored positions.
 
 use std::thread::{self, JoinHandle};
 
@@ -28,16 +28,20 @@ pub enum Done {
     Continue,
     /// Commit the transaction and answer the outcome here.
     Commit(Reply<()>),
-    /// Roll the transaction back (the job has answered already, if it is waited for).
-    Rollback,
+    /// The job failed and has answered its waiter: the transaction rolls back and the session
+    /// refuses every later job.
+    Failed,
 }
 
 /// A job for a session thread.
 pub trait Job: Send + 'static {
     /// Runs in the batch's open transaction. An error is the session's failure (for jobs nobody
-    /// waits for); a job that is waited for answers its own errors and returns `Ok`.
+    /// waits for); a job that is waited for answers its own errors and returns
+    /// [`Done::Failed`].
     fn run(self, tx: &mut postgres::Transaction<'_>) -> Result<Done, WriterError>;
-    /// Answers `err` to whoever waits for this job (nothing, for a job nobody waits for).
+    /// Whether someone waits for this job's answer (a probe, a commit; not a write).
+    fn is_waited_for(&self) -> bool;
+    /// Answers `err` to whoever waits for this job (called only when [`Job::is_waited_for`]).
     fn refuse(self, err: WriterError);
 }
 
@@ -87,16 +91,21 @@ fn gone() -> WriterError {
 }
 
 fn run<J: Job>(mut client: postgres::Client, rx: Receiver<J>) {
-    // The first failure, answered to the next job that waits for an answer.
+    // After a failure the session refuses everything: its batch is lost, and committing later
+    // jobs would commit a batch with a hole (or, in an aborted transaction, silently roll back:
+    // PostgreSQL answers COMMIT there with ROLLBACK, not an error).
+    let mut poisoned = false;
+    // The failure of a job nobody waited for, answered to the next job that waits.
     let mut failed: Option<WriterError> = None;
     while let Ok(first) = rx.recv() {
-        if failed.is_some() {
+        if poisoned {
             refuse(first, &mut failed);
             continue;
         }
         let mut tx = match client.transaction() {
             Ok(tx) => tx,
             Err(e) => {
+                poisoned = true;
                 failed = Some(StoreError::query("starting a batch")(e).into());
                 refuse(first, &mut failed);
                 continue;
@@ -104,24 +113,47 @@ fn run<J: Job>(mut client: postgres::Client, rx: Receiver<J>) {
         };
         let mut next = Some(first);
         while let Some(job) = next.take().or_else(|| rx.recv().ok()) {
-            if failed.is_some() {
-                refuse(job, &mut failed);
-                continue;
-            }
             match job.run(&mut tx) {
                 Ok(Done::Continue) => {}
                 Ok(Done::Commit(reply)) => {
-                    let _ = reply.send(tx.commit().map_err(|e| StoreError::query("committing a batch")(e).into()));
+                    let done = tx.commit().map_err(|e| StoreError::query("committing a batch")(e).into());
+                    poisoned = done.is_err();
+                    let _ = reply.send(done);
                     break;
                 }
-                Ok(Done::Rollback) => break,
-                Err(e) => failed = Some(e),
+                Ok(Done::Failed) => {
+                    poisoned = true;
+                    break;
+                }
+                Err(e) => {
+                    poisoned = true;
+                    failed = Some(e);
+                    break;
+                }
             }
         }
+        // Leaving the loop without a commit (a failure, or the channel closed) drops `tx`: the
+        // batch rolls back.
     }
 }
 
-/// Refuses `job` with the kept failure (or, once that was answered, a pointer to it).
+/// Sends `result` to `reply`: [`Done::Continue`] when it is a success, [`Done::Failed`] when
+/// it is a failure (which the waiter now has).
+pub fn answer<T>(reply: Reply<T>, result: Result<T, WriterError>) -> Done {
+    let failed = result.is_err();
+    let _ = reply.send(result);
+    if failed {
+        Done::Failed
+    } else {
+        Done::Continue
+    }
+}
+
+/// Refuses `job` after a failure: the first job that waits is answered the failure itself,
+/// later ones a pointer to it; a job nobody waits for is dropped (it must not use up the
+/// failure, or the writer would only hear of its consequences).
 fn refuse<J: Job>(job: J, failed: &mut Option<WriterError>) {
-    job.refuse(failed.take().unwrap_or_else(|| WriterError::Position("the session failed earlier".into())))
+    if job.is_waited_for() {
+        job.refuse(failed.take().unwrap_or_else(|| WriterError::Position("the session failed earlier".into())))
+    }
 }

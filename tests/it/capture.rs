@@ -329,3 +329,73 @@ fn an_idle_writer_holds_no_transaction_open() {
     assert_eq!(metric(server.addr, "synchro_capture_sessions_total"), 1.0, "capture never restarted");
     server.shutdown(Duration::from_secs(5));
 }
+
+/// The writer's session threads (changelog and edges, with `CAPTURE_EDGE_SESSION`): a write
+/// nobody waits for fails; the next job that waits is answered that failure, every later job is
+/// refused (the commit too), and the batch's earlier writes roll back with the session.
+#[test]
+fn a_session_thread_answers_a_failed_write_to_the_next_waiter_and_commits_nothing_after_it() {
+    use synchro::session_thread::{answer, Done, Job, Reply, SessionThread};
+    use synchro::store::pool::StoreError;
+    use synchro::writer::WriterError;
+
+    enum Sql {
+        Write(&'static str),
+        Count(&'static str, Reply<i64>),
+        Commit(Reply<()>),
+    }
+    impl Job for Sql {
+        fn run(self, tx: &mut postgres::Transaction<'_>) -> Result<Done, WriterError> {
+            match self {
+                Sql::Write(sql) => tx.batch_execute(sql).map_err(StoreError::query("a test write"))?,
+                Sql::Count(table, reply) => {
+                    let n = tx.query_one(&format!("SELECT count(*) FROM {table}"), &[]).map(|r| r.get(0));
+                    return Ok(answer(reply, n.map_err(|e| StoreError::query("a test read")(e).into())));
+                }
+                Sql::Commit(reply) => return Ok(Done::Commit(reply)),
+            }
+            Ok(Done::Continue)
+        }
+        fn is_waited_for(&self) -> bool {
+            !matches!(self, Sql::Write(_))
+        }
+        fn refuse(self, err: WriterError) {
+            match self {
+                Sql::Count(_, reply) => drop(reply.send(Err(err))),
+                Sql::Commit(reply) => drop(reply.send(Err(err))),
+                Sql::Write(_) => {}
+            }
+        }
+    }
+
+    let db = TestDb::new();
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)");
+    let session = SessionThread::start("test-session", db.client(), 2).expect("start");
+    // A batch that commits, and a read in the next one that sees it.
+    session.send(Sql::Write("INSERT INTO t VALUES (1)")).unwrap();
+    session.ask(Sql::Commit).expect("first batch");
+    session.send(Sql::Write("INSERT INTO t VALUES (2)")).unwrap();
+    assert_eq!(session.ask(|r| Sql::Count("t", r)).unwrap(), 2, "a batch sees its own writes");
+    // A write that fails (duplicate key): the next waiter hears it, later ones are refused.
+    session.send(Sql::Write("INSERT INTO t VALUES (1)")).unwrap();
+    session.send(Sql::Write("INSERT INTO t VALUES (3)")).unwrap();
+    let err = session.ask(|r| Sql::Count("t", r)).expect_err("the failed write");
+    assert!(err.to_string().contains("a test write"), "{err}");
+    let refused = session.ask(Sql::Commit).expect_err("a commit after the failure");
+    assert!(refused.to_string().contains("failed earlier"), "{refused}");
+    // Dropping the session ends its thread (the batch rolled back at the failure): only the
+    // first batch's row is left.
+    drop(session);
+    assert_eq!(count(&db, "SELECT count(*) FROM t"), 1);
+
+    // A job that is waited for fails on its own: it hears its failure, and nothing after it
+    // commits either.
+    let session = SessionThread::start("test-session", db.client(), 2).expect("start");
+    session.send(Sql::Write("INSERT INTO t VALUES (4)")).unwrap();
+    let err = session.ask(|r| Sql::Count("no_such_table", r)).expect_err("a failed read");
+    assert!(err.to_string().contains("a test read"), "{err}");
+    session.send(Sql::Write("INSERT INTO t VALUES (5)")).unwrap();
+    assert!(session.ask(Sql::Commit).is_err(), "a commit after a failed read");
+    drop(session);
+    assert_eq!(count(&db, "SELECT count(*) FROM t"), 1);
+}
