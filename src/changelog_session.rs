@@ -75,19 +75,20 @@ pub fn record_failures(db: &mut impl GenericClient, failures: &[Failure]) -> Res
     Ok(())
 }
 
-/// Delete rows for the edges a TRUNCATE removed, `(table, record, bucket)` each.
-pub fn record_truncate<S: AsRef<str> + postgres::types::ToSql + Sync>(
+/// Delete rows for the edges a TRUNCATE removed: `tables[i]`, `ids[i]`, `buckets[i]` each.
+pub fn record_truncate(
     db: &mut impl GenericClient,
-    tables: &[S],
-    ids: &[S],
-    buckets: &[S],
-) -> Result<u64, StoreError> {
+    tables: &[String],
+    ids: &[String],
+    buckets: &[String],
+) -> Result<(), StoreError> {
     db.execute(
         "INSERT INTO sync_changelog (bucket_id, table_name, record_id, operation) \
          SELECT b, t, r, 3 FROM unnest($1::text[], $2::text[], $3::text[]) AS g(t, r, b)",
         &[&tables, &ids, &buckets],
     )
-    .map_err(StoreError::query("recording a TRUNCATE"))
+    .map_err(StoreError::query("recording a TRUNCATE"))?;
+    Ok(())
 }
 
 /// Stores `lsn` as the position of `slot`, provided the stored value is still `expected` (what
@@ -131,9 +132,7 @@ impl Job for ChangelogJob {
         match self {
             ChangelogJob::Rows(encoded) => copy_rows(tx, &encoded)?,
             ChangelogJob::Failures(failures) => record_failures(tx, &failures)?,
-            ChangelogJob::Truncate(tables, ids, buckets) => {
-                record_truncate(tx, &tables, &ids, &buckets)?;
-            }
+            ChangelogJob::Truncate(tables, ids, buckets) => record_truncate(tx, &tables, &ids, &buckets)?,
             ChangelogJob::Commit { slot, lsn, expected, reply } => {
                 return Ok(match lsn.map_or(Ok(()), |lsn| store_position(tx, &slot, lsn, expected)) {
                     Ok(()) => Done::Commit(reply),

@@ -127,8 +127,9 @@ pub struct Config {
     pub http_idle_timeout: Duration,
     /// A non-superuser role pushes switch to (`SET LOCAL ROLE`) so RLS policies apply.
     pub push_role: Option<String>,
-    /// Write bucket edges on a second session beside the changelog (`CAPTURE_EDGE_SESSION`):
-    /// faster ingest, two transactions per batch (see `crate::edge_session`).
+    /// Write the changelog and the bucket edges on two sessions side by side
+    /// (`CAPTURE_EDGE_SESSION`): faster ingest, two transactions per batch (see
+    /// `crate::edge_session`).
     pub capture_edge_session: bool,
     /// How often the background compaction runs (`None` = never).
     pub compaction_interval: Option<Duration>,

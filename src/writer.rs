@@ -200,12 +200,12 @@ pub fn spawn(
     let stored = stored_position(&mut db, &config.slot_name)?;
     edge_session::init_watermarks(&mut db, &config.slot_name, stored)?;
     let edges_stored = edge_session::stored_position(&mut db, &config.slot_name)?.unwrap_or(stored);
-    let (edges, changelog) = match config.edge_session {
-        true => (
-            Some(EdgeSession::start(connect_writer_session(config.store_url())?)?),
-            Some(ChangelogSession::start(connect_writer_session(config.store_url())?)?),
-        ),
-        false => (None, None),
+    let sessions = match config.edge_session {
+        true => Some(WriteSessions {
+            changelog: ChangelogSession::start(connect_writer_session(config.store_url())?)?,
+            edges: EdgeSession::start(connect_writer_session(config.store_url())?)?,
+        }),
+        false => None,
     };
     let progress = Arc::new(WriterProgress::default());
     progress.committed_lsn.store(edges_stored.0, Ordering::Release);
@@ -213,7 +213,7 @@ pub fn spawn(
     let join = thread::Builder::new()
         .name("changelog-writer".into())
         .spawn(move || {
-            let mut w = Writer { config, routing, assigner, progress: p, stored, app, edges, changelog, edges_stored };
+            let mut w = Writer { config, routing, assigner, progress: p, stored, app, sessions, edges_stored };
             w.run(&mut db, &rx)
         })
         .map_err(|e| WriterError::Position(format!("spawning the writer thread: {e}")))?;
@@ -229,15 +229,20 @@ struct Writer {
     stored: Lsn,
     /// The application database, when the sync store is separate (reads only, autocommit).
     app: Option<postgres::Client>,
-    /// The second store session, which writes the bucket edges beside the changelog
-    /// (`WriterConfig::edge_session`); without it they go in the changelog's transaction.
-    edges: Option<EdgeSession>,
-    /// With the edge session, the changelog's own session and thread: the writer thread's
-    /// session then only reads, and plans the next chunk while both write.
-    changelog: Option<ChangelogSession>,
+    /// With `WriterConfig::edge_session`, the changelog and the edges are written on sessions
+    /// of their own and the writer thread's session only reads; without, everything goes in
+    /// the writer thread's one transaction per batch.
+    sessions: Option<WriteSessions>,
     /// Replicated transactions that committed at or before this LSN have their edges applied
     /// (at most `stored`: edges commit after the changelog).
     edges_stored: Lsn,
+}
+
+/// The two sessions that write a batch beside the writer thread (`CAPTURE_EDGE_SESSION`): the
+/// changelog side commits first, then the edge side.
+struct WriteSessions {
+    changelog: ChangelogSession,
+    edges: EdgeSession,
 }
 
 /// The state of one open batch.
@@ -275,7 +280,7 @@ impl Writer {
                 self.publish(wal_end);
                 continue;
             }
-            let closed = if self.changelog.is_some() {
+            let closed = if self.sessions.is_some() {
                 // The changelog and the edges are written on their own sessions; this one
                 // only reads (visibility, owners, current rows).
                 let Some((batch, closed)) = self.collect(db, first, rx)? else { return Ok(()) };
@@ -358,31 +363,32 @@ impl Writer {
         let caught_up = edge_lsn >= self.stored;
         let mark = edge_session::position_mark(&self.config.slot_name);
         let slot = &self.config.slot_name;
-        match (tx, &self.changelog) {
+        match (tx, &self.sessions) {
             (Some(mut tx), _) => {
                 if let Some(lsn) = position {
                     // On a fence, `tx` is dropped unfinished: the batch rolls back.
                     store_position(&mut tx, slot, lsn, self.stored)?;
                 }
-                if self.edges.is_none() {
-                    // One transaction: the edge position moves with the changelog's.
-                    edge_session::store(&mut tx, &mark, edge_lsn, self.edges_stored, caught_up)?;
-                }
+                // One transaction: the edge position moves with the changelog's.
+                edge_session::store(&mut tx, &mark, edge_lsn, self.edges_stored, caught_up)?;
                 tx.commit().map_err(StoreError::query("committing a changelog batch"))?;
+                if let Some(lsn) = confirm {
+                    self.stored = self.stored.max(lsn);
+                }
             }
-            (None, Some(changelog)) => changelog.commit(slot, position, self.stored)?,
-            (None, None) => return Err(WriterError::Position("a batch without a changelog session".into())),
-        }
-        if let Some(lsn) = confirm {
-            self.stored = self.stored.max(lsn);
-        }
-        if let Some(edges) = &self.edges {
-            // Then the edges: never ahead of the changelog.
-            if edge_session::fail_between_commits() {
-                crate::error!("failpoint: stopping between the changelog and edge commits");
-                std::process::abort();
+            (None, Some(sessions)) => {
+                sessions.changelog.commit(slot, position, self.stored)?;
+                if let Some(lsn) = confirm {
+                    self.stored = self.stored.max(lsn);
+                }
+                // Then the edges: never ahead of the changelog.
+                if edge_session::fail_between_commits() {
+                    crate::error!("failpoint: stopping between the changelog and edge commits");
+                    std::process::abort();
+                }
+                sessions.edges.commit(&mark, edge_lsn, self.edges_stored, caught_up)?;
             }
-            edges.commit(&mark, edge_lsn, self.edges_stored, caught_up)?;
+            (None, None) => return Err(WriterError::Position("a batch without a transaction".into())),
         }
         self.edges_stored = edge_lsn;
         self.publish(self.stored.min(self.edges_stored));
@@ -439,8 +445,8 @@ impl Writer {
                 self.flush_chunk(db, batch)?;
                 // The edges go on the edge session (after every earlier chunk's), their delete
                 // rows on the changelog.
-                let gone = match &self.edges {
-                    Some(edges) => edges.truncate(&tables)?,
+                let gone = match &self.sessions {
+                    Some(sessions) => sessions.edges.truncate(&tables)?,
                     None => edge_session::truncate(db, &tables)?,
                 };
                 if !batch.edges_only && !gone.is_empty() {
@@ -451,9 +457,9 @@ impl Writer {
                         ids.push(r);
                         buckets.push(b);
                     }
-                    match &self.changelog {
-                        Some(changelog) => changelog.truncate(tables, ids, buckets)?,
-                        None => drop(changelog_session::record_truncate(db, &tables, &ids, &buckets)?),
+                    match &self.sessions {
+                        Some(sessions) => sessions.changelog.truncate(tables, ids, buckets)?,
+                        None => changelog_session::record_truncate(db, &tables, &ids, &buckets)?,
                     }
                 }
             }
@@ -494,29 +500,37 @@ impl Writer {
         let plan = plan_chunk(
             db,
             self.app.as_mut(),
-            self.edges.as_ref().map_or(EdgeReads::Here, EdgeReads::Session),
+            self.sessions.as_ref().map_or(EdgeReads::Here, |s| EdgeReads::Session(&s.edges)),
             &self.routing,
             self.assigner.as_ref(),
             &chunk,
             self.config.checksum,
         )?;
-        match &self.edges {
-            // The edges first, so their backend works while this one writes the changelog.
-            Some(edges) => edges.write(plan.edge_writes().owned())?,
-            None => edge_session::write_edges(db, &plan.edge_writes())?,
+        if batch.chunk_edges_only {
+            // A replay of edges only: their changelog rows are stored already.
+            return match &self.sessions {
+                Some(sessions) => sessions.edges.write(plan.edge_writes().owned()),
+                None => Ok(edge_session::write_edges(db, &plan.edge_writes())?),
+            };
         }
-        if !batch.chunk_edges_only {
-            batch.changelog_rows += plan.changelog.len() as u64;
-            let encoded = plan.encoded_changelog();
-            match &self.changelog {
-                Some(changelog) => {
-                    changelog.rows(encoded)?;
-                    changelog.failures(plan.failures)?;
+        batch.changelog_rows += plan.changelog.len() as u64;
+        // A chunk whose changes all failed assignment (or whose rows are gone) has no rows.
+        let encoded = (!plan.changelog.is_empty()).then(|| plan.encoded_changelog());
+        match &self.sessions {
+            Some(sessions) => {
+                // The edges first, so their backend works while the changelog's writes.
+                sessions.edges.write(plan.edge_writes().owned())?;
+                if let Some(encoded) = encoded {
+                    sessions.changelog.rows(encoded)?;
                 }
-                None => {
+                sessions.changelog.failures(plan.failures)?;
+            }
+            None => {
+                edge_session::write_edges(db, &plan.edge_writes())?;
+                if let Some(encoded) = encoded {
                     changelog_session::copy_rows(db, &encoded)?;
-                    changelog_session::record_failures(db, &plan.failures)?;
                 }
+                changelog_session::record_failures(db, &plan.failures)?;
             }
         }
         Ok(())

@@ -308,10 +308,7 @@ fn a_crash_between_the_changelog_and_edge_commits_is_repaired_on_restart() {
     let mut child = spawn_synchrod(&db, &slot);
     catch_up(&db, 1_000_003);
     // The marker is in once the changelog side committed; its edges follow a moment later.
-    wait_for(30, "the edges to catch up with the changelog", || {
-        let (changelog_at, edges_at) = positions(&db, &slot);
-        (changelog_at == edges_at).then_some(())
-    });
+    crate::capture::edges_settled(&db);
     child.kill().unwrap();
     child.wait().unwrap();
     assert_consistent(&db);
