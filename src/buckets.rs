@@ -33,8 +33,12 @@ pub struct TableRouting {
     pub columns: Vec<String>,
     /// Each column's type oid, as the registry read it.
     pub type_oids: Vec<u32>,
-    /// Each column's rendering type (`registry::Column::render_oid`), for `crate::row_json`.
+    /// Each column's rendering type (`registry::Column::render_oid`), for `crate::row_json`;
+    /// `row_json::OMITTED` for an excluded column.
     pub render_oids: Vec<u32>,
+    /// The SQL expression (over alias `t`) of a row's JSON as clients receive it
+    /// (`registry::SyncTable::row_json_sql`: without excluded columns).
+    pub row_json: String,
 }
 
 impl TableRouting {
@@ -74,7 +78,12 @@ impl RoutingTable {
                     deleted_at: t.deleted_at.real().map(str::to_string),
                     columns: t.columns.iter().map(|c| c.name.clone()).collect(),
                     type_oids: t.columns.iter().map(|c| c.type_oid.0).collect(),
-                    render_oids: t.columns.iter().map(|c| c.render_oid.0).collect(),
+                    render_oids: t
+                        .columns
+                        .iter()
+                        .map(|c| if c.excluded { crate::row_json::OMITTED } else { c.render_oid.0 })
+                        .collect(),
+                    row_json: t.row_json_sql("t"),
                 };
                 (t.name.clone(), routing)
             })

@@ -139,6 +139,9 @@ pub struct Config {
     pub conflict_resolver: String,
     /// Clock-skew tolerance added to `client_updated_at` by last-writer-wins.
     pub clock_skew: Duration,
+    /// `SHARED_ROWS_WRITABLE`: whether clients may change rows without an owner (the contract's
+    /// default, `true`); see `Engine::with_shared_rows_writable`.
+    pub shared_rows_writable: bool,
 }
 
 /// One documented variable: name, default shown in `--help`, and meaning.
@@ -218,6 +221,11 @@ const VARS: &[VarDoc] = &[
         name: "EXCLUDE_COLUMNS",
         default: "(empty)",
         meaning: "comma list of table.column left out of the schema",
+    },
+    VarDoc {
+        name: "SHARED_ROWS_WRITABLE",
+        default: "true",
+        meaning: "whether every user may change rows without an owner (false: read-only for clients)",
     },
     VarDoc { name: "UPDATED_AT_COLUMN", default: "updated_at", meaning: "last-modified timestamp column" },
     VarDoc { name: "DELETED_AT_COLUMN", default: "deleted_at", meaning: "soft-delete timestamp column" },
@@ -557,6 +565,16 @@ impl Config {
                 Some(v) => parse_number("CLOCK_SKEW_MS", v, 0u64, 3_600_000)?,
                 None => 0,
             }),
+            shared_rows_writable: match get("SHARED_ROWS_WRITABLE") {
+                None | Some("true") | Some("1") | Some("on") => true,
+                Some("false") | Some("0") | Some("off") => false,
+                Some(v) => {
+                    return Err(ConfigError {
+                        variable: "SHARED_ROWS_WRITABLE",
+                        message: format!("invalid value {v:?}: expected true or false"),
+                    })
+                }
+            },
             http_idle_timeout: Duration::from_secs(match get("HTTP_IDLE_TIMEOUT_SECS") {
                 Some(v) => parse_number("HTTP_IDLE_TIMEOUT_SECS", v, 1u64, 3600)?,
                 None => 30,
@@ -698,6 +716,7 @@ mod tests {
             (&[("STALE_CLIENT_DAYS", "0")], "STALE_CLIENT_DAYS"),
             (&[("PUSH_ROLE", "bad role")], "PUSH_ROLE"),
             (&[("CONFLICT_RESOLVER", "client_wins")], "CONFLICT_RESOLVER"),
+            (&[("SHARED_ROWS_WRITABLE", "maybe")], "SHARED_ROWS_WRITABLE"),
             (&[("CLOCK_SKEW_MS", "-5")], "CLOCK_SKEW_MS"),
             (&[("LISTEN_ADDR", "nowhere")], "LISTEN_ADDR"),
         ];

@@ -817,15 +817,17 @@ pub(crate) fn plan_chunk<'a>(
     Ok(plan)
 }
 
-/// `(primary key, row_to_json text)` of the rows of `t` with keys `ids` that still exist.
+/// `(primary key, row JSON as clients receive it)` of the rows of `t` with keys `ids` that
+/// still exist.
 fn current_rows(
     db: &mut impl GenericClient,
     t: &TableRouting,
     ids: &[&str],
 ) -> Result<Vec<(String, String)>, StoreError> {
     let sql = format!(
-        "SELECT t.{pk}::text, row_to_json(t.*)::text FROM {q} t WHERE t.{pk} = ANY ($1::text[]::{ty}[])",
+        "SELECT t.{pk}::text, {json}::text FROM {q} t WHERE t.{pk} = ANY ($1::text[]::{ty}[])",
         pk = quote_ident(&t.pk),
+        json = t.row_json,
         q = t.qualified,
         ty = t.pk_type
     );

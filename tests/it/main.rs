@@ -17,6 +17,7 @@ mod migrations;
 mod replicas;
 mod replication_conn;
 mod rls;
+mod scope;
 mod server;
 mod store;
 mod sync_api;
