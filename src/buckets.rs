@@ -59,12 +59,14 @@ impl TableRouting {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoutingTable {
     tables: HashMap<String, TableRouting>,
+    /// Tables some other routed table is a child of.
+    parents: HashSet<String>,
 }
 
 impl RoutingTable {
     /// Routing for the registered tables.
     pub fn from_registry(registry: &Registry) -> RoutingTable {
-        let tables = registry
+        let tables: HashMap<String, TableRouting> = registry
             .tables
             .iter()
             .map(|t| {
@@ -88,7 +90,8 @@ impl RoutingTable {
                 (t.name.clone(), routing)
             })
             .collect();
-        RoutingTable { tables }
+        let parents = tables.values().filter_map(|t| t.parent.as_ref().map(|(p, _)| p.clone())).collect();
+        RoutingTable { tables, parents }
     }
 
     /// A table's routing.
@@ -99,6 +102,11 @@ impl RoutingTable {
     /// Every routed table.
     pub fn tables(&self) -> impl Iterator<Item = &TableRouting> {
         self.tables.values()
+    }
+
+    /// Whether some routed table is a child of `table` (routed through it to its owner).
+    pub fn has_children(&self, table: &str) -> bool {
+        self.parents.contains(table)
     }
 }
 

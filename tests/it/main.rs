@@ -18,6 +18,7 @@ mod replicas;
 mod replication_conn;
 mod rls;
 mod scope;
+mod scope_property;
 mod server;
 mod store;
 mod sync_api;

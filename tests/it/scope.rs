@@ -564,3 +564,39 @@ fn excluded_columns_never_leave_the_server() {
     clean(&r.body);
     server.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn child_rows_follow_their_parent_to_its_new_owner() {
+    let db = TestDb::new();
+    let server = start_demo(&db, None);
+    let mut a = Device::new(server.addr, "alice", "a1");
+    let mut b = Device::new(server.addr, "bob", "b1");
+    let comment = |id: &str| json!({"id": id, "table_name": "comments", "operation": "create", "data": {"task_id": T, "body": "child"}});
+    let (c1, c2) = ("e0000000-0000-0000-0000-0000000000c1", "e0000000-0000-0000-0000-0000000000c2");
+    assert_eq!(a.push(json!([task(T, "parent"), comment(c1), comment(c2)]))["accepted"].as_array().unwrap().len(), 3);
+    let children = |rows: &std::collections::BTreeMap<(String, String), Value>| {
+        [c1, c2].iter().filter(|c| rows.contains_key(&key("comments", c))).count()
+    };
+    a.pull_until("the task and its comments", |rows| children(rows) == 2);
+    db.execute(&format!("UPDATE tasks SET user_id = 'bob' WHERE id = '{T}'"));
+    b.pull_until("the transferred task's comments", |rows| rows.contains_key(&key("tasks", T)) && children(rows) == 2);
+    a.pull_until("the comments gone with their task", |rows| {
+        !rows.contains_key(&key("tasks", T)) && children(rows) == 0
+    });
+    // A soft-deleted parent holds no buckets itself, but its live children still follow it.
+    db.execute(&format!("UPDATE tasks SET deleted_at = now() WHERE id = '{T}'"));
+    db.execute(&format!("UPDATE tasks SET user_id = 'alice' WHERE id = '{T}'"));
+    a.pull_until("the comments back with alice", |rows| children(rows) == 2);
+    b.pull_until("the comments gone from bob", |rows| children(rows) == 0);
+    // Editing the parent without moving it records nothing for its children.
+    let before: i64 =
+        db.client().query_one("SELECT count(*) FROM sync_changelog WHERE table_name = 'comments'", &[]).unwrap().get(0);
+    db.execute(&format!("UPDATE tasks SET deleted_at = NULL, title = 'restored' WHERE id = '{T}'"));
+    a.pull_until("the restored task", |rows| rows.get(&key("tasks", T)).is_some_and(|t| t["title"] == "restored"));
+    db.execute(&format!("UPDATE tasks SET title = 'edited' WHERE id = '{T}'"));
+    a.pull_until("the edited task", |rows| rows.get(&key("tasks", T)).is_some_and(|t| t["title"] == "edited"));
+    let after: i64 =
+        db.client().query_one("SELECT count(*) FROM sync_changelog WHERE table_name = 'comments'", &[]).unwrap().get(0);
+    assert_eq!(before, after, "no changelog rows for children whose buckets did not change");
+    server.shutdown(Duration::from_secs(5));
+}
