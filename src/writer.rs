@@ -497,41 +497,35 @@ impl Writer {
             Some(app) => visibility::wait_until_visible(app, &xids)?,
             None => visibility::wait_until_visible(db, &xids)?,
         }
-        let plan = plan_chunk(
-            db,
-            self.app.as_mut(),
-            self.sessions.as_ref().map_or(EdgeReads::Here, |s| EdgeReads::Session(&s.edges)),
-            &self.routing,
-            self.assigner.as_ref(),
-            &chunk,
-            self.config.checksum,
-        )?;
-        let mut moved = self.write_plan(db, batch, plan)?;
-        // Descendants follow a record that changed buckets, level by level, in the same batch
-        // (their edges are probed after the level above was written). Only their bucket moves
-        // are recorded: a descendant whose buckets did not change gets no changelog row.
-        for _ in 0..32 {
-            if moved.is_empty() {
-                break;
-            }
-            let below = match self.app.as_mut() {
-                Some(app) => descendants(app, &self.routing, &moved)?,
-                None => descendants(db, &self.routing, &moved)?,
-            };
-            if below.is_empty() {
-                break;
-            }
+        // The chunk, then the descendants of every record that changed buckets, level by level, in
+        // the same batch (their edges are probed after the level above was written). Only their
+        // bucket moves are recorded: a descendant whose buckets did not change gets no changelog
+        // row.
+        let mut level = chunk;
+        for depth in 0..32 {
             let mut plan = plan_chunk(
                 db,
                 self.app.as_mut(),
                 self.sessions.as_ref().map_or(EdgeReads::Here, |s| EdgeReads::Session(&s.edges)),
                 &self.routing,
                 self.assigner.as_ref(),
-                &below,
+                &level,
                 self.config.checksum,
             )?;
-            plan.changelog.retain(|(_, _, _, op)| *op != Op::Update.code());
-            moved = self.write_plan(db, batch, plan)?;
+            if depth > 0 {
+                plan.changelog.retain(|(_, _, _, op)| *op != Op::Update.code());
+            }
+            let moved = self.write_plan(db, batch, plan)?;
+            if moved.is_empty() {
+                break;
+            }
+            level = match self.app.as_mut() {
+                Some(app) => descendants(app, &self.routing, &moved)?,
+                None => descendants(db, &self.routing, &moved)?,
+            };
+            if level.is_empty() {
+                break;
+            }
         }
         Ok(())
     }
