@@ -9,23 +9,41 @@ use synchro::{dev, logging, server, store};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = args.first().map(String::as_str).unwrap_or("serve");
-    match command {
-        "-h" | "--help" | "help" => {
-            print!("{}", help_text());
-            ExitCode::SUCCESS
-        }
-        "serve" => serve(std::env::vars().collect()),
-        "dev" => run_dev(),
-        "migrate" => migrate(args.iter().any(|a| a == "--print")),
-        "rls" => print_rls(),
-        "compact" => compact(),
-        "check" => check(),
-        other => {
-            eprintln!("synchrod: unknown command {other:?}\n\n{}", help_text());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // --help and --version win wherever they stand, so `synchrod dev --help` explains rather
+    // than starts a cluster.
+    if args.iter().any(|a| matches!(*a, "-h" | "--help" | "help")) {
+        print!("{}", help_text());
+        return ExitCode::SUCCESS;
+    }
+    if args.iter().any(|a| matches!(*a, "-V" | "--version" | "version")) {
+        println!("{}", version_line());
+        return ExitCode::SUCCESS;
+    }
+    match args.as_slice() {
+        [] | ["serve"] => serve(std::env::vars().collect()),
+        ["dev"] => run_dev(),
+        ["migrate"] => migrate(false),
+        ["migrate", "--print"] => migrate(true),
+        ["rls"] => print_rls(),
+        ["compact"] => compact(),
+        ["check"] => check(),
+        _ => {
+            eprintln!("synchrod: unknown command or argument in {:?} (run `synchrod --help`)", args.join(" "));
             ExitCode::from(2)
         }
     }
+}
+
+/// `synchrod 0.1.0 (features: tls, jwks)`: what `--version` prints.
+fn version_line() -> String {
+    let features: Vec<&str> = [("tls", cfg!(feature = "tls")), ("jwks", cfg!(feature = "jwks"))]
+        .into_iter()
+        .filter(|f| f.1)
+        .map(|f| f.0)
+        .collect();
+    let features = if features.is_empty() { "none".to_string() } else { features.join(", ") };
+    format!("synchrod {} (features: {features})", env!("CARGO_PKG_VERSION"))
 }
 
 fn load_config(vars: &HashMap<String, String>) -> Result<Config, ExitCode> {
