@@ -22,7 +22,8 @@
 //!
 //! | Module | Concern |
 //! |---|---|
-//! | [`config`] | every environment variable, its default and validation |
+//! | [`config`] | every environment variable declared once (name, help, default, parser): `Config` and `--help` |
+//! | [`logging`] | log lines with fields through the `log` facade, request ids, the JSON-lines logger `synchrod` installs |
 //! | [`types`] | `Lsn`, `Oid`, `Seq`, `BucketId`, `UserId`, `Op` |
 //! | [`wire`] | protocol codec: frames, backend messages, pgoutput (no I/O) |
 //! | [`replication`] | our replication connection (SCRAM/MD5, TLS), sessions, supervisor, leader election |
@@ -60,7 +61,7 @@
 //!   failed sessions with capped backoff and logs every attempt.
 //!
 //! Deliberately absent: an async runtime (the `postgres` crate keeps its own inside each
-//! connection), globals other than the log level, `unsafe` code.
+//! connection), globals other than the `log` facade's logger and level, `unsafe` code.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

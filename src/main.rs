@@ -58,7 +58,7 @@ fn serve(vars: HashMap<String, String>) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    logging::set_level(config.log_level);
+    install_logger(std::io::stdout(), config.log_level);
     match server::run(config, None) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -81,7 +81,7 @@ fn run_dev() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    logging::set_level(config.log_level);
+    install_logger(std::io::stdout(), config.log_level);
     let banner = move |base_url: &str| println!("{}", dev::banner(base_url, &env));
     match server::run(config, Some(Box::new(banner))) {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,11 +92,22 @@ fn run_dev() -> ExitCode {
     }
 }
 
-/// Loads the configuration from the environment and runs `f` with it.
+/// Installs the JSON-lines logger: on stdout for the servers, on stderr for the one-shot
+/// commands, whose stdout is their result (`synchrod rls | psql`).
+fn install_logger(out: impl std::io::Write + Send + 'static, level: synchro::config::LogLevel) {
+    if let Err(e) = logging::install_json_logger(out, level) {
+        eprintln!("synchrod: {e}");
+    }
+}
+
+/// Loads the configuration from the environment and runs `f` with it, logging to stderr.
 fn with_config(f: impl FnOnce(Config) -> ExitCode) -> ExitCode {
     let vars: HashMap<String, String> = std::env::vars().collect();
     match load_config(&vars) {
-        Ok(config) => f(config),
+        Ok(config) => {
+            install_logger(std::io::stderr(), config.log_level);
+            f(config)
+        }
         Err(code) => code,
     }
 }

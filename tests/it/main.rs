@@ -13,6 +13,7 @@ mod introspect;
 #[cfg(feature = "jwks")]
 mod jwks;
 mod leader;
+mod logging;
 mod migrations;
 mod replicas;
 mod replication_conn;
