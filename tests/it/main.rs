@@ -4,6 +4,7 @@ mod capture;
 mod capture_faults;
 mod client;
 mod cluster;
+mod dev;
 mod embedded;
 mod fuzz_corpus;
 mod harness;
