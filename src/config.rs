@@ -983,6 +983,14 @@ mod tests {
         assert_eq!((c.compaction_interval, c.stale_client_after), (None, Duration::from_secs(2 * 86_400)));
     }
 
+    #[test]
+    fn the_readme_table_lists_every_variable() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        for v in SECTIONS.iter().flat_map(|(_, vars)| vars.iter()) {
+            assert!(readme.contains(&format!("| `{}` |", v.name())), "README's configuration table lacks {}", v.name());
+        }
+    }
+
     /// Names that look like environment variables in the sources but are not read from the
     /// environment, or are the operating system's rather than synchro's.
     const NOT_CONFIGURATION: &[&str] = &[
