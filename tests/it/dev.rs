@@ -12,6 +12,7 @@ use synchro::cluster::{ClusterOptions, LocalCluster};
 
 use crate::capture::wait_for;
 use crate::client::get;
+use crate::harness::Kill;
 
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap()
@@ -118,14 +119,4 @@ fn synchrod_dev_starts_from_a_directory_the_postgres_user_cannot_enter() {
     assert!(!text.contains("could not change directory") && !text.contains("Permission denied"), "{text}");
     let data = private.cluster_dir.clone().unwrap_or_else(|| private.proj().join(".synchro"));
     assert!(text.contains(&format!("PostgreSQL data: {}", data.display())), "{text}");
-}
-
-/// Kills synchrod if the test fails before it is done (its watchdog then stops the cluster).
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use crate::capture::wait_for;
 use crate::client::{get, post};
-use crate::harness::TestDb;
+use crate::harness::{Kill, TestDb};
 
 #[test]
 fn the_embedding_example_serves_its_own_routes_and_synchro() {
@@ -67,14 +67,4 @@ fn the_embedding_example_serves_its_own_routes_and_synchro() {
     assert_eq!(get(addr, "/shutdown", "").status, 200);
     let status = wait_for(20, "the example to exit", || child.0.try_wait().unwrap());
     assert!(status.success());
-}
-
-/// Kills the example if the test fails before it exits.
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

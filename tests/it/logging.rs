@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::capture::wait_for;
 use crate::client::get;
-use crate::harness::TestDb;
+use crate::harness::{Kill, TestDb};
 
 #[test]
 fn synchrod_logs_json_lines_with_request_ids_and_fields() {
@@ -54,15 +54,5 @@ fn synchrod_logs_json_lines_with_request_ids_and_fields() {
     for line in lines.iter() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(v.get("target").is_none() || matches!(v["level"].as_str(), Some("warn" | "error")), "{line}");
-    }
-}
-
-/// Kills synchrod if the test fails before it is done.
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
