@@ -585,7 +585,7 @@ const IDENTIFIER: &str = "letters, digits, _ and $, not starting with a digit (a
 const TABLE_LIST: &str = "a comma list of table or schema.table names";
 
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get() * 2).unwrap_or(4).max(4)
+    std::thread::available_parallelism().map(|n| n.get() * 2).unwrap_or(4).clamp(4, 1024)
 }
 
 fn is_identifier(s: &str) -> bool {
