@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use crate::pgurl;
+use crate::pg::url;
 
 /// A configuration variable with an invalid or missing value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,9 +309,9 @@ fn parse_number<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(
 }
 
 fn validate_url(variable: &'static str, raw: &str) -> Result<(), ConfigError> {
-    let params = pgurl::parse(raw)
+    let params = url::parse(raw)
         .map_err(|e| ConfigError { variable, message: format!("{e} (got a value that does not parse)") })?;
-    crate::tls::TlsSettings::from_params(&params)
+    crate::pg::tls::TlsSettings::from_params(&params)
         .map(|_| ())
         .map_err(|e| ConfigError { variable, message: e.to_string() })
 }
@@ -346,7 +346,7 @@ impl Config {
                 validate_url("REPLICATION_URL", u)?;
                 (u.to_string(), false)
             }
-            None => (pgurl::with_replication_database(&database_url), true),
+            None => (url::with_replication_database(&database_url), true),
         };
 
         let sync_store_url = match get("SYNC_STORE_URL") {
