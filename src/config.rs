@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use crate::pgurl;
+use crate::pg::url as pgurl;
 
 /// A configuration variable with an invalid or missing value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -651,7 +651,7 @@ fn column_list(raw: &str) -> Result<Vec<(TableName, String)>, String> {
 /// repeated in errors: it may hold a password.
 fn pg_url(raw: &str) -> Result<String, String> {
     let params = pgurl::parse(raw).map_err(|e| e.to_string())?;
-    crate::tls::TlsSettings::from_params(&params).map_err(|e| e.to_string())?;
+    crate::pg::tls::TlsSettings::from_params(&params).map_err(|e| e.to_string())?;
     Ok(raw.to_string())
 }
 
@@ -1127,9 +1127,9 @@ mod tests {
         // The scan must see reads outside this file, or it proves nothing.
         for (name, file) in [
             ("PG_BIN_DIR", "src/cluster.rs"),
-            ("SSL_CERT_FILE", "src/tls.rs"),
+            ("SSL_CERT_FILE", "src/pg/tls.rs"),
             ("SYNC_TABLES", "src/dev.rs"),
-            ("HOME", "src/tls.rs"),
+            ("HOME", "src/pg/tls.rs"),
         ] {
             assert!(found.get(name).is_some_and(|files| files.contains(file)), "the scan missed {name} in {file}");
         }

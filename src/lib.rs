@@ -65,14 +65,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod buckets;
-pub mod change;
+pub mod capture;
 pub mod changelog_session;
 pub mod check;
 pub mod checksum;
 pub mod cluster;
 pub mod config;
-pub mod decode;
 pub mod dev;
 pub mod edge_session;
 pub mod engine;
@@ -86,20 +84,15 @@ pub mod jwks;
 pub mod jwt;
 pub mod logging;
 pub mod metrics;
-pub mod pgurl;
+pub mod pg;
 pub mod protocol;
 pub mod registry;
-pub mod replication;
 pub mod rls;
-pub mod row_json;
 pub mod schema;
 pub mod server;
 pub mod service;
 pub mod session_thread;
 pub mod store;
 pub mod time;
-pub mod tls;
 pub mod types;
 pub mod version;
-pub mod wire;
-pub mod writer;

@@ -28,7 +28,7 @@
 //! `row_to_json` text), and tuples whose columns are not the table's full column list (stored
 //! generated columns are in `row_to_json` but not in pgoutput).
 
-use crate::change::{ColumnValue, RelColumn};
+use crate::capture::events::{ColumnValue, RelColumn};
 use crate::checksum::{canonical_value, crc32, format_number};
 use crate::json_text;
 
