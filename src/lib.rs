@@ -22,7 +22,8 @@
 //!
 //! | Module | Concern |
 //! |---|---|
-//! | [`config`] | every environment variable, its default and validation |
+//! | [`config`] | every environment variable declared once (name, help, default, parser): `Config` and `--help` |
+//! | [`logging`] | log lines with fields through the `log` facade, request ids, the JSON-lines logger `synchrod` installs |
 //! | [`types`] | `Lsn`, `Oid`, `Seq`, `BucketId`, `UserId`, `Op` |
 //! | [`wire`] | protocol codec: frames, backend messages, pgoutput (no I/O) |
 //! | [`replication`] | our replication connection (SCRAM/MD5, TLS), sessions, supervisor, leader election |
@@ -66,18 +67,16 @@
 //!   failed sessions with capped backoff and logs every attempt.
 //!
 //! Deliberately absent: an async runtime (the `postgres` crate keeps its own inside each
-//! connection), globals other than the log level, `unsafe` code.
+//! connection), globals other than the `log` facade's logger and level, `unsafe` code.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod buckets;
-pub mod change;
+pub mod capture;
 pub mod changelog_session;
 pub mod check;
 pub mod checksum;
 pub mod cluster;
 pub mod config;
-pub mod decode;
 pub mod dev;
 pub mod edge_session;
 pub mod engine;
@@ -91,20 +90,15 @@ pub mod jwks;
 pub mod jwt;
 pub mod logging;
 pub mod metrics;
-pub mod pgurl;
+pub mod pg;
 pub mod protocol;
 pub mod registry;
-pub mod replication;
 pub mod rls;
-pub mod row_json;
 pub mod schema;
 pub mod server;
 pub mod service;
 pub mod session_thread;
 pub mod store;
 pub mod time;
-pub mod tls;
 pub mod types;
 pub mod version;
-pub mod wire;
-pub mod writer;

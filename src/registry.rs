@@ -66,7 +66,7 @@ pub struct Column {
     /// The type's oid.
     pub type_oid: Oid,
     /// The type whose `row_to_json` rendering this column's values get, for rendering edge
-    /// checksums from WAL text (`crate::row_json`): the type itself, a domain's built-in base
+    /// checksums from WAL text (`crate::capture::row_json`): the type itself, a domain's built-in base
     /// type, `text` for an enum (`text[]` for an enum array), or 0 when that is not known (an
     /// enum with a cast to JSON, a domain over a user type).
     pub render_oid: Oid,

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::capture::supervisor::{CaptureState, CaptureStatus};
 use crate::engine::{Engine, EngineError};
 use crate::http::{ApiError, SyncApi};
 use crate::metrics::{LabeledCounter, Metrics, Sample};
 use crate::protocol::{DebugRequest, PullRequest, PushRequest, RebuildRequest, RegisterRequest, SnapshotRequest};
-use crate::replication::stream::{CaptureState, CaptureStatus};
 use crate::types::UserId;
 
 /// Seconds clients are asked to wait on 503.

@@ -4,6 +4,7 @@ mod capture;
 mod capture_faults;
 mod client;
 mod cluster;
+mod dev;
 mod embedded;
 mod fuzz_corpus;
 mod harness;
@@ -13,6 +14,7 @@ mod introspect;
 #[cfg(feature = "jwks")]
 mod jwks;
 mod leader;
+mod logging;
 mod migrations;
 mod replicas;
 mod replication_conn;

@@ -212,7 +212,7 @@ fn every_contract_type_round_trips_through_wal_pull_and_push() {
     server.shutdown(std::time::Duration::from_secs(5));
 }
 
-/// Columns of every type whose JSON the writer renders from WAL text (`synchro::row_json`).
+/// Columns of every type whose JSON the writer renders from WAL text (`synchro::capture::row_json`).
 const RENDERED: &str = "
     CREATE TYPE mood2 AS ENUM ('happy', 'sad', 'it''s <b>');
     CREATE TYPE mood3 AS ENUM ('x');
@@ -264,13 +264,13 @@ const RENDERED_ROWS: &[&[(&str, &str)]] = &[
     &[("mc", "'x'")],
 ];
 
-/// The writer renders edge checksums from WAL text for the types of `synchro::row_json`. For
+/// The writer renders edge checksums from WAL text for the types of `synchro::capture::row_json`. For
 /// edge values of each, the rendering gives exactly the checksum of PostgreSQL's own
 /// `row_to_json`, or declines (and the writer reads the row back); through the running
 /// pipeline, every edge checksum equals the checksum a pull emits for that row.
 #[test]
 fn checksums_rendered_from_wal_text_equal_row_to_json() {
-    use synchro::change::{ColumnValue, RelColumn};
+    use synchro::capture::events::{ColumnValue, RelColumn};
     use synchro::checksum::record_checksum;
 
     let db = TestDb::new();
@@ -351,7 +351,7 @@ fn checksums_rendered_from_wal_text_equal_row_to_json() {
             .map(|i| r.get::<_, Option<String>>(i + 1).map_or(ColumnValue::Null, ColumnValue::Text))
             .collect();
         let json: String = r.get(0);
-        if let Some(sum) = synchro::row_json::row_checksum(&columns, &render, &values) {
+        if let Some(sum) = synchro::capture::row_json::row_checksum(&columns, &render, &values) {
             assert_eq!(sum, record_checksum(&json), "{json}");
             rendered += 1;
         }

@@ -12,7 +12,7 @@
 //!   still-open database transaction (memory is bounded by the chunk size).
 //! * Within a chunk, removal rows precede addition rows (contract C8), and edge checksums are the
 //!   checksum hydration would emit for the row (C6): rendered from the chunk's latest version
-//!   of the row when its text determines `row_to_json` ([`crate::row_json`]), read back otherwise.
+//!   of the row when its text determines `row_to_json` ([`crate::capture::row_json`]), read back otherwise.
 //! * The writer is the only writer of the changelog, so `seq` order is commit order.
 //!
 //! With `CAPTURE_EDGE_SESSION=true` the batch is written on two sessions of their own, each on
@@ -33,12 +33,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use postgres::GenericClient;
 
-use crate::buckets::{dedup_buckets, resolve_owners, BucketAssigner, Owner, RoutingTable, TableRouting};
-use crate::change::{ChangeKind, ColumnValue, RelColumn, RowChange, WalEvent};
+use crate::capture::buckets::{dedup_buckets, resolve_owners, BucketAssigner, Owner, RoutingTable, TableRouting};
+use crate::capture::events::{ChangeKind, ColumnValue, RelColumn, RowChange, WalEvent};
+use crate::capture::row_json;
 use crate::changelog_session::{self, store_position, ChangelogSession, Failure};
 use crate::edge_session::{self, EdgeSession, EdgeWrites};
 use crate::registry::quote_ident;
-use crate::row_json;
 use crate::store::pool::{self, StoreError};
 use crate::store::{visibility, Stores};
 use crate::types::{Lsn, Op};

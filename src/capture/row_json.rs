@@ -29,7 +29,7 @@
 //! `row_to_json` text), and tuples whose columns are not the table's full column list (stored
 //! generated columns are in `row_to_json` but not in pgoutput).
 
-use crate::change::{ColumnValue, RelColumn};
+use crate::capture::events::{ColumnValue, RelColumn};
 
 /// The rendering type of a column that is not part of the row's JSON at all: an excluded
 /// column (`EXCLUDE_COLUMNS`), which clients never receive and checksums never cover.

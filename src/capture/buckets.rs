@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use postgres::GenericClient;
 
-use crate::change::{ColumnValue, RowChange};
+use crate::capture::events::{ColumnValue, RowChange};
 use crate::registry::{quote_ident, Registry};
 use crate::store::pool::StoreError;
 use crate::types::BucketId;
@@ -33,8 +33,8 @@ pub struct TableRouting {
     pub columns: Vec<String>,
     /// Each column's type oid, as the registry read it.
     pub type_oids: Vec<u32>,
-    /// Each column's rendering type (`registry::Column::render_oid`), for `crate::row_json`;
-    /// `row_json::OMITTED` for an excluded column.
+    /// Each column's rendering type (`registry::Column::render_oid`), for
+    /// `crate::capture::row_json`; `row_json::OMITTED` for an excluded column.
     pub render_oids: Vec<u32>,
     /// The SQL expression (over alias `t`) of a row's JSON as clients receive it
     /// (`registry::SyncTable::row_json_sql`: without excluded columns).
@@ -46,7 +46,7 @@ impl TableRouting {
     /// it, so that its JSON can be rendered from the tuple with [`TableRouting::render_oids`]
     /// (`false` after a schema change the registry has not caught up with, or with stored
     /// generated columns, which pgoutput leaves out).
-    pub fn is_whole_row(&self, columns: &[crate::change::RelColumn]) -> bool {
+    pub fn is_whole_row(&self, columns: &[crate::capture::events::RelColumn]) -> bool {
         columns.len() == self.columns.len()
             && columns
                 .iter()
@@ -83,7 +83,7 @@ impl RoutingTable {
                     render_oids: t
                         .columns
                         .iter()
-                        .map(|c| if c.excluded { crate::row_json::OMITTED } else { c.render_oid.0 })
+                        .map(|c| if c.excluded { crate::capture::row_json::OMITTED } else { c.render_oid.0 })
                         .collect(),
                     row_json: t.row_json_sql("t"),
                 };
