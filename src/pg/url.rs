@@ -290,7 +290,7 @@ fn is_secret_key(key: &str) -> bool {
 /// does not parse is not shown at all, since where its values end is unknown.
 ///
 /// ```
-/// use synchro::pgurl::redact;
+/// use synchro::pg::url::redact;
 /// assert_eq!(redact("postgres://u:pw@h/db?sslmode=require&password=x"), "postgres://u:***@h/db?sslmode=require&password=***");
 /// assert_eq!(redact("host=h password='a b' user=u"), "host=h password=*** user=u");
 /// ```
