@@ -1,7 +1,9 @@
 //! POST /sync/pull (§6) with the fixes of Appendix C: the per-bucket filter runs inside SQL
 //! (C7), staleness is measured against the compaction watermark (C12), a lost replication slot
 //! sends clients back to a snapshot (`history_unavailable`), and hydration errors fail the
-//! request instead of silently skipping rows (C9).
+//! request instead of silently skipping rows (C9). A hydrated row that is no longer in the
+//! caller's scope is sent as a delete (`engine::scope`), and checkpoints are only stored for
+//! subscribed buckets, whatever bucket ids the request names.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -94,11 +94,12 @@ fn sql_failure(
 
 /// A terminal database error in the client's terms: the column it concerns when PostgreSQL
 /// names it (directly, in the key of the detail, or as the only column of a constraint named
-/// the default way), never a relation, constraint or index name.
+/// the default way) and clients know it (not an excluded column), never a relation, constraint
+/// or index name.
 fn describe(db: &DbError, t: &SyncTable) -> String {
     let column = db
         .column()
-        .filter(|c| t.column(c).is_some())
+        .filter(|c| is_served(t, c))
         .map(str::to_string)
         .or_else(|| key_columns(db.detail().unwrap_or(""), t))
         .or_else(|| constraint_column(db.constraint().unwrap_or(""), t));
@@ -127,7 +128,12 @@ fn describe(db: &DbError, t: &SyncTable) -> String {
 fn key_columns(detail: &str, t: &SyncTable) -> Option<String> {
     let rest = detail.strip_prefix("Key (")?;
     let columns = &rest[..rest.find(")=(")?];
-    columns.split(", ").all(|c| t.column(c).is_some()).then(|| columns.to_string())
+    columns.split(", ").all(|c| is_served(t, c)).then(|| columns.to_string())
+}
+
+/// Whether `column` is a column of `t` that clients know (in the served schema).
+fn is_served(t: &SyncTable, column: &str) -> bool {
+    t.column(column).is_some_and(|c| !c.excluded)
 }
 
 /// The column of a constraint PostgreSQL named by default (`<table>_<column>_check`, `_key`,
@@ -135,7 +141,7 @@ fn key_columns(detail: &str, t: &SyncTable) -> Option<String> {
 fn constraint_column(constraint: &str, t: &SyncTable) -> Option<String> {
     let rest = constraint.strip_prefix(t.name.as_str())?.strip_prefix('_')?;
     let column = ["_check", "_key", "_fkey", "_excl"].iter().find_map(|s| rest.strip_suffix(s))?;
-    t.column(column).map(|c| c.name.clone())
+    is_served(t, column).then(|| column.to_string())
 }
 
 /// Converts one JSON value to the text PostgreSQL parses for `column` (C5); `Err` = invalid data.

@@ -504,12 +504,13 @@ fn excluded_columns_never_leave_the_server() {
     let db = TestDb::new();
     db.execute(synchro::dev::DEMO_SCHEMA);
     db.execute("ALTER TABLE tasks ADD COLUMN secret text NOT NULL DEFAULT 'classified';");
+    db.execute("CREATE TABLE vault (id bigint PRIMARY KEY, user_id text, label text, pin text NOT NULL);");
     let server = start(
         &db,
         &[
-            ("SYNC_TABLES", "tasks,comments,categories"),
+            ("SYNC_TABLES", "tasks,comments,categories,vault"),
             ("READ_ONLY_TABLES", "categories"),
-            ("EXCLUDE_COLUMNS", "tasks.secret"),
+            ("EXCLUDE_COLUMNS", "tasks.secret,vault.pin"),
         ],
     );
     let mut a = Device::new(server.addr, "alice", "a1");
@@ -562,6 +563,12 @@ fn excluded_columns_never_leave_the_server() {
     );
     assert_eq!(r.json()["rejected"][0]["reason_code"], "record_exists");
     clean(&r.body);
+    // Not even a rejection names an excluded column.
+    let r = a.push(
+        json!([{"id": "1", "table_name": "vault", "operation": "create", "data": {"label": "l", "pin": "1234"}}]),
+    );
+    let message = r["rejected"][0]["message"].as_str().unwrap();
+    assert_eq!(message, "failed to create record: a value must not be null", "{r}");
     server.shutdown(Duration::from_secs(5));
 }
 
