@@ -20,8 +20,6 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::json_text::push_string;
-use crate::registry::LogicalType;
-use crate::schema::DefaultKind;
 
 /// A request that does not satisfy the contract; the message is the 400 body's `error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -850,6 +848,71 @@ impl SchemaMismatchBody<'_> {
 pub struct HealthBody<'a> {
     /// `ok` or `unavailable`.
     pub status: &'a str,
+}
+
+/// The contract's logical column types (§4.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogicalType {
+    /// Text, varchar, char, uuid, enum, interval.
+    String,
+    /// smallint, integer.
+    Int,
+    /// bigint.
+    Int64,
+    /// real, double precision, numeric.
+    Float,
+    /// boolean.
+    Boolean,
+    /// json, jsonb and every array type.
+    Json,
+    /// bytea.
+    Bytes,
+    /// date.
+    Date,
+    /// time with or without time zone.
+    Time,
+    /// timestamp with or without time zone.
+    Datetime,
+}
+
+impl LogicalType {
+    /// The contract's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogicalType::String => "string",
+            LogicalType::Int => "int",
+            LogicalType::Int64 => "int64",
+            LogicalType::Float => "float",
+            LogicalType::Boolean => "boolean",
+            LogicalType::Json => "json",
+            LogicalType::Bytes => "bytes",
+            LogicalType::Date => "date",
+            LogicalType::Time => "time",
+            LogicalType::Datetime => "datetime",
+        }
+    }
+}
+
+/// §4.5 `default_kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultKind {
+    /// No default.
+    None,
+    /// SQLite can evaluate the translated default.
+    Portable,
+    /// Only the server can evaluate it.
+    ServerOnly,
+}
+
+impl DefaultKind {
+    /// The contract's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DefaultKind::None => "none",
+            DefaultKind::Portable => "portable",
+            DefaultKind::ServerOnly => "server_only",
+        }
+    }
 }
 
 /// One served column (§4.3).

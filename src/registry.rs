@@ -6,54 +6,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+pub use crate::protocol::LogicalType;
 use crate::types::Oid;
 
 /// Quotes an SQL identifier: `"name"` with embedded quotes doubled.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// The contract's logical column types (§4.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LogicalType {
-    /// Text, varchar, char, uuid, enum, interval.
-    String,
-    /// smallint, integer.
-    Int,
-    /// bigint.
-    Int64,
-    /// real, double precision, numeric.
-    Float,
-    /// boolean.
-    Boolean,
-    /// json, jsonb and every array type.
-    Json,
-    /// bytea.
-    Bytes,
-    /// date.
-    Date,
-    /// time with or without time zone.
-    Time,
-    /// timestamp with or without time zone.
-    Datetime,
-}
-
-impl LogicalType {
-    /// The contract's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogicalType::String => "string",
-            LogicalType::Int => "int",
-            LogicalType::Int64 => "int64",
-            LogicalType::Float => "float",
-            LogicalType::Boolean => "boolean",
-            LogicalType::Json => "json",
-            LogicalType::Bytes => "bytes",
-            LogicalType::Date => "date",
-            LogicalType::Time => "time",
-            LogicalType::Datetime => "datetime",
-        }
-    }
 }
 
 /// One column of a synced table.

@@ -12,7 +12,7 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-pub use crate::protocol::{SchemaColumn, SchemaTable, TableMeta};
+pub use crate::protocol::{DefaultKind, SchemaColumn, SchemaTable, TableMeta};
 use crate::registry::{Column, LogicalType, Registry, SyncTable, TimestampColumn};
 
 /// Catalog facts needed by mapping rules 16 and 17: enum type names and domains.
@@ -81,28 +81,6 @@ pub fn logical_type(db_type: &str, catalog: &TypeCatalog) -> Option<LogicalType>
         return map_builtin(&base.trim().to_lowercase());
     }
     None
-}
-
-/// §4.5 `default_kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DefaultKind {
-    /// No default.
-    None,
-    /// SQLite can evaluate the translated default.
-    Portable,
-    /// Only the server can evaluate it.
-    ServerOnly,
-}
-
-impl DefaultKind {
-    /// The contract's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DefaultKind::None => "none",
-            DefaultKind::Portable => "portable",
-            DefaultKind::ServerOnly => "server_only",
-        }
-    }
 }
 
 fn is_cast_char(c: char) -> bool {

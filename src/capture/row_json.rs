@@ -30,12 +30,12 @@
 //! generated columns are in `row_to_json` but not in pgoutput).
 
 use crate::capture::events::{ColumnValue, RelColumn};
+use crate::checksum::{canonical_value, crc32, format_number};
+use crate::json_text;
 
 /// The rendering type of a column that is not part of the row's JSON at all: an excluded
 /// column (`EXCLUDE_COLUMNS`), which clients never receive and checksums never cover.
 pub const OMITTED: u32 = u32::MAX;
-use crate::checksum::{canonical_value, crc32, format_number};
-use crate::json_text;
 
 const BOOL: u32 = 16;
 const BYTEA: u32 = 17;
@@ -89,9 +89,9 @@ fn array_element(type_oid: u32) -> Option<u32> {
 
 /// The §13.1 checksum of the row `values` (one per column of `columns`), each rendered as the
 /// type in `render` (the column's type, or what `row_to_json` treats it as: a domain's base
-/// type, `text` for an enum; 0 for none; [`OMITTED`] to leave the column out), or `None` when the text does not determine
-/// `row_to_json` (see the module documentation). The caller checks that `columns` are all of
-/// the table's columns.
+/// type, `text` for an enum; 0 for none; [`OMITTED`] to leave the column out), or `None` when
+/// the text does not determine `row_to_json` (see the module documentation). The caller checks
+/// that `columns` are all of the table's columns.
 pub fn row_checksum(columns: &[RelColumn], render: &[u32], values: &[ColumnValue]) -> Option<i32> {
     canonical_row(columns, render, values).map(|c| crc32(c.as_bytes()) as i32)
 }
