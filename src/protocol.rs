@@ -483,6 +483,9 @@ pub struct DebugRequest {
 }
 
 impl DebugRequest {
+    /// The name of the query parameter that carries the client id.
+    pub const PARAMETER: &'static str = "client_id";
+
     /// The request for the decoded `client_id` query parameter (`None` when absent).
     pub fn decode(client_id: Option<&str>) -> Result<DebugRequest, BadRequest> {
         match client_id {

@@ -237,7 +237,7 @@ impl Router {
         let result = match endpoint {
             Endpoint::Tables => self.api.tables(&user),
             Endpoint::Schema => self.api.schema(&user),
-            Endpoint::Debug => match query_param(req.url, "client_id").transpose() {
+            Endpoint::Debug => match query_param(req.url, DebugRequest::PARAMETER).transpose() {
                 Err(e) => Err(e),
                 Ok(client_id) => match DebugRequest::decode(client_id.as_deref()) {
                     Ok(req) => self.api.debug(&user, &req.client_id),
