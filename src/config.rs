@@ -838,6 +838,8 @@ mod tests {
             ("user_id", "updated_at", "deleted_at")
         );
         assert_eq!(c.log_level, LogLevel::Info);
+        assert!(c.shared_rows_writable, "the contract's behaviour unless configured");
+        assert!(!Config::from_vars(&vars(&[("SHARED_ROWS_WRITABLE", "false")])).unwrap().shared_rows_writable);
         assert!(c.http_threads >= 4);
         assert_eq!(c.max_body_bytes, 32 << 20);
         assert_eq!((c.jwt_issuer.as_deref(), c.jwt_audience.as_deref()), (None, None));
