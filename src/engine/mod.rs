@@ -155,6 +155,8 @@ pub struct Engine {
     reads: replica_reads::ReadCounters,
     /// `SHARED_ROWS_WRITABLE`: whether every user may change rows without an owner.
     shared_rows_writable: bool,
+    /// `PUSH_SET_BASED`: whether pushes apply runs of records with set-based statements.
+    set_based_push: bool,
 }
 
 impl fmt::Debug for Engine {
@@ -189,6 +191,7 @@ impl Engine {
             replicas: None,
             reads: replica_reads::ReadCounters::default(),
             shared_rows_writable: true,
+            set_based_push: true,
         })
     }
 
@@ -207,6 +210,16 @@ impl Engine {
     /// (`ownership_violation`), and only server-side writes change them.
     pub fn with_shared_rows_writable(mut self, writable: bool) -> Engine {
         self.shared_rows_writable = writable;
+        self
+    }
+
+    /// Whether pushes apply each run of consecutive records on one table with a few set-based
+    /// statements (`true`, the default) or every record with statements of its own. The
+    /// outcomes are the same either way; what differs is what triggers see: a statement-level
+    /// trigger fires once per statement, and row-level `AFTER` triggers (foreign-key checks
+    /// among them) at the end of each statement.
+    pub fn with_set_based_push(mut self, set_based: bool) -> Engine {
+        self.set_based_push = set_based;
         self
     }
 
