@@ -138,6 +138,12 @@ impl EngineApi {
                 push("synchro_slot_retained_wal_bytes", "gauge", "WAL the slot keeps on the server.", get(1));
             }
         }
+        push(
+            "synchro_push_retries_total",
+            "counter",
+            "Push transactions run a second time, with a savepoint per run, after a set-based statement failed.",
+            self.engine.push_counts().retried as f64,
+        );
         if let Some(replicas) = self.engine.read_replicas() {
             push("synchro_read_replicas", "gauge", "Configured read replicas.", replicas.len() as f64);
             push(
@@ -286,6 +292,20 @@ impl SyncApi for EngineApi {
             help: "Snapshot pages by where their rows were read (READ_REPLICA_URLS).",
             label: "source",
             values: vec![("replica", reads.snapshot_replica), ("primary", reads.snapshot_primary)],
+        }
+        .render_into(&mut out);
+        let pushes = self.engine.push_counts();
+        LabeledCounter {
+            name: "synchro_push_runs_total",
+            help: "Runs of pushed records (consecutive records on one table) by how they were applied: \
+                   set-based, set-based then replayed record by record after a failed statement, \
+                   or record by record (PUSH_SET_BASED=false: every record is a run of its own).",
+            label: "path",
+            values: vec![
+                ("set", pushes.set_runs),
+                ("replayed", pushes.replayed_runs),
+                ("per_record", pushes.per_record),
+            ],
         }
         .render_into(&mut out);
         Some(out)

@@ -31,7 +31,7 @@ pub(crate) type Conns = Stores<PooledClient>;
 
 pub use catalog::CatalogState;
 pub use hooks::{Hooks, NoHooks};
-pub use push::{last_writer_wins, ConflictResolver, LastWriterWins, ServerWins};
+pub use push::{last_writer_wins, ConflictResolver, LastWriterWins, PushCounts, ServerWins};
 pub use replica_reads::ReadCounts;
 
 /// What the engine can answer besides success. The HTTP layer maps each to a status.
@@ -157,6 +157,8 @@ pub struct Engine {
     shared_rows_writable: bool,
     /// `PUSH_SET_BASED`: whether pushes apply runs of records with set-based statements.
     set_based_push: bool,
+    /// How pushes were applied.
+    pushes: push::PushCounters,
 }
 
 impl fmt::Debug for Engine {
@@ -192,6 +194,7 @@ impl Engine {
             reads: replica_reads::ReadCounters::default(),
             shared_rows_writable: true,
             set_based_push: true,
+            pushes: push::PushCounters::default(),
         })
     }
 

@@ -16,6 +16,7 @@ mod jwks;
 mod leader;
 mod logging;
 mod migrations;
+mod push_paths;
 mod replicas;
 mod replication_conn;
 mod rls;

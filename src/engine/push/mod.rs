@@ -28,6 +28,7 @@
 //! SQL identifiers come from the registry only; every value is a bound text parameter cast to
 //! the column's type by PostgreSQL, so a wrong type is a per-record rejection, never a 500.
 
+mod counts;
 mod decide;
 mod outcome;
 mod resolver;
@@ -55,6 +56,8 @@ use crate::store::pool::StoreError;
 use crate::time::format_timestamp;
 use crate::types::{Oid, UserId};
 
+pub(crate) use counts::PushCounters;
+pub use counts::PushCounts;
 pub use resolver::{last_writer_wins, ConflictResolver, LastWriterWins, ServerWins};
 
 /// What every record of one push shares.
@@ -97,8 +100,8 @@ fn runs<'c>(records: &[PushRecord], screened: &[Result<&'c SyncTable, Outcome>],
 
 /// The result of one attempt at the push transaction.
 enum Attempt {
-    /// Committed, with every record's outcome in request order.
-    Committed(Vec<Outcome>),
+    /// Committed, with every record's outcome in request order and how the runs were applied.
+    Committed(Vec<Outcome>, PushCounts),
     /// A set statement failed with no savepoint to return to: rolled back, to be run carefully.
     Retry(String),
 }
@@ -125,7 +128,11 @@ impl Engine {
         let mut careful = false;
         let outcomes = loop {
             match self.attempt(dbs.app(), &ctx, &req.changes, &screened, &runs, careful)? {
-                Attempt::Committed(outcomes) => break outcomes,
+                Attempt::Committed(outcomes, mut counts) => {
+                    counts.retried = u64::from(careful);
+                    self.pushes.record(counts);
+                    break outcomes;
+                }
                 Attempt::Retry(why) => {
                     crate::debug!("push runs again with a savepoint per run", reason = why);
                     careful = true;
@@ -179,6 +186,7 @@ impl Engine {
         let mut tx = db.transaction().map_err(StoreError::query("starting the push"))?;
         let links = begin(&mut tx, ctx.user, self.settings.push_role.as_deref(), runs)?;
         let mut outcomes: Vec<Option<Outcome>> = screened.iter().map(|s| s.as_ref().err().cloned()).collect();
+        let mut counts = PushCounts::default();
         for run in runs {
             let members: Vec<&PushRecord> = run.members.iter().map(|&i| &records[i]).collect();
             if run.set_based {
@@ -201,6 +209,7 @@ impl Engine {
                         for (&i, o) in run.members.iter().zip(applied) {
                             outcomes[i] = Some(o);
                         }
+                        counts.set_runs += 1;
                         continue;
                     }
                     RunResult::Unsettled => {
@@ -219,6 +228,11 @@ impl Engine {
                         savepoint(&mut tx, "ROLLBACK TO SAVEPOINT synchro_run; RELEASE SAVEPOINT synchro_run")?;
                     }
                 }
+            }
+            if run.set_based {
+                counts.replayed_runs += 1;
+            } else {
+                counts.per_record += 1;
             }
             for (&i, rec) in run.members.iter().zip(&members) {
                 outcomes[i] = Some(per_record(&mut tx, ctx, run.table, rec)?);
@@ -242,7 +256,7 @@ impl Engine {
             return Err(EngineError::Hook(why));
         }
         tx.commit().map_err(StoreError::query("committing the push"))?;
-        Ok(Attempt::Committed(outcomes))
+        Ok(Attempt::Committed(outcomes, counts))
     }
 }
 
