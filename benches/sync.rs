@@ -4,23 +4,30 @@
 //!
 //! * Empty incremental pulls with 64 concurrent keep-alive clients: requests/s, p50, p99, vs
 //!   pgbench running the pull's own SQL (client lookup + changelog page) with 64 clients.
-//! * 100-change pulls with 64 clients.
-//! * Push throughput with 16 clients (100 creates per request).
+//! * 100-change pulls with 64 clients, vs pgbench running a full page's SQL (client lookup,
+//!   changelog page, hydration of the page's rows, checksums, checkpoint) with 64 clients.
+//! * Push throughput with 16 clients (100 creates per request), set-based and record by record,
+//!   vs pgbench inserting the same 100 rows per transaction with 16 clients.
 //! * Commit -> visible in a pull, p50/p99.
+//!
+//! Change capture runs throughout (pushes and pgbench's inserts alike are decoded into the
+//! changelog); each write phase waits for capture to catch up before the next phase starts.
 
 #[allow(dead_code)]
 mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use synchro::cluster::LocalCluster;
 use synchro::config::Config;
 
-use common::{bench_cluster, closed_loop, percentile, Conn, Request};
+use common::{bench_cluster, closed_loop, percentile, wait_until, Conn, Request};
 
 const DB: &str = "bench";
 
@@ -88,25 +95,7 @@ fn main() {
     )
     .unwrap();
     let _ = Command::new("chmod").arg("644").arg(&script).status();
-    let pgbench = |mode: &str| -> f64 {
-        let out = Command::new(cluster.bin_dir().join("pgbench"))
-            .args(["-n", "-M", mode, "-c", "64", "-j", "2", "-T", "5", "-h", "127.0.0.1", "-p"])
-            .arg(cluster.port().to_string())
-            .args(["-U", "postgres", "-f"])
-            .arg(&script)
-            .arg(DB)
-            .output()
-            .expect("pgbench");
-        let text = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            eprintln!("pgbench -M {mode} failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        text.lines()
-            .find(|l| l.starts_with("tps"))
-            .and_then(|l| l.split_whitespace().nth(2))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
+    let pgbench = |mode: &str| pgbench(&cluster, &script, mode, 64, &[]);
     // Both pgbench protocols: simple (parsed and planned per statement) and prepared (the ceiling).
     let simple = pgbench("simple");
     let tps = pgbench("prepared");
@@ -143,30 +132,56 @@ fn main() {
         assert!(b.len() > 1000);
     });
     let (rps, p50, p99) = load(clients, 5, full, addr);
+    let page = page_ceiling(&cluster, &dir, head);
     println!(
-        "100-change pull, 64 clients: {rps:.0} req/s ({:.0} records/s), p50 {p50:.2} ms, p99 {p99:.2} ms",
-        rps * 100.0
+        "100-change pull, 64 clients: {rps:.0} req/s ({:.0} records/s), p50 {p50:.2} ms, p99 {p99:.2} ms | pgbench full page (prepared): {page:.0} tx/s | ratio {:.2}x (target >= 0.5x, p99 <= 50 ms)",
+        rps * 100.0,
+        rps / page
     );
 
-    // Push throughput, 16 clients x 100 creates per request.
+    // Push throughput, 16 clients x 100 creates per request: set-based, then record by record
+    // on a second instance (PUSH_SET_BASED=false) over the same database, then the ceiling.
     let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (hv, hh, ctr) = (v, h.clone(), counter.clone());
-    let push = Arc::new(move |i: usize, c: &mut Conn| {
-        let base = ctr.fetch_add(100, std::sync::atomic::Ordering::Relaxed);
-        let changes: Vec<Value> = (0..100)
-            .map(|k| {
-                let id = format!("80000000-0000-0000-0000-{:012}", base + k);
-                json!({"id": id, "table_name": "tasks", "operation": "create", "client_updated_at": "2026-01-01T00:00:00Z", "data": {"title": "p"}})
-            })
-            .collect();
-        let body = json!({"client_id": "c", "changes": changes, "schema_version": hv, "schema_hash": hh}).to_string();
-        let (st, _) = c.call("POST", "/sync/push", &format!("u{i}"), &body);
-        assert_eq!(st, 200);
-    });
-    let (rps, p50, p99) = load(16, 5, push, addr);
+    let push = |addr: SocketAddr, secs: u64| {
+        let (hv, hh, ctr) = (v, h.clone(), counter.clone());
+        let request = Arc::new(move |i: usize, c: &mut Conn| {
+            let base = ctr.fetch_add(100, std::sync::atomic::Ordering::Relaxed);
+            let changes: Vec<Value> = (0..100)
+                .map(|k| {
+                    let id = format!("80000000-0000-0000-0000-{:012}", base + k);
+                    json!({"id": id, "table_name": "tasks", "operation": "create", "client_updated_at": "2026-01-01T00:00:00Z", "data": {"title": "p"}})
+                })
+                .collect();
+            let body =
+                json!({"client_id": "c", "changes": changes, "schema_version": hv, "schema_hash": hh}).to_string();
+            let (st, _) = c.call("POST", "/sync/push", &format!("u{i}"), &body);
+            assert_eq!(st, 200);
+        });
+        load(16, secs, request, addr)
+    };
+    let (rps, p50, p99) = push(addr, 5);
+    drain(&cluster);
+    let per_record = {
+        let mut vars = vars.clone();
+        vars.insert("PUSH_SET_BASED".to_string(), "false".to_string());
+        let second = synchro::server::start(&Config::from_vars(&vars).unwrap()).expect("second server");
+        let figures = push(second.addr, 3);
+        second.shutdown(Duration::from_secs(5));
+        figures
+    };
+    drain(&cluster);
+    let (per_row, one_statement) = push_ceilings(&cluster, &dir);
+    drain(&cluster);
     println!(
-        "push, 16 clients x 100 records: {:.0} records/s, p50 {p50:.2} ms, p99 {p99:.2} ms per request",
-        rps * 100.0
+        "push, 16 clients x 100 records: {:.0} records/s, p50 {p50:.2} ms, p99 {p99:.2} ms per request | record by record (PUSH_SET_BASED=false): {:.0} records/s, p50 {:.2} ms",
+        rps * 100.0,
+        per_record.0 * 100.0,
+        per_record.1,
+    );
+    println!(
+        "pgbench inserting the same 100 rows per transaction, 16 clients: one INSERT per row {per_row:.0} rows/s -> ratio {:.2}x (target >= 0.5x and >= 20,000 records/s) | all 100 in one INSERT {one_statement:.0} rows/s -> ratio {:.2}x",
+        rps * 100.0 / per_row,
+        rps * 100.0 / one_statement
     );
 
     // Commit -> visible in a pull (sequential samples, a row committed then pulled until seen).
@@ -199,4 +214,92 @@ fn main() {
         percentile(&lat, 0.99)
     );
     running.shutdown(Duration::from_secs(5));
+}
+
+/// Runs pgbench with `script` from `clients` clients for 5 s in protocol `mode`, with `-D`
+/// definitions; returns its transactions per second.
+fn pgbench(cluster: &LocalCluster, script: &Path, mode: &str, clients: usize, defines: &[String]) -> f64 {
+    let mut cmd = Command::new(cluster.bin_dir().join("pgbench"));
+    cmd.args(["-n", "-M", mode, "-c", &clients.to_string(), "-j", "2", "-T", "5", "-h", "127.0.0.1", "-p"])
+        .arg(cluster.port().to_string())
+        .args(["-U", "postgres"]);
+    for d in defines {
+        cmd.args(["-D", d]);
+    }
+    let out = cmd.arg("-f").arg(script).arg(DB).output().expect("pgbench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        eprintln!("pgbench -M {mode} {} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    text.lines()
+        .find(|l| l.starts_with("tps"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Writes a pgbench script readable by the cluster's OS user.
+fn script(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    let _ = Command::new("chmod").arg("644").arg(&path).status();
+    path
+}
+
+/// The ceiling of a 100-change pull: pgbench running the SQL of a full page from 64 clients
+/// (prepared): the client lookup, the changelog page after `head`, the page's rows hydrated
+/// as a pull does (read-only transaction with `app.user_id`, `row_to_json` and the scope
+/// predicate, by key), the final page's bucket checksums and the checkpoint update (which,
+/// as for the benchmark's pulls, finds the checkpoint already there).
+fn page_ceiling(cluster: &LocalCluster, dir: &Path, head: i64) -> f64 {
+    let path = script(
+        dir,
+        "page.sql",
+        "\\set u random(0, 63)\n\
+         SELECT id, bucket_subs, last_pull_at FROM sync_clients WHERE user_id = 'u' || CAST(:u AS text) AND client_id = 'c';\n\
+         SELECT string_agg(record_id, ',') AS ids FROM ((SELECT seq, record_id FROM sync_changelog WHERE bucket_id = 'user:' || 'u' || CAST(:u AS text) AND seq > :head ORDER BY seq LIMIT 101) UNION ALL (SELECT seq, record_id FROM sync_changelog WHERE bucket_id = 'global' AND seq > :head ORDER BY seq LIMIT 101)) p \\gset\n\
+         BEGIN READ ONLY;\n\
+         SELECT set_config('app.user_id', 'u' || CAST(:u AS text), true), set_config('enable_seqscan', 'off', true);\n\
+         SELECT t.id::text, row_to_json(t)::text, t.updated_at, t.deleted_at, (t.user_id IS NULL OR t.user_id = '' OR t.user_id = 'u' || CAST(:u AS text)) FROM tasks t WHERE t.id = ANY (string_to_array(CAST(:ids AS text), ',')::uuid[]);\n\
+         COMMIT;\n\
+         SELECT bucket_id, bit_xor(checksum) FROM sync_bucket_edges WHERE bucket_id = ANY (ARRAY['user:' || 'u' || CAST(:u AS text), 'global']) AND checksum IS NOT NULL GROUP BY bucket_id;\n\
+         UPDATE sync_clients SET last_pull_seq = :head, last_pull_at = now() WHERE user_id = 'u' || CAST(:u AS text) AND client_id = 'c' AND last_pull_seq < :head;\n\
+         UPDATE sync_client_checkpoints SET checkpoint = :head WHERE user_id = 'u' || CAST(:u AS text) AND client_id = 'c' AND checkpoint < :head;\n",
+    );
+    pgbench(cluster, &path, "prepared", 64, &[format!("head={head}")])
+}
+
+/// The ceilings of a push of 100 creates: pgbench inserting the same 100 rows (sequential keys
+/// like the benchmark's, the user, the title, `updated_at = now()`) per transaction from 16
+/// clients (prepared), `(one INSERT per row, one INSERT of all 100)`, in rows/s.
+fn push_ceilings(cluster: &LocalCluster, dir: &Path) -> (f64, f64) {
+    let mut c = postgres::Client::connect(&cluster.url(DB), postgres::NoTls).unwrap();
+    c.batch_execute("CREATE SEQUENCE IF NOT EXISTS bench_push_ids").unwrap();
+    let row = "(('a1000000-0000-0000-0000-' || lpad(nextval('bench_push_ids')::text, 12, '0'))::uuid, 'u' || CAST(:u AS text), 'p', now())";
+    let per_row = format!(
+        "\\set u random(0, 15)\nBEGIN;\n{}COMMIT;\n",
+        format!("INSERT INTO tasks (id, user_id, title, updated_at) VALUES {row};\n").repeat(100)
+    );
+    let one = format!(
+        "\\set u random(0, 15)\nINSERT INTO tasks (id, user_id, title, updated_at) SELECT {} FROM generate_series(1, 100);\n",
+        &row[1..row.len() - 1]
+    );
+    let per_row = pgbench(cluster, &script(dir, "push_rows.sql", &per_row), "prepared", 16, &[]) * 100.0;
+    let one = pgbench(cluster, &script(dir, "push_one.sql", &one), "prepared", 16, &[]) * 100.0;
+    (per_row, one)
+}
+
+/// Waits until change capture has confirmed everything written so far, so the next phase does
+/// not share the machine with a capture backlog.
+fn drain(cluster: &LocalCluster) {
+    let mut c = postgres::Client::connect(&cluster.url(DB), postgres::NoTls).unwrap();
+    let target: String = c.query_one("SELECT pg_current_wal_lsn()::text", &[]).unwrap().get(0);
+    wait_until("capture to catch up", Duration::from_secs(300), || {
+        c.query_one(
+            "SELECT COALESCE(bool_and(confirmed_flush_lsn >= $1::text::pg_lsn), true) FROM pg_replication_slots",
+            &[&target],
+        )
+        .map(|r| r.get::<_, bool>(0))
+        .unwrap_or(false)
+    });
 }

@@ -17,7 +17,7 @@ use crate::protocol::{BucketUpdate, DeleteEntry, PullRequest, PullResponse, Reco
 use crate::store::changelog::{self, ChangelogEntry};
 use crate::store::clients;
 use crate::store::introspect;
-use crate::store::pool::StoreError;
+use crate::store::pool::{Session, StatementCache, StoreError};
 use crate::store::pull_probe::{self, PullProbeRequest, Retention};
 use crate::types::{Op, UserId};
 
@@ -129,15 +129,7 @@ impl Engine {
         let (changes, deletes) = match on_replica {
             Some(read) => read,
             None => {
-                let mut tx = dbs
-                    .app()
-                    .build_transaction()
-                    .read_only(true)
-                    .start()
-                    .map_err(StoreError::query("starting the pull"))?;
-                set_user(&mut tx, user)?;
-                let read = materialise(&mut tx, user, &cat, &entries)?;
-                tx.commit().map_err(StoreError::query("finishing the pull"))?;
+                let read = read_changes(dbs.app(), user, &cat, &entries)?;
                 self.reads.count(PageKind::Pull, false);
                 read
             }
@@ -146,7 +138,7 @@ impl Engine {
         let bucket_checksums: BTreeMap<String, i32> = if has_more {
             BTreeMap::new()
         } else {
-            changelog::bucket_checksums(&mut ***dbs.store(), subs, Some(checkpoint))?.into_iter().collect()
+            changelog::bucket_checksums(&mut **dbs.store(), subs, Some(checkpoint))?.into_iter().collect()
         };
 
         let bucket_checkpoints = per_bucket.then(|| {
@@ -167,7 +159,7 @@ impl Engine {
             }
             if checkpoint > req.checkpoint {
                 // Also stamps last_pull_at.
-                return clients::advance_legacy(&mut ***dbs.store(), user, &req.client_id, checkpoint);
+                return clients::advance_legacy(&mut **dbs.store(), user, &req.client_id, checkpoint);
             }
             if pull_stamp_is_stale(&client) {
                 clients::touch_pull(&mut ***dbs.store(), user, &req.client_id)?;
@@ -235,17 +227,18 @@ pub(crate) fn set_user(tx: &mut impl GenericClient, user: &UserId) -> Result<(),
     Ok(())
 }
 
-/// Hydrates a page in a read-only transaction of its own with `app.user_id` set, exactly as on
-/// the primary (a replica applies the same RLS policies).
+/// Hydrates a page in a read-only transaction of its own with `app.user_id` set, on the
+/// primary or a replica alike (a replica applies the same RLS policies).
 fn read_changes(
-    db: &mut postgres::Client,
+    db: &mut Session,
     user: &UserId,
     cat: &CatalogState,
     entries: &[ChangelogEntry],
 ) -> Result<(Vec<Record>, Vec<DeleteEntry>), EngineError> {
-    let mut tx = db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the pull"))?;
+    let (client, cache) = db.parts();
+    let mut tx = client.build_transaction().read_only(true).start().map_err(StoreError::query("starting the pull"))?;
     set_user(&mut tx, user)?;
-    let out = materialise(&mut tx, user, cat, entries)?;
+    let out = materialise(&mut tx, cache, user, cat, entries)?;
     tx.commit().map_err(StoreError::query("finishing the pull"))?;
     Ok(out)
 }
@@ -256,6 +249,7 @@ fn read_changes(
 /// delete, never as data.
 fn materialise(
     db: &mut impl GenericClient,
+    cache: &mut StatementCache,
     user: &UserId,
     cat: &CatalogState,
     entries: &[ChangelogEntry],
@@ -285,7 +279,7 @@ fn materialise(
             // retries) rather than silently advancing past it.
             EngineError::Schema(format!("changelog refers to table {table_name}, which is not synced"))
         })?;
-        let mut rows = rows::hydrate(db, &cat.registry, table, user, &ids)?;
+        let mut rows = rows::hydrate(db, cache, &cat.registry, table, user, &ids)?;
         for id in ids {
             let Some(row) = rows.remove(&id) else { continue };
             if !row.in_scope {

@@ -19,7 +19,7 @@ use super::scope::{self, Access};
 use crate::checksum::record_checksum;
 use crate::protocol::Record;
 use crate::registry::{quote_ident, Registry, SyncTable};
-use crate::store::pool::StoreError;
+use crate::store::pool::{StatementCache, StoreError};
 use crate::time::format_timestamp;
 use crate::types::UserId;
 
@@ -55,6 +55,7 @@ fn timestamp(column: Option<&str>) -> String {
 /// (RLS applies in the caller's transaction). Rows that no longer exist are absent.
 pub(crate) fn hydrate(
     db: &mut impl GenericClient,
+    cache: &mut StatementCache,
     registry: &Registry,
     table: &SyncTable,
     user: &UserId,
@@ -74,8 +75,8 @@ pub(crate) fn hydrate(
         q = table.qualified(),
         ty = pk_type(table),
     );
-    let rows = db
-        .query_typed(&sql, &[(&user.as_str(), Type::TEXT), (&ids, Type::TEXT_ARRAY)])
+    let rows = cache
+        .query(db, &sql, &[(&user.as_str(), Type::TEXT), (&ids, Type::TEXT_ARRAY)])
         .map_err(StoreError::query(format!("reading changed rows of {}", table.name)))?;
     Ok(rows
         .into_iter()
@@ -152,6 +153,7 @@ fn existing(r: &postgres::Row, at: usize) -> Existing {
 /// The row `id` of `table` as this transaction sees it, with both scopes.
 pub(crate) fn lookup(
     db: &mut impl GenericClient,
+    cache: &mut StatementCache,
     registry: &Registry,
     table: &SyncTable,
     user: &UserId,
@@ -165,7 +167,7 @@ pub(crate) fn lookup(
         pk = quote_ident(&table.pk),
         ty = pk_type(table),
     );
-    let rows = db.query_typed(&sql, &[(&user.as_str(), Type::TEXT), (&id, Type::TEXT)])?;
+    let rows = cache.query(db, &sql, &[(&user.as_str(), Type::TEXT), (&id, Type::TEXT)])?;
     Ok(rows.first().map(|r| existing(r, 0)))
 }
 
@@ -175,6 +177,7 @@ pub(crate) fn lookup(
 /// statement.
 pub(crate) fn lookup_many(
     db: &mut impl GenericClient,
+    cache: &mut StatementCache,
     registry: &Registry,
     table: &SyncTable,
     user: &UserId,
@@ -190,7 +193,7 @@ pub(crate) fn lookup_many(
         pk = quote_ident(&table.pk),
         ty = pk_type(table),
     );
-    let rows = db.query_typed(&sql, &[(&user.as_str(), Type::TEXT), (&ids, Type::TEXT_ARRAY)])?;
+    let rows = cache.query(db, &sql, &[(&user.as_str(), Type::TEXT), (&ids, Type::TEXT_ARRAY)])?;
     Ok(rows.iter().map(|r| (r.get(0), r.get::<_, bool>(1).then(|| existing(r, 2)))).collect())
 }
 

@@ -4,7 +4,7 @@
 use postgres::types::{ToSql, Type};
 use postgres::GenericClient;
 
-use super::pool::StoreError;
+use super::pool::{ConstQuery, StoreError};
 use crate::types::{Op, Seq};
 
 /// One changelog row.
@@ -125,7 +125,7 @@ pub fn rebuild_start(db: &mut impl GenericClient) -> Result<(i64, i64), StoreErr
 /// and edge commits). Checksums that miss the page's own changes would only make the SDK
 /// rebuild those buckets for nothing; it verifies at its next complete pull instead.
 pub fn bucket_checksums(
-    db: &mut impl GenericClient,
+    db: &mut impl ConstQuery,
     buckets: &[String],
     covering: Option<i64>,
 ) -> Result<Vec<(String, i32)>, StoreError> {
@@ -133,7 +133,7 @@ pub fn bucket_checksums(
         return Ok(Vec::new());
     }
     let rows = db
-        .query_typed(
+        .query_const(
             "SELECT bucket_id, BIT_XOR(checksum) FROM sync_bucket_edges \
              WHERE bucket_id = ANY($1) AND checksum IS NOT NULL \
                AND ($2::int8 IS NULL OR COALESCE((SELECT seq FROM synchro_watermarks WHERE name = $3), $2) >= $2) \

@@ -52,7 +52,7 @@ use super::{CatalogState, Engine, EngineError};
 use crate::protocol::{PushRecord, PushRequest, PushResponse, PushResult};
 use crate::registry::{quote_ident, SyncTable};
 use crate::store::clients;
-use crate::store::pool::StoreError;
+use crate::store::pool::{Session, StatementCache, StoreError};
 use crate::time::format_timestamp;
 use crate::types::{Oid, UserId};
 
@@ -176,14 +176,15 @@ impl Engine {
     /// a failing one replayed record by record (otherwise a failing run ends the attempt).
     fn attempt(
         &self,
-        db: &mut postgres::Client,
+        session: &mut Session,
         ctx: &RecordContext<'_>,
         records: &[PushRecord],
         screened: &[Result<&SyncTable, Outcome>],
         runs: &[Run<'_>],
         careful: bool,
     ) -> Result<Attempt, EngineError> {
-        let mut tx = db.transaction().map_err(StoreError::query("starting the push"))?;
+        let (client, cache) = session.parts();
+        let mut tx = client.transaction().map_err(StoreError::query("starting the push"))?;
         let links = begin(&mut tx, ctx.user, self.settings.push_role.as_deref(), runs)?;
         let mut outcomes: Vec<Option<Outcome>> = screened.iter().map(|s| s.as_ref().err().cloned()).collect();
         let mut counts = PushCounts::default();
@@ -195,6 +196,7 @@ impl Engine {
                 }
                 let result = set::apply(
                     &mut tx,
+                    cache,
                     ctx,
                     run.table,
                     &members,
@@ -235,7 +237,7 @@ impl Engine {
                 counts.per_record += 1;
             }
             for (&i, rec) in run.members.iter().zip(&members) {
-                outcomes[i] = Some(per_record(&mut tx, ctx, run.table, rec)?);
+                outcomes[i] = Some(per_record(&mut tx, cache, ctx, run.table, rec)?);
             }
         }
         // Every record was screened out or belongs to a run.
@@ -306,12 +308,13 @@ fn savepoint(tx: &mut Transaction<'_>, sql: &str) -> Result<(), StoreError> {
 /// outside the user's write scope; both are rolled back to the savepoint.
 fn per_record(
     tx: &mut Transaction<'_>,
+    cache: &mut StatementCache,
     ctx: &RecordContext<'_>,
     t: &SyncTable,
     rec: &PushRecord,
 ) -> Result<Outcome, EngineError> {
     savepoint(tx, "SAVEPOINT synchro_record")?;
-    let outcome = match lookup_and_write(tx, ctx, t, rec) {
+    let outcome = match lookup_and_write(tx, cache, ctx, t, rec) {
         Ok(o) => o,
         Err(e) if e.is_closed() => {
             return Err(EngineError::Store(StoreError::Query { context: "pushing".into(), source: e }))
@@ -334,11 +337,12 @@ fn per_record(
 
 fn lookup_and_write(
     tx: &mut Transaction<'_>,
+    cache: &mut StatementCache,
     ctx: &RecordContext<'_>,
     t: &SyncTable,
     rec: &PushRecord,
 ) -> Result<Outcome, postgres::Error> {
-    let existing = match rows::lookup(tx, &ctx.cat.registry, t, ctx.user, &rec.id, ctx.write) {
+    let existing = match rows::lookup(tx, cache, &ctx.cat.registry, t, ctx.user, &rec.id, ctx.write) {
         Ok(e) => e,
         Err(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => {
             return Ok(Outcome::terminal("invalid_data", format!("invalid record id for {}", t.name)))
@@ -349,7 +353,7 @@ fn lookup_and_write(
         Decision::Done(o) => return Ok(o),
         Decision::Write(w) => w,
     };
-    let written = write::run(tx, ctx, t, &w.shape(), &[(rec.id.as_str(), &w)])?;
+    let written = write::run(tx, cache, ctx, t, &w.shape(), &[(rec.id.as_str(), &w)])?;
     Ok(match w.outcome(t, written.first().map(|(_, w)| *w)) {
         Ok(o) => o,
         Err(Undo::OutOfScope) => ownership_violation(),

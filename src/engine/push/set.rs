@@ -23,6 +23,7 @@ use super::RecordContext;
 use crate::engine::rows;
 use crate::protocol::PushRecord;
 use crate::registry::SyncTable;
+use crate::store::pool::StatementCache;
 
 /// Constraints through which one row's write can decide another's in the same table, read
 /// from the catalog at the start of every push (so DDL is never missed).
@@ -65,6 +66,7 @@ pub(super) enum RunResult {
 /// Applies `records` (one table, distinct ids, in request order).
 pub(super) fn apply(
     tx: &mut Transaction<'_>,
+    cache: &mut StatementCache,
     ctx: &RecordContext<'_>,
     t: &SyncTable,
     records: &[&PushRecord],
@@ -72,7 +74,7 @@ pub(super) fn apply(
 ) -> Result<RunResult, postgres::Error> {
     let failed = |e: postgres::Error| if e.is_closed() { Err(e) } else { Ok(RunResult::Failed(e.to_string())) };
     let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
-    let found = match rows::lookup_many(tx, &ctx.cat.registry, t, ctx.user, &ids, ctx.write) {
+    let found = match rows::lookup_many(tx, cache, &ctx.cat.registry, t, ctx.user, &ids, ctx.write) {
         Ok(f) => f,
         Err(e) => return failed(e),
     };
@@ -99,7 +101,7 @@ pub(super) fn apply(
     for batch in batches(&writes, links) {
         let members: Vec<(&str, &Write)> = batch.iter().map(|&(i, w)| (found[i].0.as_str(), w)).collect();
         let shape = members[0].1.shape();
-        let returned = match write::run(tx, ctx, t, &shape, &members) {
+        let returned = match write::run(tx, cache, ctx, t, &shape, &members) {
             Ok(r) => r,
             Err(e) => return failed(e),
         };

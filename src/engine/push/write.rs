@@ -20,6 +20,7 @@ use super::RecordContext;
 use crate::engine::rows::{is_true, pk_type};
 use crate::engine::scope;
 use crate::registry::{quote_ident, SyncTable};
+use crate::store::pool::StatementCache;
 
 /// The statement a write needs: its kind and the columns it sets from `data`. Writes with the
 /// same shape can share one statement.
@@ -106,6 +107,7 @@ pub(super) enum Undo {
 /// written, in no particular order.
 pub(super) fn run(
     tx: &mut Transaction<'_>,
+    cache: &mut StatementCache,
     ctx: &RecordContext<'_>,
     t: &SyncTable,
     shape: &Shape<'_>,
@@ -127,7 +129,7 @@ pub(super) fn run(
         params.push((&ids, Type::TEXT_ARRAY));
     }
     params.extend(columns.iter().map(|c| (c as &(dyn ToSql + Sync), Type::TEXT_ARRAY)));
-    let rows = tx.query_typed(&sql, &params)?;
+    let rows = cache.query(tx, &sql, &params)?;
     Ok(rows.iter().map(|r| (r.get(0), Written { at: r.get(1), in_scope: is_true(r, 2) })).collect())
 }
 
