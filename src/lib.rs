@@ -61,7 +61,7 @@
 //!
 //! Deliberately absent: an async runtime (the `postgres` crate keeps its own inside each
 //! connection), globals other than the log level, `unsafe` code.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod buckets;
