@@ -125,6 +125,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Idle keep-alive connections and stalled reads are closed after this long.
     pub http_idle_timeout: Duration,
+    /// The HTTP edge's other limits (see [`HttpLimits`]).
+    pub http_limits: HttpLimits,
     /// A non-superuser role pushes switch to (`SET LOCAL ROLE`) so RLS policies apply.
     pub push_role: Option<String>,
     /// Write the changelog and the bucket edges on two sessions side by side
@@ -246,8 +248,8 @@ pub fn help_text() -> String {
          synchrod check          production checklist: pass/fail lines with fixes, non-zero exit on failure\n  \
          synchrod --help         this text\n\nENVIRONMENT:\n",
     );
-    let width = VARS.iter().map(|v| v.name.len()).max().unwrap_or(0);
-    for v in VARS {
+    let width = VARS.iter().chain(HTTP_LIMIT_VARS).map(|v| v.name.len()).max().unwrap_or(0);
+    for v in VARS.iter().chain(HTTP_LIMIT_VARS) {
         out.push_str(&format!("  {:width$}  {} [default: {}]\n", v.name, v.meaning, v.default));
     }
     out
@@ -561,7 +563,113 @@ impl Config {
                 Some(v) => parse_number("HTTP_IDLE_TIMEOUT_SECS", v, 1u64, 3600)?,
                 None => 30,
             }),
+            http_limits: HttpLimits::from_vars(vars)?,
         })
+    }
+}
+
+/// The HTTP edge's limits beyond `HTTP_THREADS`, `MAX_BODY_BYTES` and `HTTP_IDLE_TIMEOUT_SECS`:
+/// what a hostile client can make the server hold, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Open connections (`HTTP_MAX_CONNECTIONS`); the server also stays below the open-file
+    /// limit.
+    pub max_connections: usize,
+    /// Request line plus headers in bytes (`HTTP_MAX_HEAD_BYTES`); larger heads get 431.
+    pub max_head_bytes: usize,
+    /// Header lines per request (`HTTP_MAX_HEADERS`); more get 431.
+    pub max_headers: usize,
+    /// A request head must arrive whole within this of its first byte, and a new connection
+    /// must start one within this (`HTTP_HEAD_TIMEOUT_SECS`).
+    pub head_timeout: Duration,
+    /// A response the client does not read for this long is dropped with its connection
+    /// (`HTTP_WRITE_TIMEOUT_SECS`).
+    pub write_timeout: Duration,
+    /// Bytes the edge holds in all: heads and bodies being received or queued, responses not
+    /// yet read (`HTTP_MAX_BUFFERED_BYTES`); requests beyond it get 503.
+    pub max_buffered_bytes: usize,
+}
+
+const HTTP_LIMIT_VARS: &[VarDoc] = &[
+    VarDoc {
+        name: "HTTP_MAX_CONNECTIONS",
+        default: "16384",
+        meaning: "open HTTP connections; at the cap the longest-idle one is closed, else new ones get 503 (1-1000000)",
+    },
+    VarDoc {
+        name: "HTTP_MAX_HEAD_BYTES",
+        default: "16384",
+        meaning: "request line + headers in bytes; larger heads get 431 (1024-1048576)",
+    },
+    VarDoc { name: "HTTP_MAX_HEADERS", default: "100", meaning: "header lines per request; more get 431 (1-10000)" },
+    VarDoc {
+        name: "HTTP_HEAD_TIMEOUT_SECS",
+        default: "10",
+        meaning: "a request head must arrive whole within this (else 408 and close) (1-3600)",
+    },
+    VarDoc {
+        name: "HTTP_WRITE_TIMEOUT_SECS",
+        default: "30",
+        meaning: "a response the client stops reading for this long is dropped with the connection (1-3600)",
+    },
+    VarDoc {
+        name: "HTTP_MAX_BUFFERED_BYTES",
+        default: "268435456 (256 MiB)",
+        meaning:
+            "bytes held for requests being received and responses not yet read; beyond it 503 (at least MAX_BODY_BYTES)",
+    },
+];
+
+impl HttpLimits {
+    fn from_vars(vars: &HashMap<String, String>) -> Result<HttpLimits, ConfigError> {
+        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let number = |name: &'static str, default: usize, min: usize, max: usize| match get(name) {
+            Some(v) => parse_number(name, v, min, max),
+            None => Ok(default),
+        };
+        let secs =
+            |name: &'static str, default: usize| number(name, default, 1, 3600).map(|s| Duration::from_secs(s as u64));
+        Ok(HttpLimits {
+            max_connections: number("HTTP_MAX_CONNECTIONS", 16_384, 1, 1_000_000)?,
+            max_head_bytes: number("HTTP_MAX_HEAD_BYTES", 16 * 1024, 1024, 1 << 20)?,
+            max_headers: number("HTTP_MAX_HEADERS", 100, 1, 10_000)?,
+            head_timeout: secs("HTTP_HEAD_TIMEOUT_SECS", 10)?,
+            write_timeout: secs("HTTP_WRITE_TIMEOUT_SECS", 30)?,
+            max_buffered_bytes: number("HTTP_MAX_BUFFERED_BYTES", 256 << 20, 1 << 20, 1 << 40)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod http_limit_tests {
+    use super::*;
+
+    #[test]
+    fn http_limits_defaults_ranges_and_help() {
+        let vars = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let d = HttpLimits::from_vars(&vars(&[])).unwrap();
+        assert_eq!((d.max_connections, d.max_head_bytes, d.max_headers), (16_384, 16_384, 100));
+        assert_eq!((d.head_timeout, d.write_timeout), (Duration::from_secs(10), Duration::from_secs(30)));
+        assert_eq!(d.max_buffered_bytes, 256 << 20);
+        let set =
+            HttpLimits::from_vars(&vars(&[("HTTP_MAX_CONNECTIONS", " 50 "), ("HTTP_HEAD_TIMEOUT_SECS", "2")])).unwrap();
+        assert_eq!((set.max_connections, set.head_timeout), (50, Duration::from_secs(2)));
+        for (name, bad) in [
+            ("HTTP_MAX_CONNECTIONS", "0"),
+            ("HTTP_MAX_HEAD_BYTES", "100"),
+            ("HTTP_MAX_HEADERS", "many"),
+            ("HTTP_HEAD_TIMEOUT_SECS", "0"),
+            ("HTTP_WRITE_TIMEOUT_SECS", "-1"),
+            ("HTTP_MAX_BUFFERED_BYTES", "1000"),
+        ] {
+            assert_eq!(HttpLimits::from_vars(&vars(&[(name, bad)])).unwrap_err().variable, name);
+        }
+        let help = help_text();
+        for v in HTTP_LIMIT_VARS {
+            assert!(help.contains(v.name) && help.contains(v.default), "{}", v.name);
+        }
     }
 }
 
