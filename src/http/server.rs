@@ -9,6 +9,8 @@
 //!    └──────────┴──────── response bytes: written by the worker, the rest by http-io ◄──────┘
 //! ```
 //!
+//! * **Probes have a lane of their own.** `/healthz` and `/metrics` are served by one more
+//!   thread with its own small queue, so a probe is answered while every worker is busy.
 //! * **Workers only do work.** The I/O thread reads heads and bodies (readiness-based, `mio`),
 //!   so a client that sends slowly or never sends its body holds no worker. A worker runs the
 //!   router, then writes the response itself with one non-blocking `sendmsg`; whatever the
@@ -281,6 +283,14 @@ struct Service {
     fallback: Option<Arc<dyn Fallback>>,
 }
 
+/// The queues to the workers: sync work, and `/healthz` and `/metrics` on a thread of their own
+/// so a probe never waits behind sync requests (a liveness check that fails because the server
+/// is busy gets a healthy server restarted).
+struct Lanes {
+    sync: Sender<Job>,
+    probes: Sender<Job>,
+}
+
 /// A running HTTP server. Dropping it without [`HttpServer::shutdown`] leaves threads running.
 pub struct HttpServer {
     local_addr: SocketAddr,
@@ -314,6 +324,8 @@ const ACCEPT_BACKOFF_CAP: Duration = Duration::from_secs(1);
 /// Descriptors left for everything but client connections when the cap is derived from the
 /// open-file limit (pools, replication, JWKS fetches, the process's own files).
 pub const RESERVED_FDS: usize = 64;
+/// Probe requests waiting for the probe thread before new ones get `429`.
+const PROBE_QUEUE: usize = 64;
 /// Longest-idle connections remembered as eviction candidates between sweeps.
 const EVICTION_CANDIDATES: usize = 256;
 
@@ -384,15 +396,23 @@ impl HttpServer {
             accept_errors: AtomicU64::new(0),
         });
         let (jobs_tx, jobs_rx) = bounded::<Job>(queue);
+        let (probes_tx, probes_rx) = bounded::<Job>(PROBE_QUEUE);
         let service = Arc::new(Service { router, fallback });
-        let mut workers = Vec::with_capacity(threads);
+        let mut workers = Vec::with_capacity(threads + 1);
         for i in 0..threads {
             let (rx, service, ctx) = (jobs_rx.clone(), service.clone(), ctx.clone());
             workers.push(
                 thread::Builder::new().name(format!("http-worker-{i}")).spawn(move || work(&rx, &service, &ctx))?,
             );
         }
-        let io = IoLoop::new(poll, listener, jobs_tx, done_rx, ctx.clone(), &config);
+        {
+            let (service, ctx) = (service.clone(), ctx.clone());
+            workers.push(
+                thread::Builder::new().name("http-probe".into()).spawn(move || work(&probes_rx, &service, &ctx))?,
+            );
+        }
+        let lanes = Lanes { sync: jobs_tx, probes: probes_tx };
+        let io = IoLoop::new(poll, listener, lanes, done_rx, ctx.clone(), &config);
         let io = thread::Builder::new().name("http-io".into()).spawn(move || {
             // A panic here is a bug that would leave every client hanging with no one to serve
             // them: take the process down rather than limp on.
@@ -600,7 +620,7 @@ struct IoLoop {
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     next_generation: u64,
-    jobs: Option<Sender<Job>>,
+    jobs: Option<Lanes>,
     done: Receiver<ConnId>,
     ctx: Arc<Ctx>,
     limits: InboundLimits,
@@ -628,7 +648,7 @@ impl IoLoop {
     fn new(
         poll: Poll,
         listener: mio::net::TcpListener,
-        jobs: Sender<Job>,
+        jobs: Lanes,
         done: Receiver<ConnId>,
         ctx: Arc<Ctx>,
         config: &HttpConfig,
@@ -1020,8 +1040,12 @@ impl IoLoop {
         conn.head_started = None;
         conn.fresh = false;
         let job = Job { conn: conn.shared.clone(), request, close };
-        let Some(jobs) = &self.jobs else { return };
-        let (job, reply) = match jobs.try_send(job) {
+        let Some(lanes) = &self.jobs else { return };
+        let lane = match Endpoint::from_path(job.request.path()) {
+            Some(Endpoint::Health | Endpoint::Metrics) => &lanes.probes,
+            _ => &lanes.sync,
+        };
+        let (job, reply) = match lane.try_send(job) {
             Ok(()) => return,
             Err(TrySendError::Full(job)) => (job, ApiError::TooManyRequests { retry_after: self.retry_after }.reply()),
             Err(TrySendError::Disconnected(job)) => {

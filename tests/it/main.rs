@@ -8,6 +8,7 @@ mod embedded;
 mod fuzz_corpus;
 mod harness;
 mod hooks;
+mod hostile;
 mod http;
 mod introspect;
 #[cfg(feature = "jwks")]
