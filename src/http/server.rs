@@ -636,9 +636,10 @@ struct IoLoop {
     accept_paused_until: Option<Instant>,
     accept_backoff: Duration,
     accept_failures: u64,
-    /// Longest-idle first.
+    /// Eviction candidates, the longest-idle last.
     evictable: Vec<(Instant, ConnId)>,
-    last_candidates: Instant,
+    /// The last look for candidates found none.
+    no_candidates_since: Option<Instant>,
     next_sweep: Instant,
     /// The shutdown deadline, once draining.
     drain_until: Option<Instant>,
@@ -679,7 +680,7 @@ impl IoLoop {
             accept_backoff: ACCEPT_BACKOFF_START,
             accept_failures: 0,
             evictable: Vec::new(),
-            last_candidates: now,
+            no_candidates_since: None,
             next_sweep: now + SWEEP_EVERY,
             drain_until: None,
         }
@@ -873,8 +874,13 @@ impl IoLoop {
 
     /// Closes the longest-idle connection that has no request in progress. `false` when none.
     fn make_room(&mut self, now: Instant) -> bool {
-        if self.evictable.is_empty() && now.duration_since(self.last_candidates) >= Duration::from_millis(50) {
-            self.collect_candidates(now);
+        // Candidates are looked for again once used up; after a look that found none, not for
+        // a while (each look is a pass over every connection).
+        if self.evictable.is_empty()
+            && self.no_candidates_since.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(50))
+        {
+            self.collect_candidates();
+            self.no_candidates_since = self.evictable.is_empty().then_some(now);
         }
         while let Some((activity, id)) = self.evictable.pop() {
             let Some(conn) = self.conns.get(id.slot).and_then(Option::as_ref) else { continue };
@@ -891,8 +897,7 @@ impl IoLoop {
     }
 
     /// Remembers the longest-idle evictable connections, the oldest last (popped first).
-    fn collect_candidates(&mut self, now: Instant) {
-        self.last_candidates = now;
+    fn collect_candidates(&mut self) {
         self.evictable.clear();
         self.evictable.extend(self.conns.iter().flatten().filter(|c| evictable(c)).map(|c| (c.activity, c.shared.id)));
         if self.evictable.len() > EVICTION_CANDIDATES {
@@ -1122,7 +1127,8 @@ impl IoLoop {
             });
         }
         if self.drain_until.is_none() {
-            self.collect_candidates(now);
+            self.collect_candidates();
+            self.no_candidates_since = None;
         }
         work_left
     }

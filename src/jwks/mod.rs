@@ -159,8 +159,9 @@ pub struct JwksSettings {
     pub retry_after: u32,
 }
 
-/// Owns the background refresher: dropping it stops the thread at once (or when a fetch in
-/// flight ends: bounded by the GET timeouts).
+/// Owns the background refresher: dropping it stops the thread. A fetch in flight is not
+/// waited for beyond [`REFRESHER_JOIN_WAIT`] (a slow identity provider must not hold up
+/// shutdown); the thread then ends on its own when the fetch does, bounded by the GET timeouts.
 struct Refresher {
     cache: Arc<KeyCache>,
     handle: Option<thread::JoinHandle<()>>,
@@ -187,13 +188,23 @@ impl Refresher {
     }
 }
 
+/// How long dropping the authenticator waits for the refresher thread to end.
+const REFRESHER_JOIN_WAIT: Duration = Duration::from_secs(1);
+
 impl Drop for Refresher {
     fn drop(&mut self) {
         self.cache.stop();
-        if let Some(handle) = self.handle.take() {
-            if handle.join().is_err() {
-                crate::error!("the JWKS refresher thread panicked");
-            }
+        let Some(handle) = self.handle.take() else { return };
+        let until = Instant::now() + REFRESHER_JOIN_WAIT;
+        while !handle.is_finished() && Instant::now() < until {
+            thread::sleep(Duration::from_millis(5));
+        }
+        if !handle.is_finished() {
+            crate::debug!("the JWKS refresher is in a fetch; not waiting for it");
+            return;
+        }
+        if handle.join().is_err() {
+            crate::error!("the JWKS refresher thread panicked");
         }
     }
 }

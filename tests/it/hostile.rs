@@ -18,7 +18,8 @@ use crate::harness::TestDb;
 const TABLE: &str = "CREATE TABLE items (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), user_id text, body text,
     updated_at timestamptz NOT NULL DEFAULT now(), deleted_at timestamptz)";
 
-/// A synchrod child with `ulimit -n 1024` (soft and hard, so it cannot raise it).
+/// A synchrod child with `ulimit -n 1024` (soft and hard, so it cannot raise it), or another
+/// limit.
 pub struct Limited {
     pub child: Synchrod,
     pub addr: SocketAddr,
@@ -26,12 +27,16 @@ pub struct Limited {
 
 impl Limited {
     pub fn start(db: &TestDb, vars: &[(&str, &str)]) -> Limited {
+        Limited::start_with_limit(db, 1024, vars)
+    }
+
+    pub fn start_with_limit(db: &TestDb, nofile: u32, vars: &[(&str, &str)]) -> Limited {
         db.execute(TABLE);
         let port = synchro::cluster::free_port().unwrap();
         let listen = format!("127.0.0.1:{port}");
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
-            .arg("ulimit -n 1024 && exec \"$0\"")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\""))
             .arg(env!("CARGO_BIN_EXE_synchrod"))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -80,6 +85,11 @@ impl Limited {
                 fields.len() > 3 && fields[1].ends_with(&port) && fields[3] == "01"
             })
             .count()
+    }
+
+    /// Threads of the process.
+    pub fn threads(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.pid())).unwrap().count()
     }
 
     pub fn assert_alive(&mut self, after: &str) {
@@ -343,4 +353,39 @@ fn attack_5_clients_that_never_read_hold_no_worker() {
     }
     server.assert_alive("clients that never read");
     assert!(server.terminate(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn a_thousand_idle_keep_alive_connections_cost_no_thread_and_little_memory() {
+    let db = TestDb::new();
+    let mut server = Limited::start_with_limit(&db, 4096, &[]);
+    assert!(healthz(server.addr, Duration::from_secs(5)));
+    let (rss, threads) = (server.rss(), server.threads());
+    // Each connection makes a request, then stays open, idle.
+    let mut idle: Vec<TcpStream> = (0..1000)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            assert_eq!(read_response(&mut s).status, 200);
+            s
+        })
+        .collect();
+    let grown = server.rss().saturating_sub(rss);
+    assert!(grown < 16 << 20, "1,000 idle connections cost {} KB of RSS", grown >> 10);
+    assert!(
+        server.threads() < threads + 4,
+        "threads: {threads} before, {} with 1,000 idle connections",
+        server.threads()
+    );
+    for _ in 0..20 {
+        assert!(healthz(server.addr, Duration::from_secs(2)), "/healthz beside 1,000 idle connections");
+    }
+    for s in idle.iter_mut().step_by(100) {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(read_response(s).status, 200, "an idle connection is served again");
+    }
+    server.assert_alive("1,000 idle connections");
+    assert!(server.terminate(Duration::from_secs(15)).success());
+    drop(idle);
 }

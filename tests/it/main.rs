@@ -10,6 +10,7 @@ mod harness;
 mod hooks;
 mod hostile;
 mod http;
+mod http_edge;
 mod introspect;
 #[cfg(feature = "jwks")]
 mod jwks;
