@@ -27,8 +27,9 @@
 //! * **Bounded everything.** Heads, header counts, bodies and chunk sizes are checked before
 //!   bytes are kept; every byte held (heads, bodies, unread responses) is reserved against one
 //!   [`Budget`]; the head has a deadline, idle and stalled connections an idle timeout, pending
-//!   output a write timeout; open connections are capped. At the cap the longest-idle
-//!   connection without a request in progress is closed to make room, else the newcomer gets
+//!   output a write timeout; open connections are capped. At the cap the least recently
+//!   active connection without a request at a worker or a response in progress (idle, part of
+//!   a head, or an upload stalled for a second) is closed to make room, else the newcomer gets
 //!   `503`. Accept failures for lack of descriptors (`EMFILE`, `ENFILE`) pause accepting with
 //!   a capped backoff and resume by themselves.
 //! * **Idle connections cost no thread** and no buffer: a few hundred bytes of state each.
@@ -879,12 +880,12 @@ impl IoLoop {
         if self.evictable.is_empty()
             && self.no_candidates_since.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(50))
         {
-            self.collect_candidates();
+            self.collect_candidates(now);
             self.no_candidates_since = self.evictable.is_empty().then_some(now);
         }
         while let Some((activity, id)) = self.evictable.pop() {
             let Some(conn) = self.conns.get(id.slot).and_then(Option::as_ref) else { continue };
-            if conn.shared.id != id || conn.activity != activity || !evictable(conn) {
+            if conn.shared.id != id || conn.activity != activity || !evictable(conn, now) {
                 continue;
             }
             if let Some(conn) = self.conns[id.slot].take() {
@@ -897,9 +898,10 @@ impl IoLoop {
     }
 
     /// Remembers the longest-idle evictable connections, the oldest last (popped first).
-    fn collect_candidates(&mut self) {
+    fn collect_candidates(&mut self, now: Instant) {
         self.evictable.clear();
-        self.evictable.extend(self.conns.iter().flatten().filter(|c| evictable(c)).map(|c| (c.activity, c.shared.id)));
+        self.evictable
+            .extend(self.conns.iter().flatten().filter(|c| evictable(c, now)).map(|c| (c.activity, c.shared.id)));
         if self.evictable.len() > EVICTION_CANDIDATES {
             self.evictable.select_nth_unstable_by_key(EVICTION_CANDIDATES, |(t, _)| *t);
             self.evictable.truncate(EVICTION_CANDIDATES);
@@ -1127,7 +1129,7 @@ impl IoLoop {
             });
         }
         if self.drain_until.is_none() {
-            self.collect_candidates();
+            self.collect_candidates(now);
             self.no_candidates_since = None;
         }
         work_left
@@ -1179,6 +1181,15 @@ impl IoLoop {
     }
 }
 
-fn evictable(conn: &Conn) -> bool {
-    !conn.dispatched && conn.closing.is_none() && (conn.inbound.is_idle() || conn.inbound.in_head())
+/// A body upload that has sent nothing for this long may be closed to make room at the cap.
+const STALLED_UPLOAD: Duration = Duration::from_secs(1);
+
+/// Whether a connection may be closed to make room: it has no request with a worker and no
+/// response in progress (idle, or part of a head), or its body upload has stalled.
+fn evictable(conn: &Conn, now: Instant) -> bool {
+    !conn.dispatched
+        && conn.closing.is_none()
+        && (conn.inbound.is_idle()
+            || conn.inbound.in_head()
+            || (conn.inbound.in_body() && now.duration_since(conn.activity) >= STALLED_UPLOAD))
 }
