@@ -4,6 +4,7 @@
 //!
 //! * Empty incremental pulls with 64 concurrent keep-alive clients: requests/s, p50, p99, vs
 //!   pgbench running the pull's own SQL (client lookup + changelog page) with 64 clients.
+//! * The HTTP edge alone: a path answered 404 without the database, 64 clients.
 //! * 100-change pulls with 64 clients.
 //! * Push throughput with 16 clients (100 creates per request).
 //! * Commit -> visible in a pull, p50/p99.
@@ -116,6 +117,17 @@ fn main() {
     println!(
         "empty pull, 64 clients: {rps:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms | pgbench (prepared): {tps:.0} tx/s | ratio {:.2}x (target >= 0.7x, p99 <= 10 ms)",
         rps / tps
+    );
+
+    // The HTTP edge alone: a path the router answers 404 without touching the database, so
+    // the figure is parsing, hand-offs and writing only.
+    let edge = Arc::new(|_: usize, c: &mut Conn| {
+        let (st, _) = c.call("GET", "/edge", "", "");
+        assert_eq!(st, 404);
+    });
+    let (rps, p50, p99) = load(clients, 5, edge, addr);
+    println!(
+        "HTTP edge alone (404 without the database), 64 clients: {rps:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms"
     );
 
     // 100-change pulls: each user owns 100 tasks; pulls start from the snapshot checkpoint.

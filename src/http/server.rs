@@ -586,6 +586,8 @@ struct Conn {
     dispatched: bool,
     /// The socket may hold unread bytes (a readable event since the last `WouldBlock`).
     want_read: bool,
+    /// An event said the peer shut its sending side (its FIN may follow buffered data).
+    peer_shut: bool,
     /// The peer shut its sending side.
     eof: bool,
     /// Last byte read or response completed.
@@ -733,6 +735,7 @@ impl IoLoop {
                         let readable = event.is_readable() || event.is_read_closed() || event.is_error();
                         self.with_conn(slot, None, |io, conn| {
                             conn.want_read |= readable;
+                            conn.peer_shut |= event.is_read_closed();
                             io.drive(conn, now)
                         });
                     }
@@ -864,6 +867,7 @@ impl IoLoop {
             inbound: Inbound::new(self.limits, &self.ctx.budget),
             dispatched: false,
             want_read: false,
+            peer_shut: false,
             eof: false,
             activity: now,
             head_started: None,
@@ -975,13 +979,20 @@ impl IoLoop {
                 }
                 Ok(n) => {
                     conn.activity = now;
+                    // A short read drained the socket: epoll reports every later arrival
+                    // (data or the peer's FIN) as a new edge, so no read just to see EAGAIN.
+                    // Unless the FIN is already known to be there: read on until it shows.
+                    if n < self.scratch.len() && !conn.peer_shut {
+                        conn.want_read = false;
+                    }
                     if conn.inbound.is_idle() {
                         conn.head_started = Some(now);
                     }
                     if !conn.inbound.push(&self.scratch[..n]) {
                         let reply = conn.inbound.overloaded();
                         if busy {
-                            // Answered after the response in flight, then closed.
+                            // The budget is spent while a response is still owed here: close
+                            // rather than hold more (the client sees a reset and retries).
                             return Fate::Close;
                         }
                         self.respond_inline(conn, reply, Persistence::Close, false);
