@@ -5,9 +5,11 @@
 //! DATABASE_URL=postgres://... SYNC_TABLES=tasks cargo run --example embedded
 //! ```
 //!
-//! The application serves its own routes on synchro's HTTP server: requests under the sync
-//! paths go to synchro's router after the application's own authentication (here a demo
-//! session header), every other path to the application's [`Fallback`].
+//! The application serves its own routes on synchro's HTTP server: requests to the sync
+//! endpoints go to synchro's router after the application's own authentication (here a demo
+//! session header), every other path to the application's [`Fallback`], under the same limits.
+//! synchro's log records reach the application's own `log` logger (here a few lines printing
+//! to stderr), fields included.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,10 +55,43 @@ impl Fallback for AppRoutes {
     }
 }
 
+/// The application's own logger: synchro logs through the `log` facade, so its records arrive
+/// here with their structured fields (`record.key_values()`) beside the application's.
+struct AppLogger;
+
+impl log::Log for AppLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        struct Fields(String);
+        impl<'kvs> log::kv::VisitSource<'kvs> for Fields {
+            fn visit_pair(
+                &mut self,
+                key: log::kv::Key<'kvs>,
+                value: log::kv::Value<'kvs>,
+            ) -> Result<(), log::kv::Error> {
+                self.0.push_str(&format!(" {key}={value}"));
+                Ok(())
+            }
+        }
+        let mut fields = Fields(String::new());
+        let _ = record.key_values().visit(&mut fields);
+        eprintln!("[app] {} {}: {}{}", record.level(), record.target(), record.args(), fields.0);
+    }
+
+    fn flush(&self) {}
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut vars: std::collections::HashMap<String, String> = std::env::vars().collect();
     vars.entry("LOG_LEVEL".into()).or_insert_with(|| "warn".into());
     let config = Config::from_vars(&vars)?;
+    log::set_logger(&AppLogger)?;
     synchro::logging::set_level(config.log_level);
 
     // synchro's pieces, composed by the application.

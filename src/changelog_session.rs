@@ -10,10 +10,10 @@
 
 use postgres::GenericClient;
 
+use crate::capture::writer::WriterError;
 use crate::session_thread::{answer, Done, Job, Reply, SessionThread};
 use crate::store::pool::StoreError;
 use crate::types::Lsn;
-use crate::writer::WriterError;
 
 /// A failed bucket assignment: `(table, record, operation, error, row as JSON text)`.
 pub type Failure = (String, String, i16, String, String);

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::pgurl;
+use crate::pg::conn::ReplicationConn;
+use crate::pg::url;
 use crate::registry::Registry;
-use crate::replication::conn::ReplicationConn;
 use crate::store::introspect;
 use crate::store::migrations::MIGRATIONS;
 use crate::store::pool;
@@ -131,7 +131,7 @@ pub fn run(config: &Config) -> Vec<CheckResult> {
         }
     }
 
-    let repl = pgurl::parse(&config.replication_url);
+    let repl = url::parse(&config.replication_url);
     let repl_user = repl.as_ref().map(|p| p.user.clone()).unwrap_or_default();
     match db.query_opt("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = $1", &[&repl_user]) {
         Ok(Some(r)) if r.get::<_, bool>(0) => {

@@ -23,10 +23,10 @@
 
 use postgres::GenericClient;
 
+use crate::capture::writer::WriterError;
 use crate::session_thread::{answer, Done, Job, Reply, SessionThread};
 use crate::store::pool::StoreError;
 use crate::types::Lsn;
-use crate::writer::WriterError;
 
 /// The `synchro_watermarks` entry holding the changelog `seq` through which every row's edge
 /// changes are committed: where rebuilds start.

@@ -125,31 +125,37 @@ pub fn chunked(data: &[u8]) {
 /// Connection strings and client timestamps.
 pub fn text_inputs(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let _ = crate::pgurl::parse(&text);
+    let _ = crate::pg::url::parse(&text);
+    let _ = crate::pg::url::redact(&text);
+    let _ = crate::protocol::DebugRequest::decode(Some(&text));
     let _ = crate::time::parse_client_timestamp(&text);
     let _ = crate::version::parse(&text);
     let _ = crate::checksum::record_checksum(&text);
     // The text of a column of each rendered kind, as pgoutput would send it.
     for oid in [16, 17, 20, 25, 114, 700, 1082, 1083, 1114, 1184, 1186, 1700, 3802, 1000, 1007, 1009, 1185, 1231, 3807]
     {
-        let columns = [crate::change::RelColumn { name: "c".into(), type_oid: crate::types::Oid(oid) }];
-        let _ = crate::row_json::canonical_row(&columns, &[oid], &[crate::change::ColumnValue::Text(text.to_string())]);
+        let columns = [crate::capture::events::RelColumn { name: "c".into(), type_oid: crate::types::Oid(oid) }];
+        let _ = crate::capture::row_json::canonical_row(
+            &columns,
+            &[oid],
+            &[crate::capture::events::ColumnValue::Text(text.to_string())],
+        );
     }
 }
 
 /// pgoutput messages.
 pub fn pgoutput(data: &[u8]) {
-    let _ = crate::wire::pgoutput::decode(data);
+    let _ = crate::pg::wire::pgoutput::decode(data);
 }
 
 /// A stream of backend frames, with replication payloads and pgoutput inside CopyData.
 pub fn frame(data: &[u8]) {
-    use crate::wire::backend::{self, BackendMessage, ReplicationMessage};
+    use crate::pg::wire::backend::{self, BackendMessage, ReplicationMessage};
     let mut rest = data;
     while let Ok(Some((frame, used))) = backend::next_frame(rest, 1 << 20) {
         if let Ok(BackendMessage::CopyData(payload)) = backend::decode(frame) {
             if let Ok(ReplicationMessage::XLogData { data, .. }) = backend::decode_replication(payload) {
-                let _ = crate::wire::pgoutput::decode(data);
+                let _ = crate::pg::wire::pgoutput::decode(data);
             }
         }
         rest = &rest[used..];

@@ -267,20 +267,20 @@ impl TlsClient {
 }
 
 /// The rustls client configuration for `https://` fetches: full verification against the
-/// host's CA bundle (`SSL_CERT_FILE`, else the distribution's), as [`crate::tls`] builds it.
+/// host's CA bundle (`SSL_CERT_FILE`, else the distribution's), as [`crate::pg::tls`] builds it.
 #[cfg(feature = "tls")]
 pub fn https_config() -> Result<std::sync::Arc<rustls::ClientConfig>, GetError> {
-    crate::tls::https_client_config().map_err(|e| GetError::new(GetErrorKind::TlsConfig(e.to_string())))
+    crate::pg::tls::https_client_config().map_err(|e| GetError::new(GetErrorKind::TlsConfig(e.to_string())))
 }
 
 /// [`https_config`] trusting only the certificates of a given PEM file.
 #[cfg(feature = "tls")]
 pub fn https_config_with_roots(path: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientConfig>, GetError> {
-    let settings = crate::tls::TlsSettings {
-        mode: crate::tls::SslMode::VerifyFull,
-        root: Some(crate::tls::RootSource::File(path.to_path_buf())),
+    let settings = crate::pg::tls::TlsSettings {
+        mode: crate::pg::tls::SslMode::VerifyFull,
+        root: Some(crate::pg::tls::RootSource::File(path.to_path_buf())),
     };
-    crate::tls::client_config(&settings).map_err(|e| GetError::new(GetErrorKind::TlsConfig(e.to_string())))
+    crate::pg::tls::client_config(&settings).map_err(|e| GetError::new(GetErrorKind::TlsConfig(e.to_string())))
 }
 
 /// Connects to the first address of `url` that answers within the connect timeout.

@@ -22,7 +22,8 @@
 //!
 //! | Module | Concern |
 //! |---|---|
-//! | [`config`] | every environment variable, its default and validation |
+//! | [`config`] | every environment variable declared once (name, help, default, parser): `Config` and `--help` |
+//! | [`logging`] | log lines with fields through the `log` facade, request ids, the JSON-lines logger `synchrod` installs |
 //! | [`types`] | `Lsn`, `Oid`, `Seq`, `BucketId`, `UserId`, `Op` |
 //! | [`wire`] | protocol codec: frames, backend messages, pgoutput (no I/O) |
 //! | [`replication`] | our replication connection (SCRAM/MD5, TLS), sessions, supervisor, leader election |
@@ -33,9 +34,9 @@
 //! | [`writer`] | the changelog writer thread, edge backfill |
 //! | [`registry`], [`schema`] | synced tables as introspected; the served schema and its hash |
 //! | [`store`] | all SQL: migrations, introspection, clients, changelog, the pull probe, publication, pool (sessions with prepared hot statements), read replicas |
-//! | [`engine`] | register, pull, schema, tables (library API, no HTTP) |
-//! | [`protocol`] | request/response messages: the contract's field names live here only |
-//! | [`http`], [`service`] | the HTTP edge (our own HTTP/1.1 server: one I/O thread, fixed workers, every limit before a worker sees a request) and its mapping onto the engine |
+//! | [`engine`] | register, pull, push, snapshot, rebuild, debug, schema, tables: typed in, typed out (library API, no HTTP, no JSON); scope decisions in `engine::scope` |
+//! | [`protocol`] | request/response messages and the served schema's wire form: the contract's field names live here only; the one check of client-supplied strings |
+//! | [`http`], [`service`] | the HTTP edge (our own HTTP/1.1 server: one I/O thread, fixed workers, every limit before a worker sees a request); `service` turns JSON into `protocol` structs and back around the engine |
 //! | [`jwt`], [`version`] | bearer tokens (decoding, claim rules, HMAC), the minimum-version gate |
 //! | `jwks`, `http_get` | `JWKS_URL` mode (feature `jwks`): key sets, RS*/ES* with ring, cache and refresher; our blocking HTTP GET client |
 //! | [`checksum`], [`json_text`], [`time`] | record checksums, canonical JSON, timestamps |
@@ -57,6 +58,12 @@
 //!   only run handlers (and hand what the socket does not take back to the I/O thread).
 //! * SQL identifiers come only from the introspected registry, always quoted; values are
 //!   always bound parameters.
+//! * A row reaches a client only if it is in the client's scope on the version read, decided by
+//!   `engine::scope` in the statement that reads it (never from what the changelog said); a
+//!   write applies only if its written version is in the writer's scope. Checkpoints exist only
+//!   for subscribed buckets. Excluded columns never leave the server, not even in a checksum.
+//! * Every client-supplied string passes `protocol::check_text` before it is stored, compared
+//!   in SQL or logged.
 //! * A read replica serves a page only after replaying past the primary's WAL insert position
 //!   taken after the page's primary reads: no client ever gets a row older than the change that
 //!   announced it, whichever server read it.
@@ -66,20 +73,18 @@
 //!
 //! Deliberately absent: an async runtime (the `postgres` crate keeps its own inside each
 //! connection; the HTTP edge polls readiness with `mio` on one thread of its own), an HTTP
-//! server crate, globals other than the log level, and `unsafe` code except the one audited
-//! `getrlimit`/`setrlimit` call in [`http::fd_limit`].
+//! server crate, globals other than the `log` facade's logger and level, and `unsafe` code
+//! except the one audited `getrlimit`/`setrlimit` call in [`http::fd_limit`].
 // One audited exception: `http::fd_limit` (no safe wrapper for setrlimit is in the tree).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod buckets;
-pub mod change;
+pub mod capture;
 pub mod changelog_session;
 pub mod check;
 pub mod checksum;
 pub mod cluster;
 pub mod config;
-pub mod decode;
 pub mod dev;
 pub mod edge_session;
 pub mod engine;
@@ -93,20 +98,15 @@ pub mod jwks;
 pub mod jwt;
 pub mod logging;
 pub mod metrics;
-pub mod pgurl;
+pub mod pg;
 pub mod protocol;
 pub mod registry;
-pub mod replication;
 pub mod rls;
-pub mod row_json;
 pub mod schema;
 pub mod server;
 pub mod service;
 pub mod session_thread;
 pub mod store;
 pub mod time;
-pub mod tls;
 pub mod types;
 pub mod version;
-pub mod wire;
-pub mod writer;

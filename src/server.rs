@@ -6,16 +6,16 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::buckets::DefaultAssigner;
+use crate::capture::buckets::DefaultAssigner;
+use crate::capture::leader::{self, ElectedCapture, ElectionConfig};
+use crate::capture::supervisor::{
+    self as capture, CaptureConfig, CaptureHandle, CaptureState, CaptureStatus, CaptureTables,
+};
 use crate::config::{parse_listen_addr, AuthMode, Config};
 use crate::engine::{Engine, EngineError, EngineSettings};
 use crate::http::routes::Router;
 use crate::http::{Authenticator, HeaderAuthenticator, HttpConfig, HttpServer, JwtSecretAuthenticator};
 use crate::jwt::ClaimRules;
-use crate::replication::leader::{self, ElectedCapture, ElectionConfig};
-use crate::replication::stream::{
-    self as capture, CaptureConfig, CaptureHandle, CaptureState, CaptureStatus, CaptureTables,
-};
 use crate::service::EngineApi;
 use crate::store::introspect::{self, RegistrySettings};
 use crate::store::publication::{self, PublicationChange};
@@ -244,7 +244,7 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
         }
         None => None,
     };
-    let mut engine = Engine::with_stores(pool, store, settings)?;
+    let mut engine = Engine::with_stores(pool, store, settings)?.with_shared_rows_writable(config.shared_rows_writable);
     if !config.read_replica_urls.is_empty() {
         let replicas = ReplicaSet::connect(
             &config.read_replica_urls,
@@ -284,13 +284,6 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
 /// open-file limit minus what the database pools may hold.
 fn http_config(config: &Config, addr: SocketAddr, pool_size: u32) -> Result<HttpConfig, ServerError> {
     let limits = &config.http_limits;
-    if limits.max_buffered_bytes < config.max_body_bytes {
-        return Err(ServerError::Config(format!(
-            "HTTP_MAX_BUFFERED_BYTES ({}) must be at least MAX_BODY_BYTES ({}): a body of the largest \
-             allowed size could never be received",
-            limits.max_buffered_bytes, config.max_body_bytes
-        )));
-    }
     let pools = 1 + usize::from(config.sync_store_url.is_some()) + config.read_replica_urls.len();
     let pool_fds = pools * pool_size as usize;
     let fd_room = crate::http::fd_limit::nofile_limit()
@@ -380,7 +373,7 @@ pub fn start_capture(config: &Config, engine: &Engine) -> Result<CaptureHandle, 
 
 /// Starts change capture under leader election: capture runs here only while this instance
 /// holds the leader lock, and starts here when the current leader dies (see
-/// [`crate::replication::leader`]). Stop it with [`ElectedCapture::stop`].
+/// [`crate::capture::leader`]). Stop it with [`ElectedCapture::stop`].
 pub fn start_elected_capture(config: &Config, engine: Arc<Engine>) -> Result<ElectedCapture, ServerError> {
     let election = ElectionConfig::new(&config.database_url, &config.slot_name);
     let term_config = config.clone();
@@ -421,8 +414,12 @@ fn begin_capture(config: &Config, engine: &Engine, status: Arc<CaptureStatus>) -
     capture::ensure_slot(&capture_config).map_err(|e| ServerError::Config(format!("preparing replication: {e}")))?;
     let mut dbs = Stores::connect(&config.database_url, config.sync_store_url.as_deref())?;
     let started = Instant::now();
-    let edges =
-        crate::writer::backfill_edges(&mut dbs, &tables.routing, assigner.as_ref(), crate::checksum::record_checksum)?;
+    let edges = crate::capture::writer::backfill_edges(
+        &mut dbs,
+        &tables.routing,
+        assigner.as_ref(),
+        crate::checksum::record_checksum,
+    )?;
     if edges > 0 {
         crate::info!("bucket edges backfilled", edges = edges, millis = started.elapsed().as_millis() as u64);
     }

@@ -16,8 +16,8 @@ use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use crate::capture::writer::WriterError;
 use crate::store::pool::StoreError;
-use crate::writer::WriterError;
 
 /// Where a job that is waited for sends its answer.
 pub type Reply<T> = Sender<Result<T, WriterError>>;

@@ -11,12 +11,12 @@ use postgres::types::Type;
 use postgres::Statement;
 use r2d2_postgres::PostgresConnectionManager;
 
-use crate::pgurl;
-use crate::tls::TlsSettings;
+use crate::pg::tls::TlsSettings;
+use crate::pg::url;
 
 /// The `postgres` crate's TLS hook: rustls with the `tls` feature, plaintext without.
 #[cfg(feature = "tls")]
-pub type Connector = crate::tls::MakeRustlsConnect;
+pub type Connector = crate::pg::tls::MakeRustlsConnect;
 /// The `postgres` crate's TLS hook: rustls with the `tls` feature, plaintext without.
 #[cfg(not(feature = "tls"))]
 pub type Connector = postgres::NoTls;
@@ -274,7 +274,7 @@ impl From<r2d2::Error> for StoreError {
 
 /// The settings every session starts with (contract C16 and the `data` encoding of §6.6),
 /// replication sessions included: edge checksums rendered from WAL text rely on both
-/// rendering values alike (`crate::row_json`).
+/// rendering values alike (`crate::capture::row_json`).
 pub(crate) const SESSION_OPTIONS: &str =
     "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c bytea_output=hex";
 
@@ -284,11 +284,11 @@ pub(crate) const SESSION_OPTIONS: &str =
 /// taken out and applied by the returned connector instead.
 pub fn pg_config(url: &str) -> Result<(postgres::Config, Connector), StoreError> {
     let bad = |detail: String| StoreError::BadUrl { detail };
-    let mut params = pgurl::parse(url).map_err(|e| bad(e.to_string()))?;
+    let mut params = url::parse(url).map_err(|e| bad(e.to_string()))?;
     let tls = TlsSettings::from_params(&params).map_err(|e| bad(e.to_string()))?;
     // libpq never uses TLS over a Unix socket; neither do we.
     let crate_mode = match (&params.host, tls.mode.requires_tls()) {
-        (pgurl::Host::UnixDir(_), _) => "disable",
+        (url::Host::UnixDir(_), _) => "disable",
         (_, true) => "require",
         (_, false) => tls.mode.as_str(),
     };
@@ -307,8 +307,8 @@ pub fn pg_config(url: &str) -> Result<(postgres::Config, Connector), StoreError>
 
 #[cfg(feature = "tls")]
 fn connector(tls: &TlsSettings) -> Result<Connector, StoreError> {
-    let config = crate::tls::client_config(tls).map_err(|e| StoreError::BadUrl { detail: e.to_string() })?;
-    Ok(crate::tls::MakeRustlsConnect::new(config))
+    let config = crate::pg::tls::client_config(tls).map_err(|e| StoreError::BadUrl { detail: e.to_string() })?;
+    Ok(crate::pg::tls::MakeRustlsConnect::new(config))
 }
 
 #[cfg(not(feature = "tls"))]

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::pool::{self, Pool, PooledClient, StoreError};
-use crate::pgurl;
+use crate::pg::url;
 use crate::types::Lsn;
 
 /// Settings of every replica session. The startup process holds the locks of the transactions
@@ -150,9 +150,9 @@ pub fn primary_lsn(session: &mut pool::Session) -> Result<Lsn, StoreError> {
 
 /// The printable name of a replica URL: `host:port/dbname`, never the password.
 fn display_name(url: &str) -> Result<String, StoreError> {
-    let params = pgurl::parse(url).map_err(|e| StoreError::BadUrl { detail: e.to_string() })?;
+    let params = url::parse(url).map_err(|e| StoreError::BadUrl { detail: e.to_string() })?;
     let host = match &params.host {
-        pgurl::Host::Tcp(h) | pgurl::Host::UnixDir(h) => h.clone(),
+        url::Host::Tcp(h) | url::Host::UnixDir(h) => h.clone(),
     };
     Ok(format!("{host}:{}/{}", params.port, params.dbname))
 }

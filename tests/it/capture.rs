@@ -335,9 +335,9 @@ fn an_idle_writer_holds_no_transaction_open() {
 /// refused (the commit too), and the batch's earlier writes roll back with the session.
 #[test]
 fn a_session_thread_answers_a_failed_write_to_the_next_waiter_and_commits_nothing_after_it() {
+    use synchro::capture::writer::WriterError;
     use synchro::session_thread::{answer, Done, Job, Reply, SessionThread};
     use synchro::store::pool::StoreError;
-    use synchro::writer::WriterError;
 
     enum Sql {
         Write(&'static str),

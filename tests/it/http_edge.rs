@@ -585,7 +585,7 @@ fn accept_recovers_from_descriptor_exhaustion() {
 }
 
 fn descriptor_exhaustion_in_this_process() {
-    synchro::logging::set_level(synchro::config::LogLevel::Info);
+    synchro::logging::install_json_logger(std::io::stdout(), synchro::config::LogLevel::Info).unwrap();
     let edge = Edge::start(|c| c.max_connections = 100_000);
     // Clients and server share this process's 256 descriptors: connect until none is left.
     let mut held = Vec::new();

@@ -3,15 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use synchro::pgurl;
-use synchro::replication::conn::{ReplError, ReplicationConn};
-use synchro::wire::backend::{self, BackendMessage, ReplicationMessage};
-use synchro::wire::pgoutput::{self, PgOutput};
+use synchro::pg::conn::{ReplError, ReplicationConn};
+use synchro::pg::url;
+use synchro::pg::wire::backend::{self, BackendMessage, ReplicationMessage};
+use synchro::pg::wire::pgoutput::{self, PgOutput};
 
 use crate::harness::{private_cluster, TestDb};
 
-fn params(url: &str) -> pgurl::ConnParams {
-    pgurl::parse(url).unwrap()
+fn params(url: &str) -> url::ConnParams {
+    url::parse(url).unwrap()
 }
 
 #[test]
@@ -55,7 +55,7 @@ fn authentication_methods() {
     // This cluster has no TLS: require fails with a typed error (tests/it/tls.rs covers TLS).
     assert!(matches!(
         ReplicationConn::connect(&params(&tls), timeout),
-        Err(ReplError::Tls(synchro::tls::TlsError::NotOffered))
+        Err(ReplError::Tls(synchro::pg::tls::TlsError::NotOffered))
     ));
 }
 
@@ -65,7 +65,7 @@ fn streams_changes_over_tcp_and_unix_sockets() {
     db.execute("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE PUBLICATION p FOR TABLE t;");
     let tcp = params(&db.url());
     let mut unix = tcp.clone();
-    unix.host = pgurl::Host::UnixDir(db.cluster.socket_dir().display().to_string());
+    unix.host = url::Host::UnixDir(db.cluster.socket_dir().display().to_string());
     for (i, p) in [tcp, unix].into_iter().enumerate() {
         let slot = format!("s{i}_{}", db.name);
         let mut conn = ReplicationConn::connect(&p, Duration::from_secs(5)).unwrap();

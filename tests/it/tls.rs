@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use synchro::cluster::LocalCluster;
-use synchro::pgurl;
-use synchro::replication::conn::{ReplError, ReplicationConn};
+use synchro::pg::conn::{ReplError, ReplicationConn};
+use synchro::pg::url;
 use synchro::store::pool;
 
 use crate::capture::wait_for;
@@ -114,7 +114,7 @@ fn pool_ssl(url: &str) -> Result<bool, String> {
 }
 
 fn replication(url: &str) -> Result<ReplicationConn, ReplError> {
-    let mut conn = ReplicationConn::connect(&pgurl::parse(url).unwrap(), Duration::from_secs(5))?;
+    let mut conn = ReplicationConn::connect(&url::parse(url).unwrap(), Duration::from_secs(5))?;
     conn.identify_system()?;
     Ok(conn)
 }

@@ -212,7 +212,7 @@ fn every_contract_type_round_trips_through_wal_pull_and_push() {
     server.shutdown(std::time::Duration::from_secs(5));
 }
 
-/// Columns of every type whose JSON the writer renders from WAL text (`synchro::row_json`).
+/// Columns of every type whose JSON the writer renders from WAL text (`synchro::capture::row_json`).
 const RENDERED: &str = "
     CREATE TYPE mood2 AS ENUM ('happy', 'sad', 'it''s <b>');
     CREATE TYPE mood3 AS ENUM ('x');
@@ -264,13 +264,13 @@ const RENDERED_ROWS: &[&[(&str, &str)]] = &[
     &[("mc", "'x'")],
 ];
 
-/// The writer renders edge checksums from WAL text for the types of `synchro::row_json`. For
+/// The writer renders edge checksums from WAL text for the types of `synchro::capture::row_json`. For
 /// edge values of each, the rendering gives exactly the checksum of PostgreSQL's own
 /// `row_to_json`, or declines (and the writer reads the row back); through the running
 /// pipeline, every edge checksum equals the checksum a pull emits for that row.
 #[test]
 fn checksums_rendered_from_wal_text_equal_row_to_json() {
-    use synchro::change::{ColumnValue, RelColumn};
+    use synchro::capture::events::{ColumnValue, RelColumn};
     use synchro::checksum::record_checksum;
 
     let db = TestDb::new();
@@ -351,7 +351,7 @@ fn checksums_rendered_from_wal_text_equal_row_to_json() {
             .map(|i| r.get::<_, Option<String>>(i + 1).map_or(ColumnValue::Null, ColumnValue::Text))
             .collect();
         let json: String = r.get(0);
-        if let Some(sum) = synchro::row_json::row_checksum(&columns, &render, &values) {
+        if let Some(sum) = synchro::capture::row_json::row_checksum(&columns, &render, &values) {
             assert_eq!(sum, record_checksum(&json), "{json}");
             rendered += 1;
         }
@@ -360,7 +360,8 @@ fn checksums_rendered_from_wal_text_equal_row_to_json() {
     // enum with a cast to json.
     assert_eq!(rendered, RENDERED_ROWS.len() - 7 + RANDOM_ROWS, "rows rendered from text");
 
-    // Through the pipeline: edge checksums equal the hydration checksums pull reports.
+    // Through the pipeline: edge checksums equal the hydration checksums pull reports, which
+    // cover the served JSON (the excluded columns never leave the server, not even in a checksum).
     wait_for(20, "every row's edge", || {
         let n: i64 =
             c.query_one("SELECT count(*) FROM sync_bucket_edges WHERE table_name = 'rendered'", &[]).unwrap().get(0);
@@ -368,8 +369,11 @@ fn checksums_rendered_from_wal_text_equal_row_to_json() {
     });
     for r in c
         .query(
-            "SELECT e.record_id, e.checksum, row_to_json(t.*)::text FROM sync_bucket_edges e \
-             JOIN rendered t ON t.id = e.record_id WHERE e.table_name = 'rendered'",
+            &format!(
+                "SELECT e.record_id, e.checksum, {}::text FROM sync_bucket_edges e \
+                 JOIN rendered t ON t.id = e.record_id WHERE e.table_name = 'rendered'",
+                table.row_json_sql("t")
+            ),
             &[],
         )
         .unwrap()

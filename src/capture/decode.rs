@@ -16,9 +16,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::change::{ChangeKind, ColumnValue, RelColumn, RowChange, WalEvent};
+use crate::capture::events::{ChangeKind, ColumnValue, RelColumn, RowChange, WalEvent};
+use crate::pg::wire::pgoutput::{OldTuple, PgOutput, TupleValue};
 use crate::types::{Lsn, Oid};
-use crate::wire::pgoutput::{OldTuple, PgOutput, TupleValue};
 
 /// Seconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 const PG_EPOCH_OFFSET_SECS: u64 = 946_684_800;

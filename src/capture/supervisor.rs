@@ -16,20 +16,20 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, SendTimeoutError, Sender};
 
-use super::conn::{ReplError, ReplicationConn};
-use crate::buckets::{BucketAssigner, RoutingTable};
-use crate::change::WalEvent;
-use crate::decode::{Decoded, Decoder, Routes};
-use crate::pgurl;
+use crate::capture::buckets::{BucketAssigner, RoutingTable};
+use crate::capture::decode::{Decoded, Decoder, Routes};
+use crate::capture::events::WalEvent;
+use crate::capture::writer::{self, WriterConfig, WriterError, WriterProgress};
+use crate::pg::conn::{ReplError, ReplicationConn};
+use crate::pg::url;
+use crate::pg::wire::backend::{self, BackendMessage, ReplicationMessage};
+use crate::pg::wire::pgoutput;
 use crate::registry::Registry;
 use crate::store::changelog::{self, watermark};
 use crate::store::pool::StoreError;
 use crate::store::Stores;
 use crate::time::unix_ms_now as now_ms;
 use crate::types::Lsn;
-use crate::wire::backend::{self, BackendMessage, ReplicationMessage};
-use crate::wire::pgoutput;
-use crate::writer::{self, WriterConfig, WriterError, WriterProgress};
 
 /// Why a replication session ended.
 #[derive(Debug)]
@@ -229,7 +229,7 @@ pub fn start_with_status(
     assigner: Arc<dyn BucketAssigner>,
     status: Arc<CaptureStatus>,
 ) -> Result<CaptureHandle, CaptureError> {
-    pgurl::parse(&config.replication_url).map_err(|e| CaptureError::Config(format!("REPLICATION_URL: {e}")))?;
+    url::parse(&config.replication_url).map_err(|e| CaptureError::Config(format!("REPLICATION_URL: {e}")))?;
     let stop = Arc::new(AtomicBool::new(false));
     status.set(CaptureState::Connecting);
     // The state may have been Connecting already: start its clock explicitly.
@@ -325,7 +325,7 @@ fn mark_history_reset(db: &mut postgres::Client, why: &str) -> Result<i64, Store
 /// (with a history reset when we had streamed before, so clients re-snapshot). Call it before
 /// relying on the slot to retain changes (synchronously at startup, before the edge backfill).
 pub fn ensure_slot(config: &CaptureConfig) -> Result<(), CaptureError> {
-    let params = pgurl::parse(&config.replication_url).map_err(|e| CaptureError::Config(e.to_string()))?;
+    let params = url::parse(&config.replication_url).map_err(|e| CaptureError::Config(e.to_string()))?;
     let mut dbs = Stores::connect(&config.writer.database_url, config.writer.store_url.as_deref())?;
     let mut conn = ReplicationConn::connect(&params, Duration::from_secs(10))?;
     conn.identify_system()?;
@@ -414,7 +414,7 @@ fn run_session(
     stop: &AtomicBool,
     status: &CaptureStatus,
 ) -> Result<(), CaptureError> {
-    let params = pgurl::parse(&config.replication_url).map_err(|e| CaptureError::Config(e.to_string()))?;
+    let params = url::parse(&config.replication_url).map_err(|e| CaptureError::Config(e.to_string()))?;
     let mut dbs = Stores::connect(&config.writer.database_url, config.writer.store_url.as_deref())?;
     let mut conn = ReplicationConn::connect(&params, Duration::from_secs(10))?;
     let system = conn.identify_system()?;

@@ -102,7 +102,7 @@ pub fn standby_status(out: &mut Vec<u8>, write: Lsn, flush: Lsn, apply: Lsn, clo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::backend::next_frame;
+    use crate::pg::wire::backend::next_frame;
 
     #[test]
     fn encodes_with_lengths() {

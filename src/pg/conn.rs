@@ -8,12 +8,12 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use super::scram::{self, ScramClient, ScramError};
-use crate::pgurl::{ConnParams, Host};
-use crate::tls::{TlsError, TlsSettings};
+use super::auth::{self, ScramClient, ScramError};
+use crate::pg::tls::{TlsError, TlsSettings};
+use crate::pg::url::{ConnParams, Host};
+use crate::pg::wire::backend::{self, Authentication, BackendMessage, PgErrorFields, DEFAULT_MAX_FRAME};
+use crate::pg::wire::{frontend, DecodeError};
 use crate::types::Lsn;
-use crate::wire::backend::{self, Authentication, BackendMessage, PgErrorFields, DEFAULT_MAX_FRAME};
-use crate::wire::{frontend, DecodeError};
 
 /// A replication connection failure, with context.
 #[derive(Debug)]
@@ -180,7 +180,7 @@ fn negotiate_tls(mut tcp: TcpStream, host: &str, settings: &TlsSettings) -> Resu
 #[cfg(feature = "tls")]
 fn start_tls(tcp: TcpStream, host: &str, settings: &TlsSettings) -> Result<Stream, ReplError> {
     use rustls::pki_types::ServerName;
-    let config = crate::tls::client_config(settings).map_err(ReplError::Tls)?;
+    let config = crate::pg::tls::client_config(settings).map_err(ReplError::Tls)?;
     let name = ServerName::try_from(host.to_string())
         .map_err(|e| ReplError::Tls(TlsError::Config(format!("TLS server name {host:?}: {e}"))))?;
     let session =
@@ -374,7 +374,7 @@ impl ReplicationConn {
                     self.flush_out("sending the password")?;
                 }
                 BackendMessage::Authentication(Authentication::Md5Password(salt)) => {
-                    frontend::password(&mut self.out, &scram::md5_password(&params.user, &password()?, salt));
+                    frontend::password(&mut self.out, &auth::md5_password(&params.user, &password()?, salt));
                     self.flush_out("sending the MD5 password")?;
                 }
                 BackendMessage::Authentication(Authentication::Sasl(mechs)) => {
@@ -384,7 +384,7 @@ impl ReplicationConn {
                         )));
                     }
                     let nonce =
-                        scram::random_nonce().map_err(|e| ReplError::Auth(format!("no randomness for SCRAM: {e}")))?;
+                        auth::random_nonce().map_err(|e| ReplError::Auth(format!("no randomness for SCRAM: {e}")))?;
                     let mut client = ScramClient::new("", password()?.as_bytes(), nonce);
                     let first = client.client_first();
                     frontend::sasl_initial_response(&mut self.out, "SCRAM-SHA-256", &first);

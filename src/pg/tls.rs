@@ -20,7 +20,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::pgurl::ConnParams;
+use crate::pg::url::ConnParams;
 
 /// libpq's `sslmode` values that synchro supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -446,10 +446,10 @@ mod imp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pgurl;
+    use crate::pg::url;
 
     fn settings(url: &str) -> Result<TlsSettings, TlsError> {
-        TlsSettings::from_params(&pgurl::parse(url).unwrap())
+        TlsSettings::from_params(&url::parse(url).unwrap())
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::stream::{CaptureHandle, CaptureState, CaptureStatus};
+use super::supervisor::{CaptureHandle, CaptureState, CaptureStatus};
 use crate::store::pool::{self, StoreError};
 
 /// Election settings.

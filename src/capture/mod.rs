@@ -1,0 +1,9 @@
+//! Change capture: from the bytes of the replication stream to a committed changelog batch.
+
+pub mod buckets;
+pub mod decode;
+pub mod events;
+pub mod leader;
+pub mod row_json;
+pub mod supervisor;
+pub mod writer;
