@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::capture::wait_for;
 use crate::capture_faults::Synchrod;
-use crate::client::{get, post, read_response};
+use crate::client::{get, post, read_response, read_until_closed};
 use crate::harness::TestDb;
 
 const TABLE: &str = "CREATE TABLE items (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), user_id text, body text,
@@ -129,21 +129,6 @@ pub fn healthz(addr: SocketAddr, timeout: Duration) -> bool {
         }
     }
     buf.starts_with(b"HTTP/1.1 200 ")
-}
-
-/// Reads until the server closes the connection; the bytes read (a reset ends it too).
-fn read_until_closed(s: &mut TcpStream, timeout: Duration) -> Vec<u8> {
-    s.set_read_timeout(Some(timeout)).unwrap();
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) => return out,
-            Ok(n) => out.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => return out,
-            Err(e) => panic!("the server neither answered nor closed within {timeout:?}: {e}"),
-        }
-    }
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! a worker sees anything, workers held by no client, bounded memory for unread responses, the
 //! connection cap, keep-alive and pipelining, and shutdown with a deadline.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +16,7 @@ use synchro::types::UserId;
 use synchro::version::VersionGate;
 
 use crate::capture::wait_for;
-use crate::client::{get, post, read_response, Resp};
+use crate::client::{get, post, read_response, read_until_closed, Resp};
 
 /// `pull` blocks while `client_id` is "block" (until released or 20 s); `snapshot` answers
 /// `{"pad": "xxx..."}` with `size` bytes of padding.
@@ -107,22 +107,6 @@ const PULL: &str = r#"{"client_id":"c","schema_version":1,"schema_hash":"h"}"#;
 fn pull_request(client_id: &str) -> String {
     let body = format!(r#"{{"client_id":"{client_id}","schema_version":1,"schema_hash":"h"}}"#);
     format!("POST /sync/pull HTTP/1.1\r\nHost: x\r\n{USER}Content-Length: {}\r\n\r\n{body}", body.len())
-}
-
-/// Reads until the server closes; what it sent (a reset ends it too). Panics if the server
-/// neither answers nor closes within `timeout`.
-fn read_until_closed(s: &mut TcpStream, timeout: Duration) -> Vec<u8> {
-    s.set_read_timeout(Some(timeout)).unwrap();
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) => return out,
-            Ok(n) => out.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => return out,
-            Err(e) => panic!("neither answered nor closed within {timeout:?}: {e}"),
-        }
-    }
 }
 
 /// Sends `raw`, returns the status line's code and whether the server then closed.
