@@ -257,7 +257,7 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
     let engine = Arc::new(engine);
     let capture = start_elected_capture(config, engine.clone())?;
     let addr = parse_listen_addr(&config.listen_addr)?;
-    let http = http_config(config, addr, pool_size)?;
+    let http = http_config(config, addr, pool_size);
     let router = Router {
         api: Arc::new(EngineApi::new(engine.clone(), Some(capture.status.clone()), &config.slot_name)),
         auth,
@@ -282,7 +282,7 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
 
 /// The HTTP edge's settings: the configured limits, with the connection cap kept below the
 /// open-file limit minus what the database pools may hold.
-fn http_config(config: &Config, addr: SocketAddr, pool_size: u32) -> Result<HttpConfig, ServerError> {
+fn http_config(config: &Config, addr: SocketAddr, pool_size: u32) -> HttpConfig {
     let limits = &config.http_limits;
     let pools = 1 + usize::from(config.sync_store_url.is_some()) + config.read_replica_urls.len();
     let pool_fds = pools * pool_size as usize;
@@ -300,7 +300,7 @@ fn http_config(config: &Config, addr: SocketAddr, pool_size: u32) -> Result<Http
     http.head_timeout = limits.head_timeout;
     http.write_timeout = limits.write_timeout;
     http.max_buffered_bytes = limits.max_buffered_bytes;
-    Ok(http)
+    http
 }
 
 /// Raises the soft open-file limit to the hard one (each HTTP connection is a descriptor) and
