@@ -5,22 +5,20 @@
 //!            accept (cap, eviction, EMFILE backoff)
 //! clients ──► http-io ── reads, parses, limits ([`super::inbound`]) ──► bounded queue ──► http-worker-N
 //!    ▲          │  ▲                                    full: 429                          │
-//!    │          │  └──── "done" (only when the I/O thread must act) ◄───────────────────────┤
-//!    └──────────┴──────── response bytes: written by the worker, the rest by http-io ◄──────┘
+//!    │          │  └──── "done": the response, handed back ◄─────────────────────────────────┤
+//!    └──────────┴──────── response bytes, written by http-io ◄──────────────────────────────┘
 //! ```
 //!
 //! * **Probes have a lane of their own.** `/healthz` and `/metrics` are served by one more
 //!   thread with its own small queue, so a probe is answered while every worker is busy.
-//! * **Workers only do work.** The I/O thread reads heads and bodies (readiness-based, `mio`),
-//!   so a client that sends slowly or never sends its body holds no worker. A worker runs the
-//!   router, then writes the response itself with one non-blocking `sendmsg`; whatever the
-//!   socket does not take at once is left to the I/O thread, which finishes it as the client
-//!   reads, under `HTTP_WRITE_TIMEOUT_SECS`. A request therefore costs two thread wake-ups (the
-//!   I/O thread on arrival, a worker) unless its response does not fit the socket.
-//! * **Completion is lazy.** A connection's response state sits behind a small per-connection
-//!   mutex. The worker tells the I/O thread it finished only when the I/O thread asked to know
-//!   (bytes of a next request are waiting, the peer half-closed, the connection must close) or
-//!   has output to finish; otherwise the next readable event finds the connection idle.
+//! * **Workers only do work.** The I/O thread reads heads and bodies and writes responses
+//!   (readiness-based, `mio`); a worker runs the router and hands the finished response back,
+//!   so a client that sends slowly, never sends its body or never reads its response holds no
+//!   worker. A request costs three thread wake-ups: the I/O thread on arrival, a worker, the
+//!   I/O thread again to write. Output the socket does not take at once is finished as the
+//!   client reads, under `HTTP_WRITE_TIMEOUT_SECS`.
+//! * **Completion goes through a per-connection mutex.** A connection's response state sits
+//!   behind it; the worker stores the response there and tells the I/O thread, which writes it.
 //! * **One request per connection at a time.** Requests of a pipelining client are parsed one
 //!   after another, each dispatched once the previous response is out, so responses leave in
 //!   order; at most 64 KiB of a next request is read ahead meanwhile.
@@ -205,26 +203,20 @@ fn write_parts(stream: &TcpStream, head: &[u8], body: &[u8], written: &mut usize
     }
 }
 
-/// Hands a response to the socket (what it does not take is kept as pending output, within
-/// the budget) and marks the request complete. Returns whether the I/O thread must act.
+/// Hands a finished response to the I/O thread, which writes it (a worker never touches a
+/// socket, so a client that does not read cannot hold one), and marks the request complete. The
+/// bytes are held against the budget until they are out. Returns whether the I/O thread must act:
+/// always, unless the connection is already broken and nobody waits for it.
 fn complete(shared: &Shared, budget: &Budget, head: Vec<u8>, body: Vec<u8>, close: bool) -> bool {
     let mut out = shared.lock();
     let now = Instant::now();
     if !out.broken && out.pending.is_none() {
-        let mut written = 0;
-        match write_parts(&shared.stream, &head, &body, &mut written) {
-            Ok(true) => {}
-            Ok(false) => match budget.reserve(head.len() + body.len()) {
-                Some(held) => out.pending = Some(Pending { head, body, written, progress: now, _held: held }),
-                None => {
-                    crate::debug!(
-                        "response dropped: the buffer budget is spent",
-                        bytes = (head.len() + body.len()) as u64
-                    );
-                    out.broken = true;
-                }
-            },
-            Err(_) => out.broken = true,
+        match budget.reserve(head.len() + body.len()) {
+            Some(held) => out.pending = Some(Pending { head, body, written: 0, progress: now, _held: held }),
+            None => {
+                crate::debug!("response dropped: the buffer budget is spent", bytes = (head.len() + body.len()) as u64);
+                out.broken = true;
+            }
         }
     }
     out.in_flight = false;
@@ -527,7 +519,7 @@ fn work(jobs: &Receiver<Job>, service: &Service, ctx: &Ctx) {
     }
 }
 
-/// Runs the router (or the fallback) for one request and writes the response.
+/// Runs the router (or the fallback) for one request and hands the response to the I/O thread.
 fn serve(service: &Service, ctx: &Ctx, job: Job) {
     let Job { conn, mut request, close } = job;
     let started = Instant::now();
