@@ -26,6 +26,7 @@ mod scope;
 mod scope_property;
 mod server;
 mod store;
+mod streaming;
 mod sync_api;
 mod sync_store;
 #[cfg(feature = "tls")]
