@@ -282,7 +282,8 @@ impl Engine {
             // The same snapshot sees the same catalog rows: the fingerprint cannot have changed.
             Some(k) if k.snapshot == snapshot => k.fingerprint,
             _ => {
-                let (snapshot, fingerprint) = introspect::snapshot_fingerprint(&mut ***dbs.app(), cached.oids())?;
+                let (client, statements) = dbs.app().parts();
+                let (snapshot, fingerprint) = introspect::snapshot_fingerprint(client, statements, cached.oids())?;
                 let verified = VerifiedSnapshot { snapshot, fingerprint: fingerprint.clone() };
                 match self.verified.lock() {
                     Ok(mut v) => *v = Some(verified),

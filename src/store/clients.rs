@@ -141,10 +141,10 @@ pub fn register(db: &mut impl GenericClient, user: &UserId, reg: &Registration) 
 }
 
 /// Loads the client of `(user, client_id)`.
-pub fn load(db: &mut impl GenericClient, user: &UserId, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
+pub fn load(db: &mut impl ConstQuery, user: &UserId, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
     let rows = db
-        .query_typed(
-            &format!("SELECT {CLIENT_COLUMNS} FROM sync_clients WHERE user_id = $1 AND client_id = $2"),
+        .query_const(
+            concat!("SELECT ", client_columns!(), " FROM sync_clients WHERE user_id = $1 AND client_id = $2"),
             &[(&user.as_str(), Type::TEXT), (&client_id, Type::TEXT)],
         )
         .map_err(StoreError::query("loading the client"))?;
@@ -253,10 +253,10 @@ pub fn touch_pull(db: &mut impl GenericClient, user: &UserId, client_id: &str) -
 }
 
 /// Stamps a push.
-pub fn touch_push(db: &mut impl GenericClient, user: &UserId, client_id: &str) -> Result<(), StoreError> {
-    db.execute(
+pub fn touch_push(db: &mut impl ConstQuery, user: &UserId, client_id: &str) -> Result<(), StoreError> {
+    db.query_const(
         "UPDATE sync_clients SET last_push_at = now(), last_sync_at = now() WHERE user_id = $1 AND client_id = $2",
-        &[&user.as_str(), &client_id],
+        &[(&user.as_str(), Type::TEXT), (&client_id, Type::TEXT)],
     )
     .map_err(StoreError::query("recording the push"))?;
     Ok(())

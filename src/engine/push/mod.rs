@@ -113,7 +113,7 @@ impl Engine {
         let mut dbs = self.dbs()?;
         let cat = self.catalog(&mut dbs)?;
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
-        clients::load(&mut ***dbs.store(), user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        clients::load(&mut **dbs.store(), user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
         let ctx = RecordContext {
             cat: &cat,
             user,
@@ -139,7 +139,7 @@ impl Engine {
                 }
             }
         };
-        if let Err(e) = clients::touch_push(&mut ***dbs.store(), user, &req.client_id) {
+        if let Err(e) = clients::touch_push(&mut **dbs.store(), user, &req.client_id) {
             crate::warn!("recording the push time failed", error = e.to_string());
         }
         let (mut accepted, mut rejected) = (Vec::new(), Vec::new());
@@ -185,7 +185,7 @@ impl Engine {
     ) -> Result<Attempt, EngineError> {
         let (client, cache) = session.parts();
         let mut tx = client.transaction().map_err(StoreError::query("starting the push"))?;
-        let links = begin(&mut tx, ctx.user, self.settings.push_role.as_deref(), runs)?;
+        let links = begin(&mut tx, cache, ctx.user, self.settings.push_role.as_deref(), runs)?;
         let mut outcomes: Vec<Option<Outcome>> = screened.iter().map(|s| s.as_ref().err().cloned()).collect();
         let mut counts = PushCounts::default();
         for run in runs {
@@ -268,13 +268,15 @@ impl Engine {
 /// the [`RowLinks`] of the runs' tables from the catalog; then `PUSH_ROLE`.
 fn begin(
     tx: &mut Transaction<'_>,
+    cache: &mut StatementCache,
     user: &UserId,
     role: Option<&str>,
     runs: &[Run<'_>],
 ) -> Result<HashMap<Oid, RowLinks>, StoreError> {
     let oids: Vec<u32> = runs.iter().filter(|r| r.set_based).map(|r| r.table.oid.0).collect();
-    let row = tx
-        .query_typed(
+    let row = cache
+        .query(
+            tx,
             "SELECT set_config('app.user_id', $1, true), set_config('enable_seqscan', 'off', true), \
                ARRAY(SELECT indrelid FROM pg_index WHERE indrelid = ANY ($2) \
                      AND ((indisunique AND NOT indisprimary) OR indisexclusion)), \
