@@ -106,9 +106,9 @@ pub(super) fn decide(
 
 fn insert(ctx: &RecordContext<'_>, t: &SyncTable, rec: &PushRecord, data: Option<&Map<String, Value>>) -> Decision {
     let Some(data) = data else { return Decision::Done(Outcome::terminal("invalid_data", "invalid data format")) };
-    let mut data = data.clone();
-    data.insert(t.pk.clone(), Value::String(rec.id.clone()));
-    let mut columns = match writable(t, &data, true, Some(ctx.user.as_str())) {
+    // The key is the record's id, whatever `data` says (§7.4 create step 4).
+    let id = Value::String(rec.id.clone());
+    let mut columns = match writable(t, data, Some((&t.pk, &id)), Some(ctx.user.as_str())) {
         Ok(c) => c,
         Err(why) => return Decision::Done(Outcome::terminal("invalid_data", why)),
     };
@@ -134,7 +134,7 @@ fn update(
         }
     }
     let Some(data) = data else { return Decision::Done(Outcome::terminal("invalid_data", "invalid data format")) };
-    let columns = match writable(t, data, false, None) {
+    let columns = match writable(t, data, None, None) {
         Ok(c) => c,
         Err(why) => return Decision::Done(Outcome::terminal("invalid_data", why)),
     };
@@ -148,13 +148,15 @@ fn update(
 
 /// The columns a write may set from `data` (§7.7), as `(column, text value)` in the table's
 /// column order. Excluded columns are never written; the owner column is stamped on insert and
-/// immutable on update.
+/// immutable on update. An insert passes its key (`key`: the column and the value that
+/// replaces whatever `data` holds for it).
 fn writable(
     t: &SyncTable,
     data: &Map<String, Value>,
-    insert: bool,
+    key: Option<(&str, &Value)>,
     owner_value: Option<&str>,
 ) -> Result<Vec<ColumnValue>, String> {
+    let insert = key.is_some();
     let mut out = Vec::new();
     for c in &t.columns {
         if Some(c.name.as_str()) == t.owner.as_deref() {
@@ -174,7 +176,11 @@ fn writable(
         if !allowed {
             continue;
         }
-        if let Some(v) = data.get(&c.name) {
+        let value = match key {
+            Some((k, v)) if k == c.name => Some(v),
+            _ => data.get(&c.name),
+        };
+        if let Some(v) = value {
             out.push((c.name.clone(), to_sql_text(c, v)?));
         }
     }
