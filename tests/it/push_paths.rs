@@ -16,14 +16,18 @@ use synchro::types::UserId;
 use crate::harness::{cluster, TestDb};
 
 /// The demo tables plus: `notes` (hard deletes, no timestamps), `labels` (a unique index besides
-/// the key), `folders` (a foreign key to itself), and a trigger on `tasks` that fails a write
-/// with a transient-looking error (`retry-me`) or skips it (`skip-me`).
+/// the key), `folders` (a foreign key to itself), `items` (none of these: runs of any shape
+/// share statements), and a trigger on `tasks` that fails a write with a transient-looking
+/// error (`retry-me`) or skips it (`skip-me`).
 const EXTRA: &str = r#"
 CREATE TABLE notes (id bigint PRIMARY KEY, user_id text, body text NOT NULL DEFAULT '');
 CREATE TABLE labels (id uuid PRIMARY KEY, user_id text NOT NULL, name text NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now(), deleted_at timestamptz, UNIQUE (user_id, name));
 CREATE TABLE folders (id uuid PRIMARY KEY, user_id text NOT NULL, parent_id uuid REFERENCES folders (id),
     name text NOT NULL DEFAULT '', updated_at timestamptz NOT NULL DEFAULT now(), deleted_at timestamptz);
+CREATE TABLE items (id uuid PRIMARY KEY, user_id text NOT NULL, title text NOT NULL DEFAULT '',
+    qty integer NOT NULL DEFAULT 0 CHECK (qty >= 0),
+    updated_at timestamptz NOT NULL DEFAULT now(), deleted_at timestamptz);
 CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.title = 'retry-me' THEN RAISE EXCEPTION 'try again later'; END IF;
@@ -33,7 +37,7 @@ END $$;
 CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON tasks FOR EACH ROW EXECUTE FUNCTION refuse();
 "#;
 
-const TABLES: [&str; 6] = ["tasks", "comments", "categories", "notes", "labels", "folders"];
+const TABLES: [&str; 7] = ["tasks", "comments", "categories", "notes", "labels", "folders", "items"];
 
 /// Rows both copies start from.
 const SEED: &str = r#"
@@ -53,6 +57,11 @@ INSERT INTO labels (id, user_id, name, updated_at) VALUES
 INSERT INTO folders (id, user_id, name, updated_at) VALUES
     ('f0000000-0000-0000-0000-000000000000', 'alice', 'root', '2020-01-01T00:00:00Z');
 INSERT INTO notes (id, user_id, body) VALUES (1, 'alice', 'n1');
+INSERT INTO items (id, user_id, title, updated_at, deleted_at) VALUES
+    ('17000000-0000-0000-0000-000000000001', 'alice', 'live', '2020-01-01T00:00:00Z', NULL),
+    ('17000000-0000-0000-0000-000000000002', 'alice', 'gone', '2020-01-01T00:00:00Z', '2020-02-01T00:00:00Z'),
+    ('17000000-0000-0000-0000-000000000003', 'bob', 'bobs', '2020-01-01T00:00:00Z', NULL),
+    ('17000000-0000-0000-0000-000000000004', 'bob', 'bobs gone', '2020-01-01T00:00:00Z', '2020-02-01T00:00:00Z');
 "#;
 
 /// Records every hook call, so both paths can be compared on them too.
@@ -457,6 +466,68 @@ fn rows_that_constrain_each_other_are_written_in_request_order() {
     assert_eq!(counts, PushCounts { replayed_runs: 1, ..PushCounts::default() });
 }
 
+#[test]
+fn runs_of_creates_give_the_per_record_outcomes() {
+    let paths = Paths::new(false);
+    let item = |n: u32| format!("17000000-0000-0000-0000-{n:012}");
+    let batch = json!([
+        create("items", &item(10), json!({"title": "new"})),
+        create("items", &item(1), json!({"title": "exists"})),
+        create("items", &item(2), json!({"title": "resurrected"})),
+        create("items", &item(3), json!({"title": "bob's"})),
+        create("items", &item(4), json!({"title": "bob's, deleted"})),
+        create("items", &item(1), json!({"qty": "many"})),
+        create("items", &item(11), json!({"qty": 1.5})),
+        create("items", &item(12), json!({"title": "new too", "qty": 3})),
+    ]);
+    let (r, counts) = paths.push("alice", batch);
+    let got: Vec<(String, String)> =
+        outcomes(&r).into_iter().map(|(id, status, reason)| (id, format!("{status} {reason}"))).collect();
+    let want: Vec<(String, String)> = [
+        (10, "applied "),
+        (2, "applied "),
+        (12, "applied "),
+        (1, "conflict record_exists"),
+        (3, "conflict record_exists"),
+        (4, "rejected_terminal ownership_violation"),
+        (1, "conflict record_exists"),
+        (11, "rejected_terminal invalid_data"),
+    ]
+    .iter()
+    .map(|(n, o)| (item(*n), o.to_string()))
+    .collect();
+    assert_eq!(got, want, "{r:#}");
+    let rejected = r["rejected"].as_array().unwrap();
+    assert_eq!(rejected[0]["server_version"]["data"]["title"], "live");
+    assert!(rejected[1].get("server_version").is_none(), "bob's row is not shown to alice");
+    // Two runs (item 1 comes again); "many" is never cast: the row exists, a conflict.
+    assert_eq!(counts, PushCounts { set_runs: 2, ..PushCounts::default() });
+    // A clean run is applied set-based; a run whose insert fails (a CHECK) replays record by
+    // record, in a second attempt.
+    let (_, counts) = paths.push(
+        "alice",
+        json!([create("items", &item(20), json!({"title": "a"})), create("items", &item(21), json!({"title": "b"}))]),
+    );
+    assert_eq!(counts, PushCounts { set_runs: 1, ..PushCounts::default() });
+    let (r, counts) = paths.push(
+        "alice",
+        json!([create("items", &item(22), json!({"qty": -1})), create("items", &item(23), json!({"title": "fine"}))]),
+    );
+    assert_eq!(outcomes(&r)[0], (item(23), "applied".to_string(), String::new()));
+    assert_eq!(r["rejected"][0]["message"], "failed to create record: qty is not allowed by the table's rules");
+    assert_eq!(counts, PushCounts { replayed_runs: 1, retried: 1, ..PushCounts::default() });
+    // Two spellings of one key.
+    let upper = "17000000-0000-0000-0000-0000000000AB";
+    let (r, _) = paths.push(
+        "alice",
+        json!([
+            create("items", upper, json!({"title": "upper"})),
+            create("items", &upper.to_lowercase(), json!({"title": "lower"}))
+        ]),
+    );
+    assert_eq!(r["rejected"][0]["reason_code"], "record_exists", "{r}");
+}
+
 /// A small deterministic generator (xorshift).
 struct Rng(u64);
 
@@ -494,7 +565,9 @@ fn random_record(rng: &mut Rng) -> Value {
         7 => json!({"id": format!("f0000000-0000-0000-0000-00000000000{}", rng.below(5)), "table_name": "folders",
                     "data": {"parent_id": *rng.pick(&[Value::Null, json!("f0000000-0000-0000-0000-000000000000"),
                                                       json!("f0000000-0000-0000-0000-000000000001")])}}),
-        8 => json!({"id": rng.below(4).to_string(), "table_name": "notes", "data": {"body": "n"}}),
+        8 if rng.below(2) == 0 => json!({"id": rng.below(4).to_string(), "table_name": "notes", "data": {"body": "n"}}),
+        8 => json!({"id": format!("17000000-0000-0000-0000-00000000000{}", rng.below(6)), "table_name": "items",
+                    "data": {"title": "i", "qty": *rng.pick(&[json!(1), json!(-1), json!("x"), Value::Null])}}),
         _ => json!({"id": rng.pick(&["not-a-uuid", A1, S1]), "table_name": "tasks", "data": {"title": "w"}}),
     };
     rec["operation"] = json!(op);
