@@ -113,7 +113,15 @@ impl Engine {
         let mut dbs = self.dbs()?;
         let cat = self.catalog(&mut dbs)?;
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
-        clients::load(&mut **dbs.store(), user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        // The client is looked up and its push time stamped in the statement that opens the
+        // push transaction (one round trip and one commit less per push), unless the sync
+        // tables live in a database of their own: then around the transaction, there.
+        let stamp = if dbs.is_split() {
+            clients::load(&mut **dbs.store(), user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+            None
+        } else {
+            Some(req.client_id.as_str())
+        };
         let ctx = RecordContext {
             cat: &cat,
             user,
@@ -123,11 +131,9 @@ impl Engine {
         };
         let screened: Vec<Result<&SyncTable, Outcome>> = req.changes.iter().map(|r| screen(&ctx, r)).collect();
         let runs = runs(&req.changes, &screened, self.set_based_push);
-        // Pushes write the application database only; the client bookkeeping around them is in
-        // the sync store (which may be the same database), outside this transaction.
         let mut careful = false;
         let outcomes = loop {
-            match self.attempt(dbs.app(), &ctx, &req.changes, &screened, &runs, careful)? {
+            match self.attempt(dbs.app(), &ctx, &req.changes, &screened, &runs, stamp, careful)? {
                 Attempt::Committed(outcomes, mut counts) => {
                     counts.retried = u64::from(careful);
                     self.pushes.record(counts);
@@ -139,8 +145,10 @@ impl Engine {
                 }
             }
         };
-        if let Err(e) = clients::touch_push(&mut **dbs.store(), user, &req.client_id) {
-            crate::warn!("recording the push time failed", error = e.to_string());
+        if stamp.is_none() {
+            if let Err(e) = clients::touch_push(&mut **dbs.store(), user, &req.client_id) {
+                crate::warn!("recording the push time failed", error = e.to_string());
+            }
         }
         let (mut accepted, mut rejected) = (Vec::new(), Vec::new());
         for (rec, o) in req.changes.iter().zip(outcomes) {
@@ -172,8 +180,10 @@ impl Engine {
         })
     }
 
-    /// One attempt at the push transaction. `careful`: every set-based run inside a savepoint,
-    /// a failing one replayed record by record (otherwise a failing run ends the attempt).
+    /// One attempt at the push transaction. `stamp`: the client to look up and stamp in it.
+    /// `careful`: every set-based run inside a savepoint, a failing one replayed record by
+    /// record (otherwise a failing run ends the attempt).
+    #[allow(clippy::too_many_arguments)]
     fn attempt(
         &self,
         session: &mut Session,
@@ -181,11 +191,15 @@ impl Engine {
         records: &[PushRecord],
         screened: &[Result<&SyncTable, Outcome>],
         runs: &[Run<'_>],
+        stamp: Option<&str>,
         careful: bool,
     ) -> Result<Attempt, EngineError> {
         let (client, cache) = session.parts();
         let mut tx = client.transaction().map_err(StoreError::query("starting the push"))?;
-        let links = begin(&mut tx, cache, ctx.user, self.settings.push_role.as_deref(), runs)?;
+        let Some(links) = begin(&mut tx, cache, ctx.user, stamp, self.settings.push_role.as_deref(), runs)? else {
+            // Dropping the transaction undoes nothing but the lookup.
+            return Err(EngineError::ClientNotRegistered);
+        };
         let mut outcomes: Vec<Option<Outcome>> = screened.iter().map(|s| s.as_ref().err().cloned()).collect();
         let mut counts = PushCounts::default();
         for run in runs {
@@ -262,43 +276,70 @@ impl Engine {
     }
 }
 
-/// Starts the push transaction: `app.user_id` for row-level security (§7.3) and, in the same
-/// round trip, sequential scans off (every statement of a push reads rows by key, and right
-/// after a bulk load stale statistics would scan whole tables for a join on a key list) and
-/// the [`RowLinks`] of the runs' tables from the catalog; then `PUSH_ROLE`.
-fn begin(
-    tx: &mut Transaction<'_>,
-    cache: &mut StatementCache,
-    user: &UserId,
-    role: Option<&str>,
-    runs: &[Run<'_>],
-) -> Result<HashMap<Oid, RowLinks>, StoreError> {
-    let oids: Vec<u32> = runs.iter().filter(|r| r.set_based).map(|r| r.table.oid.0).collect();
-    let row = cache
-        .query(
-            tx,
+/// The opening statement of a push transaction, around the stamp of the client: `$1` the user,
+/// `$2` the runs' tables.
+macro_rules! begin_sql {
+    ($stamp_with:literal, $registered:literal) => {
+        concat!(
+            $stamp_with,
             "SELECT set_config('app.user_id', $1, true), set_config('enable_seqscan', 'off', true), \
                ARRAY(SELECT indrelid FROM pg_index WHERE indrelid = ANY ($2) \
                      AND ((indisunique AND NOT indisprimary) OR indisexclusion)), \
                ARRAY(SELECT conrelid FROM pg_constraint WHERE conrelid = ANY ($2) \
-                     AND contype = 'f' AND confrelid = conrelid)",
-            &[(&user.as_str(), Type::TEXT), (&oids, Type::OID_ARRAY)],
+                     AND contype = 'f' AND confrelid = conrelid), ",
+            $registered
         )
-        .map_err(StoreError::query("setting app.user_id"))?;
+    };
+}
+
+/// [`begin_sql`] that also stamps client `$3` (§7.1 step 5: `last_push_at = last_sync_at =
+/// now()`) and says whether it exists: the stamp commits with the push or not at all.
+const BEGIN_STAMPED: &str = begin_sql!(
+    "WITH stamped AS (UPDATE sync_clients SET last_push_at = now(), last_sync_at = now() \
+       WHERE user_id = $1 AND client_id = $3 RETURNING 1) ",
+    "EXISTS (SELECT 1 FROM stamped)"
+);
+
+/// [`begin_sql`] alone.
+const BEGIN: &str = begin_sql!("", "true");
+
+/// Starts the push transaction: `app.user_id` for row-level security (§7.3) and, in the same
+/// round trip, sequential scans off (every statement of a push reads rows by key, and right
+/// after a bulk load stale statistics would scan whole tables for a join on a key list), the
+/// [`RowLinks`] of the runs' tables from the catalog and, with `stamp`, the client's push
+/// stamp; then `PUSH_ROLE`. `None` when the stamped client does not exist.
+fn begin(
+    tx: &mut Transaction<'_>,
+    cache: &mut StatementCache,
+    user: &UserId,
+    stamp: Option<&str>,
+    role: Option<&str>,
+    runs: &[Run<'_>],
+) -> Result<Option<HashMap<Oid, RowLinks>>, StoreError> {
+    let oids: Vec<u32> = runs.iter().filter(|r| r.set_based).map(|r| r.table.oid.0).collect();
+    let user = user.as_str();
+    let rows = match stamp {
+        Some(client_id) => cache.query(
+            tx,
+            BEGIN_STAMPED,
+            &[(&user, Type::TEXT), (&oids, Type::OID_ARRAY), (&client_id, Type::TEXT)],
+        ),
+        None => cache.query(tx, BEGIN, &[(&user, Type::TEXT), (&oids, Type::OID_ARRAY)]),
+    }
+    .map_err(StoreError::query("starting the push"))?;
+    let Some(row) = rows.first().filter(|r| r.get::<_, bool>(4)) else { return Ok(None) };
     let mut links: HashMap<Oid, RowLinks> = HashMap::new();
-    if let Some(row) = row.first() {
-        for oid in row.get::<_, Vec<u32>>(2) {
-            links.entry(Oid(oid)).or_default().unique = true;
-        }
-        for oid in row.get::<_, Vec<u32>>(3) {
-            links.entry(Oid(oid)).or_default().self_reference = true;
-        }
+    for oid in row.get::<_, Vec<u32>>(2) {
+        links.entry(Oid(oid)).or_default().unique = true;
+    }
+    for oid in row.get::<_, Vec<u32>>(3) {
+        links.entry(Oid(oid)).or_default().self_reference = true;
     }
     if let Some(role) = role {
         tx.batch_execute(&format!("SET LOCAL ROLE {}", quote_ident(role)))
             .map_err(StoreError::query("switching to PUSH_ROLE"))?;
     }
-    Ok(links)
+    Ok(Some(links))
 }
 
 fn savepoint(tx: &mut Transaction<'_>, sql: &str) -> Result<(), StoreError> {
