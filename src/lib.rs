@@ -33,8 +33,8 @@
 //! | [`buckets`] | bucket assignment through foreign-key chains, pluggable |
 //! | [`writer`] | the changelog writer thread, edge backfill |
 //! | [`registry`], [`schema`] | synced tables as introspected; the served schema and its hash |
-//! | [`store`] | all SQL: migrations, introspection, clients, changelog, the pull probe, publication, pool (sessions with prepared hot statements), read replicas |
-//! | [`engine`] | register, pull, push, snapshot, rebuild, debug, schema, tables: typed in, typed out (library API, no HTTP, no JSON); scope decisions in `engine::scope` |
+//! | [`store`] | all SQL: migrations, introspection, clients, changelog, the pull probe, publication, pool (sessions with prepared hot statements and statements built at run time), read replicas |
+//! | [`engine`] | register, pull, push (set-based runs, `engine::push`), snapshot, rebuild, debug, schema, tables: typed in, typed out (library API, no HTTP, no JSON); scope decisions in `engine::scope` |
 //! | [`protocol`] | request/response messages and the served schema's wire form: the contract's field names live here only; the one check of client-supplied strings |
 //! | [`http`], [`service`] | the HTTP edge (our own HTTP/1.1 server: one I/O thread, fixed workers, every limit before a worker sees a request); `service` turns JSON into `protocol` structs and back around the engine |
 //! | [`jwt`], [`version`] | bearer tokens (decoding, claim rules, HMAC), the minimum-version gate |
@@ -55,7 +55,8 @@
 //!   every byte the HTTP edge holds (request heads and bodies, unread responses) is reserved
 //!   against one budget before it is read or kept.
 //! * No client can hold a worker: sockets are read and written by the HTTP I/O thread, workers
-//!   only run handlers (and hand what the socket does not take back to the I/O thread).
+//!   only run handlers (and hand what the socket does not take back to the I/O thread); a
+//!   streamed body's next piece is rendered only once the client has read the last.
 //! * SQL identifiers come only from the introspected registry, always quoted; values are
 //!   always bound parameters.
 //! * A row reaches a client only if it is in the client's scope on the version read, decided by

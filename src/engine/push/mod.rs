@@ -319,11 +319,9 @@ fn begin(
     let oids: Vec<u32> = runs.iter().filter(|r| r.set_based).map(|r| r.table.oid.0).collect();
     let user = user.as_str();
     let rows = match stamp {
-        Some(client_id) => cache.query(
-            tx,
-            BEGIN_STAMPED,
-            &[(&user, Type::TEXT), (&oids, Type::OID_ARRAY), (&client_id, Type::TEXT)],
-        ),
+        Some(client_id) => {
+            cache.query(tx, BEGIN_STAMPED, &[(&user, Type::TEXT), (&oids, Type::OID_ARRAY), (&client_id, Type::TEXT)])
+        }
         None => cache.query(tx, BEGIN, &[(&user, Type::TEXT), (&oids, Type::OID_ARRAY)]),
     }
     .map_err(StoreError::query("starting the push"))?;
