@@ -1,13 +1,16 @@
 //! Change-capture benchmark: prints figures, each beside a baseline measured in the same run.
 //!
-//! `cargo bench --bench capture` (set `BENCH_ROWS` to change the 1,000,000-row workload; set
-//! `BENCH_STORE=1` to keep the sync tables in a separate database of the same server, as with
-//! `SYNC_STORE_URL`).
+//! `cargo bench --bench capture`. Settings:
+//! * `BENCH_ROWS`: the size of the ingest workload (default 1,000,000 rows);
+//! * `BENCH_STORE=1`: the sync tables in a separate database of the same server, as with
+//!   `SYNC_STORE_URL`;
+//! * `BENCH_BASELINE_BIN=<path to another synchrod>`: the ingest alternates this build and that
+//!   one (A B B A), to measure a change side by side with what it changes;
+//! * `BENCH_ONLY_INGEST=1`: stop after the ingest phase.
 //!
 //! * WAL ingest: 1M narrow rows in 1k-row transactions, drained by synchrod vs `pg_recvlogical`
 //!   (same cluster, same publication, its own slot, output to /dev/null); synchrod drains it
-//!   four times from four slots, alternating one transaction per batch (the default) and
-//!   `CAPTURE_EDGE_SESSION=true` (ABBA), the sync tables emptied in between.
+//!   four times from four slots, the sync tables emptied in between.
 //! * One-row transactions ingested per second.
 //! * Commit -> changelog latency p50/p99 at a steady 1k rows/s.
 //! * Peak RSS of synchrod while it ingests one 1M-row transaction.
@@ -31,8 +34,8 @@ use common::{bench_cluster, in_changelog, wait_until, Synchrod};
 const DB: &str = "bench";
 const STORE_DB: &str = "bench_store";
 const CEILING_DB: &str = "bench_ceiling";
-/// The slots synchrod drains the ingest workload from: the writer's default mode, the edge
-/// session, the edge session, the default (the first is also the later phases' slot).
+/// The slots synchrod drains the ingest workload from, in order (the first is also the later
+/// phases' slot).
 const DRAIN_SLOTS: [&str; 4] = ["bench_slot", "drain_b1", "drain_b2", "drain_a2"];
 /// The slots of the ceiling's two `pg_recvlogical` drains (one per [`CeilingMethod`]).
 const CEILING_SLOTS: [&str; 2] = ["ceiling_insert_slot", "ceiling_copy_slot"];
@@ -53,16 +56,18 @@ fn store_client(cluster: &LocalCluster) -> Client {
 }
 
 fn spawn_synchrod(cluster: &LocalCluster, slot: &str) -> Synchrod {
-    spawn_synchrod_with(cluster, slot, false)
+    spawn_synchrod_bin(cluster, slot, env!("CARGO_BIN_EXE_synchrod"))
 }
 
-fn spawn_synchrod_with(cluster: &LocalCluster, slot: &str, edge_session: bool) -> Synchrod {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_synchrod"));
+/// A synchrod built elsewhere to compare against (`BENCH_BASELINE_BIN`), if given.
+fn baseline_bin() -> Option<String> {
+    std::env::var("BENCH_BASELINE_BIN").ok().filter(|p| !p.is_empty())
+}
+
+fn spawn_synchrod_bin(cluster: &LocalCluster, slot: &str, bin: &str) -> Synchrod {
+    let mut cmd = Command::new(bin);
     if separate_store() {
         cmd.env("SYNC_STORE_URL", cluster.url(STORE_DB));
-    }
-    if edge_session {
-        cmd.env("CAPTURE_EDGE_SESSION", "true");
     }
     let child = cmd
         .env("DATABASE_URL", cluster.url(DB))
@@ -234,8 +239,7 @@ fn main() {
     });
     stop(child);
     c.execute("SELECT pg_create_logical_replication_slot('baseline_slot', 'pgoutput')", &[]).unwrap();
-    // synchrod drains the workload four times, alternating the writer mode (ABBA, so neither
-    // mode gains from going first or last), each from its own slot created here.
+    // synchrod drains the workload four times, each from its own slot created here.
     for slot in DRAIN_SLOTS.iter().skip(1) {
         c.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[slot]).unwrap();
     }
@@ -278,11 +282,18 @@ fn main() {
         );
         bound_rate = bound_rate.max(rate);
     }
-    // (rate with one transaction per batch, rate with the edge session), two of each.
+    // (rates of this build, rates of the baseline build), two drains of each.
     let mut rates: (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    let baseline_synchrod = baseline_bin();
     for (i, slot) in DRAIN_SLOTS.iter().enumerate() {
-        let edge_session = i == 1 || i == 2;
-        let label = if edge_session { "CAPTURE_EDGE_SESSION=true" } else { "one transaction per batch (default)" };
+        // A B B A: neither build gains from going first or last. Without a baseline build,
+        // this build drains all four times.
+        let bin = match &baseline_synchrod {
+            Some(b) if i == 1 || i == 2 => b.as_str(),
+            _ => env!("CARGO_BIN_EXE_synchrod"),
+        };
+        let is_baseline = bin != env!("CARGO_BIN_EXE_synchrod");
+        let label = if is_baseline { "baseline build" } else { "this build" };
         if i > 0 {
             // Start from empty sync tables again, as the first drain did, once the previous
             // synchrod's sessions are gone (a backend finishing its last statement would
@@ -296,27 +307,27 @@ fn main() {
         }
         c.execute("SELECT pg_stat_statements_reset()", &[]).unwrap();
         let started = Instant::now();
-        let child = spawn_synchrod_with(&cluster, slot, edge_session);
+        let child = spawn_synchrod_bin(&cluster, slot, bin);
         wait_until("synchrod to ingest the workload", Duration::from_secs(1800), || marker_seen(&mut s, 1));
         let ours = started.elapsed();
         stop(child);
         let our_rate = rows as f64 / ours.as_secs_f64();
-        if edge_session { &mut rates.1 } else { &mut rates.0 }.push(our_rate);
+        if is_baseline { &mut rates.1 } else { &mut rates.0 }.push(our_rate);
         println!(
             "WAL ingest, {rows} rows in 1k-row tx, {label}: synchrod {:.0} rows/s ({:.1} s) | pg_recvlogical {:.0} rows/s ({:.1} s) \
-             | ratio {:.2}x (target >= 0.5x); {:.0}% of the ceiling",
+             | ratio {:.2}x (target >= 0.5x); {:.2}x of the ceiling",
             our_rate,
             ours.as_secs_f64(),
             base_rate,
             baseline.as_secs_f64(),
             our_rate / base_rate,
-            100.0 * our_rate / bound_rate
+            our_rate / bound_rate
         );
         println!("  writer statements during the ingest (pg_stat_statements, by total time):");
         for r in c
             .query(
                 "SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements \
-                 WHERE query NOT ILIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC LIMIT 5",
+                 WHERE query NOT ILIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC LIMIT 6",
                 &[],
             )
             .unwrap()
@@ -334,14 +345,27 @@ fn main() {
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     println!(
         "  ceiling (the faster of the two): {bound_rate:.0} rows/s | best possible ratio {:.2}x; \
-         mean of the drains: one transaction per batch {:.0} rows/s ({:.2}x), edge session {:.0} rows/s ({:.2}x, {:.2}x as fast)",
+         this build, mean of {} drains: {:.0} rows/s ({:.2}x of pg_recvlogical, {:.2}x of the ceiling)",
         bound_rate / base_rate,
+        rates.0.len(),
         mean(&rates.0),
         mean(&rates.0) / base_rate,
-        mean(&rates.1),
-        mean(&rates.1) / base_rate,
-        mean(&rates.1) / mean(&rates.0)
+        mean(&rates.0) / bound_rate,
     );
+    if !rates.1.is_empty() {
+        println!(
+            "  baseline build, mean of {} drains: {:.0} rows/s ({:.2}x of pg_recvlogical, {:.2}x of the ceiling); \
+             this build is {:.2}x as fast",
+            rates.1.len(),
+            mean(&rates.1),
+            mean(&rates.1) / base_rate,
+            mean(&rates.1) / bound_rate,
+            mean(&rates.0) / mean(&rates.1)
+        );
+    }
+    if std::env::var("BENCH_ONLY_INGEST").is_ok_and(|v| v == "1") {
+        return;
+    }
 
     // 2. One-row transactions.
     let singles: i64 = 10_000;

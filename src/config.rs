@@ -127,10 +127,6 @@ pub struct Config {
     pub http_idle_timeout: Duration,
     /// A non-superuser role pushes switch to (`SET LOCAL ROLE`) so RLS policies apply.
     pub push_role: Option<String>,
-    /// Write the changelog and the bucket edges on two sessions side by side
-    /// (`CAPTURE_EDGE_SESSION`): faster ingest, two transactions per batch (see
-    /// `crate::edge_session`).
-    pub capture_edge_session: bool,
     /// How often the background compaction runs (`None` = never).
     pub compaction_interval: Option<Duration>,
     /// Clients that have not synced for this long are deactivated by compaction.
@@ -520,16 +516,6 @@ impl Config {
                 }
                 None => None,
             },
-            capture_edge_session: match get("CAPTURE_EDGE_SESSION") {
-                None | Some("false") | Some("0") | Some("off") => false,
-                Some("true") | Some("1") | Some("on") => true,
-                Some(v) => {
-                    return Err(ConfigError {
-                        variable: "CAPTURE_EDGE_SESSION",
-                        message: format!("invalid value {v:?}: expected true or false"),
-                    })
-                }
-            },
             compaction_interval: match get("COMPACTION_INTERVAL_SECS") {
                 Some(v) => match parse_number("COMPACTION_INTERVAL_SECS", v, 0u64, 30 * 24 * 3600)? {
                     0 => None,
@@ -694,7 +680,6 @@ mod tests {
             (&[("MAX_BODY_BYTES", "10")], "MAX_BODY_BYTES"),
             (&[("HTTP_IDLE_TIMEOUT_SECS", "-1")], "HTTP_IDLE_TIMEOUT_SECS"),
             (&[("COMPACTION_INTERVAL_SECS", "soon")], "COMPACTION_INTERVAL_SECS"),
-            (&[("CAPTURE_EDGE_SESSION", "sometimes")], "CAPTURE_EDGE_SESSION"),
             (&[("STALE_CLIENT_DAYS", "0")], "STALE_CLIENT_DAYS"),
             (&[("PUSH_ROLE", "bad role")], "PUSH_ROLE"),
             (&[("CONFLICT_RESOLVER", "client_wins")], "CONFLICT_RESOLVER"),

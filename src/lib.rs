@@ -65,13 +65,11 @@
 #![warn(missing_docs)]
 
 pub mod capture;
-pub mod changelog_session;
 pub mod check;
 pub mod checksum;
 pub mod cluster;
 pub mod config;
 pub mod dev;
-pub mod edge_session;
 pub mod engine;
 pub mod fuzzing;
 pub mod http;
@@ -90,7 +88,6 @@ pub mod rls;
 pub mod schema;
 pub mod server;
 pub mod service;
-pub mod session_thread;
 pub mod store;
 pub mod time;
 pub mod types;

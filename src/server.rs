@@ -20,7 +20,7 @@ use crate::service::EngineApi;
 use crate::store::introspect::{self, RegistrySettings};
 use crate::store::publication::{self, PublicationChange};
 use crate::store::replicas::{ReplicaSet, ReplicaSettings};
-use crate::store::{migrations, pool, Stores};
+use crate::store::{migrations, pool};
 use crate::version::VersionGate;
 
 /// Why the server could not start or stopped.
@@ -379,20 +379,14 @@ fn begin_capture(config: &Config, engine: &Engine, status: Arc<CaptureStatus>) -
     let mut capture_config =
         CaptureConfig::new(&config.replication_url, &config.database_url, &config.slot_name, &config.publication_name);
     capture_config.writer.store_url = config.sync_store_url.clone();
-    capture_config.writer.edge_session = config.capture_edge_session;
     // The slot must exist before the backfill: every row committed after this point is either
     // streamed or (if older) backfilled, never neither.
     capture::ensure_slot(&capture_config).map_err(|e| ServerError::Config(format!("preparing replication: {e}")))?;
-    let mut dbs = Stores::connect(&config.database_url, config.sync_store_url.as_deref())?;
     let started = Instant::now();
-    let edges = crate::capture::writer::backfill_edges(
-        &mut dbs,
-        &tables.routing,
-        assigner.as_ref(),
-        crate::checksum::record_checksum,
-    )?;
-    if edges > 0 {
-        crate::info!("bucket edges backfilled", edges = edges, millis = started.elapsed().as_millis() as u64);
+    let rows = crate::capture::backfill::backfill_edges(&capture_config.writer, &tables.routing, assigner.as_ref())
+        .map_err(|e| ServerError::Config(format!("backfilling bucket edges: {e}")))?;
+    if rows > 0 {
+        crate::info!("bucket edges backfilled", rows = rows, millis = started.elapsed().as_millis() as u64);
     }
     capture::start_with_status(capture_config, tables, assigner, status).map_err(|e| ServerError::Config(e.to_string()))
 }

@@ -25,8 +25,9 @@ use crate::pg::url;
 use crate::pg::wire::backend::{self, BackendMessage, ReplicationMessage};
 use crate::pg::wire::pgoutput;
 use crate::registry::Registry;
-use crate::store::changelog::{self, watermark};
+use crate::store::changelog;
 use crate::store::pool::StoreError;
+use crate::store::position;
 use crate::store::Stores;
 use crate::time::unix_ms_now as now_ms;
 use crate::types::Lsn;
@@ -302,21 +303,7 @@ fn slot_info(db: &mut postgres::Client, slot: &str) -> Result<Option<SlotInfo>, 
 /// Records that history up to now may be incomplete: clients positioned before the returned
 /// sequence must re-snapshot.
 fn mark_history_reset(db: &mut postgres::Client, why: &str) -> Result<i64, StoreError> {
-    let mut tx = db.transaction().map_err(StoreError::query("starting the history reset"))?;
-    // A marker row in a bucket nobody subscribes to advances `seq` past every earlier change,
-    // so snapshots taken after the reset start at or above it.
-    let seq: i64 = tx
-        .query_one(
-            "INSERT INTO sync_changelog (bucket_id, table_name, record_id, operation) VALUES ('__synchro_history_reset__', '', '', 2) RETURNING seq",
-            &[],
-        )
-        .map_err(StoreError::query("writing the history-reset marker"))?
-        .get(0);
-    changelog::raise_watermark(&mut tx, watermark::HISTORY_RESET, seq)?;
-    // No batch is in flight: every edge up to the marker is committed, so rebuilds may start
-    // past it.
-    changelog::raise_watermark(&mut tx, crate::edge_session::EDGES_SEQ, seq)?;
-    tx.commit().map_err(StoreError::query("committing the history reset"))?;
+    let seq = changelog::mark_history_reset(db)?;
     crate::error!("change history is incomplete; clients will re-snapshot", reason = why, reset_seq = seq);
     Ok(seq)
 }
@@ -329,7 +316,7 @@ pub fn ensure_slot(config: &CaptureConfig) -> Result<(), CaptureError> {
     let mut dbs = Stores::connect(&config.writer.database_url, config.writer.store_url.as_deref())?;
     let mut conn = ReplicationConn::connect(&params, Duration::from_secs(10))?;
     conn.identify_system()?;
-    let stored = writer::stored_position(dbs.store(), &config.slot_name)?;
+    let stored = position::read(dbs.store(), &config.slot_name)?;
     ensure_slot_with(&mut conn, &mut dbs, config, stored)?;
     conn.close();
     Ok(())
@@ -418,8 +405,7 @@ fn run_session(
     let mut dbs = Stores::connect(&config.writer.database_url, config.writer.store_url.as_deref())?;
     let mut conn = ReplicationConn::connect(&params, Duration::from_secs(10))?;
     let system = conn.identify_system()?;
-    // The changelog position, or the edge position when a crash left the edges behind.
-    let stored = writer::resume_position(dbs.store(), &config.slot_name)?;
+    let stored = position::read(dbs.store(), &config.slot_name)?;
     ensure_slot_with(&mut conn, &mut dbs, config, stored)?;
     // Not needed while streaming: the writer has its own sessions.
     drop(dbs);

@@ -3,13 +3,16 @@
 pub mod changelog;
 pub mod clients;
 pub mod compaction;
+pub mod edges;
 pub mod introspect;
 pub mod migrations;
 pub mod pool;
+pub mod position;
 pub mod publication;
 pub mod pull_probe;
 pub mod replicas;
 pub mod stores;
 pub mod visibility;
+pub mod writer_session;
 
 pub use stores::Stores;

@@ -101,8 +101,7 @@ fn checksums_and_members_come_from_edges() {
          ('a', '3', 'user:x', 5)",
     )
     .unwrap();
-    let sums =
-        changelog::bucket_checksums(&mut c, &["global".into(), "user:x".into(), "user:none".into()], None).unwrap();
+    let sums = changelog::bucket_checksums(&mut c, &["global".into(), "user:x".into(), "user:none".into()]).unwrap();
     assert_eq!(sums, vec![("global".to_string(), 1169895310), ("user:x".to_string(), 5)]);
     let first = changelog::bucket_members(&mut c, "global", None, 2).unwrap();
     assert_eq!(first, vec![("a".to_string(), "1".to_string()), ("a".to_string(), "2".to_string())]);
