@@ -91,28 +91,22 @@ pub fn parse(s: &str) -> Result<ConnParams, ConnStringError> {
     }
 }
 
+/// Decodes `%XX` escapes as libpq does: a `%` without two hex digits after it is an error,
+/// and so is a result that is not UTF-8.
 fn percent_decode(s: &str) -> Result<String, ConnStringError> {
     let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-                let value = hex.and_then(|h| u8::from_str_radix(h, 16).ok());
-                match value {
-                    Some(v) => out.push(v),
-                    None => return Err(ConnStringError(format!("invalid percent-encoding in {s:?}"))),
-                }
-                i += 3;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
+    let well_formed = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'%')
+        .all(|(i, _)| bytes.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)));
+    if !well_formed {
+        return Err(ConnStringError(format!("invalid percent-encoding in {s:?}")));
     }
-    String::from_utf8(out).map_err(|_| ConnStringError(format!("percent-encoding in {s:?} is not UTF-8")))
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|d| d.into_owned())
+        .map_err(|_| ConnStringError(format!("percent-encoding in {s:?} is not UTF-8")))
 }
 
 fn parse_port(s: &str) -> Result<u16, ConnStringError> {
