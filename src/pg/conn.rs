@@ -293,7 +293,7 @@ impl ReplicationConn {
         ];
         // Values arrive rendered with the session's settings: pin the ones every pooled session
         // uses (UTC, ISO dates, interval and bytea formats), so text renders alike in both.
-        startup.push(("options", crate::store::pool::SESSION_OPTIONS));
+        startup.push(("options", super::SESSION_OPTIONS));
         frontend::startup(&mut conn.out, &startup);
         conn.flush_out("sending the startup message")?;
         conn.authenticate(params)?;
