@@ -6,7 +6,8 @@
 //!   `SYNC_STORE_URL`;
 //! * `BENCH_BASELINE_BIN=<path to another synchrod>`: the ingest alternates this build and that
 //!   one (A B B A), to measure a change side by side with what it changes;
-//! * `BENCH_ONLY_INGEST=1`: stop after the ingest phase.
+//! * `BENCH_PHASES`: the phases to run, comma-separated, of `ingest,singles,latency,rss`
+//!   (default: all).
 //!
 //! * WAL ingest: 1M narrow rows in 1k-row transactions, drained by synchrod vs `pg_recvlogical`
 //!   (same cluster, same publication, its own slot, output to /dev/null); synchrod drains it
@@ -238,6 +239,28 @@ fn main() {
         marker_seen(&mut s, probe)
     });
     stop(child);
+    if phase("ingest") {
+        ingest(&cluster, &mut c, &mut s, rows);
+    }
+    if phase("singles") {
+        singles(&cluster, &mut c, &mut s);
+    }
+    if phase("latency") {
+        latency(&cluster, &mut c, &mut s);
+    }
+    if phase("rss") {
+        rss(&cluster, &mut c, &mut s, rows);
+    }
+}
+
+/// Whether `BENCH_PHASES` selects phase `name` (all phases when it is not set).
+fn phase(name: &str) -> bool {
+    std::env::var("BENCH_PHASES").map_or(true, |v| v.split(',').any(|p| p.trim() == name))
+}
+
+/// Phase 1, WAL ingest: 1M narrow rows in 1k-row transactions, drained by `pg_recvlogical`, by
+/// the two ceilings and four times by synchrod.
+fn ingest(cluster: &LocalCluster, c: &mut Client, s: &mut Client, rows: i64) {
     c.execute("SELECT pg_create_logical_replication_slot('baseline_slot', 'pgoutput')", &[]).unwrap();
     // synchrod drains the workload four times, each from its own slot created here.
     for slot in DRAIN_SLOTS.iter().skip(1) {
@@ -248,7 +271,6 @@ fn main() {
         c.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot]).unwrap();
     }
 
-    // 1. 1M narrow rows in 1k-row transactions.
     let started = Instant::now();
     for batch in 0..(rows / 1000) {
         c.execute(
@@ -262,7 +284,7 @@ fn main() {
     println!("workload written in {:.1} s", started.elapsed().as_secs_f64());
 
     let started = Instant::now();
-    let status = recvlogical(&cluster, "baseline_slot", &end_lsn).wait().expect("pg_recvlogical");
+    let status = recvlogical(cluster, "baseline_slot", &end_lsn).wait().expect("pg_recvlogical");
     assert!(status.success());
     let baseline = started.elapsed();
     // Right after the baseline, while the server is in the same state (autovacuum has yet to
@@ -271,7 +293,7 @@ fn main() {
     let methods = [(CeilingMethod::InsertSelect, "INSERT ... SELECT"), (CeilingMethod::Copy, "COPY FROM STDIN")];
     let mut bound_rate = 0f64;
     for ((method, label), slot) in methods.into_iter().zip(CEILING_SLOTS) {
-        let took = ceiling(&cluster, rows, &end_lsn, slot, method);
+        let took = ceiling(cluster, rows, &end_lsn, slot, method);
         c.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).unwrap();
         let rate = rows as f64 / took.as_secs_f64();
         println!(
@@ -307,8 +329,8 @@ fn main() {
         }
         c.execute("SELECT pg_stat_statements_reset()", &[]).unwrap();
         let started = Instant::now();
-        let child = spawn_synchrod_bin(&cluster, slot, bin);
-        wait_until("synchrod to ingest the workload", Duration::from_secs(1800), || marker_seen(&mut s, 1));
+        let child = spawn_synchrod_bin(cluster, slot, bin);
+        wait_until("synchrod to ingest the workload", Duration::from_secs(1800), || marker_seen(s, 1));
         let ours = started.elapsed();
         stop(child);
         let our_rate = rows as f64 / ours.as_secs_f64();
@@ -363,11 +385,10 @@ fn main() {
             mean(&rates.0) / mean(&rates.1)
         );
     }
-    if std::env::var("BENCH_ONLY_INGEST").is_ok_and(|v| v == "1") {
-        return;
-    }
+}
 
-    // 2. One-row transactions.
+/// Phase 2: one-row transactions, after a restart of synchrod.
+fn singles(cluster: &LocalCluster, c: &mut Client, s: &mut Client) {
     let singles: i64 = 10_000;
     for i in 0..singles {
         c.execute("INSERT INTO items VALUES ($1, 'solo', 0)", &[&(10_000_000 + i)]).unwrap();
@@ -383,7 +404,7 @@ fn main() {
         .unwrap()
         .get(0);
     let started = Instant::now();
-    let child = spawn_synchrod(&cluster, "bench_slot");
+    let child = spawn_synchrod(cluster, "bench_slot");
     wait_until("the replication stream", Duration::from_secs(600), || {
         c.query_one("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = 'bench_slot' AND active)", &[])
             .map(|r| r.get(0))
@@ -401,7 +422,7 @@ fn main() {
         .unwrap_or(false)
     });
     let startup = started.elapsed();
-    wait_until("one-row transactions", Duration::from_secs(600), || marker_seen(&mut s, 2));
+    wait_until("one-row transactions", Duration::from_secs(600), || marker_seen(s, 2));
     let total = started.elapsed();
     let ingest = total - startup;
     println!(
@@ -420,43 +441,78 @@ fn main() {
         redecode / 1e6
     );
 
-    // 3. Commit -> changelog latency at a steady 1k rows/s (changelog insertion time measured
-    //    with clock_timestamp(), so it excludes nothing but the writer's own commit).
-    s.batch_execute("ALTER TABLE sync_changelog ALTER COLUMN created_at SET DEFAULT clock_timestamp()").unwrap();
-    let total = 5_000i64;
-    let tick = Duration::from_millis(1);
-    let mut next = Instant::now();
-    for i in 0..total {
-        c.execute("INSERT INTO events (id) VALUES ($1)", &[&(100 + i)]).unwrap();
-        next += tick;
-        if let Some(d) = next.checked_duration_since(Instant::now()) {
-            std::thread::sleep(d);
-        }
-    }
-    wait_until("latency rows", Duration::from_secs(60), || marker_seen(&mut s, 100 + total - 1));
-    // Joined here rather than in SQL: the changelog may be in another database.
-    let epoch_ms = |client: &mut Client, sql: &str| -> std::collections::HashMap<String, f64> {
-        client.query(sql, &[]).unwrap().iter().map(|r| (r.get::<_, String>(0), r.get::<_, f64>(1))).collect()
-    };
-    let sent =
-        epoch_ms(&mut c, "SELECT id::text, (EXTRACT(EPOCH FROM sent_at) * 1000)::float8 FROM events WHERE id >= 100");
-    let logged = epoch_ms(
-        &mut s,
-        "SELECT record_id, (EXTRACT(EPOCH FROM created_at) * 1000)::float8 FROM sync_changelog WHERE table_name = 'events'",
-    );
-    let mut lat: Vec<f64> = sent.iter().filter_map(|(id, at)| Some(logged.get(id)? - at)).collect();
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
-    println!(
-        "commit -> changelog latency at 1k rows/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 <= 50 ms)",
-        pct(0.5),
-        pct(0.99),
-        pct(1.0)
-    );
     stop(child);
+}
 
-    // 4. Peak RSS during one 1M-row transaction.
-    let child = spawn_synchrod(&cluster, "bench_slot");
+/// Phase 3: commit -> changelog latency at a steady 1k rows/s, for this build and the baseline
+/// build (`BENCH_BASELINE_BIN`), each on a slot of its own created just before. The changelog
+/// row's insertion time is measured with `clock_timestamp()`, so it leaves out nothing but
+/// the writer's own commit.
+fn latency(cluster: &LocalCluster, c: &mut Client, s: &mut Client) {
+    s.batch_execute("ALTER TABLE sync_changelog ALTER COLUMN created_at SET DEFAULT clock_timestamp()").unwrap();
+    let mut builds = vec![("this build", env!("CARGO_BIN_EXE_synchrod").to_string())];
+    builds.extend(baseline_bin().map(|b| ("baseline build", b)));
+    for (n, (label, bin)) in builds.into_iter().enumerate() {
+        let slot = format!("latency_{n}");
+        let first = 1_000_000 * (n as i64 + 1);
+        let child = spawn_synchrod_bin(cluster, &slot, &bin);
+        // Streaming once a row written now arrives.
+        let mut probe = first - 1;
+        wait_until("synchrod to stream", Duration::from_secs(60), || {
+            probe -= 1;
+            c.execute("INSERT INTO events (id) VALUES ($1)", &[&probe]).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            marker_seen(s, probe)
+        });
+        let total = 5_000i64;
+        let tick = Duration::from_millis(1);
+        let mut next = Instant::now();
+        for i in 0..total {
+            c.execute("INSERT INTO events (id) VALUES ($1)", &[&(first + i)]).unwrap();
+            next += tick;
+            if let Some(d) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+        }
+        wait_until("latency rows", Duration::from_secs(60), || marker_seen(s, first + total - 1));
+        stop(child);
+        // Joined here rather than in SQL: the changelog may be in another database.
+        let epoch_ms = |client: &mut Client, sql: &str| -> std::collections::HashMap<String, f64> {
+            client
+                .query(sql, &[&first, &(first + total)])
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, f64>(1)))
+                .collect()
+        };
+        let sent = epoch_ms(
+            c,
+            "SELECT id::text, (EXTRACT(EPOCH FROM sent_at) * 1000)::float8 FROM events WHERE id >= $1 AND id < $2",
+        );
+        let logged = epoch_ms(
+            s,
+            "SELECT record_id, (EXTRACT(EPOCH FROM created_at) * 1000)::float8 FROM sync_changelog \
+             WHERE table_name = 'events' AND record_id::int8 >= $1 AND record_id::int8 < $2",
+        );
+        let mut lat: Vec<f64> = sent.iter().filter_map(|(id, at)| Some(logged.get(id)? - at)).collect();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
+        println!(
+            "commit -> changelog latency at 1k rows/s, {label}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 <= 50 ms)",
+            pct(0.5),
+            pct(0.99),
+            pct(1.0)
+        );
+        // Its walsender exits a moment after synchrod.
+        wait_until("the latency slot to be released", Duration::from_secs(60), || {
+            c.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).is_ok()
+        });
+    }
+}
+
+/// Phase 4: peak RSS of synchrod while it ingests one 1M-row transaction.
+fn rss(cluster: &LocalCluster, c: &mut Client, s: &mut Client, rows: i64) {
+    let child = spawn_synchrod(cluster, "bench_slot");
     let pid = child.0.id();
     std::thread::sleep(Duration::from_millis(500));
     let idle = peak_rss_kib(pid);
@@ -466,7 +522,7 @@ fn main() {
     )
     .unwrap();
     c.execute("INSERT INTO events (id) VALUES (3)", &[]).unwrap();
-    wait_until("the large transaction", Duration::from_secs(1800), || marker_seen(&mut s, 3));
+    wait_until("the large transaction", Duration::from_secs(1800), || marker_seen(s, 3));
     let peak = peak_rss_kib(pid);
     println!(
         "synchrod RSS: idle {:.1} MB, peak during a {rows}-row transaction {:.1} MB (target <= 64 MB)",

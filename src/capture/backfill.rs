@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::buckets::{BucketAssigner, RoutingTable, TableRouting};
 use super::events::{ChangeKind, ColumnValue, RelColumn, RowChange};
 use super::source;
-use super::writer::{write_chunk, Tables, WriterConfig, WriterError, Writes};
+use super::writer::{write_chunk, Reads, Tables, WriterConfig, WriterError, Writes};
 use crate::store::changelog::{raise_watermark, read_watermark};
 use crate::store::writer_session::{self, WriterSession};
 use crate::types::Oid;
@@ -74,7 +74,7 @@ pub fn backfill_edges(
                 .collect();
             after = chunk.last().map(|c| c.key.clone());
             total += chunk.len() as u64;
-            write_chunk(&mut batch, app.as_mut(), &tables, &chunk, Writes::Edges)?;
+            write_chunk(&mut batch, Reads { app: app.as_mut(), visibility: None }, &tables, &chunk, Writes::Edges)?;
             batch.commit()?;
         }
     }

@@ -32,8 +32,9 @@ use std::sync::Arc;
 use super::buckets::{dedup_buckets, BucketAssigner, Owner, RoutingTable, TableRouting};
 use super::events::{ChangeKind, ColumnValue, RelColumn, RowChange};
 use super::row_json;
-use crate::store::changelog::Failure;
+use crate::store::changelog::{ChangeRef, Failure};
 use crate::store::edges::{EdgeRef, HeldEdge};
+use crate::store::writer_session::ChunkWrites;
 use crate::types::Op;
 
 /// A record inside one chunk: `(table, primary key)`, borrowed from the chunk.
@@ -96,9 +97,21 @@ pub struct Plan<'a> {
 }
 
 impl Plan<'_> {
-    /// The changelog rows in binary `COPY` format ([`crate::store::changelog::encode_rows`]).
-    pub fn encoded_changelog(&self) -> Vec<u8> {
-        crate::store::changelog::encode_rows(self.changelog.iter().map(|r| (&*r.bucket, r.table, r.record, r.op)))
+    /// The plan as the store's batch writes it.
+    pub fn writes(&self) -> ChunkWrites<'_> {
+        fn edges<'p>(e: &'p [EdgeChange<'_>]) -> Vec<EdgeRef<'p>> {
+            e.iter().map(EdgeChange::as_ref).collect()
+        }
+        ChunkWrites {
+            removed: edges(&self.removed),
+            added: edges(&self.added),
+            rechecked: edges(&self.rechecked),
+            changelog: self
+                .changelog
+                .iter()
+                .map(|r| ChangeRef { bucket: &r.bucket, table: r.table, record: r.record, op: r.op })
+                .collect(),
+        }
     }
 }
 
@@ -647,6 +660,11 @@ mod tests {
         assert!(p.removed.is_empty());
         // The changelog keeps stream order (`seq` is commit order).
         assert_eq!(p.changelog.iter().map(|r| r.record).collect::<Vec<_>>(), ["3", "1"]);
-        assert!(p.encoded_changelog().starts_with(b"PGCOPY\n\xff\r\n\0"));
+        let w = p.writes();
+        assert_eq!(
+            w.changelog.iter().map(|r| (r.bucket, r.record, r.op)).collect::<Vec<_>>(),
+            [("global", "3", Op::Create), ("global", "1", Op::Create)]
+        );
+        assert_eq!(w.added.iter().map(|e| e.record).collect::<Vec<_>>(), ["1", "3"]);
     }
 }

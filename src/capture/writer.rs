@@ -30,15 +30,14 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam_channel::{Receiver, TryRecvError};
 
 use super::buckets::{BucketAssigner, RoutingTable};
 use super::events::{RowChange, WalEvent};
 use super::plan::{self, Checksums};
 use super::source;
-use crate::store::edges::EdgeRef;
 use crate::store::pool::StoreError;
-use crate::store::visibility;
+use crate::store::visibility::Visibility;
 use crate::store::writer_session::{self, Batch, Committed, WriterSession};
 use crate::types::Lsn;
 
@@ -172,7 +171,10 @@ pub fn spawn(
     let p = progress.clone();
     let join = thread::Builder::new()
         .name("changelog-writer".into())
-        .spawn(move || Writer { config, routing, assigner, progress: p, stored, app }.run(&mut store, &rx))
+        .spawn(move || {
+            Writer { config, routing, assigner, progress: p, stored, app, visibility: Visibility::default() }
+                .run(&mut store, &rx)
+        })
         .map_err(WriterError::Spawn)?;
     Ok(WriterHandle { progress, join })
 }
@@ -186,6 +188,8 @@ struct Writer {
     stored: Lsn,
     /// The application database, when the sync store is separate (reads only, autocommit).
     app: Option<postgres::Client>,
+    /// What the session that reads the application database has seen committed.
+    visibility: Visibility,
 }
 
 /// The state of one open batch.
@@ -321,14 +325,10 @@ impl Writer {
             } else {
                 match rx.try_recv() {
                     Ok(e) => Some(e),
-                    Err(TryRecvError::Empty) => {
-                        // Nothing queued: commit now for latency, unless more is about to come.
-                        match rx.recv_timeout(Duration::from_millis(1)) {
-                            Ok(e) => Some(e),
-                            Err(RecvTimeoutError::Timeout) => break,
-                            Err(RecvTimeoutError::Disconnected) => None,
-                        }
-                    }
+                    // Nothing queued: commit now. Under load the channel is rarely empty, so
+                    // batches grow with the load by themselves; waiting for more only delays
+                    // what is already here.
+                    Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => None,
                 }
             };
@@ -399,23 +399,12 @@ impl Writer {
         }
         let chunk = std::mem::take(&mut state.chunk);
         let xids = std::mem::take(&mut state.chunk_xids);
-        // The walsender may send a commit a moment before the committing backend has made it
-        // visible to other sessions; every read of current rows below must see these
-        // transactions (or a child's parent inserted with it would look missing).
-        match self.app.as_mut() {
-            Some(app) => visibility::wait_until_visible(app, &xids)?,
-            None => visibility::wait_until_visible(batch.client(), &xids)?,
-        }
         let tables =
             Tables { routing: &self.routing, assigner: self.assigner.as_ref(), checksum: self.config.checksum };
-        state.changelog_rows += write_chunk(batch, self.app.as_mut(), &tables, &chunk, Writes::All)?;
+        let reads = Reads { app: self.app.as_mut(), visibility: Some((&mut self.visibility, &xids)) };
+        state.changelog_rows += write_chunk(batch, reads, &tables, &chunk, Writes::All)?;
         Ok(())
     }
-}
-
-/// The edge changes as the store's statements take them.
-fn refs<'p>(edges: &'p [plan::EdgeChange<'_>]) -> Vec<EdgeRef<'p>> {
-    edges.iter().map(|e| e.as_ref()).collect()
 }
 
 /// How a chunk's records are routed and checksummed.
@@ -434,23 +423,57 @@ pub(crate) enum Writes {
     Edges,
 }
 
+/// Where a chunk's reads of the application database go.
+pub(crate) struct Reads<'r> {
+    /// The application database, or `None` when it is the sync store (the reads then run in
+    /// the batch).
+    pub app: Option<&'r mut postgres::Client>,
+    /// For replicated changes: the transactions with rows in the chunk, which must be visible
+    /// to other sessions before the chunk is read for or written. The walsender may send a
+    /// commit a moment before the committing backend has made it visible; a read before that
+    /// sees the previous version of a row or misses a parent inserted in the same transaction,
+    /// and a pull that reads the changelog row before that would hydrate the row's previous
+    /// version, or miss it. `None` for the backfill, which reads rows, not changes.
+    pub visibility: Option<(&'r mut Visibility, &'r [u32])>,
+}
+
 /// Reads what planning `chunk` needs, plans it and writes the plan into `batch`; returns the
-/// number of changelog rows written. The application's rows are read on `app`, or in the
-/// batch when the sync store is the application database.
+/// number of changelog rows written. The application database is read only when the plan
+/// needs it (owners behind foreign keys, unchanged TOAST values, rows whose checksum the WAL
+/// text does not determine).
 pub(crate) fn write_chunk(
     batch: &mut Batch<'_>,
-    mut app: Option<&mut postgres::Client>,
+    reads: Reads<'_>,
     tables: &Tables<'_>,
     chunk: &[RowChange],
     writes: Writes,
 ) -> Result<u64, WriterError> {
+    let Reads { mut app, visibility } = reads;
     let keys = plan::touched(chunk);
-    let held = batch.held_edges(&keys)?;
+    // The transactions still to check for visibility (none when the session saw a snapshot
+    // they all precede).
+    let unchecked = visibility.filter(|(v, xids)| !v.known(xids));
+    let held = match (unchecked, app.as_deref_mut()) {
+        (None, _) => batch.held_edges(&keys)?,
+        (Some((visibility, xids)), Some(a)) => {
+            visibility.wait(a, xids)?;
+            batch.held_edges(&keys)?
+        }
+        // One session for both: the check rides along with the probe.
+        (Some((visibility, xids)), None) => {
+            let (held, checked) = batch.held_edges_checking(&keys, xids)?;
+            visibility.record(checked);
+            if !checked.visible {
+                visibility.wait(batch.client(), xids)?;
+            }
+            held
+        }
+    };
+    let mut sums = Checksums::render(chunk, tables.routing, tables.checksum);
     let owners = match app.as_deref_mut() {
         Some(a) => source::resolve_owners(a, tables.routing, chunk)?,
         None => source::resolve_owners(batch.client(), tables.routing, chunk)?,
     };
-    let mut sums = Checksums::render(chunk, tables.routing, tables.checksum);
     let mut rows: Vec<(&str, String, String)> = Vec::new();
     for run in sums.missing.chunk_by(|a, b| a.0 == b.0) {
         let table = run[0].0;
@@ -464,14 +487,13 @@ pub(crate) fn write_chunk(
     }
     sums.add_rows(rows.iter().map(|(t, id, json)| (*t, id.as_str(), json.as_str())));
     let plan = plan::plan(chunk, &held, &owners, &sums, tables.routing, tables.assigner);
-    batch.write_edges(&refs(&plan.removed), &refs(&plan.added), &refs(&plan.rechecked))?;
+    let mut chunk_writes = plan.writes();
     if writes == Writes::Edges {
+        chunk_writes.changelog.clear();
+        batch.write(&chunk_writes)?;
         return Ok(0);
     }
-    // A chunk whose changes all failed assignment (or whose rows are gone) has no rows.
-    if !plan.changelog.is_empty() {
-        batch.append(&plan.encoded_changelog())?;
-    }
+    batch.write(&chunk_writes)?;
     for f in &plan.failures {
         crate::warn!(
             "bucket assignment failed",

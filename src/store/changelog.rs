@@ -184,6 +184,19 @@ pub struct Failure {
     pub payload: String,
 }
 
+/// One changelog row to append, borrowed from the writer's plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeRef<'a> {
+    /// The bucket it is written for.
+    pub bucket: &'a str,
+    /// The registered table name.
+    pub table: &'a str,
+    /// The record's primary key as text.
+    pub record: &'a str,
+    /// What happened to the record in that bucket.
+    pub op: Op,
+}
+
 /// Appends rows encoded by [`encode_rows`].
 pub(super) const COPY_SQL: &str =
     "COPY sync_changelog (bucket_id, table_name, record_id, operation) FROM STDIN (FORMAT binary)";
@@ -200,12 +213,12 @@ pub(super) const TRUNCATE_SQL: &str = "WITH gone AS (DELETE FROM sync_bucket_edg
      INSERT INTO sync_changelog (bucket_id, table_name, record_id, operation) \
      SELECT bucket_id, table_name, record_id, 3 FROM gone ORDER BY table_name, record_id, bucket_id";
 
-/// Changelog rows `(bucket, table, record, operation)` in PostgreSQL's binary `COPY` format,
-/// header and trailer included, for [`COPY_SQL`]. A value longer than `i32::MAX` bytes cannot
-/// reach here: keys and bucket ids come from single WAL messages, whose lengths are `i32`
-/// themselves.
-pub fn encode_rows<'a>(rows: impl ExactSizeIterator<Item = (&'a str, &'a str, &'a str, Op)>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(21 + rows.len() * 64);
+/// Changelog rows in PostgreSQL's binary `COPY` format, header and trailer included, for
+/// [`COPY_SQL`]. A value longer than `i32::MAX` bytes cannot reach here: keys and bucket ids
+/// come from single WAL messages, whose lengths are `i32` themselves.
+pub fn encode_rows(rows: &[ChangeRef<'_>]) -> Vec<u8> {
+    let size: usize = rows.iter().map(|r| 2 + 12 + r.bucket.len() + r.table.len() + r.record.len() + 6).sum();
+    let mut out = Vec::with_capacity(21 + size);
     // Signature, flags, header extension length.
     out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     out.extend_from_slice(&0i32.to_be_bytes());
@@ -214,13 +227,13 @@ pub fn encode_rows<'a>(rows: impl ExactSizeIterator<Item = (&'a str, &'a str, &'
         out.extend_from_slice(&(s.len() as i32).to_be_bytes());
         out.extend_from_slice(s.as_bytes());
     };
-    for (bucket, table, record, op) in rows {
+    for r in rows {
         out.extend_from_slice(&4i16.to_be_bytes());
-        text(&mut out, bucket);
-        text(&mut out, table);
-        text(&mut out, record);
+        text(&mut out, r.bucket);
+        text(&mut out, r.table);
+        text(&mut out, r.record);
         out.extend_from_slice(&2i32.to_be_bytes());
-        out.extend_from_slice(&op.code().to_be_bytes());
+        out.extend_from_slice(&r.op.code().to_be_bytes());
     }
     out.extend_from_slice(&(-1i16).to_be_bytes());
     out
@@ -290,13 +303,15 @@ pub fn mark_history_reset(db: &mut postgres::Client) -> Result<i64, StoreError> 
 
 #[cfg(test)]
 mod tests {
-    use super::encode_rows;
+    use super::{encode_rows, ChangeRef};
     use crate::types::Op;
 
     #[test]
     fn rows_are_encoded_in_the_binary_copy_format() {
         let rows = [("user:a", "items", "1", Op::Create), ("global", "t", "", Op::Delete)];
-        let out = encode_rows(rows.into_iter());
+        let refs: Vec<ChangeRef<'_>> =
+            rows.iter().map(|&(bucket, table, record, op)| ChangeRef { bucket, table, record, op }).collect();
+        let out = encode_rows(&refs);
         let mut want: Vec<u8> = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
         for (b, t, r, op) in rows {
             want.extend_from_slice(&[0, 4]);
@@ -309,6 +324,6 @@ mod tests {
         want.extend_from_slice(&[0xff, 0xff]);
         assert_eq!(out, want);
         // No rows: header and trailer only.
-        assert_eq!(encode_rows(std::iter::empty()).len(), 19 + 2);
+        assert_eq!(encode_rows(&[]).len(), 19 + 2);
     }
 }

@@ -78,10 +78,10 @@ pub(super) fn probe(
 }
 
 /// Edges as the statements bind them: tables, records, buckets, checksums.
-type Columns<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<Option<i32>>);
+pub(super) type Columns<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<Option<i32>>);
 
 /// The columns of `edges`.
-fn columns<'a>(edges: &[EdgeRef<'a>]) -> Columns<'a> {
+pub(super) fn columns<'a>(edges: &[EdgeRef<'a>]) -> Columns<'a> {
     let mut out = (
         Vec::with_capacity(edges.len()),
         Vec::with_capacity(edges.len()),

@@ -7,11 +7,60 @@
 
 use postgres::Statement;
 
-use super::changelog::{self, Failure};
+use super::changelog::{self, ChangeRef, Failure};
 use super::edges::{self, EdgeRef, HeldEdge};
 use super::pool::{self, StoreError};
 use super::position::{self, Stored};
-use crate::types::Lsn;
+use super::visibility::{self, Checked};
+use crate::types::{Lsn, Op};
+
+/// Chunks with at most this many changelog rows are written in one statement
+/// ([`WRITE_SQL`]); larger ones with a statement per edge change kind and a `COPY` of the
+/// changelog rows, which is faster per row but costs two more round trips.
+pub const SMALL_CHUNK: usize = 100;
+
+/// A small chunk's writes in one statement: edge removals (`$1`-`$3`), additions (`$4`-`$7`)
+/// and checksum changes (`$8`-`$11`), and the changelog rows (`$12`-`$15`) in their order.
+/// The three edge sets are disjoint (removals and checksum changes touch edges held before
+/// the chunk, different ones; additions edges not held), so the data-modifying parts never
+/// meet the same row.
+const WRITE_SQL: &str = "WITH removed AS ( \
+       DELETE FROM sync_bucket_edges e USING unnest($1::text[], $2::text[], $3::text[]) AS d(t, r, b) \
+       WHERE e.table_name = d.t AND e.record_id = d.r AND e.bucket_id = d.b), \
+     added AS ( \
+       INSERT INTO sync_bucket_edges (table_name, record_id, bucket_id, checksum, updated_at) \
+       SELECT t, r, b, c, now() FROM unnest($4::text[], $5::text[], $6::text[], $7::int4[]) AS u(t, r, b, c)), \
+     rechecked AS ( \
+       UPDATE sync_bucket_edges e SET checksum = u.c, updated_at = now() \
+       FROM unnest($8::text[], $9::text[], $10::text[], $11::int4[]) AS u(t, r, b, c) \
+       WHERE e.table_name = u.t AND e.record_id = u.r AND e.bucket_id = u.b) \
+     INSERT INTO sync_changelog (bucket_id, table_name, record_id, operation) \
+     SELECT b, t, r, o FROM unnest($12::text[], $13::text[], $14::text[], $15::int2[]) WITH ORDINALITY AS c(b, t, r, o, n) \
+     ORDER BY n";
+
+/// The edge probe ([`edges::PROBE_SQL`], `$1`, `$2`) with a visibility check of the
+/// transactions `$3` ([`visibility::check_sql`]) in the same statement: one round trip for
+/// both when the application database is the sync store.
+fn probe_checking_sql() -> String {
+    format!(
+        "SELECT v.visible, v.xmin, p.t, p.r, p.bucket_id, p.checksum FROM ({}) v LEFT JOIN LATERAL ({}) p ON true",
+        visibility::check_sql(3),
+        edges::PROBE_SQL
+    )
+}
+
+/// One chunk's writes, borrowed from the writer's plan.
+#[derive(Debug, Default)]
+pub struct ChunkWrites<'a> {
+    /// Edges to remove.
+    pub removed: Vec<EdgeRef<'a>>,
+    /// Edges to add, with their checksums.
+    pub added: Vec<EdgeRef<'a>>,
+    /// Held edges whose checksum changed.
+    pub rechecked: Vec<EdgeRef<'a>>,
+    /// Changelog rows, in order (`seq` follows it).
+    pub changelog: Vec<ChangeRef<'a>>,
+}
 
 /// Connects a session for the writer's keyed lookups and inserts. Tables that grow fast (a
 /// bulk load, the edge table itself) keep stale statistics for a while, and with them
@@ -26,6 +75,8 @@ pub fn connect_keyed(url: &str) -> Result<postgres::Client, StoreError> {
 
 struct Statements {
     probe: Statement,
+    probe_checking: Statement,
+    write: Statement,
     remove: Statement,
     insert: Statement,
     update: Statement,
@@ -49,6 +100,8 @@ impl WriterSession {
             |sql: &str| client.prepare(sql).map_err(StoreError::query("preparing the writer's statements"));
         let statements = Statements {
             probe: prepare(edges::PROBE_SQL)?,
+            probe_checking: prepare(&probe_checking_sql())?,
+            write: prepare(WRITE_SQL)?,
             remove: prepare(edges::REMOVE_SQL)?,
             insert: prepare(edges::INSERT_SQL)?,
             update: prepare(edges::UPDATE_SQL)?,
@@ -92,6 +145,74 @@ impl<'s> Batch<'s> {
         edges::probe(&mut self.tx, &self.statements.probe, keys)
     }
 
+    /// [`Batch::held_edges`], and in the same statement whether the transactions `xids` are
+    /// visible to it (for when the application database is the sync store).
+    pub fn held_edges_checking(
+        &mut self,
+        keys: &[(&str, &str)],
+        xids: &[u32],
+    ) -> Result<(Vec<HeldEdge>, Checked), StoreError> {
+        let (tables, records): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+        let ids: Vec<i64> = xids.iter().map(|&x| i64::from(x)).collect();
+        let rows = self
+            .tx
+            .query(&self.statements.probe_checking, &[&tables, &records, &ids])
+            .map_err(StoreError::query("reading bucket edges"))?;
+        // One row at least: the visibility check's.
+        let checked = rows
+            .first()
+            .map(|r| Checked { visible: r.get(0), xmin: r.get(1) })
+            .ok_or_else(|| StoreError::Corrupt { detail: "the edge probe returned no row".into() })?;
+        let held = rows
+            .iter()
+            .filter(|r| r.get::<_, Option<&str>>(2).is_some())
+            .map(|r| HeldEdge { table: r.get(2), record: r.get(3), bucket: r.get(4), checksum: r.get(5) })
+            .collect();
+        Ok((held, checked))
+    }
+
+    /// Writes a chunk: its edge changes, then its changelog rows. A small chunk
+    /// ([`SMALL_CHUNK`]) takes one statement, a large one a statement per edge change kind and
+    /// a binary `COPY`.
+    pub fn write(&mut self, w: &ChunkWrites<'_>) -> Result<(), StoreError> {
+        if w.changelog.len() > SMALL_CHUNK {
+            self.write_edges(&w.removed, &w.added, &w.rechecked)?;
+            return changelog::copy_rows(&mut self.tx, &self.statements.copy, &changelog::encode_rows(&w.changelog));
+        }
+        if w.changelog.is_empty() && w.removed.is_empty() && w.added.is_empty() && w.rechecked.is_empty() {
+            return Ok(());
+        }
+        let (removed, added, rechecked) =
+            (edges::columns(&w.removed), edges::columns(&w.added), edges::columns(&w.rechecked));
+        let buckets: Vec<&str> = w.changelog.iter().map(|r| r.bucket).collect();
+        let tables: Vec<&str> = w.changelog.iter().map(|r| r.table).collect();
+        let records: Vec<&str> = w.changelog.iter().map(|r| r.record).collect();
+        let ops: Vec<i16> = w.changelog.iter().map(|r| Op::code(r.op)).collect();
+        self.tx
+            .execute(
+                &self.statements.write,
+                &[
+                    &removed.0,
+                    &removed.1,
+                    &removed.2,
+                    &added.0,
+                    &added.1,
+                    &added.2,
+                    &added.3,
+                    &rechecked.0,
+                    &rechecked.1,
+                    &rechecked.2,
+                    &rechecked.3,
+                    &buckets,
+                    &tables,
+                    &records,
+                    &ops,
+                ],
+            )
+            .map_err(StoreError::query("writing a changelog chunk"))?;
+        Ok(())
+    }
+
     /// Applies edge changes: `removed` first, then `added`, then the new checksums of held
     /// edges in `rechecked`.
     pub fn write_edges(
@@ -103,11 +224,6 @@ impl<'s> Batch<'s> {
         edges::remove(&mut self.tx, &self.statements.remove, removed)?;
         edges::insert(&mut self.tx, &self.statements.insert, added)?;
         edges::update_checksums(&mut self.tx, &self.statements.update, rechecked)
-    }
-
-    /// Appends changelog rows encoded by [`changelog::encode_rows`].
-    pub fn append(&mut self, encoded: &[u8]) -> Result<(), StoreError> {
-        changelog::copy_rows(&mut self.tx, &self.statements.copy, encoded)
     }
 
     /// Records failed bucket assignments.
