@@ -8,15 +8,17 @@
 //! # Two data flows
 //!
 //! ```text
-//! WAL ──► replication::conn ──► wire (frames, pgoutput) ──► decode ──► channel ──► writer ──► store
-//!          (socket, auth)        (pure, no I/O)              (relation   (bounded)   (buckets,
-//!                                                             cache)                  changelog, LSN)
+//! WAL ──► pg::conn ──► pg::wire ──► capture::stream ──► channel ──► capture::writer ──► store
+//!         (socket,     (frames,     (decode: relation   (bounded)   (read ─► plan ─► write,
+//!          TLS, auth)   pgoutput;    cache, events)                  one transaction per batch)
+//!                       no I/O)
 //!
 //! HTTP ──► http (tiny_http, workers) ──► http::auth ──► service ──► engine ──► store
 //! ```
 //!
 //! The only value that flows back up the WAL path is the committed LSN, which the replication
-//! thread reports to the server as its flush position.
+//! thread reports to the server as its flush position. Modules depend only downwards: `pg`
+//! knows nothing of capture or the store, `store` nothing of capture or the engine.
 //!
 //! # Codemap
 //!
@@ -24,16 +26,11 @@
 //! |---|---|
 //! | [`config`] | every environment variable, its default and validation |
 //! | [`types`] | `Lsn`, `Oid`, `Seq`, `BucketId`, `UserId`, `Op` |
-//! | [`wire`] | protocol codec: frames, backend messages, pgoutput (no I/O) |
-//! | [`replication`] | our replication connection (SCRAM/MD5, TLS), sessions, supervisor, leader election |
-//! | [`tls`], [`pgurl`] | connection strings; `sslmode`/`sslrootcert` with rustls (feature `tls`) |
-//! | [`decode`] | pgoutput -> row changes, relation cache |
-//! | [`change`] | the events between the replication thread and the writer |
-//! | [`buckets`] | bucket assignment through foreign-key chains, pluggable |
-//! | [`writer`] | the changelog writer thread, edge backfill |
+//! | [`pg`] | our PostgreSQL client: connection strings ([`pg::url`]), TLS ([`pg::tls`], feature `tls`), SCRAM-SHA-256/MD5 ([`pg::auth`]), the wire codec ([`pg::wire`]: frames, backend messages, pgoutput; no I/O) and the replication connection ([`pg::conn`]) |
+//! | [`capture`] | change capture, WAL to committed batch: supervisor and slot handling ([`capture::supervisor`]), leader election ([`capture::leader`]), the stream and its decoder ([`capture::stream`], [`capture::decode`], [`capture::events`]), bucket assignment ([`capture::buckets`]), row rendering ([`capture::row_json`]), the writer ([`capture::writer`]) with its reads ([`capture::source`]) and pure planner ([`capture::plan`]), the edge backfill ([`capture::backfill`]) |
 //! | [`registry`], [`schema`] | synced tables as introspected; the served schema and its hash |
-//! | [`store`] | all SQL: migrations, introspection, clients, changelog, the pull probe, publication, pool (sessions with prepared hot statements), read replicas |
-//! | [`engine`] | register, pull, schema, tables (library API, no HTTP) |
+//! | [`store`] | all SQL on synchro's own tables: migrations, introspection, the writer's session and batch ([`store::writer_session`]), changelog, edges, WAL position, visibility, clients, the pull probe, publication, pool (sessions with prepared hot statements), read replicas |
+//! | [`engine`] | register, pull, push, snapshot, rebuild, schema, tables (library API, no HTTP) |
 //! | [`protocol`] | request/response messages: the contract's field names live here only |
 //! | [`http`], [`service`] | the HTTP edge and its mapping onto the engine |
 //! | [`jwt`], [`version`] | bearer tokens (decoding, claim rules, HMAC), the minimum-version gate |
@@ -47,20 +44,28 @@
 //! * Exactly one writer appends to `sync_changelog`, in commit order: a lower `seq` is never
 //!   visible after a higher one. Across instances, the capture leader lock and the writer's
 //!   compare-and-set on the stored position keep it one.
-//! * The confirmed LSN is stored in the same transaction as the changelog rows it covers:
-//!   nothing at or below it is written twice, nothing above it is confirmed to the server.
+//! * A batch's changelog rows, its bucket edge changes and the WAL position that covers them
+//!   commit in one transaction: nothing at or below the stored position is written twice,
+//!   nothing above it is confirmed to the server, and edges never disagree with the changelog
+//!   a pull reads next to them.
+//! * A changelog row commits only after the replicated transaction behind it is visible to
+//!   other sessions, so a pull never hydrates the version before the change it announces.
 //! * Memory is bounded on every path: frames are capped, counts are checked before allocation,
 //!   the event channel and the HTTP queue are bounded, large transactions stream in chunks.
 //! * SQL identifiers come only from the introspected registry, always quoted; values are
-//!   always bound parameters.
+//!   always bound parameters. SQL on synchro's own tables (`sync_*`, `synchro_*`) lives in
+//!   [`store`] only; the engine and capture read the application's tables (hydration, owners,
+//!   current rows) themselves.
 //! * A read replica serves a page only after replaying past the primary's WAL insert position
 //!   taken after the page's primary reads: no client ever gets a row older than the change that
 //!   announced it, whichever server read it.
 //! * No thread dies silently: workers survive handler panics, the capture supervisor restarts
-//!   failed sessions with capped backoff and logs every attempt.
+//!   failed sessions (a writer panic included) with capped backoff and logs every attempt with
+//!   the error's whole chain and whether an operator must act.
 //!
 //! Deliberately absent: an async runtime (the `postgres` crate keeps its own inside each
-//! connection), globals other than the log level, `unsafe` code.
+//! connection), globals other than the log level, `unsafe` code, import cycles between
+//! modules.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -122,18 +122,14 @@ impl Engine {
         let client = clients::load(db, user, client_id)?.ok_or(EngineError::ClientNotRegistered)?;
         let mut buckets = Vec::new();
         for (bucket, checkpoint) in clients::bucket_checkpoints(db, user, client_id)? {
-            let row = db
-                .query_one("SELECT count(*), BIT_XOR(checksum) FROM sync_bucket_edges WHERE bucket_id = $1", &[&bucket])
-                .map_err(StoreError::query("counting bucket members"))?;
-            let mut b = json!({"bucket_id": bucket, "checkpoint": checkpoint, "member_count": row.get::<_, i64>(0)});
-            if let Some(sum) = row.get::<_, Option<i32>>(1) {
+            let (members, checksum) = changelog::bucket_summary(db, &bucket)?;
+            let mut b = json!({"bucket_id": bucket, "checkpoint": checkpoint, "member_count": members});
+            if let Some(sum) = checksum {
                 b["checksum"] = json!(sum);
             }
             buckets.push(b);
         }
-        let stats = db
-            .query_one("SELECT COALESCE(min(seq), 0), COALESCE(max(seq), 0), count(*) FROM sync_changelog", &[])
-            .map_err(StoreError::query("reading changelog statistics"))?;
+        let stats = changelog::stats(db)?;
         let mut c = json!({
             "id": client.id,
             "client_id": client.client_id,
@@ -157,7 +153,7 @@ impl Engine {
         let body = json!({
             "client": c,
             "buckets": buckets,
-            "changelog_stats": {"min_seq": stats.get::<_, i64>(0), "max_seq": stats.get::<_, i64>(1), "total_entries": stats.get::<_, i64>(2)},
+            "changelog_stats": {"min_seq": stats.0, "max_seq": stats.1, "total_entries": stats.2},
             "server_time": format_timestamp(SystemTime::now()),
         });
         Ok(serde_json::to_vec(&body).unwrap_or_default())

@@ -117,6 +117,49 @@ pub fn bucket_checksums(db: &mut impl GenericClient, buckets: &[String]) -> Resu
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// `(members, BIT_XOR(checksum))` of a bucket's edges (the debug endpoint).
+pub fn bucket_summary(db: &mut impl GenericClient, bucket: &str) -> Result<(i64, Option<i32>), StoreError> {
+    let row = db
+        .query_one("SELECT count(*), BIT_XOR(checksum) FROM sync_bucket_edges WHERE bucket_id = $1", &[&bucket])
+        .map_err(StoreError::query("counting bucket members"))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// `(MIN(seq), MAX(seq), count)` of the changelog, 0 when empty (the debug endpoint).
+pub fn stats(db: &mut impl GenericClient) -> Result<(i64, i64, i64), StoreError> {
+    let row = db
+        .query_one("SELECT COALESCE(min(seq), 0), COALESCE(max(seq), 0), count(*) FROM sync_changelog", &[])
+        .map_err(StoreError::query("reading changelog statistics"))?;
+    Ok((row.get(0), row.get(1), row.get(2)))
+}
+
+/// Gauges of the sync tables for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gauges {
+    /// Registered client devices.
+    pub clients: f64,
+    /// Active client devices.
+    pub active_clients: f64,
+    /// Changelog rows (the planner's estimate: counting would scan the table).
+    pub changelog_rows: f64,
+    /// The changelog's size on disk, indexes included.
+    pub changelog_bytes: f64,
+}
+
+/// Reads the [`Gauges`].
+pub fn gauges(db: &mut impl GenericClient) -> Result<Gauges, StoreError> {
+    let r = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM sync_clients)::float8, (SELECT count(*) FROM sync_clients WHERE is_active)::float8, \
+                    GREATEST((SELECT reltuples FROM pg_class WHERE oid = 'sync_changelog'::regclass), 0)::float8, \
+                    pg_total_relation_size('sync_changelog')::float8",
+            &[],
+        )
+        .map_err(StoreError::query("reading the sync tables' gauges"))?;
+    let get = |i: usize| r.get::<_, Option<f64>>(i).unwrap_or(0.0);
+    Ok(Gauges { clients: get(0), active_clients: get(1), changelog_rows: get(2), changelog_bytes: get(3) })
+}
+
 /// One page of a bucket's members in `(table_name, record_id)` order, after `after` (exclusive).
 pub fn bucket_members(
     db: &mut impl GenericClient,
@@ -213,9 +256,9 @@ pub(super) const TRUNCATE_SQL: &str = "WITH gone AS (DELETE FROM sync_bucket_edg
      INSERT INTO sync_changelog (bucket_id, table_name, record_id, operation) \
      SELECT bucket_id, table_name, record_id, 3 FROM gone ORDER BY table_name, record_id, bucket_id";
 
-/// Changelog rows in PostgreSQL's binary `COPY` format, header and trailer included, for
-/// [`COPY_SQL`]. A value longer than `i32::MAX` bytes cannot reach here: keys and bucket ids
-/// come from single WAL messages, whose lengths are `i32` themselves.
+/// Changelog rows in PostgreSQL's binary `COPY` format, header and trailer included, for the
+/// writer's `COPY`. A value longer than `i32::MAX` bytes cannot reach here: keys and bucket
+/// ids come from single WAL messages, whose lengths are `i32` themselves.
 pub fn encode_rows(rows: &[ChangeRef<'_>]) -> Vec<u8> {
     let size: usize = rows.iter().map(|r| 2 + 12 + r.bucket.len() + r.table.len() + r.record.len() + 6).sum();
     let mut out = Vec::with_capacity(21 + size);

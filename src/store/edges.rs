@@ -31,7 +31,7 @@ pub struct EdgeRef<'a> {
     pub record: &'a str,
     /// The bucket.
     pub bucket: &'a str,
-    /// The record checksum (ignored by [`remove`]).
+    /// The record checksum (ignored for removals).
     pub checksum: Option<i32>,
 }
 

@@ -169,6 +169,13 @@ pub fn statements() -> Vec<String> {
     out
 }
 
+/// The versions recorded as applied (empty when the ledger does not exist yet).
+pub fn applied(db: &mut impl GenericClient) -> Vec<i32> {
+    db.query("SELECT version FROM synchro_migrations", &[])
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default()
+}
+
 /// Applies every step not yet recorded, in one transaction under an advisory lock, and returns
 /// the versions it applied (empty when the database was already up to date).
 pub fn apply(client: &mut impl GenericClient) -> Result<Vec<i32>, postgres::Error> {

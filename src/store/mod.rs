@@ -1,4 +1,7 @@
-//! All SQL lives here: migrations, registry introspection, changelog, clients, snapshot, read replicas.
+//! Every statement on synchro's own tables (`sync_*`, `synchro_*`) lives here: migrations,
+//! registry introspection, the changelog writer's session and batch, changelog, edges, the WAL
+//! position, watermarks, clients, the pull probe, publication, read replicas. Nothing here knows
+//! of capture or the engine: they call in.
 
 pub mod changelog;
 pub mod clients;

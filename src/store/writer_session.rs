@@ -14,9 +14,10 @@ use super::position::{self, Stored};
 use super::visibility::{self, Checked};
 use crate::types::{Lsn, Op};
 
-/// Chunks with at most this many changelog rows are written in one statement
-/// ([`WRITE_SQL`]); larger ones with a statement per edge change kind and a `COPY` of the
-/// changelog rows, which is faster per row but costs two more round trips.
+/// Chunks with at most this many changelog rows are written in one statement (edge changes as
+/// data-modifying CTEs, then an `INSERT` of the changelog rows); larger ones with a statement
+/// per edge change kind and a `COPY` of the changelog rows, which is faster per row but costs
+/// two more round trips.
 pub const SMALL_CHUNK: usize = 100;
 
 /// A small chunk's writes in one statement: edge removals (`$1`-`$3`), additions (`$4`-`$7`)
