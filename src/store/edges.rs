@@ -119,12 +119,7 @@ pub(super) fn insert(
     statement: &(impl ToStatement + ?Sized),
     edges: &[EdgeRef<'_>],
 ) -> Result<(), StoreError> {
-    if edges.is_empty() {
-        return Ok(());
-    }
-    let (t, r, b, c) = columns(edges);
-    db.execute(statement, &[&t, &r, &b, &c]).map_err(StoreError::query("writing bucket edges"))?;
-    Ok(())
+    with_checksums(db, statement, edges, "writing bucket edges")
 }
 
 /// Stores the new checksums of held `edges`.
@@ -133,10 +128,20 @@ pub(super) fn update_checksums(
     statement: &(impl ToStatement + ?Sized),
     edges: &[EdgeRef<'_>],
 ) -> Result<(), StoreError> {
+    with_checksums(db, statement, edges, "updating bucket edge checksums")
+}
+
+/// Runs `statement` with `edges` bound as four arrays: tables, records, buckets, checksums.
+fn with_checksums(
+    db: &mut impl GenericClient,
+    statement: &(impl ToStatement + ?Sized),
+    edges: &[EdgeRef<'_>],
+    context: &'static str,
+) -> Result<(), StoreError> {
     if edges.is_empty() {
         return Ok(());
     }
     let (t, r, b, c) = columns(edges);
-    db.execute(statement, &[&t, &r, &b, &c]).map_err(StoreError::query("updating bucket edge checksums"))?;
+    db.execute(statement, &[&t, &r, &b, &c]).map_err(StoreError::query(context))?;
     Ok(())
 }

@@ -93,7 +93,9 @@ impl Visibility {
                 return Ok(());
             }
             std::thread::sleep(pause);
-            pause = (pause * 2).min(std::time::Duration::from_millis(20));
+            // Capped low: the wait is for a backend to finish its commit, microseconds unless it
+            // was descheduled, and a long pause would add its overshoot to the latency.
+            pause = (pause * 2).min(std::time::Duration::from_millis(1));
         }
     }
 }
