@@ -6,12 +6,14 @@
 //!   `SYNC_STORE_URL`;
 //! * `BENCH_BASELINE_BIN=<path to another synchrod>`: the ingest alternates this build and that
 //!   one (A B B A), to measure a change side by side with what it changes;
+//! * `BENCH_DRAINS`: how many times synchrod drains the ingest workload (default 4, A B B A
+//!   repeated with a baseline build);
 //! * `BENCH_PHASES`: the phases to run, comma-separated, of `ingest,singles,latency,rss`
 //!   (default: all).
 //!
 //! * WAL ingest: 1M narrow rows in 1k-row transactions, drained by synchrod vs `pg_recvlogical`
 //!   (same cluster, same publication, its own slot, output to /dev/null); synchrod drains it
-//!   four times from four slots, the sync tables emptied in between.
+//!   four times (`BENCH_DRAINS`) from as many slots, the sync tables emptied in between.
 //! * One-row transactions ingested per second.
 //! * Commit -> changelog latency p50/p99 at a steady 1k rows/s.
 //! * Peak RSS of synchrod while it ingests one 1M-row transaction.
@@ -35,9 +37,12 @@ use common::{bench_cluster, in_changelog, wait_until, Synchrod};
 const DB: &str = "bench";
 const STORE_DB: &str = "bench_store";
 const CEILING_DB: &str = "bench_ceiling";
-/// The slots synchrod drains the ingest workload from, in order (the first is also the later
-/// phases' slot).
-const DRAIN_SLOTS: [&str; 4] = ["bench_slot", "drain_b1", "drain_b2", "drain_a2"];
+/// The slots synchrod drains the ingest workload from, in order (`BENCH_DRAINS`, default 4): the
+/// first is also the later phases' slot.
+fn drain_slots() -> Vec<String> {
+    let drains: usize = std::env::var("BENCH_DRAINS").ok().and_then(|v| v.parse().ok()).unwrap_or(4).max(1);
+    (0..drains).map(|i| if i == 0 { "bench_slot".to_string() } else { format!("drain_{i}") }).collect()
+}
 /// The slots of the ceiling's two `pg_recvlogical` drains (one per [`CeilingMethod`]).
 const CEILING_SLOTS: [&str; 2] = ["ceiling_insert_slot", "ceiling_copy_slot"];
 
@@ -263,7 +268,8 @@ fn phase(name: &str) -> bool {
 fn ingest(cluster: &LocalCluster, c: &mut Client, s: &mut Client, rows: i64) {
     c.execute("SELECT pg_create_logical_replication_slot('baseline_slot', 'pgoutput')", &[]).unwrap();
     // synchrod drains the workload four times, each from its own slot created here.
-    for slot in DRAIN_SLOTS.iter().skip(1) {
+    let drain_slots = drain_slots();
+    for slot in drain_slots.iter().skip(1) {
         c.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[slot]).unwrap();
     }
     // The ceiling's own drains of the same workload.
@@ -307,11 +313,11 @@ fn ingest(cluster: &LocalCluster, c: &mut Client, s: &mut Client, rows: i64) {
     // (rates of this build, rates of the baseline build), two drains of each.
     let mut rates: (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
     let baseline_synchrod = baseline_bin();
-    for (i, slot) in DRAIN_SLOTS.iter().enumerate() {
-        // A B B A: neither build gains from going first or last. Without a baseline build,
-        // this build drains all four times.
+    for (i, slot) in drain_slots.iter().enumerate() {
+        // A B B A, repeated: neither build gains from going first or last. Without a baseline
+        // build, this build drains every time.
         let bin = match &baseline_synchrod {
-            Some(b) if i == 1 || i == 2 => b.as_str(),
+            Some(b) if i % 4 == 1 || i % 4 == 2 => b.as_str(),
             _ => env!("CARGO_BIN_EXE_synchrod"),
         };
         let is_baseline = bin != env!("CARGO_BIN_EXE_synchrod");
@@ -358,7 +364,7 @@ fn ingest(cluster: &LocalCluster, c: &mut Client, s: &mut Client, rows: i64) {
             println!("    {ms:>9.0} ms  {calls:>6} calls  {n:>8} rows  {q}");
         }
     }
-    for slot in DRAIN_SLOTS.iter().skip(1) {
+    for slot in drain_slots.iter().skip(1) {
         // Its walsender exits a moment after synchrod.
         wait_until("a drain slot to be released", Duration::from_secs(60), || {
             c.execute("SELECT pg_drop_replication_slot($1)", &[slot]).is_ok()

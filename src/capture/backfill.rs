@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::buckets::{BucketAssigner, RoutingTable, TableRouting};
 use super::events::{ChangeKind, ColumnValue, RelColumn, RowChange};
 use super::source;
-use super::writer::{write_chunk, Reads, Tables, WriterConfig, WriterError, Writes};
+use super::writer::{plan_chunk, Reads, Tables, WriterConfig, WriterError};
 use crate::store::changelog::{raise_watermark, read_watermark};
 use crate::store::writer_session::{self, WriterSession};
 use crate::types::Oid;
@@ -38,7 +38,7 @@ pub fn backfill_edges(
     let mut total = 0;
     for t in routed {
         let mark = format!("backfill:{}", t.name);
-        let mut batch = store.begin()?;
+        let mut batch = store.begin();
         if read_watermark(batch.client(), &mark)? > 0 {
             continue;
         }
@@ -50,7 +50,7 @@ pub fn backfill_edges(
         let table: Arc<str> = Arc::from(t.name.as_str());
         let mut after: Option<String> = None;
         loop {
-            let mut batch = store.begin()?;
+            let mut batch = store.begin();
             let rows = match app.as_mut() {
                 Some(a) => source::routing_page(a, t, after.as_deref(), PAGE_ROWS)?,
                 None => source::routing_page(batch.client(), t, after.as_deref(), PAGE_ROWS)?,
@@ -74,7 +74,11 @@ pub fn backfill_edges(
                 .collect();
             after = chunk.last().map(|c| c.key.clone());
             total += chunk.len() as u64;
-            write_chunk(&mut batch, Reads { app: app.as_mut(), visibility: None }, &tables, &chunk, Writes::Edges)?;
+            let plan = plan_chunk(&mut batch, Reads { app: app.as_mut(), visibility: None }, &tables, &chunk)?;
+            // Membership only: clients get these rows from snapshots.
+            let mut writes = plan.writes();
+            writes.changelog.clear();
+            batch.write(&writes)?;
             batch.commit()?;
         }
     }

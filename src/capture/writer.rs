@@ -291,18 +291,18 @@ impl Writer {
                 self.publish(wal_end);
                 continue;
             }
-            let mut batch = store.begin()?;
+            let mut batch = store.begin();
             // None: the stream ended mid-transaction; `batch` rolls back (it will be replayed).
-            let Some((state, closed)) = self.collect(&mut batch, first, rx)? else { return Ok(()) };
-            self.commit(batch, &state)?;
+            let Some((mut state, closed)) = self.collect(&mut batch, first, rx)? else { return Ok(()) };
+            self.commit(batch, &mut state)?;
             if closed {
                 return Ok(());
             }
         }
     }
 
-    /// Applies events from `first` on until the batch is due (or the stream is idle), and
-    /// flushes the last chunk. Returns the batch and whether the stream closed, or `None` when
+    /// Applies events from `first` on until the batch is due (or the stream is idle). Returns
+    /// the batch, its last chunk still unwritten, and whether the stream closed, or `None` when
     /// it ended inside a replicated transaction (which is then discarded: it will be replayed).
     fn collect(
         &mut self,
@@ -343,20 +343,35 @@ impl Writer {
         if state.in_txn {
             return Ok(None);
         }
-        self.flush_chunk(batch, &mut state)?;
+        // The last chunk is written with the position (`commit`).
         Ok(Some((state, closed)))
     }
 
-    /// Commits a collected batch with its position and publishes the progress.
-    fn commit(&mut self, batch: Batch<'_>, state: &BatchState) -> Result<(), WriterError> {
+    /// Writes a collected batch's last chunk and commits the batch with its position, then
+    /// publishes the progress.
+    fn commit(&mut self, mut batch: Batch<'_>, state: &mut BatchState) -> Result<(), WriterError> {
         let confirm = state.position();
+        let chunk = std::mem::take(&mut state.chunk);
+        let xids = std::mem::take(&mut state.chunk_xids);
+        let plan = match chunk.is_empty() {
+            true => plan::Plan::default(),
+            false => self.plan(&mut batch, &chunk, &xids)?,
+        };
+        batch.record_failures(&plan.failures)?;
+        state.changelog_rows += plan.changelog.len() as u64;
         match confirm.filter(|l| *l > self.stored) {
             Some(lsn) => {
-                if batch.commit_at(&self.config.slot_name, lsn, self.stored)? == Committed::Fenced {
+                let committed = batch.commit_with(&plan.writes(), &self.config.slot_name, lsn, self.stored)?;
+                if committed == Committed::Fenced {
                     return Err(WriterError::Fenced { expected: self.stored });
                 }
             }
-            None => batch.commit()?,
+            // A replicated commit precedes every row, so a batch with rows always has a
+            // position to store; this one only skipped replayed transactions.
+            None => {
+                batch.write(&plan.writes())?;
+                batch.commit()?;
+            }
         }
         if let Some(lsn) = confirm {
             self.stored = self.stored.max(lsn);
@@ -399,11 +414,23 @@ impl Writer {
         }
         let chunk = std::mem::take(&mut state.chunk);
         let xids = std::mem::take(&mut state.chunk_xids);
+        let plan = self.plan(batch, &chunk, &xids)?;
+        batch.write(&plan.writes())?;
+        batch.record_failures(&plan.failures)?;
+        state.changelog_rows += plan.changelog.len() as u64;
+        Ok(())
+    }
+
+    fn plan<'c>(
+        &mut self,
+        batch: &mut Batch<'_>,
+        chunk: &'c [RowChange],
+        xids: &[u32],
+    ) -> Result<plan::Plan<'c>, WriterError> {
         let tables =
             Tables { routing: &self.routing, assigner: self.assigner.as_ref(), checksum: self.config.checksum };
-        let reads = Reads { app: self.app.as_mut(), visibility: Some((&mut self.visibility, &xids)) };
-        state.changelog_rows += write_chunk(batch, reads, &tables, &chunk, Writes::All)?;
-        Ok(())
+        let reads = Reads { app: self.app.as_mut(), visibility: Some((&mut self.visibility, xids)) };
+        plan_chunk(batch, reads, &tables, chunk)
     }
 }
 
@@ -414,19 +441,10 @@ pub(crate) struct Tables<'t> {
     pub checksum: fn(&str) -> i32,
 }
 
-/// What [`write_chunk`] writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Writes {
-    /// Edges, changelog rows and assignment failures.
-    All,
-    /// Edges only (the backfill: clients get these rows from snapshots).
-    Edges,
-}
-
 /// Where a chunk's reads of the application database go.
 pub(crate) struct Reads<'r> {
-    /// The application database, or `None` when it is the sync store (the reads then run in
-    /// the batch).
+    /// The application database, or `None` when it is the sync store (the reads then run on
+    /// the batch's session).
     pub app: Option<&'r mut postgres::Client>,
     /// For replicated changes: the transactions with rows in the chunk, which must be visible
     /// to other sessions before the chunk is read for or written. The walsender may send a
@@ -437,17 +455,15 @@ pub(crate) struct Reads<'r> {
     pub visibility: Option<(&'r mut Visibility, &'r [u32])>,
 }
 
-/// Reads what planning `chunk` needs, plans it and writes the plan into `batch`; returns the
-/// number of changelog rows written. The application database is read only when the plan
-/// needs it (owners behind foreign keys, unchanged TOAST values, rows whose checksum the WAL
-/// text does not determine).
-pub(crate) fn write_chunk(
+/// Reads what planning `chunk` needs and plans it. The application database is read only when
+/// the plan needs it (owners behind foreign keys, unchanged TOAST values, rows whose checksum
+/// the WAL text does not determine).
+pub(crate) fn plan_chunk<'c>(
     batch: &mut Batch<'_>,
     reads: Reads<'_>,
     tables: &Tables<'_>,
-    chunk: &[RowChange],
-    writes: Writes,
-) -> Result<u64, WriterError> {
+    chunk: &'c [RowChange],
+) -> Result<plan::Plan<'c>, WriterError> {
     let Reads { mut app, visibility } = reads;
     let keys = plan::touched(chunk);
     // The transactions still to check for visibility (none when the session saw a snapshot
@@ -487,13 +503,6 @@ pub(crate) fn write_chunk(
     }
     sums.add_rows(rows.iter().map(|(t, id, json)| (*t, id.as_str(), json.as_str())));
     let plan = plan::plan(chunk, &held, &owners, &sums, tables.routing, tables.assigner);
-    let mut chunk_writes = plan.writes();
-    if writes == Writes::Edges {
-        chunk_writes.changelog.clear();
-        batch.write(&chunk_writes)?;
-        return Ok(0);
-    }
-    batch.write(&chunk_writes)?;
     for f in &plan.failures {
         crate::warn!(
             "bucket assignment failed",
@@ -502,8 +511,7 @@ pub(crate) fn write_chunk(
             error = f.error.clone()
         );
     }
-    batch.record_failures(&plan.failures)?;
-    Ok(plan.changelog.len() as u64)
+    Ok(plan)
 }
 
 #[cfg(test)]

@@ -218,7 +218,8 @@ pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = e.source();
     while let Some(c) = cause {
         let text = c.to_string();
-        if !out.ends_with(&text) {
+        // Displays that include their cause already (as ours do) are not repeated.
+        if !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);
         }

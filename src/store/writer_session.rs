@@ -1,9 +1,13 @@
 //! The changelog writer's session on the sync store: its settings, the statements it prepares
-//! once, and the batch transaction every write of a batch goes through.
+//! once, and the batch every write of a batch goes through.
 //!
 //! One transaction per batch holds the batch's changelog rows, its edge changes and the WAL
-//! position that covers them ([`Batch::commit`]); nothing of a batch is visible before all of
-//! it is.
+//! position that covers them; nothing of a batch is visible before all of it is. A batch opens
+//! its transaction with its first write, so reads before it cost no `BEGIN`, and a batch whose
+//! only writes are its last chunk's needs no transaction block at all:
+//! [`Batch::commit_with`] writes the chunk and the position in one statement, which commits
+//! atomically by itself (two round trips for the whole batch: the edge probe and that
+//! statement).
 
 use postgres::Statement;
 
@@ -38,6 +42,34 @@ const WRITE_SQL: &str = "WITH removed AS ( \
      INSERT INTO sync_changelog (bucket_id, table_name, record_id, operation) \
      SELECT b, t, r, o FROM unnest($12::text[], $13::text[], $14::text[], $15::int2[]) WITH ORDINALITY AS c(b, t, r, o, n) \
      ORDER BY n";
+
+/// [`WRITE_SQL`] and the WAL position in one statement, for a batch that wrote nothing before:
+/// the position of slot `$16` becomes `$17` if it still reads `$18` (a compare-and-set, as
+/// [`position::STORE_SQL`]), and every write is conditional on that, so a fenced batch writes
+/// nothing. Referencing the position's result makes it run first; the row lock it takes
+/// serializes concurrent writers. Returns whether the position moved.
+const WRITE_AT_SQL: &str = "WITH moved AS ( \
+       INSERT INTO sync_wal_position AS p (slot_name, confirmed_lsn, updated_at) VALUES ($16, $17, now()) \
+       ON CONFLICT (slot_name) DO UPDATE \
+       SET confirmed_lsn = GREATEST(p.confirmed_lsn, EXCLUDED.confirmed_lsn), updated_at = now() \
+       WHERE p.confirmed_lsn = $18 \
+       RETURNING 1), \
+     removed AS ( \
+       DELETE FROM sync_bucket_edges e USING unnest($1::text[], $2::text[], $3::text[]) AS d(t, r, b) \
+       WHERE e.table_name = d.t AND e.record_id = d.r AND e.bucket_id = d.b AND EXISTS (SELECT FROM moved)), \
+     added AS ( \
+       INSERT INTO sync_bucket_edges (table_name, record_id, bucket_id, checksum, updated_at) \
+       SELECT t, r, b, c, now() FROM unnest($4::text[], $5::text[], $6::text[], $7::int4[]) AS u(t, r, b, c) \
+       WHERE EXISTS (SELECT FROM moved)), \
+     rechecked AS ( \
+       UPDATE sync_bucket_edges e SET checksum = u.c, updated_at = now() \
+       FROM unnest($8::text[], $9::text[], $10::text[], $11::int4[]) AS u(t, r, b, c) \
+       WHERE e.table_name = u.t AND e.record_id = u.r AND e.bucket_id = u.b AND EXISTS (SELECT FROM moved)), \
+     logged AS ( \
+       INSERT INTO sync_changelog (bucket_id, table_name, record_id, operation) \
+       SELECT b, t, r, o FROM unnest($12::text[], $13::text[], $14::text[], $15::int2[]) WITH ORDINALITY AS c(b, t, r, o, n) \
+       WHERE EXISTS (SELECT FROM moved) ORDER BY n) \
+     SELECT EXISTS (SELECT FROM moved)";
 
 /// The edge probe ([`edges::PROBE_SQL`], `$1`, `$2`) with a visibility check of the
 /// transactions `$3` ([`visibility::check_sql`]) in the same statement: one round trip for
@@ -78,6 +110,7 @@ struct Statements {
     probe: Statement,
     probe_checking: Statement,
     write: Statement,
+    write_at: Statement,
     remove: Statement,
     insert: Statement,
     update: Statement,
@@ -103,6 +136,7 @@ impl WriterSession {
             probe: prepare(edges::PROBE_SQL)?,
             probe_checking: prepare(&probe_checking_sql())?,
             write: prepare(WRITE_SQL)?,
+            write_at: prepare(WRITE_AT_SQL)?,
             remove: prepare(edges::REMOVE_SQL)?,
             insert: prepare(edges::INSERT_SQL)?,
             update: prepare(edges::UPDATE_SQL)?,
@@ -119,31 +153,65 @@ impl WriterSession {
         position::read(&mut self.client, slot)
     }
 
-    /// Opens a batch.
-    pub fn begin(&mut self) -> Result<Batch<'_>, StoreError> {
-        let tx = self.client.transaction().map_err(StoreError::query("starting a changelog batch"))?;
-        Ok(Batch { tx, statements: &self.statements })
+    /// Starts a batch (its transaction opens with its first write).
+    pub fn begin(&mut self) -> Batch<'_> {
+        Batch { client: &mut self.client, statements: &self.statements, open: false }
     }
 }
 
-/// One open batch: every write goes through here, and [`Batch::commit`] stores the position
-/// with them. Dropped without a commit, it rolls back.
+/// One batch: every write goes through here, and [`Batch::commit_at`] or
+/// [`Batch::commit_with`] stores the position with them. Dropped without a commit, it rolls
+/// back.
 pub struct Batch<'s> {
-    tx: postgres::Transaction<'s>,
+    client: &'s mut postgres::Client,
     statements: &'s Statements,
+    /// Whether its transaction block is open.
+    open: bool,
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // A failed session is closed by its owner anyway; nothing to report.
+            let _ = self.client.batch_execute("ROLLBACK");
+        }
+    }
+}
+
+/// The four arrays of a chunk's changelog rows.
+type ChangeColumns<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<i16>);
+
+fn change_columns<'a>(rows: &[ChangeRef<'a>]) -> ChangeColumns<'a> {
+    let mut out: ChangeColumns<'a> = Default::default();
+    for r in rows {
+        out.0.push(r.bucket);
+        out.1.push(r.table);
+        out.2.push(r.record);
+        out.3.push(Op::code(r.op));
+    }
+    out
 }
 
 impl<'s> Batch<'s> {
-    /// The batch's transaction, for reads: of the application's tables when the sync store is
-    /// the application database (one session for both), and of watermarks.
-    pub fn client(&mut self) -> &mut postgres::Transaction<'s> {
-        &mut self.tx
+    /// The session, for reads: of the application's tables when the sync store is the
+    /// application database (one session for both), and of watermarks. Inside the batch's
+    /// transaction once it has written.
+    pub fn client(&mut self) -> &mut postgres::Client {
+        self.client
+    }
+
+    fn open(&mut self) -> Result<(), StoreError> {
+        if !self.open {
+            self.client.batch_execute("BEGIN").map_err(StoreError::query("starting a changelog batch"))?;
+            self.open = true;
+        }
+        Ok(())
     }
 
     /// Every edge held by the records `keys` (`(table, record)` pairs), the batch's own changes
     /// so far included.
     pub fn held_edges(&mut self, keys: &[(&str, &str)]) -> Result<Vec<HeldEdge>, StoreError> {
-        edges::probe(&mut self.tx, &self.statements.probe, keys)
+        edges::probe(self.client, &self.statements.probe, keys)
     }
 
     /// [`Batch::held_edges`], and in the same statement whether the transactions `xids` are
@@ -156,7 +224,7 @@ impl<'s> Batch<'s> {
         let (tables, records): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
         let ids: Vec<i64> = xids.iter().map(|&x| i64::from(x)).collect();
         let rows = self
-            .tx
+            .client
             .query(&self.statements.probe_checking, &[&tables, &records, &ids])
             .map_err(StoreError::query("reading bucket edges"))?;
         // One row at least: the visibility check's.
@@ -176,20 +244,19 @@ impl<'s> Batch<'s> {
     /// ([`SMALL_CHUNK`]) takes one statement, a large one a statement per edge change kind and
     /// a binary `COPY`.
     pub fn write(&mut self, w: &ChunkWrites<'_>) -> Result<(), StoreError> {
-        if w.changelog.len() > SMALL_CHUNK {
-            self.write_edges(&w.removed, &w.added, &w.rechecked)?;
-            return changelog::copy_rows(&mut self.tx, &self.statements.copy, &changelog::encode_rows(&w.changelog));
-        }
         if w.changelog.is_empty() && w.removed.is_empty() && w.added.is_empty() && w.rechecked.is_empty() {
             return Ok(());
         }
+        self.open()?;
+        if w.changelog.len() > SMALL_CHUNK {
+            self.write_edges(&w.removed, &w.added, &w.rechecked)?;
+            let encoded = changelog::encode_rows(&w.changelog);
+            return changelog::copy_rows(self.client, &self.statements.copy, &encoded);
+        }
         let (removed, added, rechecked) =
             (edges::columns(&w.removed), edges::columns(&w.added), edges::columns(&w.rechecked));
-        let buckets: Vec<&str> = w.changelog.iter().map(|r| r.bucket).collect();
-        let tables: Vec<&str> = w.changelog.iter().map(|r| r.table).collect();
-        let records: Vec<&str> = w.changelog.iter().map(|r| r.record).collect();
-        let ops: Vec<i16> = w.changelog.iter().map(|r| Op::code(r.op)).collect();
-        self.tx
+        let log = change_columns(&w.changelog);
+        self.client
             .execute(
                 &self.statements.write,
                 &[
@@ -204,10 +271,10 @@ impl<'s> Batch<'s> {
                     &rechecked.1,
                     &rechecked.2,
                     &rechecked.3,
-                    &buckets,
-                    &tables,
-                    &records,
-                    &ops,
+                    &log.0,
+                    &log.1,
+                    &log.2,
+                    &log.3,
                 ],
             )
             .map_err(StoreError::query("writing a changelog chunk"))?;
@@ -222,28 +289,83 @@ impl<'s> Batch<'s> {
         added: &[EdgeRef<'_>],
         rechecked: &[EdgeRef<'_>],
     ) -> Result<(), StoreError> {
-        edges::remove(&mut self.tx, &self.statements.remove, removed)?;
-        edges::insert(&mut self.tx, &self.statements.insert, added)?;
-        edges::update_checksums(&mut self.tx, &self.statements.update, rechecked)
+        self.open()?;
+        edges::remove(self.client, &self.statements.remove, removed)?;
+        edges::insert(self.client, &self.statements.insert, added)?;
+        edges::update_checksums(self.client, &self.statements.update, rechecked)
     }
 
     /// Records failed bucket assignments.
     pub fn record_failures(&mut self, failures: &[Failure]) -> Result<(), StoreError> {
-        changelog::record_failures(&mut self.tx, &self.statements.failure, failures)
+        if failures.is_empty() {
+            return Ok(());
+        }
+        self.open()?;
+        changelog::record_failures(self.client, &self.statements.failure, failures)
     }
 
     /// Removes every edge of the truncated `tables` and appends a removal for each; returns how
     /// many rows it appended.
     pub fn record_truncate(&mut self, tables: &[String]) -> Result<u64, StoreError> {
-        changelog::record_truncate(&mut self.tx, &self.statements.truncate, tables)
+        self.open()?;
+        changelog::record_truncate(self.client, &self.statements.truncate, tables)
+    }
+
+    /// Writes `last`, the batch's last chunk, and stores `lsn` as the position of `slot`, a
+    /// compare-and-set against `expected` (what this writer read or last wrote), then commits.
+    /// A batch that wrote nothing before does it all in one statement. [`Committed::Fenced`]
+    /// when another writer moved the stored position: nothing of the batch is written.
+    pub fn commit_with(
+        mut self,
+        last: &ChunkWrites<'_>,
+        slot: &str,
+        lsn: Lsn,
+        expected: Lsn,
+    ) -> Result<Committed, StoreError> {
+        if self.open || last.changelog.len() > SMALL_CHUNK {
+            self.write(last)?;
+            return self.commit_at(slot, lsn, expected);
+        }
+        let (removed, added, rechecked) =
+            (edges::columns(&last.removed), edges::columns(&last.added), edges::columns(&last.rechecked));
+        let log = change_columns(&last.changelog);
+        let (lsn, expected) = (lsn.0 as i64, expected.0 as i64);
+        let moved: bool = self
+            .client
+            .query_one(
+                &self.statements.write_at,
+                &[
+                    &removed.0,
+                    &removed.1,
+                    &removed.2,
+                    &added.0,
+                    &added.1,
+                    &added.2,
+                    &added.3,
+                    &rechecked.0,
+                    &rechecked.1,
+                    &rechecked.2,
+                    &rechecked.3,
+                    &log.0,
+                    &log.1,
+                    &log.2,
+                    &log.3,
+                    &slot,
+                    &lsn,
+                    &expected,
+                ],
+            )
+            .map_err(StoreError::query("writing a changelog batch"))?
+            .get(0);
+        Ok(if moved { Committed::Done } else { Committed::Fenced })
     }
 
     /// Stores `lsn` as the position of `slot`, a compare-and-set against `expected` (what this
     /// writer read or last wrote), then commits. [`Committed::Fenced`] when another writer
     /// moved the stored position: the batch is rolled back.
-    pub fn commit_at(mut self, slot: &str, lsn: Lsn, expected: Lsn) -> Result<Committed, StoreError> {
-        if position::store(&mut self.tx, &self.statements.position, slot, lsn, expected)? == Stored::Fenced {
-            // Dropping the transaction rolls it back.
+    pub fn commit_at(self, slot: &str, lsn: Lsn, expected: Lsn) -> Result<Committed, StoreError> {
+        if position::store(self.client, &self.statements.position, slot, lsn, expected)? == Stored::Fenced {
+            // Dropping the batch rolls it back.
             return Ok(Committed::Fenced);
         }
         self.commit()?;
@@ -252,12 +374,16 @@ impl<'s> Batch<'s> {
 
     /// Commits without moving the position (a batch that covers no new replicated commit, or
     /// a backfill page).
-    pub fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().map_err(StoreError::query("committing a changelog batch"))
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        if self.open {
+            self.open = false;
+            self.client.batch_execute("COMMIT").map_err(StoreError::query("committing a changelog batch"))?;
+        }
+        Ok(())
     }
 }
 
-/// How [`Batch::commit`] ended.
+/// How a commit ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub enum Committed {
