@@ -5,7 +5,11 @@
 //! choose, with `wal_level = logical`; it never touches a service that may already run on 5432.
 //!
 //! PostgreSQL refuses to run as root, so when we are root every server binary runs as the
-//! `postgres` OS user (through `runuser`) and the data directory is handed to that user.
+//! `postgres` OS user (through `runuser`, from `/` rather than our working directory, which that
+//! user may not be allowed to enter) and the data directory is handed to that user. When that
+//! user cannot reach the requested directory (a `0700` home or temp directory on its path), the
+//! cluster lives under the `postgres` user's home instead, in a directory named after the
+//! requested one, and the requested directory records where (see [`LocalCluster::start`]).
 //!
 //! A cluster outlives nothing: [`LocalCluster::stop_when_process_exits`] starts a small watchdog
 //! (its own session, so a terminal's Ctrl-C does not reach it first) that stops the cluster once
@@ -42,6 +46,11 @@ pub enum ClusterError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The `postgres` OS user cannot use the cluster's directory, nor one under its own home.
+    Unreachable {
+        /// The directory that was requested.
+        dir: PathBuf,
+    },
     /// The server did not accept connections in time.
     StartTimeout {
         /// The port it should have listened on.
@@ -64,6 +73,12 @@ impl fmt::Display for ClusterError {
                 )
             }
             ClusterError::CommandFailed { command, detail } => write!(f, "`{command}` failed: {detail}"),
+            ClusterError::Unreachable { dir } => write!(
+                f,
+                "PostgreSQL runs as the postgres OS user, which cannot enter {} (nor a directory under its own \
+                 home): run from a directory that user can reach, such as one under /tmp, or as a non-root user",
+                dir.display()
+            ),
             ClusterError::Io { context, source } => write!(f, "{context}: {source}"),
             ClusterError::StartTimeout { port, log_tail } => {
                 write!(f, "PostgreSQL did not accept connections on 127.0.0.1:{port} in time; server log:\n{log_tail}")
@@ -173,11 +188,15 @@ impl LocalCluster {
 
     /// Creates the cluster if `opts.dir` holds none yet, then starts it and waits until it
     /// accepts connections. An already running cluster in `opts.dir` is reused.
+    ///
+    /// Run as root, the server binaries run as the `postgres` OS user. When that user cannot
+    /// reach `opts.dir`, the cluster lives in `~postgres/synchro-dev/<name>-<hash of the path>`
+    /// instead (the same directory on every start, so it is reused) and `opts.dir/location`
+    /// names it; [`LocalCluster::dir`] is where it is.
     pub fn start(opts: &ClusterOptions) -> Result<LocalCluster, ClusterError> {
         let bin_dir = Self::find_bin_dir()?;
         let run_as_postgres = is_root();
-        fs::create_dir_all(&opts.dir).map_err(io_err(format!("creating {}", opts.dir.display())))?;
-        let dir = opts.dir.canonicalize().map_err(io_err(format!("resolving {}", opts.dir.display())))?;
+        let dir = prepare_dir(&opts.dir, run_as_postgres)?;
         let port_file = dir.join("port");
         let port = match opts.port {
             Some(p) => p,
@@ -211,8 +230,7 @@ impl LocalCluster {
     /// `pg_hba.conf` must allow replication connections for the superuser from 127.0.0.1, which
     /// the default one written by `initdb --auth=trust` (and [`LocalCluster::set_hba`]) does.
     pub fn start_replica(&self, opts: &ClusterOptions) -> Result<LocalCluster, ClusterError> {
-        fs::create_dir_all(&opts.dir).map_err(io_err(format!("creating {}", opts.dir.display())))?;
-        let dir = opts.dir.canonicalize().map_err(io_err(format!("resolving {}", opts.dir.display())))?;
+        let dir = prepare_dir(&opts.dir, self.run_as_postgres)?;
         let port = match opts.port {
             Some(p) => p,
             None => free_port()?,
@@ -285,14 +303,7 @@ impl LocalCluster {
     }
 
     fn command(&self, program: &str) -> Command {
-        let path = self.bin_dir.join(program);
-        if self.run_as_postgres {
-            let mut cmd = Command::new("runuser");
-            cmd.args(["-u", "postgres", "--"]).arg(path);
-            cmd
-        } else {
-            Command::new(path)
-        }
+        server_command(&self.bin_dir.join(program), self.run_as_postgres)
     }
 
     fn run(&self, mut cmd: Command, what: &str) -> Result<Output, ClusterError> {
@@ -301,23 +312,16 @@ impl LocalCluster {
         if out.status.success() {
             Ok(out)
         } else {
-            Err(ClusterError::CommandFailed {
-                command: what.to_string(),
-                detail: format!(
-                    "{}; {}{}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim(),
-                    String::from_utf8_lossy(&out.stdout).trim()
-                ),
-            })
+            // The error is on stderr; stdout holds progress chatter (initdb's), shown only when
+            // stderr is empty.
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            let said = if stderr.is_empty() { String::from_utf8_lossy(&out.stdout).trim().to_string() } else { stderr };
+            Err(ClusterError::CommandFailed { command: what.to_string(), detail: format!("{}; {said}", out.status) })
         }
     }
 
     fn chown_to_postgres(&self, path: &Path) -> Result<(), ClusterError> {
-        let mut cmd = Command::new("chown");
-        cmd.args(["-R", "postgres:postgres"]).arg(path);
-        self.run(cmd, "chown -R postgres:postgres")?;
-        Ok(())
+        chown_to_postgres(path)
     }
 
     fn initdb(&self) -> Result<(), ClusterError> {
@@ -481,7 +485,7 @@ impl LocalCluster {
         let prefix = if self.run_as_postgres { "runuser -u postgres -- " } else { "" };
         let data = shell_quote(&self.data_dir().display().to_string());
         let mut script = format!(
-            "while kill -0 {owner} 2>/dev/null; do sleep 0.5; done; \
+            "cd /; while kill -0 {owner} 2>/dev/null; do sleep 0.5; done; \
              {prefix}{pg} -D {data} -m fast -w -s stop >/dev/null 2>&1",
             pg = shell_quote(&pg_ctl.display().to_string()),
         );
@@ -503,6 +507,114 @@ impl LocalCluster {
     }
 }
 
+/// A server binary, run as the `postgres` OS user when we are root. It starts in `/`: that user
+/// may not be allowed to enter our working directory, and PostgreSQL's binaries complain
+/// ("could not change directory to ...") when they cannot. Every path we pass is absolute.
+fn server_command(program: &Path, run_as_postgres: bool) -> Command {
+    let mut cmd = if run_as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.current_dir("/");
+    cmd
+}
+
+fn run_quietly(mut cmd: Command, what: &str) -> Result<(), ClusterError> {
+    let out = cmd.stdin(Stdio::null()).output().map_err(io_err(format!("running {what}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ClusterError::CommandFailed {
+            command: what.to_string(),
+            detail: format!("{}; {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+        })
+    }
+}
+
+fn chown_to_postgres(path: &Path) -> Result<(), ClusterError> {
+    let mut cmd = Command::new("chown");
+    cmd.args(["-R", "postgres:postgres"]).arg(path);
+    run_quietly(cmd, "chown -R postgres:postgres")
+}
+
+/// Whether the `postgres` OS user can list, create files in and enter `dir`: it needs search
+/// permission on every directory on the way too, which only a check made as that user sees.
+fn postgres_can_use(dir: &Path) -> bool {
+    let mut cmd = server_command(Path::new("test"), true);
+    cmd.arg("-r").arg(dir).arg("-a").arg("-w").arg(dir).arg("-a").arg("-x").arg(dir);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.status().is_ok_and(|s| s.success())
+}
+
+/// The `postgres` OS user's home directory, from the user database.
+fn postgres_home() -> Option<PathBuf> {
+    let from_getent = Command::new("getent")
+        .args(["passwd", "postgres"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let passwd = from_getent.or_else(|| fs::read_to_string("/etc/passwd").ok())?;
+    let entry = passwd.lines().find(|l| l.starts_with("postgres:"))?;
+    let home = entry.split(':').nth(5).filter(|h| h.starts_with('/'))?;
+    Some(PathBuf::from(home))
+}
+
+/// The directory under the `postgres` user's home that stands in for `requested`: named after
+/// it for people (shortened: the socket lives there, and socket paths are limited to about 100
+/// bytes) and unique by a hash of its whole path, so every start finds the same one.
+fn stand_in_dir(home: &Path, requested: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let named = |p: &Path| p.file_name().map(|n| n.to_string_lossy().trim_start_matches('.').to_string());
+    let name: String = named(requested)
+        .filter(|n| !n.is_empty() && n != "synchro")
+        .or_else(|| requested.parent().and_then(named))
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .take(24)
+        .collect();
+    let hash = Sha256::digest(requested.as_os_str().as_encoded_bytes());
+    let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    home.join("synchro-dev").join(if name.is_empty() { hex } else { format!("{name}-{hex}") })
+}
+
+/// Creates `requested` and returns the canonical directory the cluster lives in: `requested`
+/// itself, or, when the server binaries run as `postgres` and that user cannot reach it, its
+/// stand-in under that user's home (recorded in `requested/location`).
+fn prepare_dir(requested: &Path, run_as_postgres: bool) -> Result<PathBuf, ClusterError> {
+    fs::create_dir_all(requested).map_err(io_err(format!("creating {}", requested.display())))?;
+    let requested = requested.canonicalize().map_err(io_err(format!("resolving {}", requested.display())))?;
+    if !run_as_postgres {
+        return Ok(requested);
+    }
+    chown_to_postgres(&requested)?;
+    if postgres_can_use(&requested) {
+        return Ok(requested);
+    }
+    let unreachable = || ClusterError::Unreachable { dir: requested.clone() };
+    let home = postgres_home().ok_or_else(unreachable)?;
+    let dir = stand_in_dir(&home, &requested);
+    fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    chown_to_postgres(dir.parent().unwrap_or(&dir))?;
+    if !postgres_can_use(&dir) {
+        return Err(unreachable());
+    }
+    let note = format!("{}\n", dir.display());
+    fs::write(requested.join("location"), note).map_err(io_err("recording the cluster's location"))?;
+    crate::info!(
+        "the postgres OS user cannot enter the cluster directory: the cluster lives under its home instead",
+        requested = requested.display().to_string(),
+        dir = dir.display().to_string()
+    );
+    Ok(dir)
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
@@ -511,13 +623,7 @@ fn is_running(bin_dir: &Path, data: &Path, run_as_postgres: bool) -> bool {
     if !data.join("postmaster.pid").is_file() {
         return false;
     }
-    let mut cmd = if run_as_postgres {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bin_dir.join("pg_ctl"));
-        c
-    } else {
-        Command::new(bin_dir.join("pg_ctl"))
-    };
+    let mut cmd = server_command(&bin_dir.join("pg_ctl"), run_as_postgres);
     cmd.arg("-D").arg(data).arg("status");
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     cmd.status().map(|s| s.success()).unwrap_or(false)
@@ -537,4 +643,33 @@ pub fn free_port() -> Result<u16, ClusterError> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io_err("finding a free port"))?;
     let port = listener.local_addr().map_err(io_err("finding a free port"))?.port();
     Ok(port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stand_in_directories_are_named_after_the_project_and_unique_per_path() {
+        let home = Path::new("/var/lib/postgresql");
+        let a = stand_in_dir(home, Path::new("/root/shop/.synchro"));
+        assert!(a.to_string_lossy().starts_with("/var/lib/postgresql/synchro-dev/shop-"), "{}", a.display());
+        assert_eq!(a, stand_in_dir(home, Path::new("/root/shop/.synchro")), "the same path, the same place");
+        assert_ne!(a, stand_in_dir(home, Path::new("/home/x/shop/.synchro")), "another project of the same name");
+        let odd = stand_in_dir(home, Path::new("/root/a very long project name with spaces/cluster"));
+        let name = odd.file_name().unwrap().to_string_lossy().to_string();
+        assert_eq!(name.len(), "cluster".len() + 1 + 16, "{name}");
+        let spaced = stand_in_dir(home, Path::new("/root/my project/.synchro"));
+        assert!(spaced.file_name().unwrap().to_string_lossy().starts_with("my_project-"), "{}", spaced.display());
+        // A socket path inside stays well under the ~107-byte limit.
+        let long = stand_in_dir(home, Path::new("/root/an-extremely-long-project-directory-name-indeed/.synchro"));
+        assert!(long.join(".s.PGSQL.65535").as_os_str().len() < 100, "{}", long.display());
+    }
+
+    #[test]
+    fn the_unreachable_error_is_one_sentence_naming_the_fix() {
+        let text = ClusterError::Unreachable { dir: PathBuf::from("/root/p/.synchro") }.to_string();
+        assert!(text.contains("/root/p/.synchro") && text.contains("run from a directory that user can reach"));
+        assert!(!text.contains('\n') && text.matches(". ").count() == 0, "{text}");
+    }
 }

@@ -1,6 +1,10 @@
 //! `synchrod dev`: the embedded default. A private PostgreSQL cluster under `./.synchro/`, a
 //! small demo schema, and development (`X-User-ID`) authentication, so one command gives a
 //! working sync server on a fresh machine.
+//!
+//! Run as root from a directory the `postgres` OS user cannot enter (a `0700` home or temp
+//! directory), the cluster lives under that user's home instead and `./.synchro/location` says
+//! where (see [`LocalCluster::start`]); the banner always prints the data directory.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -95,12 +99,14 @@ pub fn banner(base_url: &str, env: &DevEnvironment) -> String {
     let mut out = format!(
         "\nsynchro dev server: {base_url}\n\
          PostgreSQL (private, loopback only): {}\n\
+         PostgreSQL data: {}\n\
          Authentication: X-User-ID header (development only; never expose this server)\n\n\
          Try:\n  curl {base_url}/healthz\n  curl -H 'X-User-ID: alice' {base_url}/sync/schema\n  \
          curl -H 'X-User-ID: alice' {base_url}/sync/tables\n  \
          curl -H 'X-User-ID: alice' -H 'Content-Type: application/json' \\\n    \
          -d '{{\"client_id\":\"laptop\",\"schema_version\":0,\"schema_hash\":\"\"}}' {base_url}/sync/register\n",
-        env.cluster.url(DEV_DATABASE)
+        env.cluster.url(DEV_DATABASE),
+        env.cluster.dir().display()
     );
     if env.demo {
         out.push_str(&format!(

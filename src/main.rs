@@ -9,23 +9,41 @@ use synchro::{dev, logging, server, store};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = args.first().map(String::as_str).unwrap_or("serve");
-    match command {
-        "-h" | "--help" | "help" => {
-            print!("{}", help_text());
-            ExitCode::SUCCESS
-        }
-        "serve" => serve(std::env::vars().collect()),
-        "dev" => run_dev(),
-        "migrate" => migrate(args.iter().any(|a| a == "--print")),
-        "rls" => print_rls(),
-        "compact" => compact(),
-        "check" => check(),
-        other => {
-            eprintln!("synchrod: unknown command {other:?}\n\n{}", help_text());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // --help and --version win wherever they stand, so `synchrod dev --help` explains rather
+    // than starts a cluster.
+    if args.iter().any(|a| matches!(*a, "-h" | "--help" | "help")) {
+        print!("{}", help_text());
+        return ExitCode::SUCCESS;
+    }
+    if args.iter().any(|a| matches!(*a, "-V" | "--version" | "version")) {
+        println!("{}", version_line());
+        return ExitCode::SUCCESS;
+    }
+    match args.as_slice() {
+        [] | ["serve"] => serve(std::env::vars().collect()),
+        ["dev"] => run_dev(),
+        ["migrate"] => migrate(false),
+        ["migrate", "--print"] => migrate(true),
+        ["rls"] => print_rls(),
+        ["compact"] => compact(),
+        ["check"] => check(),
+        _ => {
+            eprintln!("synchrod: unknown command or argument in {:?} (run `synchrod --help`)", args.join(" "));
             ExitCode::from(2)
         }
     }
+}
+
+/// `synchrod 0.1.0 (features: tls, jwks)`: what `--version` prints.
+fn version_line() -> String {
+    let features: Vec<&str> = [("tls", cfg!(feature = "tls")), ("jwks", cfg!(feature = "jwks"))]
+        .into_iter()
+        .filter(|f| f.1)
+        .map(|f| f.0)
+        .collect();
+    let features = if features.is_empty() { "none".to_string() } else { features.join(", ") };
+    format!("synchrod {} (features: {features})", env!("CARGO_PKG_VERSION"))
 }
 
 fn load_config(vars: &HashMap<String, String>) -> Result<Config, ExitCode> {
@@ -40,7 +58,7 @@ fn serve(vars: HashMap<String, String>) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    logging::set_level(config.log_level);
+    install_logger(std::io::stdout(), config.log_level);
     match server::run(config, None) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -63,7 +81,7 @@ fn run_dev() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    logging::set_level(config.log_level);
+    install_logger(std::io::stdout(), config.log_level);
     let banner = move |base_url: &str| println!("{}", dev::banner(base_url, &env));
     match server::run(config, Some(Box::new(banner))) {
         Ok(()) => ExitCode::SUCCESS,
@@ -74,11 +92,22 @@ fn run_dev() -> ExitCode {
     }
 }
 
-/// Loads the configuration from the environment and runs `f` with it.
+/// Installs the JSON-lines logger: on stdout for the servers, on stderr for the one-shot
+/// commands, whose stdout is their result (`synchrod rls | psql`).
+fn install_logger(out: impl std::io::Write + Send + 'static, level: synchro::config::LogLevel) {
+    if let Err(e) = logging::install_json_logger(out, level) {
+        eprintln!("synchrod: {e}");
+    }
+}
+
+/// Loads the configuration from the environment and runs `f` with it, logging to stderr.
 fn with_config(f: impl FnOnce(Config) -> ExitCode) -> ExitCode {
     let vars: HashMap<String, String> = std::env::vars().collect();
     match load_config(&vars) {
-        Ok(config) => f(config),
+        Ok(config) => {
+            install_logger(std::io::stderr(), config.log_level);
+            f(config)
+        }
         Err(code) => code,
     }
 }

@@ -24,6 +24,11 @@
 //!   current version (deleted later in the stream). Held edges are rewritten only when their
 //!   checksum changed.
 //! * Edge changes are net against what the database held before the chunk, and sorted.
+//! * An updated row of a table with child tables whose buckets changed (an owner transfer, a
+//!   re-parenting, a restore), or that is soft-deleted (its owner may have changed with no
+//!   edges to tell), is reported in [`Plan::moved`]: its live children must follow it, and the
+//!   writer routes them again in the same batch. An inserted row has no children yet (those
+//!   inserted with it are in the stream).
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -94,6 +99,8 @@ pub struct Plan<'a> {
     pub rechecked: Vec<EdgeChange<'a>>,
     /// Changes whose bucket assignment failed.
     pub failures: Vec<Failure>,
+    /// `(table, key)` of updated records with child tables whose children must follow them.
+    pub moved: Vec<(String, String)>,
 }
 
 impl Plan<'_> {
@@ -337,10 +344,25 @@ pub fn plan<'a>(
         state.insert(key, after);
     }
 
+    // Updated rows of tables with children, and whether the latest update left the row
+    // soft-deleted: its live children still follow its owner, though it holds no edges itself.
+    let mut updated: HashMap<Key<'a>, bool> = HashMap::new();
+    for c in chunk.iter().filter(|c| c.kind == ChangeKind::Update && routing.has_children(&c.table)) {
+        let soft_deleted = routing.get(&c.table).is_some_and(|t| is_soft_delete(t, c));
+        updated.insert((&c.table, &c.key), soft_deleted);
+    }
     // Net edge changes against what the database held before the chunk.
     for &k in &keys {
         let Some(after) = held_now(&state, &initial, k) else { continue };
         let before = initial.get(&k);
+        let moved = match updated.get(&k) {
+            Some(true) => true,
+            Some(false) => !after.is_empty() && before != Some(after),
+            None => false,
+        };
+        if moved {
+            plan.moved.push((k.0.to_string(), k.1.to_string()));
+        }
         for b in before.into_iter().flatten().filter(|b| !after.contains(b)) {
             plan.removed.push(EdgeChange { table: k.0, record: k.1, bucket: b.clone(), checksum: None });
         }
@@ -388,6 +410,7 @@ mod tests {
             columns: cols.iter().map(|c| c.0.to_string()).collect(),
             type_oids: cols.iter().map(|c| c.1).collect(),
             render_oids: cols.iter().map(|c| c.1).collect(),
+            row_json: "row_to_json(t.*)".into(),
         };
         let mut notes = table(
             "notes",

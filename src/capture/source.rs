@@ -7,11 +7,12 @@
 //! ([`crate::store::visibility`]), or these reads may see the version before the change.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use postgres::GenericClient;
 
 use super::buckets::{owner_of, Owner, RoutingTable, TableRouting};
-use super::events::{ColumnValue, RowChange};
+use super::events::{ChangeKind, ColumnValue, RelColumn, RowChange};
 use crate::registry::quote_ident;
 use crate::store::pool::StoreError;
 
@@ -177,7 +178,8 @@ pub fn resolve_owners(
     Ok(owners.into_iter().map(|o| o.unwrap_or(Owner::NoOwnership)).collect())
 }
 
-/// `(primary key, row_to_json text)` of the rows of `t` with keys `ids` that still exist.
+/// `(primary key, row JSON as clients receive it)` of the rows of `t` with keys `ids` that
+/// still exist.
 pub fn current_rows(
     db: &mut impl GenericClient,
     t: &TableRouting,
@@ -187,8 +189,9 @@ pub fn current_rows(
         return Ok(Vec::new());
     }
     let sql = format!(
-        "SELECT t.{pk}::text, row_to_json(t.*)::text FROM {q} t WHERE t.{pk} = ANY ($1::text[]::{ty}[])",
+        "SELECT t.{pk}::text, {json}::text FROM {q} t WHERE t.{pk} = ANY ($1::text[]::{ty}[])",
         pk = quote_ident(&t.pk),
+        json = t.row_json,
         q = t.qualified,
         ty = t.pk_type
     );
@@ -224,4 +227,47 @@ pub fn routing_page(
     let rows =
         db.query(&sql, &[&after, &limit]).map_err(StoreError::query(format!("backfilling edges of {}", t.name)))?;
     Ok(rows.iter().map(|r| (0..r.len()).map(|i| r.get(i)).collect()).collect())
+}
+
+/// The live child rows (one level down) of the `moved` records, as changes the planner routes
+/// again: each carries its key and the foreign key to its parent, so its owner is resolved
+/// through the parent's current row. Soft-deleted children hold no edges and are left alone.
+pub fn descendants(
+    db: &mut impl GenericClient,
+    routing: &RoutingTable,
+    moved: &[(String, String)],
+) -> Result<Vec<RowChange>, StoreError> {
+    let mut out = Vec::new();
+    for child in routing.tables() {
+        let Some((parent, fk)) = &child.parent else { continue };
+        let keys: Vec<&str> = moved.iter().filter(|(t, _)| t == parent).map(|(_, k)| k.as_str()).collect();
+        let Some(parent_routing) = routing.get(parent) else { continue };
+        if keys.is_empty() {
+            continue;
+        }
+        let live =
+            child.deleted_at.as_deref().map(|c| format!(" AND c.{} IS NULL", quote_ident(c))).unwrap_or_default();
+        let sql = format!(
+            "SELECT c.{pk}::text, c.{fk}::text FROM {q} c WHERE c.{fk} = ANY ($1::text[]::{ty}[]){live}",
+            pk = quote_ident(&child.pk),
+            fk = quote_ident(fk),
+            q = child.qualified,
+            ty = parent_routing.pk_type,
+        );
+        let rows = db
+            .query(&sql, &[&keys])
+            .map_err(StoreError::query(format!("reading the children of moved {parent} rows in {}", child.name)))?;
+        let columns: Arc<[RelColumn]> =
+            [&child.pk, fk].iter().map(|n| RelColumn { name: n.to_string(), type_oid: crate::types::Oid(0) }).collect();
+        let table: Arc<str> = Arc::from(child.name.as_str());
+        out.extend(rows.iter().map(|r| RowChange {
+            table: table.clone(),
+            kind: ChangeKind::Update,
+            key: r.get(0),
+            old_key: None,
+            columns: columns.clone(),
+            values: vec![ColumnValue::Text(r.get(0)), ColumnValue::Text(r.get(1))],
+        }));
+    }
+    Ok(out)
 }

@@ -39,7 +39,7 @@ use super::source;
 use crate::store::pool::StoreError;
 use crate::store::visibility::Visibility;
 use crate::store::writer_session::{self, Batch, Committed, WriterSession};
-use crate::types::Lsn;
+use crate::types::{Lsn, Op};
 
 /// Why the writer stopped. The supervisor restarts replication from the stored position after
 /// any of these.
@@ -353,15 +353,25 @@ impl Writer {
         let confirm = state.position();
         let chunk = std::mem::take(&mut state.chunk);
         let xids = std::mem::take(&mut state.chunk_xids);
-        let plan = match chunk.is_empty() {
-            true => plan::Plan::default(),
-            false => self.plan(&mut batch, &chunk, &xids)?,
+        let planned = match chunk.is_empty() {
+            true => None,
+            false => Some(self.plan(&mut batch, &chunk, &xids)?),
         };
-        batch.record_failures(&plan.failures)?;
-        state.changelog_rows += plan.changelog.len() as u64;
+        // The last chunk goes with the position unless it leads to more writes (children to
+        // follow, failures to record), which it then precedes.
+        let last = match planned {
+            Some(plan) if plan.moved.is_empty() && plan.failures.is_empty() => Some(plan),
+            Some(plan) => {
+                state.changelog_rows += self.write_plan(&mut batch, plan)?;
+                None
+            }
+            None => None,
+        };
+        let writes = last.as_ref().map(plan::Plan::writes).unwrap_or_default();
+        state.changelog_rows += writes.changelog.len() as u64;
         match confirm.filter(|l| *l > self.stored) {
             Some(lsn) => {
-                let committed = batch.commit_with(&plan.writes(), &self.config.slot_name, lsn, self.stored)?;
+                let committed = batch.commit_with(&writes, &self.config.slot_name, lsn, self.stored)?;
                 if committed == Committed::Fenced {
                     return Err(WriterError::Fenced { expected: self.stored });
                 }
@@ -369,7 +379,7 @@ impl Writer {
             // A replicated commit precedes every row, so a batch with rows always has a
             // position to store; this one only skipped replayed transactions.
             None => {
-                batch.write(&plan.writes())?;
+                batch.write(&writes)?;
                 batch.commit()?;
             }
         }
@@ -415,10 +425,42 @@ impl Writer {
         let chunk = std::mem::take(&mut state.chunk);
         let xids = std::mem::take(&mut state.chunk_xids);
         let plan = self.plan(batch, &chunk, &xids)?;
+        state.changelog_rows += self.write_plan(batch, plan)?;
+        Ok(())
+    }
+
+    /// Writes a plan, then, level by level in the same batch, the live children of the records
+    /// it moved to other buckets (their edges are probed after the level above was written).
+    /// Only their bucket moves are recorded: a child whose buckets did not change gets no
+    /// changelog row. Returns how many changelog rows it wrote.
+    fn write_plan(&mut self, batch: &mut Batch<'_>, plan: plan::Plan<'_>) -> Result<u64, WriterError> {
         batch.write(&plan.writes())?;
         batch.record_failures(&plan.failures)?;
-        state.changelog_rows += plan.changelog.len() as u64;
-        Ok(())
+        let mut rows = plan.changelog.len() as u64;
+        let mut moved = plan.moved;
+        // Cycles are refused at startup; the bound only protects against a registry changed
+        // underneath us.
+        for _ in 0..32 {
+            if moved.is_empty() {
+                break;
+            }
+            let level = match self.app.as_mut() {
+                Some(app) => source::descendants(app, &self.routing, &moved)?,
+                None => source::descendants(batch.client(), &self.routing, &moved)?,
+            };
+            if level.is_empty() {
+                break;
+            }
+            let tables =
+                Tables { routing: &self.routing, assigner: self.assigner.as_ref(), checksum: self.config.checksum };
+            let mut plan = plan_chunk(batch, Reads { app: self.app.as_mut(), visibility: None }, &tables, &level)?;
+            plan.changelog.retain(|r| r.op != Op::Update);
+            batch.write(&plan.writes())?;
+            batch.record_failures(&plan.failures)?;
+            rows += plan.changelog.len() as u64;
+            moved = std::mem::take(&mut plan.moved);
+        }
+        Ok(rows)
     }
 
     fn plan<'c>(
@@ -533,6 +575,7 @@ mod tests {
             columns: vec!["id".into()],
             type_oids: vec![23],
             render_oids: vec![23],
+            row_json: "row_to_json(t.*)".into(),
         }])
     }
 

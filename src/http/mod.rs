@@ -1,14 +1,28 @@
-//! The HTTP edge: `tiny_http` driven by our own fixed pool of workers, routing, authentication,
-//! the version gate, request bodies, and the one mapping from errors to status codes.
+//! The HTTP edge: synchro's own HTTP/1.1 server on plain threads (one I/O thread, a fixed pool
+//! of workers), routing, authentication, the version gate, request bodies, and the one mapping
+//! from errors to status codes.
 //!
-//! Flow of a request: the dispatcher thread receives it from `tiny_http` and hands it to the
-//! workers over a bounded channel (a full channel answers `429` at once: queueing is bounded),
-//! a worker reads the body within `MAX_BODY_BYTES` and runs [`routes::Router::handle`] under
-//! `catch_unwind`, which applies the contract's processing order (§1.1) and calls the
-//! [`SyncApi`] the composition root supplies.
+//! Flow of a request: the I/O thread ([`server`]) reads it off the socket and applies every
+//! limit ([`head`], [`chunked`], [`inbound`], [`budget`]); a complete request goes to the
+//! workers over a bounded channel (a full channel answers `429` at once: queueing is bounded);
+//! a worker runs [`routes::Router::handle`] under `catch_unwind`, which applies the contract's
+//! processing order (§1.1) and calls the [`SyncApi`] the composition root supplies, and writes
+//! the response ([`response`]); the I/O thread finishes what the socket did not take.
+//!
+//! The edge is our own code, not an HTTP server crate, because its limits must hold before
+//! memory is allocated or a thread is held, and a server that drains or buffers what a client
+//! sends on its own cannot promise that: `tiny_http` 0.12, the small thread-based server this
+//! design would otherwise use, drains an unread body into a buffer sized by the client's
+//! `Content-Length`, so one request aborts the process in code no handler can reach.
 
 pub mod admission;
 pub mod auth;
+pub mod budget;
+pub mod chunked;
+pub mod fd_limit;
+pub mod head;
+pub mod inbound;
+pub mod response;
 pub mod routes;
 pub mod server;
 
@@ -16,11 +30,13 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::protocol::{ErrorBody, RetryBody, SchemaMismatchBody};
 use crate::types::UserId;
 
 pub use admission::{Admission, AdmissionPolicy, AdmitAll};
 pub use auth::{AuthFailure, Authenticator, HeaderAuthenticator, JwtSecretAuthenticator};
-pub use server::{HttpConfig, HttpServer};
+pub use inbound::Request;
+pub use server::{EdgeStats, Fallback, HttpConfig, HttpServer};
 
 /// Everything a handler can answer besides success; [`ApiError::reply`] is the single
 /// place that turns it into a status code and JSON body (contract §3.1).
@@ -73,16 +89,24 @@ pub struct Reply {
 
 impl Reply {
     /// A 200 JSON reply with the reference's trailing newline.
-    pub fn json(mut body: Vec<u8>) -> Reply {
+    pub fn json(body: Vec<u8>) -> Reply {
+        Reply::json_with_status(200, body)
+    }
+
+    /// A JSON reply with any status and the reference's trailing newline.
+    fn json_with_status(status: u16, mut body: Vec<u8>) -> Reply {
         body.push(b'\n');
-        Reply { status: 200, body, content_type: "application/json", headers: Vec::new() }
+        Reply { status, body, content_type: "application/json", headers: Vec::new() }
+    }
+
+    /// A protocol body serialised (it has no map with non-string keys, so this cannot fail).
+    fn body(status: u16, value: &impl serde::Serialize) -> Reply {
+        Reply::json_with_status(status, serde_json::to_vec(value).unwrap_or_default())
     }
 
     /// A JSON reply with any status, `{"error": message}`.
     pub fn error(status: u16, message: &str) -> Reply {
-        let mut body = serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default();
-        body.push(b'\n');
-        Reply { status, body, content_type: "application/json", headers: Vec::new() }
+        Reply::body(status, &ErrorBody { error: message })
     }
 
     /// A plain-text reply.
@@ -104,35 +128,16 @@ impl ApiError {
             ApiError::BadRequest(msg) => Reply::error(400, msg),
             ApiError::ClientNotRegistered => Reply::error(404, "client not registered"),
             ApiError::Forbidden(msg) => Reply::error(403, msg),
-            ApiError::SchemaMismatch { version, hash } => {
-                let mut body = serde_json::to_vec(&serde_json::json!({
-                    "code": "schema_mismatch",
-                    "message": "client schema does not match server schema",
-                    "server_schema_version": version,
-                    "server_schema_hash": hash,
-                }))
-                .unwrap_or_default();
-                body.push(b'\n');
-                Reply { status: 409, body, content_type: "application/json", headers: Vec::new() }
-            }
+            ApiError::SchemaMismatch { version, hash } => Reply::body(409, &SchemaMismatchBody::new(*version, hash)),
             ApiError::UpgradeRequired => Reply::error(426, "client upgrade required"),
             ApiError::TooManyRequests { retry_after } => {
-                let mut body =
-                    serde_json::to_vec(&serde_json::json!({"error": "Too Many Requests", "retry_after": retry_after}))
-                        .unwrap_or_default();
-                body.push(b'\n');
-                Reply { status: 429, body, content_type: "application/json", headers: Vec::new() }
+                Reply::body(429, &RetryBody { error: "Too Many Requests", retry_after: *retry_after })
                     .with_header("Retry-After", retry_after.to_string())
             }
             ApiError::Internal(msg) => Reply::error(500, msg),
             ApiError::NotImplemented => Reply::error(501, "not implemented"),
             ApiError::Unavailable { retry_after } => {
-                let mut body = serde_json::to_vec(
-                    &serde_json::json!({"error": "service temporarily unavailable", "retry_after": retry_after}),
-                )
-                .unwrap_or_default();
-                body.push(b'\n');
-                Reply { status: 503, body, content_type: "application/json", headers: Vec::new() }
+                Reply::body(503, &RetryBody { error: "service temporarily unavailable", retry_after: *retry_after })
                     .with_header("Retry-After", retry_after.to_string())
             }
         }

@@ -117,7 +117,7 @@ pub fn bucket_checksums(db: &mut impl GenericClient, buckets: &[String]) -> Resu
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// `(members, BIT_XOR(checksum))` of a bucket's edges (the debug endpoint).
+/// `(member count, BIT_XOR of the non-null checksums)` of a bucket's edges (debug).
 pub fn bucket_summary(db: &mut impl GenericClient, bucket: &str) -> Result<(i64, Option<i32>), StoreError> {
     let row = db
         .query_one("SELECT count(*), BIT_XOR(checksum) FROM sync_bucket_edges WHERE bucket_id = $1", &[&bucket])
@@ -125,7 +125,7 @@ pub fn bucket_summary(db: &mut impl GenericClient, bucket: &str) -> Result<(i64,
     Ok((row.get(0), row.get(1)))
 }
 
-/// `(MIN(seq), MAX(seq), count)` of the changelog, 0 when empty (the debug endpoint).
+/// `(MIN(seq), MAX(seq), count)` of the changelog, zeros when it is empty (debug).
 pub fn stats(db: &mut impl GenericClient) -> Result<(i64, i64, i64), StoreError> {
     let row = db
         .query_one("SELECT COALESCE(min(seq), 0), COALESCE(max(seq), 0), count(*) FROM sync_changelog", &[])

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use crate::capture::wait_for;
 use crate::client::{get, post};
-use crate::harness::TestDb;
+use crate::harness::{Kill, TestDb};
 
 #[test]
 fn the_embedding_example_serves_its_own_routes_and_synchro() {
@@ -22,11 +22,17 @@ fn the_embedding_example_serves_its_own_routes_and_synchro() {
             .env("DATABASE_URL", db.url())
             .env("SYNC_TABLES", "tasks,comments,categories")
             .env("SLOT_NAME", format!("emb_{}", db.name))
+            .env("LOG_LEVEL", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
+    // The example's own logger prints synchro's records to stderr: collect them.
+    let app_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let collected = app_log.clone();
+    std::thread::spawn(move || stderr.lines().map_while(Result::ok).for_each(|l| collected.lock().unwrap().push(l)));
     let mut line = String::new();
     BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr: SocketAddr = line.trim().strip_prefix("listening on ").unwrap().parse().unwrap();
@@ -53,17 +59,12 @@ fn the_embedding_example_serves_its_own_routes_and_synchro() {
             .get(0);
         (n == 1).then_some(())
     });
+    // synchro's records reached the application's logger, fields included.
+    wait_for(20, "synchro's records in the application's log", || {
+        let lines = app_log.lock().unwrap();
+        lines.iter().any(|l| l.starts_with("[app] INFO synchro::") && l.contains('=')).then_some(())
+    });
     assert_eq!(get(addr, "/shutdown", "").status, 200);
     let status = wait_for(20, "the example to exit", || child.0.try_wait().unwrap());
     assert!(status.success());
-}
-
-/// Kills the example if the test fails before it exits.
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -98,3 +98,13 @@ impl Drop for TestDb<'_> {
         }
     }
 }
+
+/// A child process killed (and reaped) when the test ends, however it ends.
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -274,7 +274,18 @@ fn the_binary_names_missing_and_invalid_variables() {
     ] {
         assert!(help.contains(var), "{var} missing from --help");
     }
-    assert!(!synchrod(&["frobnicate"], &[]).status.success());
+    assert!(help.contains("CLOCK_SKEW_MS") && help.contains("[default: 3600]"), "{help}");
+    let out = synchrod(&["--version"], &[]);
+    assert!(out.status.success());
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(version.starts_with(&format!("synchrod {} (features: ", env!("CARGO_PKG_VERSION"))), "{version}");
+    // Help wins wherever it stands: `dev --help` explains instead of starting a cluster.
+    assert!(String::from_utf8_lossy(&synchrod(&["dev", "--help"], &[]).stdout).contains("ENVIRONMENT"));
+    for wrong in [&["frobnicate"][..], &["migrate", "--prnt"], &["check", "extra"]] {
+        let out = synchrod(wrong, &[("DATABASE_URL", "postgres://u@h/d")]);
+        assert_eq!(out.status.code(), Some(2), "{wrong:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("synchrod --help"), "{wrong:?}");
+    }
 }
 
 #[test]
