@@ -671,6 +671,43 @@ mod tests {
     }
 
     #[test]
+    fn a_parent_that_changes_buckets_takes_its_children_along() {
+        // `items` has a child table (`tasks`); `notes` has none.
+        let r = routing();
+        let moved = |p: &Plan<'_>| p.moved.iter().map(|(t, k)| format!("{t}/{k}")).collect::<Vec<_>>();
+        let transfer = [change(&r, ChangeKind::Update, "items", &["1", "bob", "5"])];
+        let p = plan_of(&r, &transfer, &[held("items", "1", "user:alice", Some(1))], &[user("bob")]);
+        assert_eq!(moved(&p), ["items/1"], "an owner transfer moves the children");
+        let p = plan_of(&r, &transfer, &[held("items", "1", "user:bob", Some(1))], &[user("bob")]);
+        assert!(p.moved.is_empty(), "a plain edit leaves them where they are");
+        let insert = [change(&r, ChangeKind::Insert, "items", &["1", "bob", "5"])];
+        assert!(plan_of(&r, &insert, &[], &[user("bob")]).moved.is_empty(), "an inserted row has no children yet");
+        let note = [change(&r, ChangeKind::Update, "notes", &["4", "bob", "x", "NULL"])];
+        let p = plan_of(&r, &note, &[held("notes", "4", "user:alice", Some(1))], &[user("bob")]);
+        assert!(p.moved.is_empty(), "a table without children");
+        // A child moving to another parent moves its own children only if its table has any.
+        let reparent = [change(&r, ChangeKind::Update, "tasks", &["7", "2"])];
+        assert!(plan_of(&r, &reparent, &[held("tasks", "7", "user:alice", None)], &[user("bob")]).moved.is_empty());
+    }
+
+    #[test]
+    fn a_soft_deleted_parent_takes_its_children_along() {
+        // Soft deletes are a `notes` feature in this routing: give `items` a deleted-at column
+        // and a child to check the rule where both meet.
+        let mut r = routing();
+        let mut items = r.get("items").cloned().unwrap();
+        items.columns.push("deleted_at".into());
+        items.type_oids.push(TIMESTAMPTZ);
+        items.render_oids.push(TIMESTAMPTZ);
+        items.deleted_at = Some("deleted_at".into());
+        r = RoutingTable::new(r.tables().filter(|t| t.name != "items").cloned().chain([items]));
+        let chunk = [change(&r, ChangeKind::Update, "items", &["1", "bob", "5", "2026-01-01 00:00:00+00"])];
+        // Without edges (nothing to tell where it was), the children still follow its owner.
+        let p = plan_of(&r, &chunk, &[], &[user("bob")]);
+        assert_eq!(p.moved, [("items".to_string(), "1".to_string())]);
+    }
+
+    #[test]
     fn edges_of_records_outside_the_chunk_are_ignored_and_output_is_sorted() {
         let r = routing();
         let chunk = [
