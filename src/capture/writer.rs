@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use super::buckets::{BucketAssigner, RoutingTable};
 use super::events::{RowChange, WalEvent};
@@ -102,6 +102,9 @@ pub struct WriterConfig {
     pub max_batch_rows: usize,
     /// Close a batch after this long (at the next commit).
     pub max_batch_delay: Duration,
+    /// How long a batch waits for the next event when none is queued: the most a lone change
+    /// waits before its batch commits, and the gap that ends a burst.
+    pub linger: Duration,
     /// Rows written per statement group inside a transaction.
     pub chunk_rows: usize,
     /// The per-record checksum of a row's `row_to_json` text.
@@ -123,6 +126,7 @@ impl WriterConfig {
             max_batch_rows: 5000,
             // Bounds commit -> changelog latency under a steady trickle of changes.
             max_batch_delay: Duration::from_millis(20),
+            linger: Duration::from_micros(200),
             chunk_rows: 1000,
             checksum: crate::checksum::record_checksum,
         }
@@ -325,10 +329,15 @@ impl Writer {
             } else {
                 match rx.try_recv() {
                     Ok(e) => Some(e),
-                    // Nothing queued: commit now. Under load the channel is rarely empty, so
-                    // batches grow with the load by themselves; waiting for more only delays
-                    // what is already here.
-                    Err(TryRecvError::Empty) => break,
+                    // Nothing queued: wait a moment for more. Small transactions decoded back
+                    // to back arrive microseconds apart and share a batch (up to its size and
+                    // age limits) instead of paying a commit each; a lone change, or a steady
+                    // trickle with gaps longer than the linger, commits after at most the linger.
+                    Err(TryRecvError::Empty) => match rx.recv_timeout(self.config.linger) {
+                        Ok(e) => Some(e),
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => None,
+                    },
                     Err(TryRecvError::Disconnected) => None,
                 }
             };
