@@ -9,6 +9,7 @@
 //! atomically by itself (two round trips for the whole batch: the edge probe and that
 //! statement).
 
+use postgres::types::ToSql;
 use postgres::Statement;
 
 use super::changelog::{self, ChangeRef, Failure};
@@ -181,6 +182,30 @@ impl Drop for Batch<'_> {
 /// The four arrays of a chunk's changelog rows.
 type ChangeColumns<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<i16>);
 
+/// A chunk's writes as the fifteen arrays [`WRITE_SQL`] binds (and [`WRITE_AT_SQL`] first).
+struct ChunkColumns<'a> {
+    removed: edges::Columns<'a>,
+    added: edges::Columns<'a>,
+    rechecked: edges::Columns<'a>,
+    log: ChangeColumns<'a>,
+}
+
+impl<'a> ChunkColumns<'a> {
+    fn of(w: &ChunkWrites<'a>) -> ChunkColumns<'a> {
+        ChunkColumns {
+            removed: edges::columns(&w.removed),
+            added: edges::columns(&w.added),
+            rechecked: edges::columns(&w.rechecked),
+            log: change_columns(&w.changelog),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 15] {
+        let (r, a, k, l) = (&self.removed, &self.added, &self.rechecked, &self.log);
+        [&r.0, &r.1, &r.2, &a.0, &a.1, &a.2, &a.3, &k.0, &k.1, &k.2, &k.3, &l.0, &l.1, &l.2, &l.3]
+    }
+}
+
 fn change_columns<'a>(rows: &[ChangeRef<'a>]) -> ChangeColumns<'a> {
     let mut out: ChangeColumns<'a> = Default::default();
     for r in rows {
@@ -253,30 +278,9 @@ impl<'s> Batch<'s> {
             let encoded = changelog::encode_rows(&w.changelog);
             return changelog::copy_rows(self.client, &self.statements.copy, &encoded);
         }
-        let (removed, added, rechecked) =
-            (edges::columns(&w.removed), edges::columns(&w.added), edges::columns(&w.rechecked));
-        let log = change_columns(&w.changelog);
+        let columns = ChunkColumns::of(w);
         self.client
-            .execute(
-                &self.statements.write,
-                &[
-                    &removed.0,
-                    &removed.1,
-                    &removed.2,
-                    &added.0,
-                    &added.1,
-                    &added.2,
-                    &added.3,
-                    &rechecked.0,
-                    &rechecked.1,
-                    &rechecked.2,
-                    &rechecked.3,
-                    &log.0,
-                    &log.1,
-                    &log.2,
-                    &log.3,
-                ],
-            )
+            .execute(&self.statements.write, &columns.params())
             .map_err(StoreError::query("writing a changelog chunk"))?;
         Ok(())
     }
@@ -326,35 +330,13 @@ impl<'s> Batch<'s> {
             self.write(last)?;
             return self.commit_at(slot, lsn, expected);
         }
-        let (removed, added, rechecked) =
-            (edges::columns(&last.removed), edges::columns(&last.added), edges::columns(&last.rechecked));
-        let log = change_columns(&last.changelog);
+        let columns = ChunkColumns::of(last);
         let (lsn, expected) = (lsn.0 as i64, expected.0 as i64);
+        let mut params = columns.params().to_vec();
+        params.extend([&slot as &(dyn ToSql + Sync), &lsn, &expected]);
         let moved: bool = self
             .client
-            .query_one(
-                &self.statements.write_at,
-                &[
-                    &removed.0,
-                    &removed.1,
-                    &removed.2,
-                    &added.0,
-                    &added.1,
-                    &added.2,
-                    &added.3,
-                    &rechecked.0,
-                    &rechecked.1,
-                    &rechecked.2,
-                    &rechecked.3,
-                    &log.0,
-                    &log.1,
-                    &log.2,
-                    &log.3,
-                    &slot,
-                    &lsn,
-                    &expected,
-                ],
-            )
+            .query_one(&self.statements.write_at, &params)
             .map_err(StoreError::query("writing a changelog batch"))?
             .get(0);
         Ok(if moved { Committed::Done } else { Committed::Fenced })
