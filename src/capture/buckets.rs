@@ -1,15 +1,12 @@
 //! Bucket assignment (§9.3): owner column -> `user:<id>`, NULL owner -> `global`, child tables
-//! through their foreign-key chain to the root owner. Owners are resolved for a whole chunk of
-//! changes at once (one query per table and chain level, never per row); the final step is a
-//! [`BucketAssigner`] that embedders can replace to put a row into several buckets.
+//! through their foreign-key chain to the root owner ([`super::source::resolve_owners`] finds
+//! the owners); the final step is a [`BucketAssigner`] that embedders can replace to put a row
+//! into several buckets. No I/O here.
 
 use std::collections::{HashMap, HashSet};
 
-use postgres::GenericClient;
-
-use crate::capture::events::{ColumnValue, RowChange};
-use crate::registry::{quote_ident, Registry};
-use crate::store::pool::StoreError;
+use crate::capture::events::RowChange;
+use crate::registry::Registry;
 use crate::types::BucketId;
 
 /// How one table is routed.
@@ -94,6 +91,14 @@ impl RoutingTable {
         RoutingTable { tables, parents }
     }
 
+    /// Routing for the given tables (embedders and tests; the server uses
+    /// [`RoutingTable::from_registry`]).
+    pub fn new(tables: impl IntoIterator<Item = TableRouting>) -> RoutingTable {
+        let tables: HashMap<String, TableRouting> = tables.into_iter().map(|t| (t.name.clone(), t)).collect();
+        let parents = tables.values().filter_map(|t| t.parent.as_ref().map(|(p, _)| p.clone())).collect();
+        RoutingTable { tables, parents }
+    }
+
     /// A table's routing.
     pub fn get(&self, table: &str) -> Option<&TableRouting> {
         self.tables.get(table)
@@ -150,173 +155,12 @@ impl BucketAssigner for DefaultAssigner {
     }
 }
 
-fn owner_of(value: Option<&str>) -> Owner {
+/// The owner an owner column's value names.
+pub(crate) fn owner_of(value: Option<&str>) -> Owner {
     match value {
         None | Some("") => Owner::Null,
         Some(v) => Owner::User(v.to_string()),
     }
-}
-
-/// One parent-lookup row: the parent's owner (if it has the column) and its own FK value.
-struct ParentRow {
-    owner: Option<Option<String>>,
-    next_fk: Option<String>,
-}
-
-fn lookup_parents(
-    db: &mut impl GenericClient,
-    parent: &TableRouting,
-    keys: &[String],
-) -> Result<HashMap<String, ParentRow>, StoreError> {
-    if keys.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let owner = parent.owner.as_deref().map(|c| format!("p.{}::text", quote_ident(c))).unwrap_or("NULL::text".into());
-    let fk = parent.parent.as_ref().map(|(_, c)| format!("p.{}::text", quote_ident(c))).unwrap_or("NULL::text".into());
-    let sql = format!(
-        "SELECT p.{pk}::text, {owner}, {fk} FROM {table} p WHERE p.{pk} = ANY ($1::text[]::{ty}[])",
-        pk = quote_ident(&parent.pk),
-        table = parent.qualified,
-        ty = parent.pk_type,
-    );
-    let rows =
-        db.query(&sql, &[&keys]).map_err(StoreError::query(format!("resolving owners through {}", parent.name)))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let owner_value: Option<String> = r.get(1);
-            (r.get(0), ParentRow { owner: parent.owner.as_ref().map(|_| owner_value), next_fk: r.get(2) })
-        })
-        .collect())
-}
-
-/// Current values of `columns` for `keys` (used when a needed column arrived as unchanged TOAST).
-pub fn current_values(
-    db: &mut impl GenericClient,
-    table: &TableRouting,
-    column: &str,
-    keys: &[String],
-) -> Result<HashMap<String, Option<String>>, StoreError> {
-    if keys.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let sql = format!(
-        "SELECT t.{pk}::text, t.{col}::text FROM {table} t WHERE t.{pk} = ANY ($1::text[]::{ty}[])",
-        pk = quote_ident(&table.pk),
-        col = quote_ident(column),
-        table = table.qualified,
-        ty = table.pk_type,
-    );
-    let rows =
-        db.query(&sql, &[&keys]).map_err(StoreError::query(format!("reading current values of {}", table.name)))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
-/// Resolves the owner of every change (same order), with one query per table and chain level.
-pub fn resolve_owners(
-    db: &mut impl GenericClient,
-    routing: &RoutingTable,
-    changes: &[&RowChange],
-) -> Result<Vec<Owner>, StoreError> {
-    let mut owners: Vec<Option<Owner>> = vec![None; changes.len()];
-    // Pending child rows: index -> (current ancestor table, FK value pointing into it).
-    let mut pending: Vec<(usize, String, String)> = Vec::new();
-    // Values that arrived as unchanged TOAST, per (table, column): fetched in one query each.
-    let mut toasted: HashMap<(String, String), Vec<String>> = HashMap::new();
-    for c in changes {
-        if let Some(t) = routing.get(&c.table) {
-            let col = t.owner.clone().or_else(|| t.parent.as_ref().map(|(_, fk)| fk.clone()));
-            if let Some(col) = col {
-                if matches!(c.value(&col), Some(ColumnValue::UnchangedToast)) {
-                    toasted.entry((t.name.clone(), col)).or_default().push(c.key.clone());
-                }
-            }
-        }
-    }
-    let mut current: HashMap<(String, String), HashMap<String, Option<String>>> = HashMap::new();
-    for ((table, col), keys) in toasted {
-        if let Some(t) = routing.get(&table) {
-            current.insert((table.clone(), col.clone()), current_values(db, t, &col, &keys)?);
-        }
-    }
-    let value_of = |c: &RowChange, col: &str| -> Option<String> {
-        match c.value(col) {
-            Some(ColumnValue::Text(v)) => Some(v.clone()),
-            Some(ColumnValue::UnchangedToast) => {
-                current.get(&(c.table.to_string(), col.to_string())).and_then(|m| m.get(&c.key).cloned()).flatten()
-            }
-            _ => None,
-        }
-    };
-    let gone = |c: &RowChange, col: &str| -> bool {
-        matches!(c.value(col), Some(ColumnValue::UnchangedToast))
-            && !current.get(&(c.table.to_string(), col.to_string())).is_some_and(|m| m.contains_key(&c.key))
-    };
-    for (i, c) in changes.iter().enumerate() {
-        let Some(t) = routing.get(&c.table) else {
-            owners[i] = Some(Owner::ParentMissing(format!("table {} is not routed", c.table)));
-            continue;
-        };
-        let routing_column = t.owner.as_deref().or(t.parent.as_ref().map(|(_, fk)| fk.as_str()));
-        if routing_column.is_some_and(|col| gone(c, col)) {
-            owners[i] = Some(Owner::RowGone);
-            continue;
-        }
-        if let Some(col) = &t.owner {
-            owners[i] = Some(owner_of(value_of(c, col).as_deref()));
-        } else if let Some((parent, fk)) = &t.parent {
-            match value_of(c, fk) {
-                Some(v) => pending.push((i, parent.clone(), v)),
-                None => {
-                    owners[i] = Some(Owner::ParentMissing(format!(
-                        "{}/{}: foreign key {fk} is NULL or missing",
-                        c.table, c.key
-                    )))
-                }
-            }
-        } else {
-            owners[i] = Some(Owner::NoOwnership);
-        }
-    }
-    // Walk up one level per round; each round runs one query per ancestor table.
-    let mut guard = 0;
-    while !pending.is_empty() {
-        guard += 1;
-        let mut by_table: HashMap<String, Vec<String>> = HashMap::new();
-        for (_, table, key) in &pending {
-            by_table.entry(table.clone()).or_default().push(key.clone());
-        }
-        let mut found: HashMap<String, HashMap<String, ParentRow>> = HashMap::new();
-        for (table, mut keys) in by_table {
-            keys.sort();
-            keys.dedup();
-            let Some(parent) = routing.get(&table) else { continue };
-            found.insert(table, lookup_parents(db, parent, &keys)?);
-        }
-        let mut next = Vec::new();
-        for (i, table, key) in pending {
-            let row = found.get(&table).and_then(|m| m.get(&key));
-            let parent = routing.get(&table);
-            owners[i] = Some(match (row, parent) {
-                (None, _) | (_, None) => Owner::ParentMissing(format!(
-                    "{}/{}: parent {table} row {key} not found",
-                    changes[i].table, changes[i].key
-                )),
-                (Some(r), Some(_)) if r.owner.is_some() => owner_of(r.owner.clone().flatten().as_deref()),
-                (Some(r), Some(p)) => match (&p.parent, &r.next_fk) {
-                    // Cycles are refused at startup; the guard only protects against a
-                    // registry changed underneath us.
-                    (Some((grand, _)), Some(fk)) if guard < 32 => {
-                        next.push((i, grand.clone(), fk.clone()));
-                        continue;
-                    }
-                    _ => Owner::Null,
-                },
-            });
-        }
-        pending = next;
-    }
-    Ok(owners.into_iter().map(|o| o.unwrap_or(Owner::NoOwnership)).collect())
 }
 
 /// The assigned buckets as strings, de-duplicated, in assignment order.

@@ -45,7 +45,7 @@ impl Engine {
             return Err(EngineError::Forbidden(format!("bucket {} is not subscribed by this client", req.bucket_id)));
         }
         // Read before the members and rows, as for snapshots: later changes have higher `seq`.
-        let (max_seq, start) = changelog::rebuild_start(&mut ***dbs.store())?;
+        let max_seq = changelog::max_seq(&mut ***dbs.store())?;
         let (cp, after) = match req.cursor.as_deref().and_then(parse_cursor) {
             Some((Some(cp), t, r)) => {
                 if cp > max_seq {
@@ -53,8 +53,8 @@ impl Engine {
                 }
                 (cp, Some((t, r)))
             }
-            Some((None, t, r)) => (start, Some((t, r))),
-            None => (start, None),
+            Some((None, t, r)) => (max_seq, Some((t, r))),
+            None => (max_seq, None),
         };
         let mut members = changelog::bucket_members(
             &mut ***dbs.store(),
@@ -92,7 +92,7 @@ impl Engine {
         let bucket_checksum = if has_more {
             None
         } else {
-            changelog::bucket_checksums(&mut **dbs.store(), std::slice::from_ref(&req.bucket_id), None)?
+            changelog::bucket_checksums(&mut **dbs.store(), std::slice::from_ref(&req.bucket_id))?
                 .first()
                 .map(|(_, c)| *c)
         };
