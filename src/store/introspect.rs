@@ -425,12 +425,18 @@ pub fn snapshot_fingerprint(
     cache: &mut StatementCache,
     oids: &[Oid],
 ) -> Result<(String, String), StoreError> {
-    let list: Vec<String> = oids.iter().map(|o| o.0.to_string()).collect();
-    let sql = concat!("SELECT pg_current_snapshot()::text, (", fingerprint_sql!(), ")")
-        .replace("$1::oid[]", &format!("ARRAY[{}]::oid[]", list.join(",")));
+    let sql = format!("SELECT pg_current_snapshot()::text, {}", fingerprint_expression(oids));
     let rows = cache.query(db, &sql, &[]).map_err(StoreError::query("fingerprinting the catalog"))?;
     let row = rows.first().ok_or_else(|| StoreError::Corrupt { detail: "empty catalog fingerprint".into() })?;
     Ok((row.get(0), row.get(1)))
+}
+
+/// [`catalog_fingerprint`] of `oids` as a parenthesised SQL expression with the oids written
+/// into it (catalog numbers from the registry, never request text), for a statement that is
+/// prepared once per session and reads the fingerprint beside other things.
+pub fn fingerprint_expression(oids: &[Oid]) -> String {
+    let list: Vec<String> = oids.iter().map(|o| o.0.to_string()).collect();
+    concat!("(", fingerprint_sql!(), ")").replace("$1::oid[]", &format!("ARRAY[{}]::oid[]", list.join(",")))
 }
 
 /// Advisory lock serialising manifest updates across instances (§4.6).

@@ -150,6 +150,55 @@ fn ddl_after_repeated_pulls_on_a_quiet_database_is_seen_by_the_next_pull() {
 }
 
 #[test]
+fn a_push_after_ddl_runs_on_the_catalog_as_it_now_is() {
+    // The push checks the catalog in its own opening statement: DDL since the catalog was last
+    // loaded is found there, the push starts again on the reloaded catalog, and the client's
+    // schema pair is judged against that one.
+    let db = TestDb::new();
+    db.execute("CREATE TABLE items (id uuid PRIMARY KEY, user_id text, title text NOT NULL DEFAULT '', updated_at timestamptz NOT NULL DEFAULT now(), deleted_at timestamptz)");
+    let server = start(&db, &[("SYNC_TABLES", "items")]);
+    let schema = |s: &serde_json::Value| (s["schema_version"].clone(), s["schema_hash"].clone());
+    let v1 = schema(&get(server.addr, "/sync/schema", USER).json());
+    let reg = post(server.addr, "/sync/register", USER, br#"{"client_id":"d1","schema_version":0,"schema_hash":""}"#);
+    assert_eq!(reg.status, 200);
+    let push = |v: &(serde_json::Value, serde_json::Value), id: &str, data: &str| {
+        let body = format!(
+            r#"{{"client_id":"d1","schema_version":{},"schema_hash":{},"changes":[{{"id":"{id}","table_name":"items","operation":"create","client_updated_at":"2026-03-05T11:00:00.000Z","data":{data}}}]}}"#,
+            v.0, v.1
+        );
+        post(server.addr, "/sync/push", USER, body.as_bytes())
+    };
+    let first = push(&v1, "00000000-0000-0000-0000-000000000001", r#"{"title":"one"}"#);
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.json()["accepted"].as_array().map(Vec::len), Some(1), "{}", first.body);
+
+    // A constraint moves the catalog but not the schema the clients see: the push goes through,
+    // and the constraint holds for it.
+    db.execute("ALTER TABLE items ADD CONSTRAINT title_short CHECK (length(title) < 10)");
+    let r = push(&v1, "00000000-0000-0000-0000-000000000002", r#"{"title":"far too long a title"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["rejected"].as_array().map(Vec::len), Some(1), "{}", r.body);
+    assert_eq!(schema(&get(server.addr, "/sync/schema", USER).json()), v1, "a CHECK is not part of the schema");
+    let r = push(&v1, "00000000-0000-0000-0000-000000000003", r#"{"title":"short"}"#);
+    assert_eq!(r.json()["accepted"].as_array().map(Vec::len), Some(1), "{}", r.body);
+
+    // A new column moves the schema: the old pair is refused, the new one pushes into it.
+    db.execute("ALTER TABLE items ADD COLUMN note text");
+    let r = push(&v1, "00000000-0000-0000-0000-000000000004", r#"{"title":"four"}"#);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.json()["code"], "schema_mismatch");
+    let v2 = schema(&get(server.addr, "/sync/schema", USER).json());
+    assert_ne!(v2, v1);
+    assert_eq!((r.json()["server_schema_version"].clone(), r.json()["server_schema_hash"].clone()), v2);
+    let r = push(&v2, "00000000-0000-0000-0000-000000000004", r#"{"title":"four","note":"n"}"#);
+    assert_eq!(r.json()["accepted"].as_array().map(Vec::len), Some(1), "{}", r.body);
+    let note: Option<String> =
+        db.client().query_one("SELECT note FROM items WHERE title = 'four'", &[]).unwrap().get(0);
+    assert_eq!(note.as_deref(), Some("n"));
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
 fn concurrent_starts_agree_on_the_schema_version() {
     let db = TestDb::new();
     db.execute("CREATE TABLE items (id int PRIMARY KEY, title text)");

@@ -52,6 +52,7 @@ use super::{CatalogState, Engine, EngineError};
 use crate::protocol::{PushRecord, PushRequest, PushResponse, PushResult};
 use crate::registry::{quote_ident, SyncTable};
 use crate::store::clients;
+use crate::store::introspect;
 use crate::store::pool::{Session, StatementCache, StoreError};
 use crate::time::format_timestamp;
 use crate::types::{Oid, UserId};
@@ -104,6 +105,8 @@ enum Attempt {
     Committed(Vec<Outcome>, PushCounts),
     /// A set statement failed with no savepoint to return to: rolled back, to be run carefully.
     Retry(String),
+    /// DDL changed the registered tables since the catalog was loaded: rolled back.
+    CatalogMoved,
 }
 
 impl Engine {
@@ -111,8 +114,35 @@ impl Engine {
     pub fn push(&self, user: &UserId, req: &PushRequest) -> Result<PushResponse, EngineError> {
         req.validate()?;
         let mut dbs = self.dbs()?;
-        let cat = self.catalog(&mut dbs)?;
-        Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
+        // The catalog as last loaded; the push transaction's opening statement checks that no
+        // DDL moved it since (two round trips less than checking before), and a push that finds
+        // it moved starts again with the catalog reloaded.
+        let mut cat = self.cached_catalog();
+        if Engine::check_schema(&cat, req.schema.version, &req.schema.hash).is_err() {
+            cat = self.catalog(&mut dbs)?;
+            Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
+        }
+        // DDL that keeps landing between the reload and the push's opening statement: after a
+        // few reloads the client is told the schema moved, to fetch it and push again.
+        for _ in 0..3 {
+            if let Some(response) = self.push_with(&mut dbs, &cat, user, req)? {
+                return Ok(response);
+            }
+            cat = self.catalog(&mut dbs)?;
+            Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
+        }
+        Err(EngineError::SchemaMismatch { version: cat.version, hash: cat.schema.hash.clone() })
+    }
+
+    /// [`Engine::push`] with `cat`; `None` when the catalog moved away from `cat` (nothing was
+    /// written).
+    fn push_with(
+        &self,
+        dbs: &mut super::Conns,
+        cat: &CatalogState,
+        user: &UserId,
+        req: &PushRequest,
+    ) -> Result<Option<PushResponse>, EngineError> {
         // The client is looked up and its push time stamped in the statement that opens the
         // push transaction (one round trip and one commit less per push), unless the sync
         // tables live in a database of their own: then around the transaction, there.
@@ -123,7 +153,7 @@ impl Engine {
             Some(req.client_id.as_str())
         };
         let ctx = RecordContext {
-            cat: &cat,
+            cat,
             user,
             write: Access::Write { shared_rows_writable: self.shared_rows_writable },
             resolver: self.settings.resolver.as_ref(),
@@ -143,6 +173,7 @@ impl Engine {
                     crate::debug!("push runs again with a savepoint per run", reason = why);
                     careful = true;
                 }
+                Attempt::CatalogMoved => return Ok(None),
             }
         };
         if stamp.is_none() {
@@ -170,14 +201,14 @@ impl Engine {
                 rejected.push(result);
             }
         }
-        Ok(PushResponse {
+        Ok(Some(PushResponse {
             accepted,
             rejected,
             checkpoint: 0,
             server_time: format_timestamp(SystemTime::now()),
             schema_version: cat.version,
             schema_hash: cat.schema.hash.clone(),
-        })
+        }))
     }
 
     /// One attempt at the push transaction. `stamp`: the client to look up and stamp in it.
@@ -196,9 +227,11 @@ impl Engine {
     ) -> Result<Attempt, EngineError> {
         let (client, cache) = session.parts();
         let mut tx = client.transaction().map_err(StoreError::query("starting the push"))?;
-        let Some(links) = begin(&mut tx, cache, ctx.user, stamp, self.settings.push_role.as_deref(), runs)? else {
-            // Dropping the transaction undoes nothing but the lookup.
-            return Err(EngineError::ClientNotRegistered);
+        let links = match begin(&mut tx, cache, ctx, stamp, self.settings.push_role.as_deref(), runs)? {
+            Opened::Links(links) => links,
+            // Dropping the transaction undoes nothing but the stamp.
+            Opened::NotRegistered => return Err(EngineError::ClientNotRegistered),
+            Opened::CatalogMoved => return Ok(Attempt::CatalogMoved),
         };
         let mut outcomes: Vec<Option<Outcome>> = screened.iter().map(|s| s.as_ref().err().cloned()).collect();
         let mut counts = PushCounts::default();
@@ -303,29 +336,50 @@ const BEGIN_STAMPED: &str = begin_sql!(
 /// [`begin_sql`] alone.
 const BEGIN: &str = begin_sql!("", "true");
 
+/// How the push transaction's opening statement found things.
+enum Opened {
+    /// The [`RowLinks`] of the runs' tables.
+    Links(HashMap<Oid, RowLinks>),
+    /// The stamped client does not exist.
+    NotRegistered,
+    /// The catalog fingerprint is not the loaded catalog's.
+    CatalogMoved,
+}
+
 /// Starts the push transaction: `app.user_id` for row-level security (§7.3) and, in the same
 /// round trip, sequential scans off (every statement of a push reads rows by key, and right
 /// after a bulk load stale statistics would scan whole tables for a join on a key list), the
-/// [`RowLinks`] of the runs' tables from the catalog and, with `stamp`, the client's push
-/// stamp; then `PUSH_ROLE`. `None` when the stamped client does not exist.
+/// [`RowLinks`] of the runs' tables from the catalog, the catalog fingerprint of the registered
+/// tables and, with `stamp`, the client's push stamp; then `PUSH_ROLE`.
 fn begin(
     tx: &mut Transaction<'_>,
     cache: &mut StatementCache,
-    user: &UserId,
+    ctx: &RecordContext<'_>,
     stamp: Option<&str>,
     role: Option<&str>,
     runs: &[Run<'_>],
-) -> Result<Option<HashMap<Oid, RowLinks>>, StoreError> {
+) -> Result<Opened, StoreError> {
     let oids: Vec<u32> = runs.iter().filter(|r| r.set_based).map(|r| r.table.oid.0).collect();
-    let user = user.as_str();
+    let user = ctx.user.as_str();
+    // The registered tables' oids are written into the statement (prepared once per session
+    // and catalog, see `introspect::fingerprint_expression`).
+    let fingerprint = introspect::fingerprint_expression(ctx.cat.oids());
     let rows = match stamp {
-        Some(client_id) => {
-            cache.query(tx, BEGIN_STAMPED, &[(&user, Type::TEXT), (&oids, Type::OID_ARRAY), (&client_id, Type::TEXT)])
-        }
-        None => cache.query(tx, BEGIN, &[(&user, Type::TEXT), (&oids, Type::OID_ARRAY)]),
+        Some(client_id) => cache.query(
+            tx,
+            &format!("{BEGIN_STAMPED}, {fingerprint}"),
+            &[(&user, Type::TEXT), (&oids, Type::OID_ARRAY), (&client_id, Type::TEXT)],
+        ),
+        None => cache.query(tx, &format!("{BEGIN}, {fingerprint}"), &[(&user, Type::TEXT), (&oids, Type::OID_ARRAY)]),
     }
     .map_err(StoreError::query("starting the push"))?;
-    let Some(row) = rows.first().filter(|r| r.get::<_, bool>(4)) else { return Ok(None) };
+    let Some(row) = rows.first() else { return Err(StoreError::Corrupt { detail: "no push opening row".into() }) };
+    if row.get::<_, Option<String>>(5).as_deref() != Some(ctx.cat.fingerprint()) {
+        return Ok(Opened::CatalogMoved);
+    }
+    if !row.get::<_, bool>(4) {
+        return Ok(Opened::NotRegistered);
+    }
     let mut links: HashMap<Oid, RowLinks> = HashMap::new();
     for oid in row.get::<_, Vec<u32>>(2) {
         links.entry(Oid(oid)).or_default().unique = true;
@@ -337,7 +391,7 @@ fn begin(
         tx.batch_execute(&format!("SET LOCAL ROLE {}", quote_ident(role)))
             .map_err(StoreError::query("switching to PUSH_ROLE"))?;
     }
-    Ok(Some(links))
+    Ok(Opened::Links(links))
 }
 
 fn savepoint(tx: &mut Transaction<'_>, sql: &str) -> Result<(), StoreError> {
