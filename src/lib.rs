@@ -88,6 +88,7 @@ pub mod pg;
 pub mod protocol;
 pub mod registry;
 pub mod rls;
+pub mod rules;
 pub mod schema;
 pub mod server;
 pub mod service;

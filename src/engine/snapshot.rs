@@ -16,48 +16,20 @@ use crate::store::pool::StoreError;
 use crate::types::UserId;
 
 /// The predicate (over alias `t`) that limits `table` to rows in the user's buckets or global:
-/// the same rule the default bucket assignment and the generated read policies express.
+/// the same rule the default bucket assignment and the generated read policies express,
+/// bucket rules included (a row keyed by a rule is in scope for the key's members).
 /// `$1` is the user id.
 pub(crate) fn scope_predicate(registry: &Registry, table: &SyncTable) -> String {
-    fn owner_ok(alias: &str, owner: &str) -> String {
+    let owner_ok = |alias: &str, _: &SyncTable, owner: &str| {
         let c = format!("{alias}.{}", quote_ident(owner));
         format!("({c} IS NULL OR {c}::text = '' OR {c}::text = $1)")
-    }
-    if let Some(owner) = &table.owner {
-        return owner_ok("t", owner);
-    }
-    // Walk up the parent chain to the first ancestor with an owner column.
-    let mut chain = Vec::new();
-    let mut current = table;
-    let mut guard = 0;
-    while let Some(link) = &current.parent {
-        let Some(parent) = registry.table(&link.table) else { break };
-        chain.push((current.name.clone(), link.clone(), parent));
-        if parent.owner.is_some() || guard > 16 {
-            break;
-        }
-        current = parent;
-        guard += 1;
-    }
+    };
+    let member = |root: &crate::registry::SharedRoot, alias: &str| root.member_check(alias, "$1");
     // Tables without ownership are readable by everyone; `$1` is still typed so every
     // predicate takes the same parameter list.
-    let everyone = "($1::text IS NULL OR true)".to_string();
-    let Some((_, _, top)) = chain.last() else { return everyone };
-    let Some(owner) = &top.owner else { return everyone };
-    // Innermost condition first, then wrap outwards.
-    let depth = chain.len();
-    let mut cond = owner_ok(&format!("p{depth}"), owner);
-    for (i, (_, link, parent)) in chain.iter().enumerate().rev() {
-        let alias = format!("p{}", i + 1);
-        let child_alias = if i == 0 { "t".to_string() } else { format!("p{i}") };
-        cond = format!(
-            "EXISTS (SELECT 1 FROM {} {alias} WHERE {alias}.{} = {child_alias}.{} AND {cond})",
-            parent.qualified(),
-            quote_ident(&link.parent_column),
-            quote_ident(&link.fk_column),
-        );
-    }
-    cond
+    let spec =
+        crate::registry::ScopeSql { owner: &owner_ok, member: &member, unowned: Some("($1::text IS NULL OR true)") };
+    registry.scope_sql(table, "t", &spec).unwrap_or_else(|| "($1::text IS NULL OR true)".to_string())
 }
 
 fn is_bad_input(e: &postgres::Error) -> bool {
