@@ -10,6 +10,7 @@ mod rebuild;
 mod register;
 mod replica_reads;
 mod snapshot;
+mod subscriptions;
 
 use std::fmt;
 use std::sync::Arc;
@@ -154,6 +155,8 @@ pub struct Engine {
     replicas: Option<ReplicaSet>,
     /// Pages read on the replicas and on the primary.
     reads: replica_reads::ReadCounters,
+    /// Users' current subscriptions, with bucket rules.
+    subscriptions: subscriptions::SubscriptionCache,
 }
 
 impl fmt::Debug for Engine {
@@ -187,6 +190,7 @@ impl Engine {
             verified: Mutex::new(None),
             replicas: None,
             reads: replica_reads::ReadCounters::default(),
+            subscriptions: subscriptions::SubscriptionCache::default(),
         })
     }
 
@@ -272,6 +276,8 @@ impl Engine {
             Ok(mut c) => *c = fresh.clone(),
             Err(p) => *p.into_inner() = fresh.clone(),
         }
+        // The rules were resolved again: memberships are read afresh.
+        self.subscriptions.clear();
         Ok(fresh)
     }
 

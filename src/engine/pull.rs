@@ -134,6 +134,10 @@ impl Engine {
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
         let client = probe.client.ok_or(EngineError::ClientNotRegistered)?;
         let subs = client.subscriptions(user);
+        // With bucket rules, what the user is subscribed to now may differ from what the device
+        // holds (`subs`): a membership changed since the device was brought in line.
+        let current = self.current_subscriptions(&mut dbs, &cat, user, probe.subscription_version, &subs)?;
+        let in_line = probe.departing.is_empty() && holds_exactly(&subs, &current);
         let stale = probe.retention;
         let empty = |checkpoint: i64| PullResponse {
             changes: vec![],
@@ -150,12 +154,17 @@ impl Engine {
             schema_hash: cat.schema.hash.clone(),
         };
         let positions: Vec<(String, i64)> = if per_bucket {
-            let rebuild: Vec<String> = subs
+            // A bucket the user joined (not held by the device yet) reaches it whole through a
+            // rebuild, like a stale one.
+            let rebuild: Vec<String> = current
                 .iter()
-                .filter(|b| match req.bucket_checkpoints.get(*b) {
-                    None => stale.min_seq > 0 || stale.compacted > 0,
-                    // C12: after any compaction a bucket at 0 may have missed compacted rows.
-                    Some(&cp) => behind_retention(&stale, cp) || (stale.reset > 0 && cp < stale.reset),
+                .filter(|b| {
+                    !subs.contains(b)
+                        || match req.bucket_checkpoints.get(*b) {
+                            None => stale.min_seq > 0 || stale.compacted > 0,
+                            // C12: after any compaction a bucket at 0 may have missed compacted rows.
+                            Some(&cp) => behind_retention(&stale, cp) || (stale.reset > 0 && cp < stale.reset),
+                        }
                 })
                 .cloned()
                 .collect();
@@ -170,6 +179,10 @@ impl Engine {
                 Some("history_unavailable")
             } else if behind_retention(&stale, req.checkpoint) {
                 Some("checkpoint_before_retention")
+            } else if !in_line {
+                // Joined or left a rule bucket: the device's history does not cover the new
+                // bucket's rows (or the removal of the old one's), so it snapshots again.
+                Some("history_unavailable")
             } else {
                 None
             };
@@ -272,6 +285,11 @@ impl Engine {
         crate::debug!("snapshot required", user = user.as_str(), client_id = client_id, reason = reason);
         self.settings.hooks.on_snapshot_required(user, client_id, reason);
     }
+}
+
+/// True when the device holds exactly the buckets the user is subscribed to (in any order).
+fn holds_exactly(held: &[String], current: &[String]) -> bool {
+    held.len() == current.len() && current.iter().all(|b| held.contains(b))
 }
 
 /// `last_pull_at` only feeds the first-sync check and compaction's staleness (days), so it is

@@ -45,7 +45,17 @@ impl Engine {
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
         let client =
             clients::load(&mut ***dbs.store(), user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
-        if !client.subscriptions(user).contains(&req.bucket_id) {
+        let held = client.subscriptions(user);
+        // A bucket the user joined is rebuilt before the device holds it; with bucket rules the
+        // user's current subscriptions decide.
+        let joining = cat.registry.has_rules() && !held.contains(&req.bucket_id);
+        let subscribed = if joining {
+            let version = crate::store::subscriptions::version(&mut ***dbs.store(), user)?;
+            self.current_subscriptions(&mut dbs, &cat, user, version, &held)?.contains(&req.bucket_id)
+        } else {
+            held.contains(&req.bucket_id)
+        };
+        if !subscribed {
             return Err(EngineError::Forbidden(format!("bucket {} is not subscribed by this client", req.bucket_id)));
         }
         // Read before the members and rows, as for snapshots: later changes have higher `seq`.
@@ -101,6 +111,11 @@ impl Engine {
         let cursor = if has_more { members.last().map(|(t, r)| format!("{cp}:{t}|{r}")) } else { None };
         if !has_more {
             let store = &mut ***dbs.store();
+            if joining {
+                // The device now holds the bucket: its changes come with every pull from here.
+                let defaults = clients::default_subscriptions(user);
+                crate::store::subscriptions::hold_bucket(store, user, &req.client_id, &req.bucket_id, &defaults)?;
+            }
             clients::set_bucket_checkpoint(store, user, &req.client_id, &req.bucket_id, cp)?;
             clients::reactivate(store, user, &req.client_id)?;
         }

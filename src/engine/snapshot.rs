@@ -49,7 +49,15 @@ impl Engine {
         let mut dbs = self.dbs()?;
         let cat = self.catalog(&mut dbs)?;
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
-        clients::load(&mut ***dbs.store(), user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        let client =
+            clients::load(&mut ***dbs.store(), user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        if req.cursor.is_none() && cat.registry.has_rules() {
+            // The snapshot brings the device in line with the user's current subscriptions;
+            // its pages read rows through the scope predicate, which checks memberships live.
+            let version = crate::store::subscriptions::version(&mut ***dbs.store(), user)?;
+            let current = self.current_subscriptions(&mut dbs, &cat, user, version, &client.subscriptions(user))?;
+            crate::store::subscriptions::hold_exactly(&mut ***dbs.store(), user, &req.client_id, &current)?;
+        }
         let tables = cat.registry.dependency_order();
         // Read before any row: every change committed after this point has a higher `seq`, so
         // the client catches up on it with its next pull (also with a separate sync store).

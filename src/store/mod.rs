@@ -10,6 +10,7 @@ pub mod publication;
 pub mod pull_probe;
 pub mod replicas;
 pub mod stores;
+pub mod subscriptions;
 pub mod visibility;
 
 pub use stores::Stores;

@@ -57,12 +57,17 @@ pub struct PullProbe {
     /// Up to `limit` changelog rows in `seq` order after each subscribed bucket's position; empty
     /// when the client is unknown or, in legacy mode, when it still needs its initial snapshot.
     pub page: Vec<ChangelogEntry>,
+    /// The version of the user's rule-bucket subscriptions (`store::subscriptions::version`).
+    pub subscription_version: i64,
+    /// The rule buckets the client is leaving (`store::subscriptions::departures`), sorted.
+    pub departing: Vec<String>,
 }
 
 /// Parameters: $1 user, $2 client id, $3 default subscriptions, $4 legacy checkpoint (the
 /// default position), $5/$6 per-bucket map keys/values, $7 tables, $8 limit, $9/$10 watermark
 /// names. Columns: snapshot, min_seq, compacted, reset (0-3), the client (4-15, NULL when not
-/// registered), the page entry (16-21, NULL when the page is empty). The page reads each
+/// registered), the page entry (16-21, NULL when the page is empty), the subscription version
+/// (22) and the buckets the client is leaving (23). The page reads each
 /// subscribed bucket through the `(bucket_id, seq)` index with its own LIMIT and merges them,
 /// exactly as [`changelog::read_page`] does (C7).
 ///
@@ -78,15 +83,20 @@ macro_rules! probe_sql {
             "WITH st AS (SELECT pg_current_snapshot()::text AS snapshot, \
                COALESCE((SELECT seq FROM sync_changelog ORDER BY seq LIMIT 1), 0) AS min_seq, \
                COALESCE((SELECT seq FROM synchro_watermarks WHERE name = $9), 0) AS compacted, \
-               COALESCE((SELECT seq FROM synchro_watermarks WHERE name = $10), 0) AS reset), \
+               COALESCE((SELECT seq FROM synchro_watermarks WHERE name = $10), 0) AS reset, \
+               COALESCE((SELECT max(version) FROM synchro_subscription_versions WHERE user_id IN ($1, '')), 0)::int8 \
+                 AS subs_version), \
              cl AS (SELECT ",
             client_columns!(),
-            ", COALESCE(NULLIF(bucket_subs, '{}'), $3::text[]) AS subs \
+            ", COALESCE(NULLIF(bucket_subs, '{}'), $3::text[]) AS subs, \
+                 ARRAY(SELECT d.bucket_id FROM synchro_departures d WHERE d.user_id = $1 AND d.client_id = $2 \
+                       ORDER BY d.bucket_id) AS departing \
                FROM sync_clients WHERE user_id = $1 AND client_id = $2) \
              SELECT st.snapshot, st.min_seq, st.compacted, st.reset, \
                     cl.id, cl.user_id, cl.client_id, cl.client_name, cl.platform, cl.app_version, cl.bucket_subs, \
                     cl.last_sync_at, cl.last_pull_at, cl.last_push_at, cl.last_pull_seq, cl.is_active, \
-                    p.seq, p.bucket_id, p.table_name, p.record_id, p.operation, p.created_at \
+                    p.seq, p.bucket_id, p.table_name, p.record_id, p.operation, p.created_at, \
+                    st.subs_version, cl.departing \
              FROM st LEFT JOIN cl ON true LEFT JOIN LATERAL ( \
                SELECT e.* FROM unnest(cl.subs) AS b(bucket) CROSS JOIN LATERAL ( \
                  SELECT seq, bucket_id, table_name, record_id, operation, created_at FROM sync_changelog \
@@ -157,5 +167,7 @@ pub fn probe(session: &mut Session, req: &PullProbeRequest<'_>) -> Result<PullPr
             page.push(entry_from_row_at(row, 16)?);
         }
     }
-    Ok(PullProbe { snapshot, retention, client, page })
+    let subscription_version = first.get(22);
+    let departing = first.get::<_, Option<Vec<String>>>(23).unwrap_or_default();
+    Ok(PullProbe { snapshot, retention, client, page, subscription_version, departing })
 }

@@ -19,6 +19,7 @@ mod migrations;
 mod replicas;
 mod replication_conn;
 mod rls;
+mod rules;
 mod server;
 mod store;
 mod sync_api;
