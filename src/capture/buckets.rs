@@ -1,7 +1,10 @@
 //! Bucket assignment (§9.3): owner column -> `user:<id>`, NULL owner -> `global`, child tables
-//! through their foreign-key chain to the root owner. Owners are resolved for a whole chunk of
-//! changes at once (one query per table and chain level, never per row); the final step is a
-//! [`BucketAssigner`] that embedders can replace to put a row into several buckets.
+//! through their foreign-key chain to the root owner; with bucket rules (`BUCKET_RULES`) a rule
+//! column holding a key -> `<bucket>:<key>`, checked before the owner at every level of the
+//! chain. Owners are resolved for a whole chunk of changes at once (one query per table and
+//! chain level, never per row); the final step is a [`BucketAssigner`] that embedders can
+//! replace to put a row into several buckets. The rules are not a second path: they resolve
+//! to [`Owner::Shared`], which the assigner turns into buckets like any other owner.
 
 use std::collections::{HashMap, HashSet};
 
@@ -27,6 +30,8 @@ pub struct TableRouting {
     pub owner: Option<String>,
     /// `(parent table, local FK column)` for child tables (§5.3).
     pub parent: Option<(String, String)>,
+    /// `(bucket name, column)` of every bucket rule rooted at this table, in file order.
+    pub shared: Vec<(String, String)>,
     /// The real deleted-at column (an update setting it is a removal).
     pub deleted_at: Option<String>,
     /// Every column, in table order: what `row_to_json` of a row holds.
@@ -71,6 +76,7 @@ impl RoutingTable {
                     pk_type: t.column(&t.pk).map(|c| c.db_type.clone()).unwrap_or_else(|| "text".into()),
                     owner: t.owner.clone(),
                     parent: t.parent.as_ref().map(|p| (p.table.clone(), p.fk_column.clone())),
+                    shared: t.shared.iter().map(|r| (r.bucket.clone(), r.column.clone())).collect(),
                     deleted_at: t.deleted_at.real().map(str::to_string),
                     columns: t.columns.iter().map(|c| c.name.clone()).collect(),
                     type_oids: t.columns.iter().map(|c| c.type_oid.0).collect(),
@@ -93,11 +99,36 @@ impl RoutingTable {
     }
 }
 
+impl TableRouting {
+    /// The columns that route a row of this table, in the order resolution reads them: rule
+    /// columns, then the owner column, else the foreign key to the parent.
+    pub fn routing_columns(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self.shared.iter().map(|(_, c)| c.as_str()).collect();
+        match (&self.owner, &self.parent) {
+            (Some(owner), _) => out.push(owner),
+            (None, Some((_, fk))) => out.push(fk),
+            (None, None) => {}
+        }
+        out
+    }
+}
+
+/// A key of a bucket rule a row holds: the row belongs to `<bucket>:<key>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedKey {
+    /// The rule's bucket name (`team`).
+    pub bucket: String,
+    /// The key's text (the rule column's value).
+    pub key: String,
+}
+
 /// The owner a row resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Owner {
     /// Owned by this user id (owner column text).
     User(String),
+    /// Shared through bucket rules: the keys its rule columns (own or an ancestor's) hold.
+    Shared(Vec<SharedKey>),
     /// The owner column (own or an ancestor's) is NULL or empty: a global row.
     Null,
     /// Neither the table nor any ancestor has an owner column.
@@ -126,6 +157,14 @@ impl BucketAssigner for DefaultAssigner {
             Owner::User(id) => BucketId::custom(&format!("user:{id}"))
                 .map(|b| vec![b])
                 .ok_or_else(|| format!("{}/{}: owner {id:?} cannot form a bucket id", table.name, change.key)),
+            Owner::Shared(keys) => keys
+                .iter()
+                .map(|k| {
+                    crate::rules::bucket_id(&k.bucket, &k.key).ok_or_else(|| {
+                        format!("{}/{}: key {:?} cannot form a {} bucket id", table.name, change.key, k.key, k.bucket)
+                    })
+                })
+                .collect(),
             Owner::Null | Owner::NoOwnership => Ok(vec![BucketId::global()]),
             Owner::ParentMissing(why) => Err(why.clone()),
             Owner::RowGone => Ok(Vec::new()),
@@ -140,10 +179,24 @@ fn owner_of(value: Option<&str>) -> Owner {
     }
 }
 
-/// One parent-lookup row: the parent's owner (if it has the column) and its own FK value.
+/// One parent-lookup row: the parent's rule keys, its owner (if it has the column) and its own
+/// FK value.
 struct ParentRow {
+    keys: Vec<SharedKey>,
     owner: Option<Option<String>>,
     next_fk: Option<String>,
+}
+
+/// The rule keys of a row of `table`, given its rule columns' values in `table.shared` order.
+fn shared_keys(table: &TableRouting, values: &[Option<String>]) -> Vec<SharedKey> {
+    table
+        .shared
+        .iter()
+        .zip(values)
+        .filter_map(|((bucket, _), value)| {
+            value.as_deref().filter(|v| !v.is_empty()).map(|v| SharedKey { bucket: bucket.clone(), key: v.to_string() })
+        })
+        .collect()
 }
 
 fn lookup_parents(
@@ -156,8 +209,9 @@ fn lookup_parents(
     }
     let owner = parent.owner.as_deref().map(|c| format!("p.{}::text", quote_ident(c))).unwrap_or("NULL::text".into());
     let fk = parent.parent.as_ref().map(|(_, c)| format!("p.{}::text", quote_ident(c))).unwrap_or("NULL::text".into());
+    let shared: String = parent.shared.iter().map(|(_, c)| format!(", p.{}::text", quote_ident(c))).collect();
     let sql = format!(
-        "SELECT p.{pk}::text, {owner}, {fk} FROM {table} p WHERE p.{pk} = ANY ($1::text[]::{ty}[])",
+        "SELECT p.{pk}::text, {owner}, {fk}{shared} FROM {table} p WHERE p.{pk} = ANY ($1::text[]::{ty}[])",
         pk = quote_ident(&parent.pk),
         table = parent.qualified,
         ty = parent.pk_type,
@@ -168,7 +222,9 @@ fn lookup_parents(
         .iter()
         .map(|r| {
             let owner_value: Option<String> = r.get(1);
-            (r.get(0), ParentRow { owner: parent.owner.as_ref().map(|_| owner_value), next_fk: r.get(2) })
+            let values: Vec<Option<String>> = (0..parent.shared.len()).map(|i| r.get(3 + i)).collect();
+            let keys = shared_keys(parent, &values);
+            (r.get(0), ParentRow { keys, owner: parent.owner.as_ref().map(|_| owner_value), next_fk: r.get(2) })
         })
         .collect())
 }
@@ -208,10 +264,9 @@ pub fn resolve_owners(
     let mut toasted: HashMap<(String, String), Vec<String>> = HashMap::new();
     for c in changes {
         if let Some(t) = routing.get(&c.table) {
-            let col = t.owner.clone().or_else(|| t.parent.as_ref().map(|(_, fk)| fk.clone()));
-            if let Some(col) = col {
-                if matches!(c.value(&col), Some(ColumnValue::UnchangedToast)) {
-                    toasted.entry((t.name.clone(), col)).or_default().push(c.key.clone());
+            for col in t.routing_columns() {
+                if matches!(c.value(col), Some(ColumnValue::UnchangedToast)) {
+                    toasted.entry((t.name.clone(), col.to_string())).or_default().push(c.key.clone());
                 }
             }
         }
@@ -240,12 +295,15 @@ pub fn resolve_owners(
             owners[i] = Some(Owner::ParentMissing(format!("table {} is not routed", c.table)));
             continue;
         };
-        let routing_column = t.owner.as_deref().or(t.parent.as_ref().map(|(_, fk)| fk.as_str()));
-        if routing_column.is_some_and(|col| gone(c, col)) {
+        if t.routing_columns().into_iter().any(|col| gone(c, col)) {
             owners[i] = Some(Owner::RowGone);
             continue;
         }
-        if let Some(col) = &t.owner {
+        let values: Vec<Option<String>> = t.shared.iter().map(|(_, col)| value_of(c, col)).collect();
+        let keys = shared_keys(t, &values);
+        if !keys.is_empty() {
+            owners[i] = Some(Owner::Shared(keys));
+        } else if let Some(col) = &t.owner {
             owners[i] = Some(owner_of(value_of(c, col).as_deref()));
         } else if let Some((parent, fk)) = &t.parent {
             match value_of(c, fk) {
@@ -285,6 +343,7 @@ pub fn resolve_owners(
                     "{}/{}: parent {table} row {key} not found",
                     changes[i].table, changes[i].key
                 )),
+                (Some(r), Some(_)) if !r.keys.is_empty() => Owner::Shared(r.keys.clone()),
                 (Some(r), Some(_)) if r.owner.is_some() => owner_of(r.owner.clone().flatten().as_deref()),
                 (Some(r), Some(p)) => match (&p.parent, &r.next_fk) {
                     // Cycles are refused at startup; the guard only protects against a

@@ -40,7 +40,7 @@ use crate::changelog_session::{self, store_position, ChangelogSession, Failure};
 use crate::edge_session::{self, EdgeSession, EdgeWrites};
 use crate::registry::quote_ident;
 use crate::store::pool::{self, StoreError};
-use crate::store::{visibility, Stores};
+use crate::store::{subscriptions, visibility, Stores};
 use crate::types::{Lsn, Op};
 
 /// A writer failure. The pipeline restarts replication from the stored LSN after one.
@@ -265,6 +265,8 @@ struct Batch {
     last_commit_time: Option<std::time::SystemTime>,
     idle_end: Option<Lsn>,
     changelog_rows: u64,
+    /// Users whose memberships changed in the batch's transactions (`""`: every user).
+    members: std::collections::BTreeSet<String>,
 }
 
 impl Writer {
@@ -284,6 +286,10 @@ impl Writer {
                 // The changelog and the edges are written on their own sessions; this one
                 // only reads (visibility, owners, current rows).
                 let Some((batch, closed)) = self.collect(db, first, rx)? else { return Ok(()) };
+                // Versions only grow and only make readers refresh: recorded on their own
+                // (autocommit), before the batch.
+                let members: Vec<&str> = batch.members.iter().map(String::as_str).collect();
+                subscriptions::record_changes(db, &members, batch_position(&batch).map_or(0, |l| l.0 as i64))?;
                 self.commit(None, &batch)?;
                 closed
             } else {
@@ -353,18 +359,20 @@ impl Writer {
     /// changelog session when `tx` is `None`), then the edge side (in `tx` too, or on the edge
     /// session), and publishes the progress.
     fn commit(&mut self, tx: Option<postgres::Transaction<'_>>, batch: &Batch) -> Result<(), WriterError> {
-        let confirm = match (batch.last_end, batch.idle_end) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
+        let confirm = batch_position(batch);
         let position = confirm.filter(|l| *l > self.stored);
         let edge_lsn = confirm.unwrap_or(self.edges_stored).max(self.edges_stored);
         // Not a replay of edges a crash left behind: the edges reach the changelog.
         let caught_up = edge_lsn >= self.stored;
         let mark = edge_session::position_mark(&self.config.slot_name);
         let slot = &self.config.slot_name;
+        // Membership changes move their users' subscription versions to this batch's
+        // position, with the batch (cached subscriptions are re-read on the next request).
+        let members: Vec<&str> = batch.members.iter().map(String::as_str).collect();
+        let version = confirm.map_or(0, |l| l.0 as i64);
         match (tx, &self.sessions) {
             (Some(mut tx), _) => {
+                subscriptions::record_changes(&mut tx, &members, version)?;
                 if let Some(lsn) = position {
                     // On a fence, `tx` is dropped unfinished: the batch rolls back.
                     store_position(&mut tx, slot, lsn, self.stored)?;
@@ -436,6 +444,20 @@ impl Writer {
                 self.progress.max_buffered.fetch_max(batch.chunk.len(), Ordering::Relaxed);
                 if batch.chunk.len() >= self.config.chunk_rows {
                     self.flush_chunk(db, batch)?;
+                }
+            }
+            WalEvent::Membership { users, row } => {
+                if batch.skip_txn {
+                    return Ok(());
+                }
+                if !batch.edges_only {
+                    // Subscriptions are keyed by the normalised user id (`UserId`).
+                    batch
+                        .members
+                        .extend(users.iter().map(|u| u.chars().flat_map(char::to_lowercase).collect::<String>()));
+                }
+                if let Some(change) = row {
+                    self.apply(db, batch, WalEvent::Row(change))?;
                 }
             }
             WalEvent::Truncate { tables } => {
@@ -586,6 +608,14 @@ impl Plan<'_> {
             inserts: self.edge_inserts.iter().map(|(t, r, b, c)| ((*t, *r, &**b), *c)).collect(),
             updates: self.edge_updates.iter().map(|(t, r, b, c)| ((*t, *r, &**b), *c)).collect(),
         }
+    }
+}
+
+/// The position a batch confirms: its last commit, or a later idle keepalive.
+fn batch_position(batch: &Batch) -> Option<Lsn> {
+    match (batch.last_end, batch.idle_end) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -853,7 +883,10 @@ pub fn backfill_edges(
         }
         let mut columns = vec![format!("t.{}::text", quote_ident(&t.pk))];
         let mut names = vec![t.pk.clone()];
-        for c in t.owner.iter().chain(t.parent.as_ref().map(|(_, fk)| fk)) {
+        for c in t.shared.iter().map(|(_, c)| c).chain(t.owner.iter()).chain(t.parent.as_ref().map(|(_, fk)| fk)) {
+            if names.contains(c) {
+                continue;
+            }
             columns.push(format!("t.{}::text", quote_ident(c)));
             names.push(c.clone());
         }

@@ -44,7 +44,7 @@ pub fn record_changes(db: &mut impl GenericClient, users: &[&str], version: i64)
         return Ok(());
     }
     db.execute(
-        "INSERT INTO synchro_subscription_versions (user_id, version) SELECT DISTINCT u, $2 FROM unnest($1::text[]) AS u \
+        "INSERT INTO synchro_subscription_versions (user_id, version) SELECT DISTINCT u, $2::int8 FROM unnest($1::text[]) AS u \
          ON CONFLICT (user_id) DO UPDATE SET version = GREATEST(synchro_subscription_versions.version, EXCLUDED.version), \
          updated_at = now()",
         &[&users, &version],

@@ -316,3 +316,80 @@ fn check_shows_the_rules_or_what_is_wrong_with_them() {
     let text = synchrod_check(&db, &rules);
     assert!(text.contains("FAIL bucket rules: BUCKET_RULES file") && text.contains("is not valid JSON"), "{text}");
 }
+
+const RED: &str = "10000000-0000-0000-0000-000000000001";
+const BLUE: &str = "10000000-0000-0000-0000-000000000002";
+
+fn scalar(db: &TestDb, sql: &str) -> i64 {
+    db.client().query_one(sql, &[]).unwrap().get(0)
+}
+
+/// Capture puts rule rows into their team's bucket, descendants with them, moves them with
+/// their key, and records membership changes as subscription versions.
+#[test]
+fn capture_routes_rule_rows_and_records_membership_changes() {
+    let db = TestDb::new();
+    db.execute(TEAMS);
+    db.execute(&format!("INSERT INTO teams (id, name) VALUES ('{RED}', 'red'), ('{BLUE}', 'blue');"));
+    // A project that predates capture gets its edge from the backfill.
+    db.execute(&format!(
+        "INSERT INTO projects (id, team_id, name) VALUES ('20000000-0000-0000-0000-000000000009', '{RED}', 'old')"
+    ));
+    let rules = RulesFile::new(&db, MINIMAL);
+    let server =
+        crate::server::start(&db, &[("SYNC_TABLES", "teams,projects,tasks"), ("BUCKET_RULES", &rules.shown())]);
+    let edge = |table: &str, id: &str| -> Vec<String> {
+        db.client()
+            .query(
+                "SELECT bucket_id FROM sync_bucket_edges WHERE table_name = $1 AND record_id = $2 ORDER BY 1",
+                &[&table, &id],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(edge("projects", "20000000-0000-0000-0000-000000000009"), vec![format!("team:{RED}")]);
+    db.execute(&format!(
+        "INSERT INTO projects (id, team_id, name) VALUES ('20000000-0000-0000-0000-000000000001', '{RED}', 'plan');
+         INSERT INTO projects (id, user_id, name) VALUES ('20000000-0000-0000-0000-000000000002', 'alice', 'mine');
+         INSERT INTO tasks (id, project_id, title) VALUES ('30000000-0000-0000-0000-000000000001', '20000000-0000-0000-0000-000000000001', 't');"
+    ));
+    crate::capture::wait_for(30, "the task's edge", || {
+        (!edge("tasks", "30000000-0000-0000-0000-000000000001").is_empty()).then_some(())
+    });
+    assert_eq!(edge("projects", "20000000-0000-0000-0000-000000000001"), vec![format!("team:{RED}")]);
+    assert_eq!(
+        edge("projects", "20000000-0000-0000-0000-000000000002"),
+        vec!["user:alice".to_string()],
+        "no key: the owner"
+    );
+    assert_eq!(
+        edge("tasks", "30000000-0000-0000-0000-000000000001"),
+        vec![format!("team:{RED}")],
+        "tasks follow their project"
+    );
+    assert_eq!(edge("teams", RED), vec!["global".to_string()], "teams has no rule of its own");
+    // Memberships move versions: per user, growing.
+    let published = scalar(&db, "SELECT count(*) FROM pg_publication_tables WHERE tablename = 'team_members'");
+    assert_eq!(published, 1, "the membership table is streamed");
+    let version = |user: &str| {
+        scalar(
+            &db,
+            &format!("SELECT COALESCE(max(version), 0) FROM synchro_subscription_versions WHERE user_id = '{user}'"),
+        )
+    };
+    db.execute(&format!("INSERT INTO team_members VALUES ('{RED}', 'Bob')"));
+    crate::capture::wait_for(30, "bob's version", || (version("bob") > 0).then_some(()));
+    let first = version("bob");
+    db.execute("DELETE FROM team_members WHERE user_id = 'Bob'");
+    crate::capture::wait_for(30, "bob's version to move", || (version("bob") > first).then_some(()));
+    assert_eq!(version(""), 0, "a delete under REPLICA IDENTITY FULL names its user");
+    db.execute("ALTER TABLE team_members REPLICA IDENTITY NOTHING; ALTER TABLE team_members REPLICA IDENTITY DEFAULT;");
+    db.execute(&format!(
+        "INSERT INTO team_members VALUES ('{BLUE}', 'carol'); DELETE FROM team_members WHERE user_id = 'carol';"
+    ));
+    crate::capture::wait_for(30, "carol's version", || (version("carol") > 0).then_some(()));
+    assert_eq!(version(""), 0, "the primary key holds user_id: deletes still name their user");
+    server.shutdown(std::time::Duration::from_secs(5));
+}
