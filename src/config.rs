@@ -149,6 +149,9 @@ pub struct Config {
     pub conflict_resolver: String,
     /// Clock-skew tolerance added to `client_updated_at` by last-writer-wins.
     pub clock_skew: Duration,
+    /// `SHARED_ROWS_WRITABLE`: whether clients may change rows without an owner (the contract's
+    /// default, `true`); see `Engine::with_shared_rows_writable`.
+    pub shared_rows_writable: bool,
 }
 
 /// What an unset (or empty) variable means.
@@ -342,9 +345,16 @@ const OWNER_COLUMN: Var<String> = Var {
 
 const EXCLUDE_COLUMNS: Var<Vec<(TableName, String)>> = Var {
     name: "EXCLUDE_COLUMNS",
-    help: "columns left out of the served schema and of every record",
+    help: "columns that never leave the server: not in the schema, in records, or in checksums",
     if_unset: IfUnset::Computed { shown: "(empty)", value: Vec::new },
     form: Form::Parsed { expected: "a comma list of table.column or schema.table.column", parse: column_list },
+};
+
+const SHARED_ROWS_WRITABLE: Var<bool> = Var {
+    name: "SHARED_ROWS_WRITABLE",
+    help: "whether every user may change rows without an owner (false: they are read-only for clients)",
+    if_unset: IfUnset::Text("true"),
+    form: Form::Parsed { expected: "true or false", parse: boolean },
 };
 
 const UPDATED_AT_COLUMN: Var<String> = Var {
@@ -544,6 +554,7 @@ pub(crate) const SECTIONS: &[(&str, &[&dyn Declared])] = &[
             &READ_ONLY_TABLES,
             &OWNER_COLUMN,
             &EXCLUDE_COLUMNS,
+            &SHARED_ROWS_WRITABLE,
             &UPDATED_AT_COLUMN,
             &DELETED_AT_COLUMN,
             &BUCKET_RULES,
@@ -809,6 +820,7 @@ impl Config {
             stale_client_after: STALE_CLIENT_DAYS.read(vars)?,
             conflict_resolver: CONFLICT_RESOLVER.read(vars)?,
             clock_skew: CLOCK_SKEW_MS.read(vars)?,
+            shared_rows_writable: SHARED_ROWS_WRITABLE.read(vars)?,
         })
     }
 }
@@ -841,6 +853,8 @@ mod tests {
             ("user_id", "updated_at", "deleted_at")
         );
         assert_eq!(c.log_level, LogLevel::Info);
+        assert!(c.shared_rows_writable, "the contract's behaviour unless configured");
+        assert!(!Config::from_vars(&vars(&[("SHARED_ROWS_WRITABLE", "false")])).unwrap().shared_rows_writable);
         assert!(c.http_threads >= 4);
         assert_eq!(c.max_body_bytes, 32 << 20);
         assert_eq!((c.jwt_issuer.as_deref(), c.jwt_audience.as_deref()), (None, None));
@@ -939,6 +953,7 @@ mod tests {
             (&[("STALE_CLIENT_DAYS", "0")], "STALE_CLIENT_DAYS"),
             (&[("PUSH_ROLE", "bad role")], "PUSH_ROLE"),
             (&[("CONFLICT_RESOLVER", "client_wins")], "CONFLICT_RESOLVER"),
+            (&[("SHARED_ROWS_WRITABLE", "maybe")], "SHARED_ROWS_WRITABLE"),
             (&[("CLOCK_SKEW_MS", "-5")], "CLOCK_SKEW_MS"),
             (&[("LISTEN_ADDR", "nowhere")], "LISTEN_ADDR"),
         ];

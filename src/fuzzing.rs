@@ -65,6 +65,8 @@ pub fn http_response(data: &[u8]) {
 pub fn text_inputs(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let _ = crate::pg::url::parse(&text);
+    let _ = crate::pg::url::redact(&text);
+    let _ = crate::protocol::DebugRequest::decode(Some(&text));
     let _ = crate::time::parse_client_timestamp(&text);
     let _ = crate::version::parse(&text);
     let _ = crate::checksum::record_checksum(&text);

@@ -1,6 +1,8 @@
 //! JSON Web Tokens: decoding, the shared claim checks, and HMAC verification (HS256, HS384, HS512).
 //!
-//! Verification order: shape (three base64url parts), header (`alg` must be one the configured
+//! Verification order: shape (three base64url parts), header (a `crit` parameter is refused:
+//! we understand no extension, and RFC 7515 §4.1.11 says a token naming one we do not
+//! understand MUST be rejected; `alg` must be one the configured
 //! key type verifies: `none` is always refused, and HMAC mode refuses every asymmetric
 //! algorithm, so a token cannot pick a weaker check than the one configured), signature
 //! (constant-time for HMAC), then registered claims (`exp`, `nbf` with a small leeway, optional
@@ -30,6 +32,9 @@ pub enum JwtError {
     Malformed(&'static str),
     /// The header names an algorithm this key type does not verify (`none`, RS256, ...).
     AlgorithmNotAllowed(String),
+    /// The header has a `crit` parameter: extensions the token says must be understood, and
+    /// we understand none (RFC 7515 §4.1.11).
+    CriticalHeader,
     /// The signature does not verify.
     BadSignature,
     /// No key of the configured key set matches the token's `kid` (or, without `kid`, its `alg`).
@@ -47,7 +52,8 @@ pub enum JwtError {
     WrongAudience,
     /// The payload is not a JSON object.
     ClaimsNotObject,
-    /// The configured user claim is missing, empty, or not a string or integer.
+    /// The configured user claim is missing, empty or only whitespace, not a string or integer,
+    /// or not usable as a user id (NUL, too long: see `types::UserId::new`).
     MissingUserClaim,
 }
 
@@ -67,6 +73,7 @@ impl fmt::Display for JwtError {
         match self {
             JwtError::Malformed(why) => write!(f, "malformed token: {why}"),
             JwtError::AlgorithmNotAllowed(alg) => write!(f, "token algorithm {alg:?} is not allowed for this key"),
+            JwtError::CriticalHeader => f.write_str("token header has crit parameters, and none is understood"),
             JwtError::BadSignature => f.write_str("bad token signature"),
             // The kid comes from the request: bounded so a huge one cannot flood the log.
             JwtError::UnknownKey { kid: Some(kid) } => {
@@ -169,6 +176,10 @@ pub fn verify(
     check_signature: impl FnOnce(&DecodedToken<'_>) -> Result<(), JwtError>,
 ) -> Result<UserId, JwtError> {
     let decoded = decode(token)?;
+    // Whatever it lists (even nothing, which the RFC forbids): no extension is understood here.
+    if decoded.header.contains_key("crit") {
+        return Err(JwtError::CriticalHeader);
+    }
     check_signature(&decoded)?;
     check_claims(&decoded.payload, rules, now)
 }
@@ -274,6 +285,12 @@ mod tests {
         encode(header, claims, sign)
     }
 
+    fn hs256(input: &[u8]) -> Vec<u8> {
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(SECRET).unwrap();
+        m.update(input);
+        m.finalize().into_bytes().to_vec()
+    }
+
     #[test]
     fn valid_tokens_yield_lower_cased_user_ids() {
         let token = sign_hs256(&json!({"sub": "ABC-1", "exp": 2000}), SECRET);
@@ -341,6 +358,18 @@ mod tests {
             (sign_hs256(&json!({"sub": "u", "iss": "iss-a", "aud": ["x"]}), SECRET), &strict, JwtError::WrongAudience),
             (sign_hs256(&json!(["not", "object"]), SECRET), &r, JwtError::ClaimsNotObject),
             (sign_hs256(&json!({"sub": ""}), SECRET), &r, JwtError::MissingUserClaim),
+            (sign_hs256(&json!({"sub": " \t"}), SECRET), &r, JwtError::MissingUserClaim),
+            (sign_hs256(&json!({"sub": "a\u{0}b"}), SECRET), &r, JwtError::MissingUserClaim),
+            (
+                with_header(&json!({"alg": "HS256", "crit": ["exp"]}), &json!({"sub": "u"}), hs256),
+                &r,
+                JwtError::CriticalHeader,
+            ),
+            (
+                with_header(&json!({"alg": "HS256", "crit": []}), &json!({"sub": "u"}), hs256),
+                &r,
+                JwtError::CriticalHeader,
+            ),
             (sign_hs256(&json!({"sub": 1.5}), SECRET), &r, JwtError::MissingUserClaim),
             (sign_hs256(&json!({"name": "u"}), SECRET), &r, JwtError::MissingUserClaim),
         ];

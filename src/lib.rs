@@ -34,9 +34,9 @@
 //! | [`writer`] | the changelog writer thread, edge backfill |
 //! | [`registry`], [`schema`] | synced tables as introspected; the served schema and its hash |
 //! | [`store`] | all SQL: migrations, introspection, clients, changelog, the pull probe, publication, pool (sessions with prepared hot statements), read replicas |
-//! | [`engine`] | register, pull, schema, tables (library API, no HTTP) |
-//! | [`protocol`] | request/response messages: the contract's field names live here only |
-//! | [`http`], [`service`] | the HTTP edge and its mapping onto the engine |
+//! | [`engine`] | register, pull, push, snapshot, rebuild, debug, schema, tables: typed in, typed out (library API, no HTTP, no JSON); scope decisions in `engine::scope` |
+//! | [`protocol`] | request/response messages and the served schema's wire form: the contract's field names live here only; the one check of client-supplied strings |
+//! | [`http`], [`service`] | the HTTP edge; `service` turns JSON into `protocol` structs and back around the engine |
 //! | [`jwt`], [`version`] | bearer tokens (decoding, claim rules, HMAC), the minimum-version gate |
 //! | `jwks`, `http_get` | `JWKS_URL` mode (feature `jwks`): key sets, RS*/ES* with ring, cache and refresher; our blocking HTTP GET client |
 //! | [`checksum`], [`json_text`], [`time`] | record checksums, canonical JSON, timestamps |
@@ -54,6 +54,12 @@
 //!   the event channel and the HTTP queue are bounded, large transactions stream in chunks.
 //! * SQL identifiers come only from the introspected registry, always quoted; values are
 //!   always bound parameters.
+//! * A row reaches a client only if it is in the client's scope on the version read, decided by
+//!   `engine::scope` in the statement that reads it (never from what the changelog said); a
+//!   write applies only if its written version is in the writer's scope. Checkpoints exist only
+//!   for subscribed buckets. Excluded columns never leave the server, not even in a checksum.
+//! * Every client-supplied string passes `protocol::check_text` before it is stored, compared
+//!   in SQL or logged.
 //! * A read replica serves a page only after replaying past the primary's WAL insert position
 //!   taken after the page's primary reads: no client ever gets a row older than the change that
 //!   announced it, whichever server read it.

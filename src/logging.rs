@@ -126,22 +126,10 @@ pub fn emit(level: LogLevel, target: &'static str, file: &'static str, line: u32
     );
 }
 
-/// A connection string with its password replaced by `***`, safe to log.
+/// A connection string with its passwords replaced by `***`, safe to log (see
+/// [`crate::pg::url::redact`]).
 pub fn redact_url(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            if let Some(colon) = rest[..at].find(':') {
-                return format!("{}{}:***{}", &url[..scheme_end + 3], &rest[..colon], &rest[at..]);
-            }
-        }
-        return url.to_string();
-    }
-    url.split_whitespace()
-        .map(|kv| if kv.starts_with("password=") { "password=***" } else { kv })
-        .collect::<Vec<_>>()
-        .join(" ")
+    crate::pg::url::redact(url)
 }
 
 /// What the four logging macros expand to: nothing is built unless the level is enabled.

@@ -1,19 +1,25 @@
 //! The wire messages of the sync endpoints: every field name of the contract appears here and
-//! nowhere else.
+//! nowhere else (requests, responses, the served schema, error bodies).
 //!
 //! Requests are decoded from a parsed JSON object by hand rather than with serde derive,
 //! because the contract's rules are specific: some keys must be *present* (even as `null`)
 //! and are checked in a fixed order, `null` means absent for every optional field, integers
 //! must be JSON integers (`1.0`, `"1"` and `1e3` are refused), unknown keys are ignored.
+//! Decoding ends with the request's `validate`, the one check of every client-supplied string
+//! ([`check_text`]: a length limit and no NUL; UTF-8 is guaranteed by `&str`), so nothing a
+//! client sends reaches SQL, storage or the log unchecked. The engine runs `validate` again on
+//! entry, because embedders may build requests by hand.
 //! Responses are plain `Serialize` structs with the contract's omit-empty rules; record
 //! `data` passes PostgreSQL's `row_to_json` text through untouched, so numbers are never
-//! round-tripped through floating point.
+//! round-tripped through floating point. Field order is the order of the bytes on the wire.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use crate::json_text::push_string;
 
 /// A request that does not satisfy the contract; the message is the 400 body's `error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +35,43 @@ impl BadRequest {
     pub fn required(key: &str) -> BadRequest {
         BadRequest(format!("{key} is required"))
     }
+}
+
+/// The longest client-supplied identifier, in bytes: client ids, device details, bucket ids,
+/// table names, the schema hash. Far above anything an SDK sends (a UUID is 36 bytes), and far
+/// below what a PostgreSQL index entry can hold (about 2.7 kB).
+pub const MAX_ID_BYTES: usize = 256;
+
+/// The longest user id (the `user:` bucket of the user must still be a valid bucket id).
+pub const MAX_USER_ID_BYTES: usize = MAX_ID_BYTES - "user:".len();
+
+/// The longest record id (primary key text) in a push or a cursor.
+pub const MAX_RECORD_ID_BYTES: usize = 1024;
+
+/// The longest rebuild cursor: `<checkpoint>:<table>|<record id>`.
+pub const MAX_CURSOR_BYTES: usize = 20 + 1 + MAX_ID_BYTES + 1 + MAX_RECORD_ID_BYTES;
+
+/// The rule every client-supplied string passes before it is used: at most `max_bytes`, and no
+/// NUL character (PostgreSQL text cannot hold one: it would fail the statement with SQLSTATE
+/// 22021). `field` names the value in the message. Valid UTF-8 is a given: the JSON parser, the
+/// query-string decoder and the token decoder refuse anything else before a `&str` exists.
+pub fn check_text(field: &str, value: &str, max_bytes: usize) -> Result<(), BadRequest> {
+    if value.len() > max_bytes {
+        return Err(BadRequest(format!("{field} is too long (at most {max_bytes} bytes)")));
+    }
+    if value.contains('\0') {
+        return Err(BadRequest(format!("{field} contains a NUL character")));
+    }
+    Ok(())
+}
+
+/// [`check_text`] for every item of a list.
+fn check_each<'a>(
+    field: &str,
+    values: impl IntoIterator<Item = &'a String>,
+    max_bytes: usize,
+) -> Result<(), BadRequest> {
+    values.into_iter().try_for_each(|v| check_text(field, v, max_bytes))
 }
 
 /// Typed access to a request object with the contract's decoding rules.
@@ -129,6 +172,10 @@ impl SchemaPair {
     pub fn is_bootstrap(&self) -> bool {
         self.version == 0 && self.hash.is_empty()
     }
+
+    fn validate(&self) -> Result<(), BadRequest> {
+        check_text("schema_hash", &self.hash, MAX_ID_BYTES)
+    }
 }
 
 /// `limit` normalised: absent or <= 0 -> 100, above 1000 -> 1000.
@@ -171,7 +218,17 @@ impl RegisterRequest {
         if req.client_id.is_empty() {
             return Err(BadRequest::required("client_id"));
         }
+        req.validate()?;
         Ok(req)
+    }
+
+    /// Checks every string of the request ([`check_text`]).
+    pub fn validate(&self) -> Result<(), BadRequest> {
+        check_text("client_id", &self.client_id, MAX_ID_BYTES)?;
+        check_text("client_name", self.client_name.as_deref().unwrap_or(""), MAX_ID_BYTES)?;
+        check_text("platform", &self.platform, MAX_ID_BYTES)?;
+        check_text("app_version", &self.app_version, MAX_ID_BYTES)?;
+        self.schema.validate()
     }
 }
 
@@ -199,7 +256,7 @@ impl PullRequest {
     pub fn decode(body: &Map<String, Value>) -> Result<PullRequest, BadRequest> {
         let f = Fields::new(body);
         f.require(&["client_id", "schema_version", "schema_hash"])?;
-        Ok(PullRequest {
+        let req = PullRequest {
             client_id: f.str_or_empty("client_id")?.to_string(),
             checkpoint: f.int("checkpoint")?,
             bucket_checkpoints: f.opt_int_map("bucket_checkpoints")?.unwrap_or_default(),
@@ -207,7 +264,18 @@ impl PullRequest {
             limit: normalise_limit(f.int("limit")?),
             known_buckets: f.opt_str_list("known_buckets")?.unwrap_or_default(),
             schema: SchemaPair::read(&f)?,
-        })
+        };
+        req.validate()?;
+        Ok(req)
+    }
+
+    /// Checks every string of the request ([`check_text`]).
+    pub fn validate(&self) -> Result<(), BadRequest> {
+        check_text("client_id", &self.client_id, MAX_ID_BYTES)?;
+        check_each("bucket_checkpoints", self.bucket_checkpoints.keys(), MAX_ID_BYTES)?;
+        check_each("tables", &self.tables, MAX_ID_BYTES)?;
+        check_each("known_buckets", &self.known_buckets, MAX_ID_BYTES)?;
+        self.schema.validate()
     }
 }
 
@@ -226,6 +294,35 @@ pub struct PushRecord {
     pub client_updated_at: Option<String>,
     /// `base_updated_at` as sent.
     pub base_updated_at: Option<String>,
+}
+
+impl PushRecord {
+    /// Why PostgreSQL could never store this record, by [`check_text`]: an oversized or NUL id,
+    /// or a NUL character in a string of `data` (create and update). The engine rejects such a
+    /// record on its own (`invalid_data`) before any statement, so the rest of the push applies.
+    pub fn problem(&self) -> Option<String> {
+        if let Err(e) = check_text("id", &self.id, MAX_RECORD_ID_BYTES) {
+            return Some(e.0);
+        }
+        if self.operation == "delete" {
+            return None;
+        }
+        let Some(Value::Object(data)) = &self.data else { return None };
+        data.iter().find(|(_, v)| has_nul(v)).map(|(k, _)| {
+            let shown: String = k.chars().filter(|c| *c != '\0').take(64).collect();
+            format!("{shown} contains a NUL character")
+        })
+    }
+}
+
+/// True when a string anywhere inside `v` contains NUL.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 /// POST /sync/push.
@@ -263,7 +360,17 @@ impl PushRequest {
                 .collect::<Result<Vec<_>, BadRequest>>()?,
             Some(_) => return Err(BadRequest::invalid()),
         };
-        Ok(PushRequest { client_id: f.str_or_empty("client_id")?.to_string(), changes, schema: SchemaPair::read(&f)? })
+        let req =
+            PushRequest { client_id: f.str_or_empty("client_id")?.to_string(), changes, schema: SchemaPair::read(&f)? };
+        req.validate()?;
+        Ok(req)
+    }
+
+    /// Checks the request's own strings ([`check_text`]); each record is checked on its own
+    /// with [`PushRecord::problem`], so one bad record never refuses the others.
+    pub fn validate(&self) -> Result<(), BadRequest> {
+        check_text("client_id", &self.client_id, MAX_ID_BYTES)?;
+        self.schema.validate()
     }
 }
 
@@ -308,12 +415,23 @@ impl SnapshotRequest {
             }
             Some(_) => return Err(BadRequest::invalid()),
         };
-        Ok(SnapshotRequest {
+        let req = SnapshotRequest {
             client_id: f.str_or_empty("client_id")?.to_string(),
             cursor,
             limit: normalise_limit(f.int("limit")?),
             schema: SchemaPair::read(&f)?,
-        })
+        };
+        req.validate()?;
+        Ok(req)
+    }
+
+    /// Checks every string of the request ([`check_text`]).
+    pub fn validate(&self) -> Result<(), BadRequest> {
+        check_text("client_id", &self.client_id, MAX_ID_BYTES)?;
+        if let Some(c) = &self.cursor {
+            check_text("cursor", &c.after_id, MAX_RECORD_ID_BYTES)?;
+        }
+        self.schema.validate()
     }
 }
 
@@ -337,13 +455,52 @@ impl RebuildRequest {
     pub fn decode(body: &Map<String, Value>) -> Result<RebuildRequest, BadRequest> {
         let f = Fields::new(body);
         f.require(&["client_id", "bucket_id"])?;
-        Ok(RebuildRequest {
+        let req = RebuildRequest {
             client_id: f.str_or_empty("client_id")?.to_string(),
             bucket_id: f.str_or_empty("bucket_id")?.to_string(),
             cursor: f.opt_str("cursor")?.filter(|c| !c.is_empty()).map(str::to_string),
             limit: normalise_limit(f.int("limit")?),
             schema: SchemaPair::read(&f)?,
-        })
+        };
+        req.validate()?;
+        Ok(req)
+    }
+
+    /// Checks every string of the request ([`check_text`]).
+    pub fn validate(&self) -> Result<(), BadRequest> {
+        check_text("client_id", &self.client_id, MAX_ID_BYTES)?;
+        check_text("bucket_id", &self.bucket_id, MAX_ID_BYTES)?;
+        check_text("cursor", self.cursor.as_deref().unwrap_or(""), MAX_CURSOR_BYTES)?;
+        self.schema.validate()
+    }
+}
+
+/// GET /sync/debug?client_id=...
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebugRequest {
+    /// Device id (non-empty).
+    pub client_id: String,
+}
+
+impl DebugRequest {
+    /// The name of the query parameter that carries the client id.
+    pub const PARAMETER: &'static str = "client_id";
+
+    /// The request for the decoded `client_id` query parameter (`None` when absent).
+    pub fn decode(client_id: Option<&str>) -> Result<DebugRequest, BadRequest> {
+        match client_id {
+            None | Some("") => Err(BadRequest("client_id query parameter is required".into())),
+            Some(c) => {
+                let req = DebugRequest { client_id: c.to_string() };
+                req.validate()?;
+                Ok(req)
+            }
+        }
+    }
+
+    /// Checks the client id ([`check_text`]).
+    pub fn validate(&self) -> Result<(), BadRequest> {
+        check_text("client_id", &self.client_id, MAX_ID_BYTES)
     }
 }
 
@@ -533,6 +690,352 @@ pub struct RebuildResponse {
     pub schema_hash: String,
 }
 
+/// GET /sync/schema response (§1.8).
+#[derive(Debug, Clone, Serialize)]
+pub struct SchemaResponse {
+    /// Current schema version.
+    pub schema_version: i64,
+    /// Current schema hash.
+    pub schema_hash: String,
+    /// Now.
+    pub server_time: String,
+    /// The served tables, exactly the bytes the hash was computed over.
+    pub tables: Box<RawValue>,
+}
+
+/// GET /sync/tables response (§1.7). Keys are in byte order (as the reference's map encoding
+/// writes them), so the fields are declared in that order.
+#[derive(Debug, Clone, Serialize)]
+pub struct TablesResponse {
+    /// Current schema hash.
+    pub schema_hash: String,
+    /// Current schema version.
+    pub schema_version: i64,
+    /// Now.
+    pub server_time: String,
+    /// Every synced table, sorted by name.
+    pub tables: Vec<TableMeta>,
+}
+
+/// `GET /sync/tables` entry (§5.1), keys in byte order like the rest of that response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableMeta {
+    /// Always named (C1).
+    pub deleted_at_column: String,
+    /// Always present.
+    pub dependencies: Vec<String>,
+    /// §5.3.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub parent_fk_col: String,
+    /// §5.3.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub parent_table: String,
+    /// `disabled` for read-only tables, else `enabled`.
+    pub push_policy: &'static str,
+    /// Name.
+    pub table_name: String,
+    /// Always named (C1).
+    pub updated_at_column: String,
+}
+
+/// GET /sync/debug response (§1.9); keys in byte order at every level.
+#[derive(Debug, Clone, Serialize)]
+pub struct DebugResponse {
+    /// One entry per checkpoint row of a subscribed bucket.
+    pub buckets: Vec<DebugBucket>,
+    /// The changelog's extent.
+    pub changelog_stats: ChangelogStats,
+    /// The client row.
+    pub client: DebugClient,
+    /// Now.
+    pub server_time: String,
+}
+
+/// `client` of the debug response.
+#[derive(Debug, Clone, Serialize)]
+pub struct DebugClient {
+    /// App version.
+    pub app_version: String,
+    /// Subscriptions as stored (`[]` when none).
+    pub bucket_subs: Vec<String>,
+    /// Device id.
+    pub client_id: String,
+    /// `sync_clients.id`.
+    pub id: String,
+    /// False once compaction deactivated it.
+    pub is_active: bool,
+    /// Last pull that reached the data phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_pull_at: Option<String>,
+    /// Last push.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_push_at: Option<String>,
+    /// Last pull or push.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_sync_at: Option<String>,
+    /// `last_pull_seq`, when set (0 included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub legacy_checkpoint: Option<i64>,
+    /// Platform.
+    pub platform: String,
+}
+
+/// One `buckets[]` entry of the debug response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DebugBucket {
+    /// The bucket.
+    pub bucket_id: String,
+    /// The client's stored checkpoint for it.
+    pub checkpoint: i64,
+    /// `BIT_XOR` of the bucket's non-null edge checksums.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<i32>,
+    /// Edges of the bucket (all users).
+    pub member_count: i64,
+}
+
+/// `changelog_stats` of the debug response (0 when the changelog is empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ChangelogStats {
+    /// Highest `seq`.
+    pub max_seq: i64,
+    /// Lowest `seq`.
+    pub min_seq: i64,
+    /// Row count.
+    pub total_entries: i64,
+}
+
+/// The body of every error answer but 409, 429 and 503 (§3.1).
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorBody<'a> {
+    /// The message.
+    pub error: &'a str,
+}
+
+/// The 429 and 503 body (§3.1): the message and the seconds of `Retry-After`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetryBody<'a> {
+    /// The message.
+    pub error: &'a str,
+    /// Seconds, as in the header.
+    pub retry_after: u32,
+}
+
+/// The 409 body (§3.3), keys in byte order.
+#[derive(Debug, Clone, Serialize)]
+pub struct SchemaMismatchBody<'a> {
+    /// Always `schema_mismatch`.
+    pub code: &'a str,
+    /// Human text.
+    pub message: &'a str,
+    /// Current schema hash.
+    pub server_schema_hash: &'a str,
+    /// Current schema version.
+    pub server_schema_version: i64,
+}
+
+impl SchemaMismatchBody<'_> {
+    /// The contract's body for the current pair.
+    pub fn new(version: i64, hash: &str) -> SchemaMismatchBody<'_> {
+        SchemaMismatchBody {
+            code: "schema_mismatch",
+            message: "client schema does not match server schema",
+            server_schema_hash: hash,
+            server_schema_version: version,
+        }
+    }
+}
+
+/// The `/healthz` body (§1.10).
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthBody<'a> {
+    /// `ok` or `unavailable`.
+    pub status: &'a str,
+}
+
+/// The contract's logical column types (§4.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogicalType {
+    /// Text, varchar, char, uuid, enum, interval.
+    String,
+    /// smallint, integer.
+    Int,
+    /// bigint.
+    Int64,
+    /// real, double precision, numeric.
+    Float,
+    /// boolean.
+    Boolean,
+    /// json, jsonb and every array type.
+    Json,
+    /// bytea.
+    Bytes,
+    /// date.
+    Date,
+    /// time with or without time zone.
+    Time,
+    /// timestamp with or without time zone.
+    Datetime,
+}
+
+impl LogicalType {
+    /// The contract's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogicalType::String => "string",
+            LogicalType::Int => "int",
+            LogicalType::Int64 => "int64",
+            LogicalType::Float => "float",
+            LogicalType::Boolean => "boolean",
+            LogicalType::Json => "json",
+            LogicalType::Bytes => "bytes",
+            LogicalType::Date => "date",
+            LogicalType::Time => "time",
+            LogicalType::Datetime => "datetime",
+        }
+    }
+}
+
+/// §4.5 `default_kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultKind {
+    /// No default.
+    None,
+    /// SQLite can evaluate the translated default.
+    Portable,
+    /// Only the server can evaluate it.
+    ServerOnly,
+}
+
+impl DefaultKind {
+    /// The contract's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DefaultKind::None => "none",
+            DefaultKind::Portable => "portable",
+            DefaultKind::ServerOnly => "server_only",
+        }
+    }
+}
+
+/// One served column (§4.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaColumn {
+    /// Name.
+    pub name: String,
+    /// `format_type` text.
+    pub db_type: String,
+    /// Logical type.
+    pub logical_type: LogicalType,
+    /// Nullability.
+    pub nullable: bool,
+    /// Default expression or `""`.
+    pub default_sql: String,
+    /// Default classification.
+    pub default_kind: DefaultKind,
+    /// SQLite default or `""`.
+    pub sqlite_default_sql: String,
+    /// Primary key member.
+    pub is_primary_key: bool,
+}
+
+impl SchemaColumn {
+    /// Appends the reference encoder's compact JSON: keys in §4.3 order, omit-empty.
+    pub fn write_json(&self, out: &mut String) {
+        out.push_str("{\"name\":");
+        push_string(out, &self.name);
+        out.push_str(",\"db_type\":");
+        push_string(out, &self.db_type);
+        out.push_str(",\"logical_type\":");
+        push_string(out, self.logical_type.as_str());
+        out.push_str(if self.nullable { ",\"nullable\":true" } else { ",\"nullable\":false" });
+        if !self.default_sql.is_empty() {
+            out.push_str(",\"default_sql\":");
+            push_string(out, &self.default_sql);
+        }
+        out.push_str(",\"default_kind\":");
+        push_string(out, self.default_kind.as_str());
+        if !self.sqlite_default_sql.is_empty() {
+            out.push_str(",\"sqlite_default_sql\":");
+            push_string(out, &self.sqlite_default_sql);
+        }
+        out.push_str(if self.is_primary_key { ",\"is_primary_key\":true}" } else { ",\"is_primary_key\":false}" });
+    }
+}
+
+/// One served table (§4.2, the \[latest\] field set; `push_policy` is always `enabled` in the
+/// schema). Serialised by hand, byte for byte as the reference does, because the SHA-256 of
+/// these bytes is the `schema_hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaTable {
+    /// Name.
+    pub table_name: String,
+    /// §5.3 parent.
+    pub parent_table: String,
+    /// §5.3 FK column.
+    pub parent_fk_col: String,
+    /// §5.2.
+    pub dependencies: Vec<String>,
+    /// Always named (C1).
+    pub updated_at_column: String,
+    /// Always named (C1).
+    pub deleted_at_column: String,
+    /// The primary key (one column).
+    pub primary_key: Vec<String>,
+    /// Served columns.
+    pub columns: Vec<SchemaColumn>,
+}
+
+impl SchemaTable {
+    /// Appends the reference encoder's compact JSON: keys in §4.2 order, omit-empty.
+    pub fn write_json(&self, out: &mut String) {
+        out.push_str("{\"table_name\":");
+        push_string(out, &self.table_name);
+        out.push_str(",\"push_policy\":\"enabled\"");
+        if !self.parent_table.is_empty() {
+            out.push_str(",\"parent_table\":");
+            push_string(out, &self.parent_table);
+        }
+        if !self.parent_fk_col.is_empty() {
+            out.push_str(",\"parent_fk_col\":");
+            push_string(out, &self.parent_fk_col);
+        }
+        if !self.dependencies.is_empty() {
+            out.push_str(",\"dependencies\":");
+            write_string_array(out, &self.dependencies);
+        }
+        if !self.updated_at_column.is_empty() {
+            out.push_str(",\"updated_at_column\":");
+            push_string(out, &self.updated_at_column);
+        }
+        if !self.deleted_at_column.is_empty() {
+            out.push_str(",\"deleted_at_column\":");
+            push_string(out, &self.deleted_at_column);
+        }
+        out.push_str(",\"primary_key\":");
+        write_string_array(out, &self.primary_key);
+        out.push_str(",\"columns\":[");
+        for (i, c) in self.columns.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            c.write_json(out);
+        }
+        out.push_str("]}");
+    }
+}
+
+fn write_string_array(out: &mut String, items: &[String]) {
+    out.push('[');
+    for (i, s) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_string(out, s);
+    }
+    out.push(']');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -620,6 +1123,161 @@ mod tests {
             let body = obj(json!({"client_id": "c", "schema_version": 1, "schema_hash": "h", "cursor": bad}));
             assert_eq!(SnapshotRequest::decode(&body).unwrap_err(), BadRequest::invalid());
         }
+    }
+
+    /// The keys of every object in a JSON text, in the order they are written (serde_json's
+    /// own map sorts them, so a visitor records them as they come).
+    #[derive(Default)]
+    struct KeyOrder(Vec<Vec<String>>);
+
+    impl<'de> serde::Deserialize<'de> for KeyOrder {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = KeyOrder;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("JSON")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<KeyOrder, A::Error> {
+                    let mut out = KeyOrder(vec![Vec::new()]);
+                    while let Some(k) = m.next_key::<String>()? {
+                        out.0[0].push(k);
+                        out.0.extend(m.next_value::<KeyOrder>()?.0);
+                    }
+                    Ok(out)
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<KeyOrder, A::Error> {
+                    let mut out = KeyOrder::default();
+                    while let Some(item) = s.next_element::<KeyOrder>()? {
+                        out.0.extend(item.0);
+                    }
+                    Ok(out)
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<KeyOrder, E> {
+                    Ok(KeyOrder::default())
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<KeyOrder, E> {
+                    Ok(KeyOrder::default())
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<KeyOrder, E> {
+                    Ok(KeyOrder::default())
+                }
+                fn visit_str<E>(self, _: &str) -> Result<KeyOrder, E> {
+                    Ok(KeyOrder::default())
+                }
+                fn visit_unit<E>(self) -> Result<KeyOrder, E> {
+                    Ok(KeyOrder::default())
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    #[test]
+    fn map_shaped_responses_keep_their_keys_in_byte_order() {
+        let tables = TablesResponse {
+            schema_hash: "h".into(),
+            schema_version: 1,
+            server_time: "t".into(),
+            tables: vec![TableMeta {
+                deleted_at_column: "deleted_at".into(),
+                dependencies: vec![],
+                parent_fk_col: "p_id".into(),
+                parent_table: "p".into(),
+                push_policy: "enabled",
+                table_name: "t".into(),
+                updated_at_column: "updated_at".into(),
+            }],
+        };
+        let debug = DebugResponse {
+            buckets: vec![DebugBucket {
+                bucket_id: "global".into(),
+                checkpoint: 1,
+                checksum: Some(2),
+                member_count: 3,
+            }],
+            changelog_stats: ChangelogStats { max_seq: 1, min_seq: 1, total_entries: 1 },
+            client: DebugClient {
+                app_version: "1".into(),
+                bucket_subs: vec![],
+                client_id: "c".into(),
+                id: "i".into(),
+                is_active: true,
+                last_pull_at: Some("t".into()),
+                last_push_at: Some("t".into()),
+                last_sync_at: Some("t".into()),
+                legacy_checkpoint: Some(0),
+                platform: "ios".into(),
+            },
+            server_time: "t".into(),
+        };
+        let bodies = [
+            serde_json::to_string(&tables).unwrap(),
+            serde_json::to_string(&debug).unwrap(),
+            serde_json::to_string(&SchemaMismatchBody::new(3, "h")).unwrap(),
+            serde_json::to_string(&RetryBody { error: "e", retry_after: 5 }).unwrap(),
+        ];
+        for body in bodies {
+            for keys in serde_json::from_str::<KeyOrder>(&body).unwrap().0 {
+                let mut sorted = keys.clone();
+                sorted.sort();
+                assert_eq!(keys, sorted, "{body}");
+            }
+        }
+        assert_eq!(
+            serde_json::to_string(&SchemaMismatchBody::new(3, "h")).unwrap(),
+            r#"{"code":"schema_mismatch","message":"client schema does not match server schema","server_schema_hash":"h","server_schema_version":3}"#
+        );
+    }
+
+    #[test]
+    fn client_strings_are_checked_once_for_every_field() {
+        let nul = "a\u{0}b";
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        let base = || json!({"client_id": "c", "schema_version": 1, "schema_hash": "h"});
+        let with = |key: &str, v: Value| {
+            let mut b = base();
+            b[key] = v;
+            obj(b)
+        };
+        for (key, v) in [
+            ("client_id", json!(nul)),
+            ("client_id", json!(long)),
+            ("schema_hash", json!(nul)),
+            ("bucket_checkpoints", json!({nul: 1})),
+            ("tables", json!([nul])),
+            ("known_buckets", json!([long])),
+        ] {
+            let err = PullRequest::decode(&with(key, v)).unwrap_err().0;
+            assert!(err.starts_with(key), "{key}: {err}");
+        }
+        for (key, v) in [("client_name", json!(nul)), ("platform", json!(long)), ("app_version", json!(nul))] {
+            assert!(RegisterRequest::decode(&with(key, v)).unwrap_err().0.starts_with(key));
+        }
+        let cursor = json!({"checkpoint": 1, "table_idx": 0, "after_id": nul});
+        assert_eq!(SnapshotRequest::decode(&with("cursor", cursor)).unwrap_err().0, "cursor contains a NUL character");
+        let mut rebuild = with("bucket_id", json!("b"));
+        rebuild.insert("cursor".into(), json!(format!("1:t|{}", "x".repeat(MAX_CURSOR_BYTES))));
+        assert!(RebuildRequest::decode(&rebuild).unwrap_err().0.starts_with("cursor is too long"));
+        assert_eq!(DebugRequest::decode(Some(nul)).unwrap_err().0, "client_id contains a NUL character");
+        assert_eq!(DebugRequest::decode(Some("")).unwrap_err().0, "client_id query parameter is required");
+        assert_eq!(DebugRequest::decode(None).unwrap_err().0, "client_id query parameter is required");
+        // Push records are checked one by one, so one bad record never refuses the others.
+        let push =
+            PushRequest::decode(&obj(json!({"client_id": "c", "schema_version": 1, "schema_hash": "h", "changes": [
+                {"id": nul, "table_name": "t", "operation": "delete"},
+                {"id": "1", "table_name": "t", "operation": "create", "data": {"title": ["ok", {"x": nul}]}},
+                {"id": "2", "table_name": "t", "operation": "delete", "data": {"title": nul}},
+                {"id": "3", "table_name": "t", "operation": "update", "data": {"title": "fine"}},
+            ]})))
+            .unwrap();
+        let problems: Vec<Option<String>> = push.changes.iter().map(PushRecord::problem).collect();
+        assert_eq!(
+            problems,
+            vec![Some("id contains a NUL character".into()), Some("title contains a NUL character".into()), None, None]
+        );
+        assert!(check_text("f", &"é".repeat(128), MAX_ID_BYTES).is_ok(), "the limit is in bytes: 256 here");
+        assert!(check_text("f", &"é".repeat(129), MAX_ID_BYTES).is_err());
     }
 
     #[test]

@@ -6,54 +6,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+pub use crate::protocol::LogicalType;
 use crate::types::Oid;
 
 /// Quotes an SQL identifier: `"name"` with embedded quotes doubled.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// The contract's logical column types (§4.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LogicalType {
-    /// Text, varchar, char, uuid, enum, interval.
-    String,
-    /// smallint, integer.
-    Int,
-    /// bigint.
-    Int64,
-    /// real, double precision, numeric.
-    Float,
-    /// boolean.
-    Boolean,
-    /// json, jsonb and every array type.
-    Json,
-    /// bytea.
-    Bytes,
-    /// date.
-    Date,
-    /// time with or without time zone.
-    Time,
-    /// timestamp with or without time zone.
-    Datetime,
-}
-
-impl LogicalType {
-    /// The contract's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogicalType::String => "string",
-            LogicalType::Int => "int",
-            LogicalType::Int64 => "int64",
-            LogicalType::Float => "float",
-            LogicalType::Boolean => "boolean",
-            LogicalType::Json => "json",
-            LogicalType::Bytes => "bytes",
-            LogicalType::Date => "date",
-            LogicalType::Time => "time",
-            LogicalType::Datetime => "datetime",
-        }
-    }
 }
 
 /// One column of a synced table.
@@ -78,7 +36,9 @@ pub struct Column {
     pub default_sql: String,
     /// The mapped type; `None` for an unsupported type on an excluded column.
     pub logical: Option<LogicalType>,
-    /// Left out of the served schema (`EXCLUDE_COLUMNS`); still in row data.
+    /// `EXCLUDE_COLUMNS`: never leaves the server. Left out of the served schema, of every
+    /// record's `data` ([`SyncTable::row_json_sql`]), of every checksum (they are computed over
+    /// `data`), and never written by a push.
     pub excluded: bool,
 }
 
@@ -230,6 +190,18 @@ impl SyncTable {
     /// `"schema"."name"`, quoted.
     pub fn qualified(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+
+    /// The SQL expression (over alias `alias`) for a row's JSON as clients receive it and as
+    /// its checksum is computed: `row_to_json` of the row, or, when the table has excluded
+    /// columns, of a row of its other columns (same names, same types, so the same rendering).
+    pub fn row_json_sql(&self, alias: &str) -> String {
+        if !self.columns.iter().any(|c| c.excluded) {
+            return format!("row_to_json({alias}.*)");
+        }
+        let served: Vec<String> =
+            self.columns.iter().filter(|c| !c.excluded).map(|c| format!("{alias}.{}", quote_ident(&c.name))).collect();
+        format!("(SELECT row_to_json(r) FROM (SELECT {}) r)", served.join(", "))
     }
 
     /// A column by name.
@@ -533,6 +505,26 @@ mod tests {
         // The rule column stays writable though it is a foreign key.
         assert!(!r.table("projects").unwrap().is_protected("teams_id"));
         assert!(r.table("tasks").unwrap().is_protected("projects_id"));
+    }
+
+    #[test]
+    fn excluded_columns_are_left_out_of_the_row_json() {
+        let column = |name: &str, excluded| Column {
+            name: name.into(),
+            db_type: "text".into(),
+            type_oid: Oid(25),
+            render_oid: Oid(25),
+            element_type: None,
+            nullable: true,
+            default_sql: String::new(),
+            logical: Some(LogicalType::String),
+            excluded,
+        };
+        let mut t = table("tasks", &[]);
+        t.columns = vec![column("id", false), column("title", false)];
+        assert_eq!(t.row_json_sql("t"), "row_to_json(t.*)");
+        t.columns.push(column("sec\"ret", true));
+        assert_eq!(t.row_json_sql("t"), r#"(SELECT row_to_json(r) FROM (SELECT t."id", t."title") r)"#);
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! The schema contract (§4, §5): logical type mapping, default classification, the served
-//! `SchemaTable` JSON (byte-exact, because its SHA-256 is the `schema_hash`), `TableMeta`, and
-//! the validation that refuses tables the SDKs cannot sync.
+//! The schema contract (§4, §5): logical type mapping, default classification, building the
+//! served tables (`SchemaTable`, `TableMeta`; their wire form lives in `protocol`) and the
+//! `schema_hash` over their bytes, and the validation that refuses tables the SDKs cannot sync.
 //!
 //! Deliberate deviation (our issue tracker, changing Appendix C1): a table without an
 //! updated-at or deleted-at column still syncs. The schema always names both columns (the SDKs
@@ -10,10 +10,9 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::json_text::push_string;
+pub use crate::protocol::{DefaultKind, SchemaColumn, SchemaTable, TableMeta};
 use crate::registry::{Column, LogicalType, Registry, SyncTable, TimestampColumn};
 
 /// Catalog facts needed by mapping rules 16 and 17: enum type names and domains.
@@ -82,28 +81,6 @@ pub fn logical_type(db_type: &str, catalog: &TypeCatalog) -> Option<LogicalType>
         return map_builtin(&base.trim().to_lowercase());
     }
     None
-}
-
-/// §4.5 `default_kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DefaultKind {
-    /// No default.
-    None,
-    /// SQLite can evaluate the translated default.
-    Portable,
-    /// Only the server can evaluate it.
-    ServerOnly,
-}
-
-impl DefaultKind {
-    /// The contract's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DefaultKind::None => "none",
-            DefaultKind::Portable => "portable",
-            DefaultKind::ServerOnly => "server_only",
-        }
-    }
 }
 
 fn is_cast_char(c: char) -> bool {
@@ -270,27 +247,6 @@ impl fmt::Display for SchemaError {
 
 impl std::error::Error for SchemaError {}
 
-/// One served column.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SchemaColumn {
-    /// Name.
-    pub name: String,
-    /// `format_type` text.
-    pub db_type: String,
-    /// Logical type.
-    pub logical_type: LogicalType,
-    /// Nullability.
-    pub nullable: bool,
-    /// Default expression or `""`.
-    pub default_sql: String,
-    /// Default classification.
-    pub default_kind: DefaultKind,
-    /// SQLite default or `""`.
-    pub sqlite_default_sql: String,
-    /// Primary key member.
-    pub is_primary_key: bool,
-}
-
 impl SchemaColumn {
     fn from_column(c: &Column, logical: LogicalType, pk: &str) -> SchemaColumn {
         let (default_kind, sqlite_default_sql) = classify_default(&c.default_sql);
@@ -318,48 +274,6 @@ impl SchemaColumn {
             is_primary_key: false,
         }
     }
-
-    fn write_json(&self, out: &mut String) {
-        out.push_str("{\"name\":");
-        push_string(out, &self.name);
-        out.push_str(",\"db_type\":");
-        push_string(out, &self.db_type);
-        out.push_str(",\"logical_type\":");
-        push_string(out, self.logical_type.as_str());
-        out.push_str(if self.nullable { ",\"nullable\":true" } else { ",\"nullable\":false" });
-        if !self.default_sql.is_empty() {
-            out.push_str(",\"default_sql\":");
-            push_string(out, &self.default_sql);
-        }
-        out.push_str(",\"default_kind\":");
-        push_string(out, self.default_kind.as_str());
-        if !self.sqlite_default_sql.is_empty() {
-            out.push_str(",\"sqlite_default_sql\":");
-            push_string(out, &self.sqlite_default_sql);
-        }
-        out.push_str(if self.is_primary_key { ",\"is_primary_key\":true}" } else { ",\"is_primary_key\":false}" });
-    }
-}
-
-/// One served table (the \[latest\] field set; `push_policy` is always `enabled` in the schema).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SchemaTable {
-    /// Name.
-    pub table_name: String,
-    /// §5.3 parent.
-    pub parent_table: String,
-    /// §5.3 FK column.
-    pub parent_fk_col: String,
-    /// §5.2.
-    pub dependencies: Vec<String>,
-    /// Always named (C1).
-    pub updated_at_column: String,
-    /// Always named (C1).
-    pub deleted_at_column: String,
-    /// The primary key (one column).
-    pub primary_key: Vec<String>,
-    /// Served columns.
-    pub columns: Vec<SchemaColumn>,
 }
 
 impl SchemaTable {
@@ -406,54 +320,6 @@ impl SchemaTable {
             columns,
         })
     }
-
-    /// Appends the reference encoder's compact JSON: keys in §4.2 order, omit-empty.
-    pub fn write_json(&self, out: &mut String) {
-        out.push_str("{\"table_name\":");
-        push_string(out, &self.table_name);
-        out.push_str(",\"push_policy\":\"enabled\"");
-        if !self.parent_table.is_empty() {
-            out.push_str(",\"parent_table\":");
-            push_string(out, &self.parent_table);
-        }
-        if !self.parent_fk_col.is_empty() {
-            out.push_str(",\"parent_fk_col\":");
-            push_string(out, &self.parent_fk_col);
-        }
-        if !self.dependencies.is_empty() {
-            out.push_str(",\"dependencies\":");
-            write_string_array(out, &self.dependencies);
-        }
-        if !self.updated_at_column.is_empty() {
-            out.push_str(",\"updated_at_column\":");
-            push_string(out, &self.updated_at_column);
-        }
-        if !self.deleted_at_column.is_empty() {
-            out.push_str(",\"deleted_at_column\":");
-            push_string(out, &self.deleted_at_column);
-        }
-        out.push_str(",\"primary_key\":");
-        write_string_array(out, &self.primary_key);
-        out.push_str(",\"columns\":[");
-        for (i, c) in self.columns.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            c.write_json(out);
-        }
-        out.push_str("]}");
-    }
-}
-
-fn write_string_array(out: &mut String, items: &[String]) {
-    out.push('[');
-    for (i, s) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        push_string(out, s);
-    }
-    out.push(']');
 }
 
 /// The served schema: tables sorted by name, their JSON array and its hash.
@@ -498,27 +364,6 @@ pub fn hash_tables_json(tables_json: &str) -> String {
     h.update(tables_json.as_bytes());
     h.update(b"}");
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// `GET /sync/tables` entry (§5.1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TableMeta {
-    /// Name.
-    pub table_name: String,
-    /// `disabled` for read-only tables, else `enabled`.
-    pub push_policy: &'static str,
-    /// Always present.
-    pub dependencies: Vec<String>,
-    /// §5.3.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub parent_table: String,
-    /// §5.3.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub parent_fk_col: String,
-    /// Always named (C1).
-    pub updated_at_column: String,
-    /// Always named (C1).
-    pub deleted_at_column: String,
 }
 
 /// The `/sync/tables` list, sorted by name.

@@ -258,7 +258,7 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
         }
         None => None,
     };
-    let mut engine = Engine::with_stores(pool, store, settings)?;
+    let mut engine = Engine::with_stores(pool, store, settings)?.with_shared_rows_writable(config.shared_rows_writable);
     if !config.read_replica_urls.is_empty() {
         let replicas = ReplicaSet::connect(
             &config.read_replica_urls,

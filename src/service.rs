@@ -11,6 +11,7 @@ use crate::capture::supervisor::{CaptureState, CaptureStatus};
 use crate::engine::{Engine, EngineError};
 use crate::http::{ApiError, SyncApi};
 use crate::metrics::{LabeledCounter, Metrics, Sample};
+use crate::protocol::{DebugRequest, PullRequest, PushRequest, RebuildRequest, RegisterRequest, SnapshotRequest};
 use crate::types::UserId;
 
 /// Seconds clients are asked to wait on 503.
@@ -178,58 +179,84 @@ pub fn to_api_error(e: EngineError, failure: &'static str, not_registered_is_404
     }
 }
 
+/// A response body; a value that cannot be serialised (never expected) is the endpoint's 500.
+fn to_body<T: serde::Serialize>(value: &T, failure: &'static str) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(value).map_err(|e| {
+        crate::error!("serialising a response failed", endpoint = failure, error = e.to_string());
+        ApiError::Internal(failure)
+    })
+}
+
+/// The request JSON becomes a typed request here, at the edge, and the response a body: the
+/// engine only ever sees `protocol` structs.
 impl SyncApi for EngineApi {
     fn register(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
         let failure = "failed to register client";
-        let req = crate::protocol::RegisterRequest::decode(body).map_err(|e| ApiError::BadRequest(e.0))?;
+        let req = RegisterRequest::decode(body).map_err(|e| ApiError::BadRequest(e.0))?;
         let resp = self.engine.register(user, &req).map_err(|e| to_api_error(e, failure, false))?;
         if let Some(last) = resp.last_sync_at.as_deref().and_then(crate::time::parse_client_timestamp) {
             if let Ok(away) = last.elapsed() {
                 self.metrics.observe_since_last_sync(away.as_secs_f64());
             }
         }
-        serde_json::to_vec(&resp).map_err(|_| ApiError::Internal(failure))
+        to_body(&resp, failure)
     }
 
     fn pull(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
-        self.engine.pull_json(user, body).map_err(|e| to_api_error(e, "failed to pull changes", false))
+        let failure = "failed to pull changes";
+        let req = PullRequest::decode(body).map_err(|e| ApiError::BadRequest(e.0))?;
+        let resp = self.engine.pull(user, &req).map_err(|e| to_api_error(e, failure, false))?;
+        to_body(&resp, failure)
     }
 
     fn push(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
         let failure = "failed to push changes";
-        let req = crate::protocol::PushRequest::decode(body).map_err(|e| ApiError::BadRequest(e.0))?;
+        let req = PushRequest::decode(body).map_err(|e| ApiError::BadRequest(e.0))?;
         let resp = self.engine.push(user, &req).map_err(|e| to_api_error(e, failure, false))?;
         for r in resp.accepted.iter().chain(resp.rejected.iter()) {
             self.metrics.observe_push(r.status);
         }
-        serde_json::to_vec(&resp).map_err(|_| ApiError::Internal(failure))
+        to_body(&resp, failure)
     }
 
     fn snapshot(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
-        self.engine.snapshot_json(user, body).map_err(|e| to_api_error(e, "failed to snapshot", true))
+        let failure = "failed to snapshot";
+        let req = SnapshotRequest::decode(body).map_err(|e| ApiError::BadRequest(e.0))?;
+        let resp = self.engine.snapshot(user, &req).map_err(|e| to_api_error(e, failure, true))?;
+        to_body(&resp, failure)
     }
 
     fn rebuild(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
-        self.engine.rebuild_json(user, body).map_err(|e| to_api_error(e, "failed to rebuild bucket", true))
+        let failure = "failed to rebuild bucket";
+        let req = RebuildRequest::decode(body).map_err(|e| ApiError::BadRequest(e.0))?;
+        let resp = self.engine.rebuild(user, &req).map_err(|e| to_api_error(e, failure, true))?;
+        to_body(&resp, failure)
     }
 
     fn debug(&self, user: &UserId, client_id: &str) -> Result<Vec<u8>, ApiError> {
-        self.engine.debug_json(user, client_id).map_err(|e| to_api_error(e, "failed to get client debug info", true))
+        let failure = "failed to get client debug info";
+        let req = DebugRequest::decode(Some(client_id)).map_err(|e| ApiError::BadRequest(e.0))?;
+        let resp = self.engine.debug(user, &req).map_err(|e| to_api_error(e, failure, true))?;
+        to_body(&resp, failure)
     }
 
     fn tables(&self, _user: &UserId) -> Result<Vec<u8>, ApiError> {
+        let failure = "failed to load table metadata";
         // Schema and tables have no 503 mapping in the contract.
-        self.engine.tables_json().map_err(|e| match to_api_error(e, "failed to load table metadata", false) {
-            ApiError::Unavailable { .. } => ApiError::Internal("failed to load table metadata"),
+        let resp = self.engine.tables().map_err(|e| match to_api_error(e, failure, false) {
+            ApiError::Unavailable { .. } => ApiError::Internal(failure),
             other => other,
-        })
+        })?;
+        to_body(&resp, failure)
     }
 
     fn schema(&self, _user: &UserId) -> Result<Vec<u8>, ApiError> {
-        self.engine.schema_json().map_err(|e| match to_api_error(e, "failed to load schema", false) {
-            ApiError::Unavailable { .. } => ApiError::Internal("failed to load schema"),
+        let failure = "failed to load schema";
+        let resp = self.engine.schema().map_err(|e| match to_api_error(e, failure, false) {
+            ApiError::Unavailable { .. } => ApiError::Internal(failure),
             other => other,
-        })
+        })?;
+        to_body(&resp, failure)
     }
 
     fn health(&self) -> bool {

@@ -126,9 +126,13 @@ pub struct UserId(String);
 
 impl UserId {
     /// Normalises an identity from a token claim or header: per-code-point lower-casing.
-    /// Returns `None` for an empty identity.
+    /// Returns `None` for an identity that is empty or only whitespace, or that fails the
+    /// protocol's rule for client-supplied text (`protocol::check_text`: NUL, or longer than
+    /// `protocol::MAX_USER_ID_BYTES`); such a request is not authenticated.
     pub fn new(raw: &str) -> Option<UserId> {
-        if raw.is_empty() {
+        if raw.trim().is_empty()
+            || crate::protocol::check_text("user id", raw, crate::protocol::MAX_USER_ID_BYTES).is_err()
+        {
             return None;
         }
         Some(UserId(raw.chars().flat_map(char::to_lowercase).collect()))
@@ -198,7 +202,10 @@ mod tests {
     fn user_ids_are_lower_cased_and_never_empty() {
         assert_eq!(UserId::new("ABC-1").unwrap().as_str(), "abc-1");
         assert_eq!(UserId::new("ÄÖ").unwrap().as_str(), "äö");
-        assert!(UserId::new("").is_none());
+        for refused in ["", " ", " \t\n", "a\0b", &"x".repeat(crate::protocol::MAX_USER_ID_BYTES + 1)] {
+            assert!(UserId::new(refused).is_none(), "{refused:?}");
+        }
+        assert!(UserId::new(&"x".repeat(crate::protocol::MAX_USER_ID_BYTES)).is_some());
         assert_eq!(BucketId::user("abc-1").as_str(), "user:abc-1");
         assert!(BucketId::custom("a,b").is_none());
     }

@@ -38,8 +38,12 @@ pub struct TableRouting {
     pub columns: Vec<String>,
     /// Each column's type oid, as the registry read it.
     pub type_oids: Vec<u32>,
-    /// Each column's rendering type (`registry::Column::render_oid`), for `crate::capture::row_json`.
+    /// Each column's rendering type (`registry::Column::render_oid`), for
+    /// `crate::capture::row_json`; `row_json::OMITTED` for an excluded column.
     pub render_oids: Vec<u32>,
+    /// The SQL expression (over alias `t`) of a row's JSON as clients receive it
+    /// (`registry::SyncTable::row_json_sql`: without excluded columns).
+    pub row_json: String,
 }
 
 impl TableRouting {
@@ -60,12 +64,14 @@ impl TableRouting {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoutingTable {
     tables: HashMap<String, TableRouting>,
+    /// Tables some other routed table is a child of.
+    parents: HashSet<String>,
 }
 
 impl RoutingTable {
     /// Routing for the registered tables.
     pub fn from_registry(registry: &Registry) -> RoutingTable {
-        let tables = registry
+        let tables: HashMap<String, TableRouting> = registry
             .tables
             .iter()
             .map(|t| {
@@ -80,12 +86,18 @@ impl RoutingTable {
                     deleted_at: t.deleted_at.real().map(str::to_string),
                     columns: t.columns.iter().map(|c| c.name.clone()).collect(),
                     type_oids: t.columns.iter().map(|c| c.type_oid.0).collect(),
-                    render_oids: t.columns.iter().map(|c| c.render_oid.0).collect(),
+                    render_oids: t
+                        .columns
+                        .iter()
+                        .map(|c| if c.excluded { crate::capture::row_json::OMITTED } else { c.render_oid.0 })
+                        .collect(),
+                    row_json: t.row_json_sql("t"),
                 };
                 (t.name.clone(), routing)
             })
             .collect();
-        RoutingTable { tables }
+        let parents = tables.values().filter_map(|t| t.parent.as_ref().map(|(p, _)| p.clone())).collect();
+        RoutingTable { tables, parents }
     }
 
     /// A table's routing.
@@ -96,6 +108,11 @@ impl RoutingTable {
     /// Every routed table.
     pub fn tables(&self) -> impl Iterator<Item = &TableRouting> {
         self.tables.values()
+    }
+
+    /// Whether some routed table is a child of `table` (routed through it to its owner).
+    pub fn has_children(&self, table: &str) -> bool {
+        self.parents.contains(table)
     }
 }
 

@@ -2,7 +2,8 @@
 //! the row back from PostgreSQL.
 //!
 //! The edge checksum must equal the checksum a pull emits when it hydrates the row, which is
-//! computed over `row_to_json(t.*)` (PROTOCOL §9.4 C6). For the column types below, the text a
+//! computed over `row_to_json(t.*)` without the excluded columns (PROTOCOL §9.4 C6; an
+//! excluded column is rendered as [`OMITTED`]: left out). For the column types below, the text a
 //! replication session receives determines that JSON exactly, so the canonical form (§13.2) can
 //! be built from the tuple. Both sessions start with the same settings
 //! (`store::pool::SESSION_OPTIONS`: `TimeZone=UTC`, `DateStyle=ISO`, `IntervalStyle=postgres`,
@@ -31,6 +32,10 @@
 use crate::capture::events::{ColumnValue, RelColumn};
 use crate::checksum::{canonical_value, crc32, format_number};
 use crate::json_text;
+
+/// The rendering type of a column that is not part of the row's JSON at all: an excluded
+/// column (`EXCLUDE_COLUMNS`), which clients never receive and checksums never cover.
+pub const OMITTED: u32 = u32::MAX;
 
 const BOOL: u32 = 16;
 const BYTEA: u32 = 17;
@@ -84,9 +89,9 @@ fn array_element(type_oid: u32) -> Option<u32> {
 
 /// The §13.1 checksum of the row `values` (one per column of `columns`), each rendered as the
 /// type in `render` (the column's type, or what `row_to_json` treats it as: a domain's base
-/// type, `text` for an enum; 0 for none), or `None` when the text does not determine
-/// `row_to_json` (see the module documentation). The caller checks that `columns` are all of
-/// the table's columns.
+/// type, `text` for an enum; 0 for none; [`OMITTED`] to leave the column out), or `None` when
+/// the text does not determine `row_to_json` (see the module documentation). The caller checks
+/// that `columns` are all of the table's columns.
 pub fn row_checksum(columns: &[RelColumn], render: &[u32], values: &[ColumnValue]) -> Option<i32> {
     canonical_row(columns, render, values).map(|c| crc32(c.as_bytes()) as i32)
 }
@@ -97,7 +102,7 @@ pub fn canonical_row(columns: &[RelColumn], render: &[u32], values: &[ColumnValu
         return None;
     }
     // Keys sorted byte-wise: the canonical form's order, whatever the column order.
-    let mut order: Vec<usize> = (0..columns.len()).collect();
+    let mut order: Vec<usize> = (0..columns.len()).filter(|&i| render[i] != OMITTED).collect();
     order.sort_unstable_by(|&a, &b| columns[a].name.as_bytes().cmp(columns[b].name.as_bytes()));
     let mut out = String::with_capacity(16 * columns.len() + values.iter().map(text_len).sum::<usize>());
     out.push('{');
@@ -392,6 +397,18 @@ mod tests {
         ];
         let pg = r#"{"id":"00000000-0000-0000-0000-000000000001","qty":3,"price":12.50,"ratio":1e+30,"odd":"NaN","done":true,"name":"A & B <\"q\">\n","meta":{"a": [1, 2.0, null], "b": 2},"day":"2026-03-05","at":"2026-03-05T11:30:00.123456+00:00","local":"2026-03-05T11:30:00","gone":null,"big":9007199254740993}"#;
         assert_eq!(row_checksum(&columns, &oids(&columns), &values), Some(record_checksum(pg)));
+    }
+
+    #[test]
+    fn omitted_columns_are_left_out_even_when_unreadable() {
+        let columns = cols(&[("id", INT4), ("secret", TEXT), ("title", TEXT), ("blob", 0)]);
+        let values = [text("1"), ColumnValue::UnchangedToast, text("t"), text("(1,2)")];
+        assert_eq!(
+            canonical_row(&columns, &[INT4, OMITTED, TEXT, OMITTED], &values).as_deref(),
+            Some(r#"{"id":1,"title":"t"}"#),
+            "an excluded column is neither rendered nor a reason to read the row back"
+        );
+        assert_eq!(canonical_row(&columns, &[INT4, TEXT, TEXT, OMITTED], &values), None, "unchanged TOAST");
     }
 
     #[test]

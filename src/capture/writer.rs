@@ -519,21 +519,55 @@ impl Writer {
             Some(app) => visibility::wait_until_visible(app, &xids)?,
             None => visibility::wait_until_visible(db, &xids)?,
         }
-        let plan = plan_chunk(
-            db,
-            self.app.as_mut(),
-            self.sessions.as_ref().map_or(EdgeReads::Here, |s| EdgeReads::Session(&s.edges)),
-            &self.routing,
-            self.assigner.as_ref(),
-            &chunk,
-            self.config.checksum,
-        )?;
+        // The chunk, then the descendants of every record that changed buckets, level by level, in
+        // the same batch (their edges are probed after the level above was written). Only their
+        // bucket moves are recorded: a descendant whose buckets did not change gets no changelog
+        // row.
+        let mut level = chunk;
+        for depth in 0..32 {
+            let mut plan = plan_chunk(
+                db,
+                self.app.as_mut(),
+                self.sessions.as_ref().map_or(EdgeReads::Here, |s| EdgeReads::Session(&s.edges)),
+                &self.routing,
+                self.assigner.as_ref(),
+                &level,
+                self.config.checksum,
+            )?;
+            if depth > 0 {
+                plan.changelog.retain(|(_, _, _, op)| *op != Op::Update.code());
+            }
+            let moved = self.write_plan(db, batch, plan)?;
+            if moved.is_empty() {
+                break;
+            }
+            level = match self.app.as_mut() {
+                Some(app) => descendants(app, &self.routing, &moved)?,
+                None => descendants(db, &self.routing, &moved)?,
+            };
+            if level.is_empty() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a planned chunk (its edges only when the chunk is a replay) and returns the
+    /// records whose descendants must follow them.
+    fn write_plan(
+        &mut self,
+        db: &mut impl GenericClient,
+        batch: &mut Batch,
+        mut plan: Plan<'_>,
+    ) -> Result<Vec<(String, String)>, WriterError> {
+        let moved = std::mem::take(&mut plan.moved);
         if batch.chunk_edges_only {
             // A replay of edges only: their changelog rows are stored already.
-            return match &self.sessions {
-                Some(sessions) => sessions.edges.write(plan.edge_writes().owned()),
-                None => Ok(edge_session::write_edges(db, &plan.edge_writes())?),
-            };
+            match &self.sessions {
+                Some(sessions) => sessions.edges.write(plan.edge_writes().owned())?,
+                None => edge_session::write_edges(db, &plan.edge_writes())?,
+            }
+            return Ok(moved);
         }
         batch.changelog_rows += plan.changelog.len() as u64;
         // A chunk whose changes all failed assignment (or whose rows are gone) has no rows.
@@ -555,8 +589,63 @@ impl Writer {
                 changelog_session::record_failures(db, &plan.failures)?;
             }
         }
-        Ok(())
+        Ok(moved)
     }
+}
+
+/// The live child rows (one level down) of the `moved` records, as changes the planner routes
+/// again: each carries its key and the foreign key to its parent, so its owner is resolved
+/// through the parent's current row. Soft-deleted children hold no edges and are left alone.
+fn descendants(
+    db: &mut impl GenericClient,
+    routing: &RoutingTable,
+    moved: &[(String, String)],
+) -> Result<Vec<RowChange>, WriterError> {
+    let mut out = Vec::new();
+    for child in routing.tables() {
+        let Some((parent, fk)) = &child.parent else { continue };
+        let keys: Vec<&str> = moved.iter().filter(|(t, _)| t == parent).map(|(_, k)| k.as_str()).collect();
+        let Some(parent_routing) = routing.get(parent) else { continue };
+        if keys.is_empty() {
+            continue;
+        }
+        let live =
+            child.deleted_at.as_deref().map(|c| format!(" AND c.{} IS NULL", quote_ident(c))).unwrap_or_default();
+        // Every column that routes the child (its own rule keys and owner decide before its
+        // parent does), so the planner resolves it exactly as a change of the row would.
+        let mut names: Vec<&str> = vec![&child.pk];
+        for c in child.routing_columns().into_iter().chain([fk.as_str()]) {
+            if !names.contains(&c) {
+                names.push(c);
+            }
+        }
+        let sql = format!(
+            "SELECT {cols} FROM {q} c WHERE c.{fk} = ANY ($1::text[]::{ty}[]){live}",
+            cols = names.iter().map(|n| format!("c.{}::text", quote_ident(n))).collect::<Vec<_>>().join(", "),
+            fk = quote_ident(fk),
+            q = child.qualified,
+            ty = parent_routing.pk_type,
+        );
+        let rows = db
+            .query(&sql, &[&keys])
+            .map_err(StoreError::query(format!("reading the children of moved {parent} rows in {}", child.name)))?;
+        let columns: Arc<[RelColumn]> =
+            names.iter().map(|n| RelColumn { name: n.to_string(), type_oid: crate::types::Oid(0) }).collect();
+        let table: Arc<str> = Arc::from(child.name.as_str());
+        out.extend(rows.iter().map(|r| {
+            RowChange {
+                table: table.clone(),
+                kind: ChangeKind::Update,
+                key: r.get(0),
+                old_key: None,
+                columns: columns.clone(),
+                values: (0..names.len())
+                    .map(|i| r.get::<_, Option<String>>(i).map_or(ColumnValue::Null, ColumnValue::Text))
+                    .collect(),
+            }
+        }));
+    }
+    Ok(out)
 }
 
 /// A bucket id inside one plan: shared by the changelog rows, the edge rows and the working
@@ -581,6 +670,9 @@ pub(crate) struct Plan<'a> {
     /// Held edges whose checksum changed.
     edge_updates: Vec<Edge<'a>>,
     failures: Vec<Failure>,
+    /// Updated records of tables with child tables whose buckets changed (an owner transfer, a
+    /// re-parenting, a restore): their descendants follow them ([`descendants`]).
+    moved: Vec<(String, String)>,
 }
 
 /// `(table, record, bucket, checksum)`.
@@ -775,6 +867,13 @@ pub(crate) fn plan_chunk<'a>(
     // Net edge changes against what the database held before the chunk.
     let none = Vec::new();
     let mut upsert_keys: Vec<Key<'a>> = Vec::new();
+    // Updated rows of tables with children, and whether the latest update left the row
+    // soft-deleted: its live children still follow its owner, though it holds no edges itself.
+    let mut updated: HashMap<Key<'a>, bool> = HashMap::new();
+    for c in chunk.iter().filter(|c| c.kind == ChangeKind::Update && routing.has_children(&c.table)) {
+        let soft_deleted = routing.get(&c.table).is_some_and(|t| is_soft_delete(t, c));
+        updated.insert((&c.table, &c.key), soft_deleted);
+    }
     for &k in &keys {
         let Some(after) = held(&state, &initial, k) else { continue };
         for b in initial.get(&k).unwrap_or(&none).iter().filter(|b| !after.contains(b)) {
@@ -782,6 +881,18 @@ pub(crate) fn plan_chunk<'a>(
         }
         if !after.is_empty() {
             upsert_keys.push(k);
+        }
+        // Descendants follow an updated row whose buckets changed (an owner transfer, a
+        // re-parenting, a restore), or a soft-deleted one (whose owner may have changed, with
+        // no edges to tell). An inserted row has no children yet: those inserted with it are
+        // in the stream.
+        let moved = match updated.get(&k) {
+            Some(true) => true,
+            Some(false) => !after.is_empty() && initial.get(&k) != Some(after),
+            None => false,
+        };
+        if moved {
+            plan.moved.push((k.0.to_string(), k.1.to_string()));
         }
     }
     // C6: edge checksum = the checksum hydration would emit for the current row. Rendered from
@@ -847,15 +958,17 @@ pub(crate) fn plan_chunk<'a>(
     Ok(plan)
 }
 
-/// `(primary key, row_to_json text)` of the rows of `t` with keys `ids` that still exist.
+/// `(primary key, row JSON as clients receive it)` of the rows of `t` with keys `ids` that
+/// still exist.
 fn current_rows(
     db: &mut impl GenericClient,
     t: &TableRouting,
     ids: &[&str],
 ) -> Result<Vec<(String, String)>, StoreError> {
     let sql = format!(
-        "SELECT t.{pk}::text, row_to_json(t.*)::text FROM {q} t WHERE t.{pk} = ANY ($1::text[]::{ty}[])",
+        "SELECT t.{pk}::text, {json}::text FROM {q} t WHERE t.{pk} = ANY ($1::text[]::{ty}[])",
         pk = quote_ident(&t.pk),
+        json = t.row_json,
         q = t.qualified,
         ty = t.pk_type
     );

@@ -9,6 +9,8 @@ mod push;
 mod rebuild;
 mod register;
 mod replica_reads;
+mod rows;
+mod scope;
 mod snapshot;
 mod subscriptions;
 
@@ -16,7 +18,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::{Mutex, RwLock};
 
-use crate::protocol::BadRequest;
+use serde_json::value::RawValue;
+
+use crate::protocol::{BadRequest, SchemaResponse, TablesResponse};
 use crate::store::introspect::{self, RegistryError, RegistrySettings};
 use crate::store::pool::{Pool, PooledClient, StoreError};
 use crate::store::replicas::ReplicaSet;
@@ -103,11 +107,6 @@ impl From<RegistryError> for EngineError {
     }
 }
 
-/// Serialises a response body (a failure here is a bug, reported as a 500).
-pub(crate) fn to_json<T: serde::Serialize>(value: &T, what: &str) -> Result<Vec<u8>, EngineError> {
-    serde_json::to_vec(value).map_err(|e| EngineError::Schema(format!("serialising {what}: {e}")))
-}
-
 /// Engine settings beyond the registry.
 #[derive(Clone)]
 pub struct EngineSettings {
@@ -157,6 +156,8 @@ pub struct Engine {
     reads: replica_reads::ReadCounters,
     /// Users' current subscriptions, with bucket rules.
     subscriptions: subscriptions::SubscriptionCache,
+    /// `SHARED_ROWS_WRITABLE`: whether every user may change rows without an owner.
+    shared_rows_writable: bool,
 }
 
 impl fmt::Debug for Engine {
@@ -191,6 +192,7 @@ impl Engine {
             replicas: None,
             reads: replica_reads::ReadCounters::default(),
             subscriptions: subscriptions::SubscriptionCache::default(),
+            shared_rows_writable: true,
         })
     }
 
@@ -199,6 +201,16 @@ impl Engine {
     /// [`ReplicaSet::reader_for`]); everything else stays on the primary.
     pub fn with_read_replicas(mut self, replicas: ReplicaSet) -> Engine {
         self.replicas = Some(replicas);
+        self
+    }
+
+    /// Whether clients may change rows without an owner (a NULL or empty owner column, their
+    /// own or an ancestor's, or a table without ownership): `true` by default, as the contract
+    /// has it (every user may update or delete them, and attach child rows to them, which then
+    /// reach every user). With `false` such rows are read-only for clients
+    /// (`ownership_violation`), and only server-side writes change them.
+    pub fn with_shared_rows_writable(mut self, writable: bool) -> Engine {
+        self.shared_rows_writable = writable;
         self
     }
 
@@ -302,33 +314,30 @@ impl Engine {
         answers(&self.pool) && self.store.as_ref().is_none_or(answers)
     }
 
-    /// `GET /sync/schema` body: version, hash, server time and the served tables.
-    pub fn schema_json(&self) -> Result<Vec<u8>, EngineError> {
+    /// `GET /sync/schema`: version, hash, server time and the served tables.
+    pub fn schema(&self) -> Result<SchemaResponse, EngineError> {
         let mut dbs = self.dbs()?;
         let cat = self.catalog(&mut dbs)?;
-        let mut out = String::with_capacity(cat.schema.tables_json.len() + 160);
-        out.push_str(&format!(
-            "{{\"schema_version\":{},\"schema_hash\":\"{}\",\"server_time\":\"{}\",\"tables\":",
-            cat.version,
-            cat.schema.hash,
-            crate::time::format_timestamp(std::time::SystemTime::now())
-        ));
-        out.push_str(&cat.schema.tables_json);
-        out.push('}');
-        Ok(out.into_bytes())
+        let tables = RawValue::from_string(cat.schema.tables_json.clone())
+            .map_err(|e| EngineError::Schema(format!("the served schema is not JSON: {e}")))?;
+        Ok(SchemaResponse {
+            schema_version: cat.version,
+            schema_hash: cat.schema.hash.clone(),
+            server_time: crate::time::format_timestamp(std::time::SystemTime::now()),
+            tables,
+        })
     }
 
-    /// `GET /sync/tables` body.
-    pub fn tables_json(&self) -> Result<Vec<u8>, EngineError> {
+    /// `GET /sync/tables`.
+    pub fn tables(&self) -> Result<TablesResponse, EngineError> {
         let mut dbs = self.dbs()?;
         let cat = self.catalog(&mut dbs)?;
-        let body = serde_json::json!({
-            "tables": crate::schema::table_meta(&cat.registry),
-            "server_time": crate::time::format_timestamp(std::time::SystemTime::now()),
-            "schema_version": cat.version,
-            "schema_hash": cat.schema.hash,
-        });
-        Ok(serde_json::to_vec(&body).unwrap_or_default())
+        Ok(TablesResponse {
+            schema_hash: cat.schema.hash.clone(),
+            schema_version: cat.version,
+            server_time: crate::time::format_timestamp(std::time::SystemTime::now()),
+            tables: crate::schema::table_meta(&cat.registry),
+        })
     }
 
     /// Fails with 409 unless `(version, hash)` is the current pair (§3.3 handshake rule).

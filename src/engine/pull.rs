@@ -1,95 +1,25 @@
 //! POST /sync/pull (§6) with the fixes of Appendix C: the per-bucket filter runs inside SQL
 //! (C7), staleness is measured against the compaction watermark (C12), a lost replication slot
 //! sends clients back to a snapshot (`history_unavailable`), and hydration errors fail the
-//! request instead of silently skipping rows (C9).
+//! request instead of silently skipping rows (C9). A hydrated row that is no longer in the
+//! caller's scope is sent as a delete (`engine::scope`), and checkpoints are only stored for
+//! subscribed buckets, whatever bucket ids the request names.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::SystemTime;
 
 use postgres::GenericClient;
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use super::replica_reads::PageKind;
+use super::rows::{self, to_record};
+use super::scope::ClientBuckets;
 use super::{CatalogState, Engine, EngineError};
-use crate::checksum::record_checksum;
 use crate::protocol::{BucketUpdate, DeleteEntry, PullRequest, PullResponse, Record};
-use crate::registry::SyncTable;
 use crate::store::changelog::{self, ChangelogEntry};
 use crate::store::clients;
 use crate::store::introspect;
 use crate::store::pool::StoreError;
 use crate::store::pull_probe::{self, PullProbeRequest, Retention};
-use crate::time::format_timestamp;
 use crate::types::{Op, UserId};
-
-/// A hydrated row.
-pub(crate) struct Hydrated {
-    pub data: String,
-    pub updated_at: Option<SystemTime>,
-    pub deleted_at: Option<SystemTime>,
-}
-
-/// Reads the current rows of `ids` in one query (RLS applies in the caller's transaction).
-/// The key is compared in its own type so the primary key index is used.
-pub(crate) fn hydrate(
-    db: &mut impl GenericClient,
-    table: &SyncTable,
-    ids: &[String],
-) -> Result<HashMap<String, Hydrated>, StoreError> {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let pk = crate::registry::quote_ident(&table.pk);
-    let pk_type = table.column(&table.pk).map(|c| c.db_type.as_str()).unwrap_or("text");
-    let ts = |c: Option<&str>| {
-        c.map(crate::registry::quote_ident).map(|c| format!("t.{c}")).unwrap_or("NULL::timestamptz".into())
-    };
-    let sql = format!(
-        "SELECT t.{pk}::text, row_to_json(t.*)::text, ({})::timestamptz, ({})::timestamptz FROM {} t WHERE t.{pk} = ANY ($1::text[]::{pk_type}[])",
-        ts(table.updated_at.real()),
-        ts(table.deleted_at.real()),
-        table.qualified(),
-    );
-    let rows = db
-        .query_typed(&sql, &[(&ids, postgres::types::Type::TEXT_ARRAY)])
-        .map_err(StoreError::query(format!("reading changed rows of {}", table.name)))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.get(0), Hydrated { data: r.get(1), updated_at: r.get(2), deleted_at: r.get(3) }))
-        .collect())
-}
-
-/// A Record from a hydrated row. `changed_at` is when the change was recorded: the record's
-/// `updated_at` never goes below it, so SDKs that already hold the row apply changes made by
-/// writers that did not bump the updated-at column (or tables without one).
-pub(crate) fn to_record(
-    table: &str,
-    id: String,
-    row: Hydrated,
-    changed_at: Option<SystemTime>,
-    bucket: Option<String>,
-    with_checksum: bool,
-) -> Result<Record, StoreError> {
-    let updated = match (row.updated_at, changed_at) {
-        (Some(u), Some(c)) => u.max(c),
-        (Some(u), None) => u,
-        (None, Some(c)) => c,
-        (None, None) => SystemTime::now(),
-    };
-    let checksum = with_checksum.then(|| record_checksum(&row.data));
-    let data = RawValue::from_string(row.data)
-        .map_err(|e| StoreError::Corrupt { detail: format!("row_to_json of {table} is not JSON: {e}") })?;
-    Ok(Record {
-        id,
-        table_name: table.to_string(),
-        bucket_id: bucket,
-        data,
-        updated_at: format_timestamp(updated),
-        deleted_at: row.deleted_at.map(format_timestamp),
-        checksum,
-    })
-}
 
 /// Whether a client positioned at `cp` has missed compacted history.
 fn behind_retention(r: &Retention, cp: i64) -> bool {
@@ -101,15 +31,9 @@ fn behind_retention(r: &Retention, cp: i64) -> bool {
 }
 
 impl Engine {
-    /// Decodes, pulls and serialises (the HTTP path).
-    pub fn pull_json(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, EngineError> {
-        let req = PullRequest::decode(body)?;
-        let resp = self.pull(user, &req)?;
-        super::to_json(&resp, "the pull response")
-    }
-
     /// One pull page.
     pub fn pull(&self, user: &UserId, req: &PullRequest) -> Result<PullResponse, EngineError> {
+        req.validate()?;
         let mut dbs = self.dbs()?;
         let per_bucket = !req.bucket_checkpoints.is_empty();
         // One round trip for the catalog snapshot, the client, retention and the first page.
@@ -133,11 +57,12 @@ impl Engine {
         let cat = self.catalog_at(&mut dbs, &snapshot)?;
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
         let client = probe.client.ok_or(EngineError::ClientNotRegistered)?;
-        let subs = client.subscriptions(user);
+        let buckets = ClientBuckets::of(&client, user);
+        let subs = buckets.list();
         // With bucket rules, what the user is subscribed to now may differ from what the device
         // holds (`subs`): a membership changed since the device was brought in line.
-        let current = self.current_subscriptions(&mut dbs, &cat, user, probe.subscription_version, &subs)?;
-        let in_line = probe.departing.is_empty() && holds_exactly(&subs, &current);
+        let current = self.current_subscriptions(&mut dbs, &cat, user, probe.subscription_version, subs)?;
+        let in_line = probe.departing.is_empty() && holds_exactly(subs, &current);
         let stale = probe.retention;
         let empty = |checkpoint: i64| PullResponse {
             changes: vec![],
@@ -207,7 +132,7 @@ impl Engine {
                 clients::touch_pull(&mut ***dbs.store(), user, &req.client_id)?;
             }
             let checkpoint = if per_bucket { from } else { req.checkpoint };
-            return Ok(PullResponse { bucket_updates: bucket_updates(&subs, &req.known_buckets), ..empty(checkpoint) });
+            return Ok(PullResponse { bucket_updates: bucket_updates(subs, &req.known_buckets), ..empty(checkpoint) });
         };
         let checkpoint = last.seq.0;
         // The page was read above, so the primary's WAL position taken now covers every change
@@ -224,7 +149,7 @@ impl Engine {
                     .start()
                     .map_err(StoreError::query("starting the pull"))?;
                 set_user(&mut tx, user)?;
-                let read = materialise(&mut tx, &cat, &entries)?;
+                let read = materialise(&mut tx, user, &cat, &entries)?;
                 tx.commit().map_err(StoreError::query("finishing the pull"))?;
                 self.reads.count(PageKind::Pull, false);
                 read
@@ -234,7 +159,7 @@ impl Engine {
         let bucket_checksums: BTreeMap<String, i32> = if has_more {
             BTreeMap::new()
         } else {
-            changelog::bucket_checksums(&mut ***dbs.store(), &subs, Some(checkpoint))?.into_iter().collect()
+            changelog::bucket_checksums(&mut ***dbs.store(), subs, Some(checkpoint))?.into_iter().collect()
         };
 
         let bucket_checkpoints = per_bucket.then(|| {
@@ -249,7 +174,8 @@ impl Engine {
         // client simply pulls the same rows again.
         let bookkeeping = (|| -> Result<(), StoreError> {
             if let Some(map) = &bucket_checkpoints {
-                let pairs: Vec<(String, i64)> = map.iter().map(|(b, s)| (b.clone(), *s)).collect();
+                // Only subscribed buckets are ever stored, whatever bucket ids the client sent.
+                let pairs = buckets.keep(map);
                 clients::raise_bucket_checkpoints(&mut ***dbs.store(), user, &req.client_id, &pairs)?;
             }
             if checkpoint > req.checkpoint {
@@ -275,7 +201,7 @@ impl Engine {
             bucket_checksums,
             snapshot_required: false,
             snapshot_reason: None,
-            bucket_updates: bucket_updates(&subs, &req.known_buckets),
+            bucket_updates: bucket_updates(subs, &req.known_buckets),
             schema_version: cat.version,
             schema_hash: cat.schema.hash.clone(),
         })
@@ -337,15 +263,18 @@ fn read_changes(
 ) -> Result<(Vec<Record>, Vec<DeleteEntry>), EngineError> {
     let mut tx = db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the pull"))?;
     set_user(&mut tx, user)?;
-    let out = materialise(&mut tx, cat, entries)?;
+    let out = materialise(&mut tx, user, cat, entries)?;
     tx.commit().map_err(StoreError::query("finishing the pull"))?;
     Ok(out)
 }
 
 /// §6.4: de-duplicate by record (position of first occurrence, operation and bucket of the
-/// last), split into changes and deletes, hydrate changes with one query per table.
+/// last), split into changes and deletes, hydrate changes with one query per table. A row that
+/// is no longer in the user's scope (transferred away while capture lags behind) is sent as a
+/// delete, never as data.
 fn materialise(
     db: &mut impl GenericClient,
+    user: &UserId,
     cat: &CatalogState,
     entries: &[ChangelogEntry],
 ) -> Result<(Vec<Record>, Vec<DeleteEntry>), EngineError> {
@@ -374,9 +303,13 @@ fn materialise(
             // retries) rather than silently advancing past it.
             EngineError::Schema(format!("changelog refers to table {table_name}, which is not synced"))
         })?;
-        let mut rows = hydrate(db, table, &ids)?;
+        let mut rows = rows::hydrate(db, &cat.registry, table, user, &ids)?;
         for id in ids {
             let Some(row) = rows.remove(&id) else { continue };
+            if !row.in_scope {
+                deletes.push(DeleteEntry { id, table_name: table_name.to_string() });
+                continue;
+            }
             let e = last[&(table_name, id.as_str())];
             changes.push(to_record(table_name, id, row, Some(e.created_at), Some(e.bucket.clone()), true)?);
         }

@@ -10,14 +10,15 @@ use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use postgres::error::{DbError, SqlState};
 use postgres::Transaction;
 use serde_json::{Map, Value};
 
-use super::pull::{to_record, Hydrated};
-use super::snapshot::scope_predicate;
+use super::rows::{self, is_true, pk_type, to_record, Existing, Hydrated};
+use super::scope::{self, Access};
 use super::{CatalogState, Engine, EngineError};
 use crate::protocol::{PushRecord, PushRequest, PushResponse, PushResult, Record};
-use crate::registry::{quote_ident, Column, LogicalType, Registry, SyncTable};
+use crate::registry::{quote_ident, Column, LogicalType, SyncTable};
 use crate::store::clients;
 use crate::store::pool::StoreError;
 use crate::time::{format_timestamp, parse_client_timestamp};
@@ -60,22 +61,87 @@ impl Outcome {
 
 /// A database error inside a record, classified per C3: data and integrity errors (classes
 /// 22, 23, and insufficient privilege 42501 from RLS) are terminal, everything else retryable.
-fn sql_failure(e: &postgres::Error, reason: &'static str, message: &'static str) -> Outcome {
-    let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
-    let detail = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+/// The client's message says what was wrong in terms of its own data ([`describe`]); the
+/// database's full text, with its relation and constraint names, is logged at debug level
+/// (with the request id).
+fn sql_failure(
+    e: &postgres::Error,
+    t: &SyncTable,
+    rec: &PushRecord,
+    reason: &'static str,
+    message: &'static str,
+) -> Outcome {
+    let Some(db) = e.as_db_error() else {
+        crate::debug!("push record failed", table = t.name.clone(), error = e.to_string());
+        return Outcome::rejected("rejected_retryable", reason, message);
+    };
+    crate::debug!(
+        "push record failed in the database",
+        table = t.name.clone(),
+        id = rec.id.chars().take(128).collect::<String>(),
+        sqlstate = db.code().code(),
+        error = db.message(),
+        detail = db.detail().unwrap_or(""),
+        constraint = db.constraint().unwrap_or(""),
+    );
+    let code = db.code().code();
     if code.starts_with("22") || code.starts_with("23") || code == "42501" {
-        Outcome::terminal(reason, format!("{message}: {detail}"))
+        Outcome::terminal(reason, format!("{message}: {}", describe(db, t)))
     } else {
         Outcome::rejected("rejected_retryable", reason, message)
     }
 }
 
-/// The current row as seen by this transaction.
-struct Existing {
-    json: String,
-    updated_at: Option<SystemTime>,
-    deleted_at: Option<SystemTime>,
-    in_scope: bool,
+/// A terminal database error in the client's terms: the column it concerns when PostgreSQL
+/// names it (directly, in the key of the detail, or as the only column of a constraint named
+/// the default way) and clients know it (not an excluded column), never a relation, constraint
+/// or index name.
+fn describe(db: &DbError, t: &SyncTable) -> String {
+    let column = db
+        .column()
+        .filter(|c| is_served(t, c))
+        .map(str::to_string)
+        .or_else(|| key_columns(db.detail().unwrap_or(""), t))
+        .or_else(|| constraint_column(db.constraint().unwrap_or(""), t));
+    let subject = column.as_deref().unwrap_or("a value");
+    match db.code() {
+        c if *c == SqlState::NOT_NULL_VIOLATION => format!("{subject} must not be null"),
+        c if *c == SqlState::UNIQUE_VIOLATION => format!("{subject} is already used by another record"),
+        c if *c == SqlState::FOREIGN_KEY_VIOLATION => {
+            if db.detail().is_some_and(|d| d.contains("is still referenced")) {
+                "other records still refer to this record".to_string()
+            } else {
+                format!("{subject} refers to a record that does not exist")
+            }
+        }
+        c if *c == SqlState::CHECK_VIOLATION => format!("{subject} is not allowed by the table's rules"),
+        c if *c == SqlState::EXCLUSION_VIOLATION => format!("{subject} conflicts with another record"),
+        c if *c == SqlState::INSUFFICIENT_PRIVILEGE => "the write is not allowed by row-level security".to_string(),
+        // Data exceptions (class 22) name the type and the client's own value, nothing internal.
+        c if c.code().starts_with("22") => db.message().to_string(),
+        _ => "the record violates a rule of the table".to_string(),
+    }
+}
+
+/// The columns of `Key (a, b)=(...)` in an error detail, when they are all columns of `t`
+/// (not an expression of an index).
+fn key_columns(detail: &str, t: &SyncTable) -> Option<String> {
+    let rest = detail.strip_prefix("Key (")?;
+    let columns = &rest[..rest.find(")=(")?];
+    columns.split(", ").all(|c| is_served(t, c)).then(|| columns.to_string())
+}
+
+/// Whether `column` is a column of `t` that clients know (in the served schema).
+fn is_served(t: &SyncTable, column: &str) -> bool {
+    t.column(column).is_some_and(|c| !c.excluded)
+}
+
+/// The column of a constraint PostgreSQL named by default (`<table>_<column>_check`, `_key`,
+/// `_fkey`, `_excl`), when that is a column of `t`.
+fn constraint_column(constraint: &str, t: &SyncTable) -> Option<String> {
+    let rest = constraint.strip_prefix(t.name.as_str())?.strip_prefix('_')?;
+    let column = ["_check", "_key", "_fkey", "_excl"].iter().find_map(|s| rest.strip_suffix(s))?;
+    is_served(t, column).then(|| column.to_string())
 }
 
 /// Converts one JSON value to the text PostgreSQL parses for `column` (C5); `Err` = invalid data.
@@ -208,15 +274,9 @@ pub fn last_writer_wins(
 }
 
 impl Engine {
-    /// Decodes, pushes and serialises (the HTTP path).
-    pub fn push_json(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, EngineError> {
-        let req = PushRequest::decode(body)?;
-        let resp = self.push(user, &req)?;
-        super::to_json(&resp, "the push response")
-    }
-
     /// Applies a batch of client changes in one transaction.
     pub fn push(&self, user: &UserId, req: &PushRequest) -> Result<PushResponse, EngineError> {
+        req.validate()?;
         let mut dbs = self.dbs()?;
         let cat = self.catalog(&mut dbs)?;
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
@@ -232,16 +292,17 @@ impl Engine {
         }
         let (mut accepted, mut rejected) = (Vec::new(), Vec::new());
         let mut applied: Vec<&PushRecord> = Vec::new();
+        let write = Access::Write { shared_rows_writable: self.shared_rows_writable };
         for rec in &req.changes {
             tx.batch_execute("SAVEPOINT synchro_record").map_err(StoreError::query("creating a savepoint"))?;
-            let outcome = match apply_record(
-                &mut tx,
-                &cat,
+            let ctx = RecordContext {
+                cat: &cat,
                 user,
-                rec,
-                self.settings.resolver.as_ref(),
-                self.settings.hooks.as_ref(),
-            ) {
+                write,
+                resolver: self.settings.resolver.as_ref(),
+                hooks: self.settings.hooks.as_ref(),
+            };
+            let outcome = match apply_record(&mut tx, &ctx, rec) {
                 Ok(o) => o,
                 Err(e) if e.is_closed() => {
                     return Err(EngineError::Store(StoreError::Query { context: "pushing".into(), source: e }))
@@ -252,7 +313,10 @@ impl Engine {
                         "update" => ("update_failed", "failed to update record"),
                         _ => ("delete_failed", "failed to delete record"),
                     };
-                    sql_failure(&e, reason.0, reason.1)
+                    match cat.registry.table(&rec.table_name) {
+                        Some(t) => sql_failure(&e, t, rec, reason.0, reason.1),
+                        None => Outcome::rejected("rejected_retryable", reason.0, reason.1),
+                    }
                 }
             };
             let keep = outcome.status == "applied";
@@ -302,54 +366,28 @@ impl Engine {
     }
 }
 
-fn lookup(
-    tx: &mut Transaction<'_>,
-    registry: &Registry,
-    t: &SyncTable,
-    user: &UserId,
-    id: &str,
-) -> Result<Option<Existing>, postgres::Error> {
-    let pk_type = t.column(&t.pk).map(|c| c.db_type.as_str()).unwrap_or("text");
-    let ts = |c: Option<&str>| c.map(|c| format!("t.{}", quote_ident(c))).unwrap_or("NULL::timestamptz".into());
-    let sql = format!(
-        "SELECT row_to_json(t.*)::text, ({})::timestamptz, ({})::timestamptz, {} FROM {} t WHERE t.{} = $2::text::{pk_type}",
-        ts(t.updated_at.real()),
-        ts(t.deleted_at.real()),
-        scope_predicate(registry, t),
-        t.qualified(),
-        quote_ident(&t.pk),
-    );
-    let row = tx.query_opt(&sql, &[&user.as_str(), &id])?;
-    Ok(row.map(|r| Existing { json: r.get(0), updated_at: r.get(1), deleted_at: r.get(2), in_scope: r.get(3) }))
+/// What every record of one push shares.
+struct RecordContext<'a> {
+    cat: &'a CatalogState,
+    user: &'a UserId,
+    /// The write scope (`SHARED_ROWS_WRITABLE`).
+    write: Access,
+    resolver: &'a dyn ConflictResolver,
+    hooks: &'a dyn super::Hooks,
 }
 
 fn server_version(t: &SyncTable, id: &str, e: &Existing, with_deleted: bool) -> Option<Record> {
     let row = Hydrated {
-        data: e.json.clone(),
-        updated_at: e.updated_at,
-        deleted_at: if with_deleted { e.deleted_at } else { None },
+        data: e.row.data.clone(),
+        updated_at: e.row.updated_at,
+        deleted_at: if with_deleted { e.row.deleted_at } else { None },
+        in_scope: e.row.in_scope,
     };
     to_record(&t.name, id.to_string(), row, None, None, false).ok()
 }
 
-fn in_scope_after(
-    tx: &mut Transaction<'_>,
-    registry: &Registry,
-    t: &SyncTable,
-    user: &UserId,
-    id: &str,
-) -> Result<bool, postgres::Error> {
-    let pk_type = t.column(&t.pk).map(|c| c.db_type.as_str()).unwrap_or("text");
-    let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM {} t WHERE t.{} = $2::text::{pk_type} AND {})",
-        t.qualified(),
-        quote_ident(&t.pk),
-        scope_predicate(registry, t)
-    );
-    Ok(tx.query_one(&sql, &[&user.as_str(), &id])?.get(0))
-}
-
-/// The columns a write may set from `data` (§7.7), as `(column, text value)`.
+/// The columns a write may set from `data` (§7.7), as `(column, text value)`. Excluded columns
+/// are never written; the owner column is stamped on insert and immutable on update.
 fn writable(
     t: &SyncTable,
     data: &Map<String, Value>,
@@ -358,6 +396,12 @@ fn writable(
 ) -> Result<Vec<(String, Option<String>)>, String> {
     let mut out = Vec::new();
     for c in &t.columns {
+        if Some(c.name.as_str()) == t.owner.as_deref() {
+            if let (true, Some(v)) = (insert, owner_value) {
+                out.push((c.name.clone(), Some(v.to_string())));
+            }
+            continue;
+        }
         if c.excluded {
             continue;
         }
@@ -369,13 +413,6 @@ fn writable(
         if !allowed {
             continue;
         }
-        if Some(c.name.as_str()) == t.owner.as_deref() {
-            // stamp-owner on create, owner immutable on update.
-            if let (true, Some(v)) = (insert, owner_value) {
-                out.push((c.name.clone(), Some(v.to_string())));
-            }
-            continue;
-        }
         if let Some(v) = data.get(&c.name) {
             out.push((c.name.clone(), to_sql_text(c, v)?));
         }
@@ -383,15 +420,26 @@ fn writable(
     Ok(out)
 }
 
+fn ownership_violation() -> Outcome {
+    Outcome::terminal("ownership_violation", "ownership violation")
+}
+
+fn already_deleted() -> Outcome {
+    Outcome { reason: Some("already_deleted"), message: Some("record already deleted".into()), ..Outcome::applied() }
+}
+
+/// Every write statement decides, in its own `RETURNING`, whether the row it wrote is in the
+/// user's write scope ([`scope::row_predicate`]), so the decision is made on the version the
+/// statement wrote: an owner transfer or re-parenting that committed after the lookup (the
+/// statement waited for its row lock, then saw the new version) makes it false, and the record
+/// is rolled back to its savepoint as an ownership violation. `$1` is the user in every
+/// statement, `$2` the record id.
 fn apply_record(
     tx: &mut Transaction<'_>,
-    cat: &CatalogState,
-    user: &UserId,
+    ctx: &RecordContext<'_>,
     rec: &PushRecord,
-    resolver: &dyn ConflictResolver,
-    hooks: &dyn super::Hooks,
 ) -> Result<Outcome, postgres::Error> {
-    let Some(t) = cat.registry.table(&rec.table_name) else {
+    let Some(t) = ctx.cat.registry.table(&rec.table_name) else {
         return Ok(Outcome::terminal("table_not_registered", "table not registered for sync"));
     };
     if !matches!(rec.operation.as_str(), "create" | "update" | "delete") {
@@ -400,10 +448,13 @@ fn apply_record(
     if t.read_only {
         return Ok(Outcome::terminal("table_read_only", "table is read-only"));
     }
-    if let Err(why) = hooks.authorize(user, rec) {
+    if let Some(why) = rec.problem() {
+        return Ok(Outcome::terminal("invalid_data", why));
+    }
+    if let Err(why) = ctx.hooks.authorize(ctx.user, rec) {
         return Ok(Outcome::terminal("ownership_violation", why));
     }
-    let existing = match lookup(tx, &cat.registry, t, user, &rec.id) {
+    let existing = match rows::lookup(tx, &ctx.cat.registry, t, ctx.user, &rec.id, ctx.write) {
         Ok(e) => e,
         Err(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => {
             return Ok(Outcome::terminal("invalid_data", format!("invalid record id for {}", t.name)))
@@ -416,153 +467,115 @@ fn apply_record(
     };
     match rec.operation.as_str() {
         "create" => match existing {
-            Some(e) if e.deleted_at.is_none() || t.deleted_at.real().is_none() => {
-                let sv = if e.in_scope { server_version(t, &rec.id, &e, false) } else { None };
+            Some(e) if e.row.deleted_at.is_none() || t.deleted_at.real().is_none() => {
+                let sv = if e.row.in_scope { server_version(t, &rec.id, &e, false) } else { None };
                 Ok(Outcome::conflict("record_exists", "record already exists", sv))
             }
             // Resurrection of a soft-deleted row: only its owner may (C14).
             Some(e) => {
-                if !e.in_scope {
-                    return Ok(Outcome::terminal("ownership_violation", "ownership violation"));
+                if !e.writable {
+                    return Ok(ownership_violation());
                 }
-                update_row(tx, cat, t, user, rec, data, &e, resolver, true)
+                update_row(tx, ctx, t, rec, data, &e, true)
             }
-            None => {
-                let Some(data) = data else { return Ok(Outcome::terminal("invalid_data", "invalid data format")) };
-                let mut data = data.clone();
-                data.insert(t.pk.clone(), Value::String(rec.id.clone()));
-                let mut cols = match writable(t, &data, true, Some(user.as_str())) {
-                    Ok(c) => c,
-                    Err(why) => return Ok(Outcome::terminal("invalid_data", why)),
-                };
-                let mut extra = Vec::new();
-                if let Some(u) = t.updated_at.real() {
-                    extra.push((u.to_string(), "now()".to_string()));
-                }
-                cols.retain(|(c, _)| !extra.iter().any(|(e, _)| e == c));
-                let mut names: Vec<String> = Vec::new();
-                let mut values: Vec<String> = Vec::new();
-                let mut params: Vec<Option<String>> = Vec::new();
-                for (c, v) in &cols {
-                    let ty = t.column(c).map(|c| c.db_type.clone()).unwrap_or_else(|| "text".into());
-                    names.push(quote_ident(c));
-                    params.push(v.clone());
-                    values.push(format!("${}::text::{ty}", params.len()));
-                }
-                for (c, expr) in &extra {
-                    names.push(quote_ident(c));
-                    values.push(expr.clone());
-                }
-                let returning = t
-                    .updated_at
-                    .real()
-                    .map(|u| format!(" RETURNING {}::timestamptz", quote_ident(u)))
-                    .unwrap_or_default();
-                let sql = format!(
-                    "INSERT INTO {} ({}) VALUES ({}){returning}",
-                    t.qualified(),
-                    names.join(", "),
-                    values.join(", ")
-                );
-                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                    params.iter().map(|p| p as &(dyn postgres::types::ToSql + Sync)).collect();
-                let rows = tx.query(&sql, &refs)?;
-                if !in_scope_after(tx, &cat.registry, t, user, &rec.id)? {
-                    // A child row under someone else's parent.
-                    return Ok(Outcome::terminal("ownership_violation", "ownership violation"));
-                }
-                let mut o = Outcome::applied();
-                o.server_updated_at = rows.first().and_then(|r| r.get(0));
-                Ok(o)
-            }
+            None => insert_row(tx, ctx, t, rec, data),
         },
         "update" => {
             let Some(e) = existing else { return Ok(Outcome::terminal("record_not_found", "record not found")) };
-            if !e.in_scope {
-                return Ok(Outcome::terminal("ownership_violation", "ownership violation"));
+            if !e.writable {
+                return Ok(ownership_violation());
             }
-            if e.deleted_at.is_some() {
+            if e.row.deleted_at.is_some() {
                 return Ok(Outcome::conflict(
                     "record_deleted",
                     "record is deleted",
                     server_version(t, &rec.id, &e, true),
                 ));
             }
-            update_row(tx, cat, t, user, rec, data, &e, resolver, false)
+            update_row(tx, ctx, t, rec, data, &e, false)
         }
         _ => {
             let Some(e) = existing else {
                 return Ok(if t.deleted_at.real().is_some() {
                     Outcome::terminal("record_not_found", "record not found or not accessible")
                 } else {
-                    Outcome {
-                        reason: Some("already_deleted"),
-                        message: Some("record already deleted".into()),
-                        ..Outcome::applied()
-                    }
+                    already_deleted()
                 });
             };
-            if !e.in_scope {
-                return Ok(Outcome::terminal("ownership_violation", "ownership violation"));
+            if !e.writable {
+                return Ok(ownership_violation());
             }
-            let pk_type = t.column(&t.pk).map(|c| c.db_type.as_str()).unwrap_or("text");
-            match t.deleted_at.real() {
-                Some(col) => {
-                    if e.deleted_at.is_some() {
-                        return Ok(Outcome {
-                            reason: Some("already_deleted"),
-                            message: Some("record already deleted".into()),
-                            ..Outcome::applied()
-                        });
-                    }
-                    let set_updated =
-                        t.updated_at.real().map(|u| format!(", {} = now()", quote_ident(u))).unwrap_or_default();
-                    let sql = format!(
-                        "UPDATE {} SET {c} = now(){set_updated} WHERE {} = $1::text::{pk_type} RETURNING {c}::timestamptz",
-                        t.qualified(),
-                        quote_ident(&t.pk),
-                        c = quote_ident(col)
-                    );
-                    let row = tx.query_opt(&sql, &[&rec.id])?;
-                    let mut o = Outcome::applied();
-                    o.server_deleted_at = row.and_then(|r| r.get(0));
-                    Ok(o)
-                }
-                None => {
-                    let sql =
-                        format!("DELETE FROM {} WHERE {} = $1::text::{pk_type}", t.qualified(), quote_ident(&t.pk));
-                    let n = tx.execute(&sql, &[&rec.id])?;
-                    Ok(if n == 0 {
-                        Outcome {
-                            reason: Some("already_deleted"),
-                            message: Some("record already deleted".into()),
-                            ..Outcome::applied()
-                        }
-                    } else {
-                        Outcome::applied()
-                    })
-                }
+            if t.deleted_at.real().is_some() && e.row.deleted_at.is_some() {
+                return Ok(already_deleted());
             }
+            delete_row(tx, ctx, t, rec)
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+fn insert_row(
+    tx: &mut Transaction<'_>,
+    ctx: &RecordContext<'_>,
+    t: &SyncTable,
+    rec: &PushRecord,
+    data: Option<&Map<String, Value>>,
+) -> Result<Outcome, postgres::Error> {
+    let Some(data) = data else { return Ok(Outcome::terminal("invalid_data", "invalid data format")) };
+    let mut data = data.clone();
+    data.insert(t.pk.clone(), Value::String(rec.id.clone()));
+    let mut cols = match writable(t, &data, true, Some(ctx.user.as_str())) {
+        Ok(c) => c,
+        Err(why) => return Ok(Outcome::terminal("invalid_data", why)),
+    };
+    if let Some(u) = t.updated_at.real() {
+        cols.retain(|(c, _)| c != u);
+    }
+    let mut names: Vec<String> = Vec::new();
+    let mut values: Vec<String> = Vec::new();
+    let mut params: Vec<Option<String>> = vec![Some(ctx.user.as_str().to_string())];
+    for (c, v) in &cols {
+        let ty = t.column(c).map(|c| c.db_type.clone()).unwrap_or_else(|| "text".into());
+        names.push(quote_ident(c));
+        params.push(v.clone());
+        values.push(format!("${}::text::{ty}", params.len()));
+    }
+    if let Some(u) = t.updated_at.real() {
+        names.push(quote_ident(u));
+        values.push("now()".to_string());
+    }
+    let sql = format!(
+        "INSERT INTO {} AS t ({}) VALUES ({}) RETURNING ({})::timestamptz, {}",
+        t.qualified(),
+        names.join(", "),
+        values.join(", "),
+        t.updated_at.real().map(|u| format!("t.{}", quote_ident(u))).unwrap_or_else(|| "NULL".into()),
+        scope::row_predicate(&ctx.cat.registry, t, ctx.write),
+    );
+    let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+        params.iter().map(|p| p as &(dyn postgres::types::ToSql + Sync)).collect();
+    let row = tx.query_one(&sql, &refs)?;
+    if !is_true(&row, 1) {
+        // A child row under someone else's parent (or under a shared one that is read-only).
+        return Ok(ownership_violation());
+    }
+    let mut o = Outcome::applied();
+    o.server_updated_at = row.get(0);
+    Ok(o)
+}
+
 fn update_row(
     tx: &mut Transaction<'_>,
-    cat: &CatalogState,
+    ctx: &RecordContext<'_>,
     t: &SyncTable,
-    user: &UserId,
     rec: &PushRecord,
     data: Option<&Map<String, Value>>,
     e: &Existing,
-    resolver: &dyn ConflictResolver,
     resurrect: bool,
 ) -> Result<Outcome, postgres::Error> {
     if t.updated_at.real().is_some() {
         let client = rec.client_updated_at.as_deref().and_then(parse_client_timestamp);
         let base = rec.base_updated_at.as_deref().and_then(parse_client_timestamp);
-        if let Err(why) = resolver.resolve(e.updated_at, client, base) {
+        if let Err(why) = ctx.resolver.resolve(e.row.updated_at, client, base) {
             return Ok(Outcome::conflict("server_won_conflict", why, server_version(t, &rec.id, e, false)));
         }
     }
@@ -571,9 +584,8 @@ fn update_row(
         Ok(c) => c,
         Err(why) => return Ok(Outcome::terminal("invalid_data", why)),
     };
-    let pk_type = t.column(&t.pk).map(|c| c.db_type.as_str()).unwrap_or("text");
     let mut sets: Vec<String> = Vec::new();
-    let mut params: Vec<Option<String>> = vec![Some(rec.id.clone())];
+    let mut params: Vec<Option<String>> = vec![Some(ctx.user.as_str().to_string()), Some(rec.id.clone())];
     for (c, v) in &cols {
         let ty = t.column(c).map(|c| c.db_type.clone()).unwrap_or_else(|| "text".into());
         params.push(v.clone());
@@ -591,22 +603,61 @@ fn update_row(
     if sets.is_empty() {
         return Ok(o);
     }
-    let returning =
-        t.updated_at.real().map(|u| format!(" RETURNING {}::timestamptz", quote_ident(u))).unwrap_or_default();
     let sql = format!(
-        "UPDATE {} SET {} WHERE {} = $1::text::{pk_type}{returning}",
+        "UPDATE {} t SET {} WHERE t.{} = $2::text::{} RETURNING ({})::timestamptz, {}",
         t.qualified(),
         sets.join(", "),
-        quote_ident(&t.pk)
+        quote_ident(&t.pk),
+        pk_type(t),
+        t.updated_at.real().map(|u| format!("t.{}", quote_ident(u))).unwrap_or_else(|| "NULL".into()),
+        scope::row_predicate(&ctx.cat.registry, t, ctx.write),
     );
     let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
         params.iter().map(|p| p as &(dyn postgres::types::ToSql + Sync)).collect();
-    let rows = tx.query(&sql, &refs)?;
-    if !in_scope_after(tx, &cat.registry, t, user, &rec.id)? {
-        return Ok(Outcome::terminal("ownership_violation", "ownership violation"));
+    // No row: it was deleted since the lookup, or row-level security refused the write.
+    let Some(row) = tx.query_opt(&sql, &refs)? else { return Ok(ownership_violation()) };
+    if !is_true(&row, 1) {
+        return Ok(ownership_violation());
     }
-    o.server_updated_at = rows.first().and_then(|r| r.get(0));
+    o.server_updated_at = row.get(0);
     Ok(o)
+}
+
+/// A soft delete (`deleted_at = now()`) or, without a deleted-at column, a hard delete.
+fn delete_row(
+    tx: &mut Transaction<'_>,
+    ctx: &RecordContext<'_>,
+    t: &SyncTable,
+    rec: &PushRecord,
+) -> Result<Outcome, postgres::Error> {
+    let write = scope::row_predicate(&ctx.cat.registry, t, ctx.write);
+    let (pk, ty) = (quote_ident(&t.pk), pk_type(t));
+    let params: [&(dyn postgres::types::ToSql + Sync); 2] = [&ctx.user.as_str(), &rec.id];
+    match t.deleted_at.real() {
+        Some(col) => {
+            let set_updated = t.updated_at.real().map(|u| format!(", {} = now()", quote_ident(u))).unwrap_or_default();
+            let sql = format!(
+                "UPDATE {} t SET {c} = now(){set_updated} WHERE t.{pk} = $2::text::{ty} RETURNING t.{c}::timestamptz, {write}",
+                t.qualified(),
+                c = quote_ident(col)
+            );
+            let Some(row) = tx.query_opt(&sql, &params)? else { return Ok(ownership_violation()) };
+            if !is_true(&row, 1) {
+                return Ok(ownership_violation());
+            }
+            let mut o = Outcome::applied();
+            o.server_deleted_at = row.get(0);
+            Ok(o)
+        }
+        None => {
+            let sql = format!("DELETE FROM {} t WHERE t.{pk} = $2::text::{ty} RETURNING {write}", t.qualified());
+            match tx.query_opt(&sql, &params)? {
+                None => Ok(already_deleted()),
+                Some(row) if !is_true(&row, 0) => Ok(ownership_violation()),
+                Some(_) => Ok(Outcome::applied()),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,11 +8,13 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use serde_json::{json, Map, Value};
-
-use super::pull::{hydrate, to_record};
+use super::pull::set_user;
+use super::rows::{self, to_record};
+use super::scope::ClientBuckets;
 use super::{Engine, EngineError};
-use crate::protocol::{RebuildRequest, RebuildResponse};
+use crate::protocol::{
+    ChangelogStats, DebugBucket, DebugClient, DebugRequest, DebugResponse, RebuildRequest, RebuildResponse,
+};
 use crate::store::changelog;
 use crate::store::clients;
 use crate::store::pool::StoreError;
@@ -31,27 +33,21 @@ fn parse_cursor(cursor: &str) -> Option<(Option<i64>, String, String)> {
 }
 
 impl Engine {
-    /// Decodes, rebuilds and serialises (the HTTP path).
-    pub fn rebuild_json(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, EngineError> {
-        let req = RebuildRequest::decode(body)?;
-        let resp = self.rebuild(user, &req)?;
-        super::to_json(&resp, "the rebuild page")
-    }
-
     /// One page of a bucket's live rows.
     pub fn rebuild(&self, user: &UserId, req: &RebuildRequest) -> Result<RebuildResponse, EngineError> {
+        req.validate()?;
         let mut dbs = self.dbs()?;
         let cat = self.catalog(&mut dbs)?;
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
         let client =
             clients::load(&mut ***dbs.store(), user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
-        let held = client.subscriptions(user);
+        let held = ClientBuckets::of(&client, user);
         // A bucket the user joined is rebuilt before the device holds it; with bucket rules the
         // user's current subscriptions decide.
         let joining = cat.registry.has_rules() && !held.contains(&req.bucket_id);
         let subscribed = if joining {
             let version = crate::store::subscriptions::version(&mut ***dbs.store(), user)?;
-            self.current_subscriptions(&mut dbs, &cat, user, version, &held)?.contains(&req.bucket_id)
+            self.current_subscriptions(&mut dbs, &cat, user, version, held.list())?.contains(&req.bucket_id)
         } else {
             held.contains(&req.bucket_id)
         };
@@ -85,16 +81,17 @@ impl Engine {
         // Members come from the edges (sync store), rows from the application database.
         let mut tx =
             dbs.app().build_transaction().read_only(true).start().map_err(StoreError::query("starting the rebuild"))?;
-        tx.execute("SELECT set_config('app.user_id', $1, true)", &[&user.as_str()])
-            .map_err(StoreError::query("setting app.user_id"))?;
+        set_user(&mut tx, user)?;
         let mut records = Vec::new();
         for (table_name, ids) in by_table {
             // Edges of tables no longer synced are skipped: they cannot be hydrated or served.
             let Some(table) = cat.registry.table(table_name) else { continue };
-            let mut rows = hydrate(&mut tx, table, &ids)?;
+            let mut rows = rows::hydrate(&mut tx, &cat.registry, table, user, &ids)?;
             for id in ids {
                 let Some(row) = rows.remove(&id) else { continue };
-                if row.deleted_at.is_some() {
+                // An edge not yet moved after a transfer (capture lags) never turns into data:
+                // the row is left out, and the client drops it when the rebuild completes.
+                if row.deleted_at.is_some() || !row.in_scope {
                     continue;
                 }
                 records.push(to_record(table_name, id, row, None, Some(req.bucket_id.clone()), true)?);
@@ -130,52 +127,38 @@ impl Engine {
         })
     }
 
-    /// GET /sync/debug body.
-    pub fn debug_json(&self, user: &UserId, client_id: &str) -> Result<Vec<u8>, EngineError> {
+    /// GET /sync/debug: the client row, its checkpoints and the extent of the changelog. Only
+    /// subscribed buckets are shown, whatever checkpoint rows exist.
+    pub fn debug(&self, user: &UserId, req: &DebugRequest) -> Result<DebugResponse, EngineError> {
+        req.validate()?;
         let mut dbs = self.dbs()?;
         let db = &mut ***dbs.store();
-        let client = clients::load(db, user, client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        let client = clients::load(db, user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        let subscribed = ClientBuckets::of(&client, user);
+        let checkpoints = clients::bucket_checkpoints(db, user, &req.client_id)?;
         let mut buckets = Vec::new();
-        for (bucket, checkpoint) in clients::bucket_checkpoints(db, user, client_id)? {
-            let row = db
-                .query_one("SELECT count(*), BIT_XOR(checksum) FROM sync_bucket_edges WHERE bucket_id = $1", &[&bucket])
-                .map_err(StoreError::query("counting bucket members"))?;
-            let mut b = json!({"bucket_id": bucket, "checkpoint": checkpoint, "member_count": row.get::<_, i64>(0)});
-            if let Some(sum) = row.get::<_, Option<i32>>(1) {
-                b["checksum"] = json!(sum);
-            }
-            buckets.push(b);
+        for (bucket_id, checkpoint) in checkpoints.into_iter().filter(|(b, _)| subscribed.contains(b)) {
+            let (member_count, checksum) = changelog::bucket_summary(db, &bucket_id)?;
+            buckets.push(DebugBucket { bucket_id, checkpoint, checksum, member_count });
         }
-        let stats = db
-            .query_one("SELECT COALESCE(min(seq), 0), COALESCE(max(seq), 0), count(*) FROM sync_changelog", &[])
-            .map_err(StoreError::query("reading changelog statistics"))?;
-        let mut c = json!({
-            "id": client.id,
-            "client_id": client.client_id,
-            "platform": client.platform,
-            "app_version": client.app_version,
-            "is_active": client.is_active,
-            "bucket_subs": client.bucket_subs,
-        });
-        for (key, value) in [
-            ("last_sync_at", client.last_sync_at),
-            ("last_pull_at", client.last_pull_at),
-            ("last_push_at", client.last_push_at),
-        ] {
-            if let Some(v) = value {
-                c[key] = json!(format_timestamp(v));
-            }
-        }
-        if let Some(seq) = client.last_pull_seq {
-            c["legacy_checkpoint"] = json!(seq);
-        }
-        let body = json!({
-            "client": c,
-            "buckets": buckets,
-            "changelog_stats": {"min_seq": stats.get::<_, i64>(0), "max_seq": stats.get::<_, i64>(1), "total_entries": stats.get::<_, i64>(2)},
-            "server_time": format_timestamp(SystemTime::now()),
-        });
-        Ok(serde_json::to_vec(&body).unwrap_or_default())
+        let (min_seq, max_seq, total_entries) = changelog::stats(db)?;
+        Ok(DebugResponse {
+            buckets,
+            changelog_stats: ChangelogStats { max_seq, min_seq, total_entries },
+            client: DebugClient {
+                app_version: client.app_version,
+                bucket_subs: client.bucket_subs,
+                client_id: client.client_id,
+                id: client.id,
+                is_active: client.is_active,
+                last_pull_at: client.last_pull_at.map(format_timestamp),
+                last_push_at: client.last_push_at.map(format_timestamp),
+                last_sync_at: client.last_sync_at.map(format_timestamp),
+                legacy_checkpoint: client.last_pull_seq,
+                platform: client.platform,
+            },
+            server_time: format_timestamp(SystemTime::now()),
+        })
     }
 }
 

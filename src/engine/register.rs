@@ -3,8 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use serde_json::{Map, Value};
-
 use super::{Engine, EngineError};
 use crate::protocol::{RegisterRequest, RegisterResponse};
 use crate::store::clients::{self, Registration};
@@ -13,15 +11,9 @@ use crate::types::UserId;
 use crate::version::{GateError, VersionGate};
 
 impl Engine {
-    /// Decodes, registers and serialises (the HTTP path).
-    pub fn register_json(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, EngineError> {
-        let req = RegisterRequest::decode(body)?;
-        let resp = self.register(user, &req)?;
-        super::to_json(&resp, "the register response")
-    }
-
     /// Registers (or re-registers) a device of `user`.
     pub fn register(&self, user: &UserId, req: &RegisterRequest) -> Result<RegisterResponse, EngineError> {
+        req.validate()?;
         let mut dbs = self.dbs()?;
         let cat = self.catalog(&mut dbs)?;
         if !req.schema.is_bootstrap() {

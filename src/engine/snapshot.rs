@@ -2,50 +2,25 @@
 //! order, scoped to the caller's buckets even without RLS (C10), with the checkpoint captured
 //! on the first page and carried in the cursor.
 
-use postgres::GenericClient;
-use serde_json::{Map, Value};
-
-use super::pull::{set_user, to_record, Hydrated};
+use super::pull::set_user;
 use super::replica_reads::PageKind;
+use super::rows::{self, to_record};
 use super::{Engine, EngineError};
 use crate::protocol::{Record, SnapshotCursor, SnapshotRequest, SnapshotResponse};
-use crate::registry::{quote_ident, Registry, SyncTable};
+use crate::registry::{Registry, SyncTable};
 use crate::store::changelog;
 use crate::store::clients;
 use crate::store::pool::StoreError;
 use crate::types::UserId;
-
-/// The predicate (over alias `t`) that limits `table` to rows in the user's buckets or global:
-/// the same rule the default bucket assignment and the generated read policies express,
-/// bucket rules included (a row keyed by a rule is in scope for the key's members).
-/// `$1` is the user id.
-pub(crate) fn scope_predicate(registry: &Registry, table: &SyncTable) -> String {
-    let owner_ok = |alias: &str, _: &SyncTable, owner: &str| {
-        let c = format!("{alias}.{}", quote_ident(owner));
-        format!("({c} IS NULL OR {c}::text = '' OR {c}::text = $1)")
-    };
-    let member = |root: &crate::registry::SharedRoot, alias: &str| root.member_check(alias, "$1");
-    // Tables without ownership are readable by everyone; `$1` is still typed so every
-    // predicate takes the same parameter list.
-    let spec =
-        crate::registry::ScopeSql { owner: &owner_ok, member: &member, unowned: Some("($1::text IS NULL OR true)") };
-    registry.scope_sql(table, "t", &spec).unwrap_or_else(|| "($1::text IS NULL OR true)".to_string())
-}
 
 fn is_bad_input(e: &postgres::Error) -> bool {
     e.code().is_some_and(|c| c.code().starts_with("22"))
 }
 
 impl Engine {
-    /// Decodes, snapshots and serialises (the HTTP path).
-    pub fn snapshot_json(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, EngineError> {
-        let req = SnapshotRequest::decode(body)?;
-        let resp = self.snapshot(user, &req)?;
-        super::to_json(&resp, "the snapshot")
-    }
-
     /// One snapshot page.
     pub fn snapshot(&self, user: &UserId, req: &SnapshotRequest) -> Result<SnapshotResponse, EngineError> {
+        req.validate()?;
         let mut dbs = self.dbs()?;
         let cat = self.catalog(&mut dbs)?;
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
@@ -129,9 +104,16 @@ fn read_pages(
     while idx < tables.len() && (records.len() as i64) < limit {
         let t = tables[idx];
         let remaining = limit - records.len() as i64;
-        let rows = read_page(&mut tx, user.as_str(), registry, t, &after, remaining).map_err(|e| match e {
-            PageError::BadCursor => EngineError::BadRequest("invalid snapshot cursor".into()),
-            PageError::Store(s) => EngineError::Store(s),
+        let rows = rows::page(&mut tx, registry, t, user, &after, remaining).map_err(|e| {
+            // A cursor is only ever one we issued: a key that is not of the key's type is forged.
+            if is_bad_input(&e) {
+                EngineError::BadRequest("invalid snapshot cursor".into())
+            } else {
+                EngineError::Store(StoreError::Query {
+                    context: format!("reading snapshot rows of {}", t.name),
+                    source: e,
+                })
+            }
         })?;
         let got = rows.len() as i64;
         for (id, row) in rows {
@@ -145,42 +127,4 @@ fn read_pages(
     }
     tx.commit().map_err(StoreError::query("finishing the snapshot page"))?;
     Ok(Pages { records, idx, after })
-}
-
-enum PageError {
-    BadCursor,
-    Store(StoreError),
-}
-
-fn read_page(
-    db: &mut impl GenericClient,
-    user: &str,
-    registry: &Registry,
-    t: &SyncTable,
-    after: &str,
-    limit: i64,
-) -> Result<Vec<(String, Hydrated)>, PageError> {
-    let pk = quote_ident(&t.pk);
-    let pk_type = t.column(&t.pk).map(|c| c.db_type.as_str()).unwrap_or("text");
-    let ts = |c: Option<&str>| c.map(|c| format!("t.{}", quote_ident(c))).unwrap_or("NULL::timestamptz".into());
-    let live = t.deleted_at.real().map(|c| format!(" AND t.{} IS NULL", quote_ident(c))).unwrap_or_default();
-    // Keyset pagination in the key's own type, so the primary key index serves it.
-    let sql = format!(
-        "SELECT t.{pk}::text, row_to_json(t.*)::text, ({u})::timestamptz FROM {q} t \
-         WHERE ($2::text = '' OR t.{pk} > $2::text::{pk_type}) AND {scope}{live} ORDER BY t.{pk} LIMIT $3",
-        u = ts(t.updated_at.real()),
-        q = t.qualified(),
-        scope = scope_predicate(registry, t),
-    );
-    let rows = db.query(&sql, &[&user, &after, &limit]).map_err(|e| {
-        if is_bad_input(&e) {
-            PageError::BadCursor
-        } else {
-            PageError::Store(StoreError::Query { context: format!("reading snapshot rows of {}", t.name), source: e })
-        }
-    })?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.get(0), Hydrated { data: r.get(1), updated_at: r.get(2), deleted_at: None }))
-        .collect())
 }

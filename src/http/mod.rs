@@ -16,6 +16,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::protocol::{ErrorBody, RetryBody, SchemaMismatchBody};
 use crate::types::UserId;
 
 pub use admission::{Admission, AdmissionPolicy, AdmitAll};
@@ -73,16 +74,24 @@ pub struct Reply {
 
 impl Reply {
     /// A 200 JSON reply with the reference's trailing newline.
-    pub fn json(mut body: Vec<u8>) -> Reply {
+    pub fn json(body: Vec<u8>) -> Reply {
+        Reply::json_with_status(200, body)
+    }
+
+    /// A JSON reply with any status and the reference's trailing newline.
+    fn json_with_status(status: u16, mut body: Vec<u8>) -> Reply {
         body.push(b'\n');
-        Reply { status: 200, body, content_type: "application/json", headers: Vec::new() }
+        Reply { status, body, content_type: "application/json", headers: Vec::new() }
+    }
+
+    /// A protocol body serialised (it has no map with non-string keys, so this cannot fail).
+    fn body(status: u16, value: &impl serde::Serialize) -> Reply {
+        Reply::json_with_status(status, serde_json::to_vec(value).unwrap_or_default())
     }
 
     /// A JSON reply with any status, `{"error": message}`.
     pub fn error(status: u16, message: &str) -> Reply {
-        let mut body = serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default();
-        body.push(b'\n');
-        Reply { status, body, content_type: "application/json", headers: Vec::new() }
+        Reply::body(status, &ErrorBody { error: message })
     }
 
     /// A plain-text reply.
@@ -104,35 +113,16 @@ impl ApiError {
             ApiError::BadRequest(msg) => Reply::error(400, msg),
             ApiError::ClientNotRegistered => Reply::error(404, "client not registered"),
             ApiError::Forbidden(msg) => Reply::error(403, msg),
-            ApiError::SchemaMismatch { version, hash } => {
-                let mut body = serde_json::to_vec(&serde_json::json!({
-                    "code": "schema_mismatch",
-                    "message": "client schema does not match server schema",
-                    "server_schema_version": version,
-                    "server_schema_hash": hash,
-                }))
-                .unwrap_or_default();
-                body.push(b'\n');
-                Reply { status: 409, body, content_type: "application/json", headers: Vec::new() }
-            }
+            ApiError::SchemaMismatch { version, hash } => Reply::body(409, &SchemaMismatchBody::new(*version, hash)),
             ApiError::UpgradeRequired => Reply::error(426, "client upgrade required"),
             ApiError::TooManyRequests { retry_after } => {
-                let mut body =
-                    serde_json::to_vec(&serde_json::json!({"error": "Too Many Requests", "retry_after": retry_after}))
-                        .unwrap_or_default();
-                body.push(b'\n');
-                Reply { status: 429, body, content_type: "application/json", headers: Vec::new() }
+                Reply::body(429, &RetryBody { error: "Too Many Requests", retry_after: *retry_after })
                     .with_header("Retry-After", retry_after.to_string())
             }
             ApiError::Internal(msg) => Reply::error(500, msg),
             ApiError::NotImplemented => Reply::error(501, "not implemented"),
             ApiError::Unavailable { retry_after } => {
-                let mut body = serde_json::to_vec(
-                    &serde_json::json!({"error": "service temporarily unavailable", "retry_after": retry_after}),
-                )
-                .unwrap_or_default();
-                body.push(b'\n');
-                Reply { status: 503, body, content_type: "application/json", headers: Vec::new() }
+                Reply::body(503, &RetryBody { error: "service temporarily unavailable", retry_after: *retry_after })
                     .with_header("Retry-After", retry_after.to_string())
             }
         }

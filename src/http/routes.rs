@@ -6,7 +6,13 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::{AdmissionPolicy, ApiError, AuthFailure, Authenticator, Reply, SyncApi};
+use crate::protocol::{DebugRequest, HealthBody};
 use crate::version::VersionGate;
+
+/// The `/healthz` body: exactly `{"status":"..."}`, without the trailing newline of the others.
+fn health_body(status: &str) -> Vec<u8> {
+    serde_json::to_vec(&HealthBody { status }).unwrap_or_default()
+}
 
 /// The endpoints of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,15 +125,21 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-fn query_param(url: &str, key: &str) -> Option<String> {
+/// The decoded value of query parameter `key`: `None` when absent, `Err` when it does not
+/// decode to UTF-8 text (nothing is replaced or guessed).
+fn query_param(url: &str, key: &str) -> Option<Result<String, ApiError>> {
     let query = url.split_once('?')?.1;
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == key).then(|| percent_decode(v))
+        (k == key).then(|| {
+            String::from_utf8(percent_decode(v))
+                .map_err(|_| ApiError::BadRequest(format!("{key} query parameter is not UTF-8 text")))
+        })
     })
 }
 
-fn percent_decode(s: &str) -> String {
+/// Percent-decoding (`+` is a space); a `%` not followed by two hex digits stays as it is.
+fn percent_decode(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -155,7 +167,7 @@ fn percent_decode(s: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 impl Router {
@@ -169,16 +181,11 @@ impl Router {
             let reply = if req.method != "GET" && req.method != "HEAD" {
                 Reply::text(405, "Method Not Allowed\n").with_header("Allow", "GET")
             } else if self.api.health() {
-                Reply {
-                    status: 200,
-                    body: br#"{"status":"ok"}"#.to_vec(),
-                    content_type: "application/json",
-                    headers: vec![],
-                }
+                Reply { status: 200, body: health_body("ok"), content_type: "application/json", headers: vec![] }
             } else {
                 Reply {
                     status: 503,
-                    body: br#"{"status":"unavailable"}"#.to_vec(),
+                    body: health_body("unavailable"),
                     content_type: "application/json",
                     headers: vec![("Retry-After", "5".into())],
                 }
@@ -230,9 +237,12 @@ impl Router {
         let result = match endpoint {
             Endpoint::Tables => self.api.tables(&user),
             Endpoint::Schema => self.api.schema(&user),
-            Endpoint::Debug => match query_param(req.url, "client_id").filter(|c| !c.is_empty()) {
-                Some(client_id) => self.api.debug(&user, &client_id),
-                None => Err(ApiError::BadRequest("client_id query parameter is required".into())),
+            Endpoint::Debug => match query_param(req.url, DebugRequest::PARAMETER).transpose() {
+                Err(e) => Err(e),
+                Ok(client_id) => match DebugRequest::decode(client_id.as_deref()) {
+                    Ok(req) => self.api.debug(&user, &req.client_id),
+                    Err(e) => Err(ApiError::BadRequest(e.0)),
+                },
             },
             _ => {
                 let body = match (req.read_body)() {
@@ -273,10 +283,16 @@ mod tests {
 
     #[test]
     fn query_parameters() {
-        assert_eq!(query_param("/sync/debug?client_id=a%20b&x=1", "client_id").as_deref(), Some("a b"));
-        assert_eq!(query_param("/sync/debug?client_id=", "client_id").as_deref(), Some(""));
-        assert_eq!(query_param("/sync/debug", "client_id"), None);
-        assert_eq!(query_param("/sync/debug?client_id=%zz%", "client_id").as_deref(), Some("%zz%"));
+        let param = |url: &str| query_param(url, "client_id").map(|r| r.map_err(|e| e.to_string()));
+        assert_eq!(param("/sync/debug?client_id=a%20b&x=1"), Some(Ok("a b".into())));
+        assert_eq!(param("/sync/debug?client_id="), Some(Ok("".into())));
+        assert_eq!(param("/sync/debug"), None);
+        assert_eq!(param("/sync/debug?client_id=%zz%"), Some(Ok("%zz%".into())));
+        assert_eq!(param("/sync/debug?client_id=a%00b"), Some(Ok("a\0b".into())), "NUL is refused by the request");
+        assert_eq!(
+            param("/sync/debug?client_id=%ff"),
+            Some(Err("400 {\"error\":\"client_id query parameter is not UTF-8 text\"}".into()))
+        );
     }
 
     #[test]

@@ -102,7 +102,8 @@ fn percent_decode(s: &str) -> Result<String, ConnStringError> {
                 let value = hex.and_then(|h| u8::from_str_radix(h, 16).ok());
                 match value {
                     Some(v) => out.push(v),
-                    None => return Err(ConnStringError(format!("invalid percent-encoding in {s:?}"))),
+                    // The text is not echoed: it may be the password.
+                    None => return Err(ConnStringError("invalid percent-encoding (expected %XX)".to_string())),
                 }
                 i += 3;
             }
@@ -112,13 +113,14 @@ fn percent_decode(s: &str) -> Result<String, ConnStringError> {
             }
         }
     }
-    String::from_utf8(out).map_err(|_| ConnStringError(format!("percent-encoding in {s:?} is not UTF-8")))
+    String::from_utf8(out).map_err(|_| ConnStringError("percent-encoded text is not UTF-8".to_string()))
 }
 
 fn parse_port(s: &str) -> Result<u16, ConnStringError> {
     match s.parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
-        _ => Err(ConnStringError(format!("invalid port {s:?}: expected 1-65535"))),
+        // Not echoed: a password with an unencoded `/` or `@` can end up parsed as the port.
+        _ => Err(ConnStringError("invalid port: expected a number from 1 to 65535".to_string())),
     }
 }
 
@@ -161,7 +163,7 @@ fn parse_url(rest: &str) -> Result<ConnParams, ConnStringError> {
         if let Some(p) = after.strip_prefix(':') {
             port = Some(parse_port(p)?);
         } else if !after.is_empty() {
-            return Err(ConnStringError(format!("unexpected {after:?} after the IPv6 host")));
+            return Err(ConnStringError("unexpected text after the [IPv6] host".to_string()));
         }
     } else if !hostport.is_empty() {
         if hostport.contains(',') {
@@ -178,7 +180,7 @@ fn parse_url(rest: &str) -> Result<ConnParams, ConnStringError> {
     let mut params = Vec::new();
     let mut dbname = if path.is_empty() { None } else { Some(percent_decode(path)?) };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').ok_or_else(|| ConnStringError(format!("parameter {pair:?} has no value")))?;
+        let (k, v) = pair.split_once('=').ok_or_else(|| ConnStringError("a URL parameter has no value".to_string()))?;
         let (k, v) = (percent_decode(k)?, percent_decode(v)?);
         match k.as_str() {
             "host" => host = Some(v),
@@ -229,7 +231,7 @@ fn parse_conninfo(s: &str) -> Result<ConnParams, ConnStringError> {
             chars.next();
         }
         if chars.next() != Some('=') {
-            return Err(ConnStringError(format!("conninfo key {key:?} is not followed by '='")));
+            return Err(ConnStringError("a conninfo key is not followed by '='".to_string()));
         }
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
@@ -275,6 +277,112 @@ fn parse_conninfo(s: &str) -> Result<ConnParams, ConnStringError> {
         }
     }
     finish(host, port, user, password, dbname, params)
+}
+
+/// Keys whose values are secrets: the password, and the passphrase of a client key.
+fn is_secret_key(key: &str) -> bool {
+    matches!(key, "password" | "sslpassword")
+}
+
+/// `s` with every secret replaced by `***`, safe to print or log: in a URL the password of the
+/// user info and the values of `password` / `sslpassword` parameters (keys percent-encoded or
+/// not); in a conninfo string the values of those keys, quoted or not. A conninfo string that
+/// does not parse is not shown at all, since where its values end is unknown.
+///
+/// ```
+/// use synchro::pg::url::redact;
+/// assert_eq!(redact("postgres://u:pw@h/db?sslmode=require&password=x"), "postgres://u:***@h/db?sslmode=require&password=***");
+/// assert_eq!(redact("host=h password='a b' user=u"), "host=h password=*** user=u");
+/// ```
+pub fn redact(s: &str) -> String {
+    if let Some(scheme_end) = s.find("://") {
+        let (head, rest) = s.split_at(scheme_end + 3);
+        let (main, query) = match rest.split_once('?') {
+            Some((m, q)) => (m, Some(q)),
+            None => (rest, None),
+        };
+        // The user info ends at the last `@`: a password may hold `/` or `@` unencoded.
+        let main = match main.rfind('@') {
+            Some(at) => match main[..at].find(':') {
+                Some(colon) => format!("{}:***{}", &main[..colon], &main[at..]),
+                None => main.to_string(),
+            },
+            None => main.to_string(),
+        };
+        let mut out = format!("{head}{main}");
+        if let Some(query) = query {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if percent_decode(k).is_ok_and(|k| is_secret_key(&k)) || is_secret_key(k) => {
+                        format!("{k}=***")
+                    }
+                    _ => pair.to_string(),
+                })
+                .collect();
+            out.push('?');
+            out.push_str(&pairs.join("&"));
+        }
+        return out;
+    }
+    if !s.contains('=') {
+        return s.to_string();
+    }
+    redact_conninfo(s).unwrap_or_else(|| "(a connection string that does not parse; not shown)".to_string())
+}
+
+/// [`redact`] for `key=value` text, keeping everything but the secret values as written.
+fn redact_conninfo(s: &str) -> Option<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    loop {
+        while let Some(c) = chars.next_if(|c| c.is_whitespace()) {
+            out.push(c);
+        }
+        if chars.peek().is_none() {
+            return Some(out);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        out.push_str(&key);
+        while let Some(c) = chars.next_if(|c| c.is_whitespace()) {
+            out.push(c);
+        }
+        if chars.next() != Some('=') {
+            return None;
+        }
+        out.push('=');
+        while let Some(c) = chars.next_if(|c| c.is_whitespace()) {
+            out.push(c);
+        }
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            value.push('\'');
+            loop {
+                match chars.next()? {
+                    '\\' => {
+                        value.push('\\');
+                        value.push(chars.next()?);
+                    }
+                    '\'' => {
+                        value.push('\'');
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                value.push(c);
+                if c == '\\' {
+                    value.extend(chars.next());
+                }
+            }
+        }
+        out.push_str(if is_secret_key(&key) { "***" } else { &value });
+    }
 }
 
 /// Returns `url` with `replication=database` set, in the same syntax (URL or conninfo).
@@ -352,6 +460,35 @@ mod tests {
         p.set_param("sslrootcert", None);
         p.set_param("sslmode", Some("require"));
         assert_eq!(p.to_conninfo(), "host='h' port=5432 user='u' dbname='d' sslmode='require'");
+    }
+
+    #[test]
+    fn passwords_are_redacted_in_both_forms() {
+        let cases = [
+            ("postgres://u:secret@h:5432/d", "postgres://u:***@h:5432/d"),
+            ("postgresql://u@h/d", "postgresql://u@h/d"),
+            ("postgres://h/d?password=secret&sslmode=require", "postgres://h/d?password=***&sslmode=require"),
+            ("postgres://h/d?sslmode=require&pass%77ord=secret", "postgres://h/d?sslmode=require&pass%77ord=***"),
+            ("postgres://u:se/cr@et@h/d?sslpassword=secret", "postgres://u:***@h/d?sslpassword=***"),
+            ("postgres://u:pw@h/d?password", "postgres://u:***@h/d?password"),
+            ("host=h password=secret user=u", "host=h password=*** user=u"),
+            ("host=h password = 'se cr\\'et' user=u", "host=h password = *** user=u"),
+            ("password=se\\ cret sslpassword='x'", "password=*** sslpassword=***"),
+            ("host=h password='unterminated secret", "(a connection string that does not parse; not shown)"),
+            ("just-a-host", "just-a-host"),
+        ];
+        for (given, shown) in cases {
+            assert_eq!(redact(given), shown, "{given}");
+            assert!(!redact(given).contains("secret") && !redact(given).contains("cr@et"), "{given}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_never_echo_the_password() {
+        for url in ["postgres://u:pa/ss@h/d", "postgres://u:p%zzss@h/d", "postgres://u:p%ffss@h/d"] {
+            let err = parse(url).unwrap_err().to_string();
+            assert!(!err.contains("ss"), "{url}: {err}");
+        }
     }
 
     #[test]

@@ -144,6 +144,22 @@ pub fn bucket_checksums(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// `(member count, BIT_XOR of the non-null checksums)` of a bucket's edges (debug).
+pub fn bucket_summary(db: &mut impl GenericClient, bucket: &str) -> Result<(i64, Option<i32>), StoreError> {
+    let row = db
+        .query_one("SELECT count(*), BIT_XOR(checksum) FROM sync_bucket_edges WHERE bucket_id = $1", &[&bucket])
+        .map_err(StoreError::query("counting bucket members"))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// `(MIN(seq), MAX(seq), count)` of the changelog, zeros when it is empty (debug).
+pub fn stats(db: &mut impl GenericClient) -> Result<(i64, i64, i64), StoreError> {
+    let row = db
+        .query_one("SELECT COALESCE(min(seq), 0), COALESCE(max(seq), 0), count(*) FROM sync_changelog", &[])
+        .map_err(StoreError::query("reading changelog statistics"))?;
+    Ok((row.get(0), row.get(1), row.get(2)))
+}
+
 /// One page of a bucket's members in `(table_name, record_id)` order, after `after` (exclusive).
 pub fn bucket_members(
     db: &mut impl GenericClient,

@@ -1,5 +1,11 @@
 //! `sync_clients` and `sync_client_checkpoints`: registration, lookup, checkpoint persistence
 //! (contract §1.2, §6.9, §10.2, §10.3).
+//!
+//! A checkpoint row only ever exists for a bucket its client is subscribed to: every statement
+//! that writes one joins the client row and keeps only its subscriptions (`subscribed!`), and
+//! the statement that reads them does the same, whatever bucket ids a client sends. Otherwise a
+//! client could store (and then inspect, through debug) checkpoints of other users' buckets,
+//! or hold compaction back with a junk bucket at checkpoint 0.
 
 use std::time::SystemTime;
 
@@ -78,6 +84,14 @@ pub(crate) use client_columns;
 
 const CLIENT_COLUMNS: &str = client_columns!();
 
+/// The condition that bucket `$b` is one of the subscriptions of client row `c` (the default
+/// pair, passed as `$d`, when it stores none), as text with `$b` and `$d` to replace.
+macro_rules! subscribed {
+    ($bucket:literal, $defaults:literal) => {
+        concat!($bucket, " = ANY (COALESCE(NULLIF(c.bucket_subs, '{}'), ", $defaults, "::text[]))")
+    };
+}
+
 fn client_from_row(row: &postgres::Row) -> ClientRow {
     client_from_row_at(row, 0)
 }
@@ -137,7 +151,7 @@ pub fn load(db: &mut impl GenericClient, user: &UserId, client_id: &str) -> Resu
     Ok(rows.first().map(client_from_row))
 }
 
-/// Every checkpoint row of the client, ordered by bucket id.
+/// Every checkpoint row of the client for a bucket it is subscribed to, ordered by bucket id.
 pub fn bucket_checkpoints(
     db: &mut impl GenericClient,
     user: &UserId,
@@ -145,8 +159,14 @@ pub fn bucket_checkpoints(
 ) -> Result<Vec<(String, i64)>, StoreError> {
     let rows = db
         .query(
-            "SELECT bucket_id, checkpoint FROM sync_client_checkpoints WHERE user_id = $1 AND client_id = $2 ORDER BY bucket_id",
-            &[&user.as_str(), &client_id],
+            concat!(
+                "SELECT k.bucket_id, k.checkpoint FROM sync_client_checkpoints k \
+                 JOIN sync_clients c ON c.user_id = k.user_id AND c.client_id = k.client_id \
+                 WHERE k.user_id = $1 AND k.client_id = $2 AND ",
+                subscribed!("k.bucket_id", "$3"),
+                " ORDER BY k.bucket_id"
+            ),
+            &[&user.as_str(), &client_id, &default_subscriptions(user)],
         )
         .map_err(StoreError::query("loading bucket checkpoints"))?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -172,7 +192,8 @@ pub fn advance_legacy(db: &mut impl GenericClient, user: &UserId, client_id: &st
     Ok(())
 }
 
-/// Per-bucket advance (§6.9): upserts each `(bucket, seq)`, only ever raising the stored value.
+/// Per-bucket advance (§6.9): upserts each `(bucket, seq)` of a subscribed bucket, only ever
+/// raising the stored value. Pairs of other buckets are dropped.
 pub fn raise_bucket_checkpoints(
     db: &mut impl GenericClient,
     user: &UserId,
@@ -185,17 +206,22 @@ pub fn raise_bucket_checkpoints(
     let buckets: Vec<&str> = checkpoints.iter().map(|(b, _)| b.as_str()).collect();
     let seqs: Vec<i64> = checkpoints.iter().map(|(_, s)| *s).collect();
     db.execute(
-        "INSERT INTO sync_client_checkpoints (user_id, client_id, bucket_id, checkpoint) \
-         SELECT $1, $2, b, s FROM unnest($3::text[], $4::bigint[]) AS t(b, s) \
-         ON CONFLICT (user_id, client_id, bucket_id) DO UPDATE SET checkpoint = EXCLUDED.checkpoint, updated_at = now() \
-         WHERE sync_client_checkpoints.checkpoint < EXCLUDED.checkpoint",
-        &[&user.as_str(), &client_id, &buckets, &seqs],
+        concat!(
+            "INSERT INTO sync_client_checkpoints (user_id, client_id, bucket_id, checkpoint) \
+             SELECT $1, $2, t.b, t.s FROM unnest($3::text[], $4::bigint[]) AS t(b, s) \
+             JOIN sync_clients c ON c.user_id = $1 AND c.client_id = $2 WHERE ",
+            subscribed!("t.b", "$5"),
+            " ON CONFLICT (user_id, client_id, bucket_id) DO UPDATE SET checkpoint = EXCLUDED.checkpoint, updated_at = now() \
+             WHERE sync_client_checkpoints.checkpoint < EXCLUDED.checkpoint"
+        ),
+        &[&user.as_str(), &client_id, &buckets, &seqs, &default_subscriptions(user)],
     )
     .map_err(StoreError::query("raising bucket checkpoints"))?;
     Ok(())
 }
 
-/// Rebuild set (§6.9): the bucket's checkpoint becomes exactly `seq`, even if lower.
+/// Rebuild set (§6.9): the bucket's checkpoint becomes exactly `seq`, even if lower (nothing
+/// is stored for a bucket the client is not subscribed to).
 pub fn set_bucket_checkpoint(
     db: &mut impl GenericClient,
     user: &UserId,
@@ -204,9 +230,13 @@ pub fn set_bucket_checkpoint(
     seq: i64,
 ) -> Result<(), StoreError> {
     db.execute(
-        "INSERT INTO sync_client_checkpoints (user_id, client_id, bucket_id, checkpoint) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (user_id, client_id, bucket_id) DO UPDATE SET checkpoint = EXCLUDED.checkpoint, updated_at = now()",
-        &[&user.as_str(), &client_id, &bucket, &seq],
+        concat!(
+            "INSERT INTO sync_client_checkpoints (user_id, client_id, bucket_id, checkpoint) \
+             SELECT $1::text, $2::text, $3::text, $4::int8 FROM sync_clients c WHERE c.user_id = $1 AND c.client_id = $2 AND ",
+            subscribed!("$3", "$5"),
+            " ON CONFLICT (user_id, client_id, bucket_id) DO UPDATE SET checkpoint = EXCLUDED.checkpoint, updated_at = now()"
+        ),
+        &[&user.as_str(), &client_id, &bucket, &seq, &default_subscriptions(user)],
     )
     .map_err(StoreError::query("setting the bucket checkpoint"))?;
     Ok(())

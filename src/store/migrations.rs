@@ -119,6 +119,15 @@ CREATE TABLE IF NOT EXISTS synchro_watermarks (
     },
     Migration {
         version: 4,
+        name: "checkpoints only for subscribed buckets",
+        sql: r#"
+DELETE FROM sync_client_checkpoints k WHERE NOT EXISTS (
+    SELECT 1 FROM sync_clients c WHERE c.user_id = k.user_id AND c.client_id = k.client_id
+       AND k.bucket_id = ANY (COALESCE(NULLIF(c.bucket_subs, '{}'), ARRAY['user:' || c.user_id, 'global'])));
+"#,
+    },
+    Migration {
+        version: 5,
         name: "rule-bucket subscriptions: membership versions and departures",
         sql: r#"
 CREATE TABLE IF NOT EXISTS synchro_subscription_versions (

@@ -547,3 +547,22 @@ fn https_jwks_verified_against_ssl_cert_file() {
     }
     assert!(jwks.hits() >= 1);
 }
+
+#[test]
+fn unknown_critical_headers_and_blank_users_are_refused() {
+    let ec = Signer::ec();
+    let jwks = JwksServer::start(200, &[ec.jwk("ec1")]);
+    let db = TestDb::new();
+    let server = start_synchrod(&db, &jwks, &[]);
+    let signed = |header: Value, claims: Value| synchro::jwt::encode(&header, &claims, |input| ec.sign(input));
+    let header = json!({"alg": "ES256", "kid": "ec1"});
+    assert_eq!(tables(server.addr, &signed(header.clone(), json!({"sub": "u"}))).status, 200);
+    let mut crit = header.clone();
+    crit["crit"] = json!(["urn:example:bound"]);
+    crit["urn:example:bound"] = json!(true);
+    refused(&tables(server.addr, &signed(crit, json!({"sub": "u"}))), "invalid token", "unknown crit");
+    for (sub, case) in [(json!("   "), "blank user"), (json!("u\u{0}v"), "NUL in the user")] {
+        refused(&tables(server.addr, &signed(header.clone(), json!({ "sub": sub }))), "token missing user claim", case);
+    }
+    server.shutdown(std::time::Duration::from_secs(5));
+}

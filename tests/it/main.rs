@@ -20,6 +20,8 @@ mod replicas;
 mod replication_conn;
 mod rls;
 mod rules;
+mod scope;
+mod scope_property;
 mod server;
 mod store;
 mod sync_api;

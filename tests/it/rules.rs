@@ -370,6 +370,18 @@ fn capture_routes_rule_rows_and_records_membership_changes() {
         "tasks follow their project"
     );
     assert_eq!(edge("teams", RED), vec!["global".to_string()], "teams has no rule of its own");
+    // Moving the project moves its task.
+    db.execute(&format!("UPDATE projects SET team_id = '{BLUE}' WHERE id = '20000000-0000-0000-0000-000000000001'"));
+    crate::capture::wait_for(30, "the task to follow", || {
+        (edge("tasks", "30000000-0000-0000-0000-000000000001") == vec![format!("team:{BLUE}")]).then_some(())
+    });
+    let moves = scalar(
+        &db,
+        &format!(
+            "SELECT count(*) FROM sync_changelog WHERE table_name = 'tasks' AND bucket_id = 'team:{RED}' AND operation = 3"
+        ),
+    );
+    assert_eq!(moves, 1, "the old team hears the task leave");
     // Memberships move versions: per user, growing.
     let published = scalar(&db, "SELECT count(*) FROM pg_publication_tables WHERE tablename = 'team_members'");
     assert_eq!(published, 1, "the membership table is streamed");

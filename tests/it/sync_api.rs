@@ -18,17 +18,17 @@ const TABLES: &str = "tasks,comments,categories,notes";
 
 /// A device of one user.
 pub(crate) struct Device {
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     pub(crate) user: String,
     pub(crate) client_id: String,
     pub(crate) version: i64,
     pub(crate) hash: String,
-    checkpoint: i64,
+    pub(crate) checkpoint: i64,
     pub(crate) rows: BTreeMap<(String, String), Value>,
 }
 
 impl Device {
-    fn headers(&self) -> String {
+    pub(crate) fn headers(&self) -> String {
         format!("X-User-ID: {}\r\n", self.user)
     }
 
