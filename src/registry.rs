@@ -106,6 +106,9 @@ pub struct Membership {
     pub user: String,
     /// The user column's type (`format_type`), so lookups by user compare in that type.
     pub user_type: String,
+    /// Its deleted-at column (`DELETED_AT_COLUMN`), when it has one: a soft-deleted membership
+    /// is no membership.
+    pub deleted_at: Option<String>,
 }
 
 impl Membership {
@@ -117,6 +120,11 @@ impl Membership {
     /// `schema.name`, for messages.
     pub fn display_name(&self) -> String {
         format!("{}.{}", self.schema, self.name)
+    }
+
+    /// ` AND m."deleted_at" IS NULL` when the table soft-deletes (alias `m`), else nothing.
+    pub fn live_filter(&self) -> String {
+        self.deleted_at.as_deref().map(|c| format!(" AND m.{} IS NULL", quote_ident(c))).unwrap_or_default()
     }
 }
 
@@ -139,11 +147,12 @@ impl SharedRoot {
     /// of the membership table names both. Never NULL.
     pub fn member_check(&self, alias: &str, user: &str) -> String {
         format!(
-            "EXISTS (SELECT 1 FROM {m} m WHERE m.{key} = {alias}.{col} AND m.{usr}::text = {user})",
+            "EXISTS (SELECT 1 FROM {m} m WHERE m.{key} = {alias}.{col} AND m.{usr}::text = {user}{live})",
             m = self.members.qualified(),
             key = quote_ident(&self.members.key),
             col = quote_ident(&self.column),
             usr = quote_ident(&self.members.user),
+            live = self.members.live_filter(),
         )
     }
 
@@ -464,6 +473,7 @@ mod tests {
             key: "team_id".into(),
             user: "user_id".into(),
             user_type: "text".into(),
+            deleted_at: None,
         };
         let mut projects = table("projects", &["teams"]);
         projects.parent =

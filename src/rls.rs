@@ -83,10 +83,11 @@ fn definer_functions(registry: &Registry) -> Vec<String> {
             done.push(name.clone());
             let key_type = t.column(&root.column).map(|c| c.db_type.as_str()).unwrap_or("text");
             let body = format!(
-                "SELECT EXISTS (SELECT 1 FROM {} m WHERE m.{} = key AND m.{}::text = {USER})",
+                "SELECT EXISTS (SELECT 1 FROM {} m WHERE m.{} = key AND m.{}::text = {USER}{})",
                 root.members.qualified(),
                 quote_ident(&root.members.key),
                 quote_ident(&root.members.user),
+                root.members.live_filter(),
             );
             // A dollar-quote tag the body cannot contain (names may hold `$`).
             let mut tag = "$synchro$".to_string();

@@ -3,6 +3,7 @@
 //! application calls it with a user id it has authenticated itself.
 
 mod catalog;
+mod departures;
 mod hooks;
 mod pull;
 mod push;

@@ -79,6 +79,29 @@ impl Engine {
             schema_hash: cat.schema.hash.clone(),
         };
         let positions: Vec<(String, i64)> = if per_bucket {
+            // Buckets the device holds that the user left: the device is told to drop their
+            // rows (a departure each), and they stop being what it holds.
+            let leaving: Vec<(String, i64)> = subs
+                .iter()
+                .filter(|b| !current.contains(b))
+                .map(|b| (b.clone(), req.bucket_checkpoints.get(b).copied().unwrap_or(0)))
+                .collect();
+            if !leaving.is_empty() {
+                crate::store::subscriptions::start_departures(
+                    &mut ***dbs.store(),
+                    user,
+                    &req.client_id,
+                    &leaving,
+                    &defaults,
+                )?;
+            }
+            let held: Vec<String> = subs.iter().filter(|b| current.contains(b)).cloned().collect();
+            // A bucket left and joined again is rebuilt instead (below).
+            let mut departing: Vec<String> =
+                probe.departing.iter().cloned().chain(leaving.into_iter().map(|(b, _)| b)).collect();
+            departing.retain(|b| !current.contains(b));
+            departing.sort();
+            departing.dedup();
             // A bucket the user joined (not held by the device yet) reaches it whole through a
             // rebuild, like a stale one.
             let rebuild: Vec<String> = current
@@ -93,6 +116,10 @@ impl Engine {
                 })
                 .cloned()
                 .collect();
+            if !departing.is_empty() {
+                let leaving = super::departures::Leaving { held: &held, departing: &departing, rebuild };
+                return self.departure_page(&mut dbs, &cat, user, req, leaving);
+            }
             if !rebuild.is_empty() {
                 return Ok(PullResponse { rebuild_buckets: rebuild, ..empty(req.checkpoint) });
             }
@@ -137,8 +164,9 @@ impl Engine {
         let checkpoint = last.seq.0;
         // The page was read above, so the primary's WAL position taken now covers every change
         // it announces: a replica that replayed past it holds at least those versions.
-        let on_replica =
-            self.read_on_replica(dbs.app(), PageKind::Pull, |replica| read_changes(replica, user, &cat, &entries))?;
+        let on_replica = self.read_on_replica(dbs.app(), PageKind::Pull, |replica| {
+            read_changes(replica, user, &cat, &entries, per_bucket)
+        })?;
         let (changes, deletes) = match on_replica {
             Some(read) => read,
             None => {
@@ -149,7 +177,7 @@ impl Engine {
                     .start()
                     .map_err(StoreError::query("starting the pull"))?;
                 set_user(&mut tx, user)?;
-                let read = materialise(&mut tx, user, &cat, &entries)?;
+                let read = materialise(&mut tx, user, &cat, &entries, per_bucket)?;
                 tx.commit().map_err(StoreError::query("finishing the pull"))?;
                 self.reads.count(PageKind::Pull, false);
                 read
@@ -228,7 +256,7 @@ fn pull_stamp_is_stale(client: &clients::ClientRow) -> bool {
 }
 
 /// §6.7: only when the client listed `known_buckets`.
-fn bucket_updates(subs: &[String], known: &[String]) -> Option<BucketUpdate> {
+pub(super) fn bucket_updates(subs: &[String], known: &[String]) -> Option<BucketUpdate> {
     if known.is_empty() {
         return None;
     }
@@ -260,10 +288,11 @@ fn read_changes(
     user: &UserId,
     cat: &CatalogState,
     entries: &[ChangelogEntry],
+    per_bucket: bool,
 ) -> Result<(Vec<Record>, Vec<DeleteEntry>), EngineError> {
     let mut tx = db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the pull"))?;
     set_user(&mut tx, user)?;
-    let out = materialise(&mut tx, user, cat, entries)?;
+    let out = materialise(&mut tx, user, cat, entries, per_bucket)?;
     tx.commit().map_err(StoreError::query("finishing the pull"))?;
     Ok(out)
 }
@@ -272,11 +301,18 @@ fn read_changes(
 /// last), split into changes and deletes, hydrate changes with one query per table. A row that
 /// is no longer in the user's scope (transferred away while capture lags behind) is sent as a
 /// delete, never as data.
-fn materialise(
+///
+/// With `per_bucket`, a removal is sent only for a row the user cannot see any more (one query
+/// per table with removals): each bucket is read from its own position, so a bucket can be
+/// behind the record's new bucket, which the device already holds it through (rebuilt after a
+/// join, or pulled further), and a removal from the old bucket must not take the row away.
+/// A row the user can see reaches the device through the bucket it is in now.
+pub(super) fn materialise(
     db: &mut impl GenericClient,
     user: &UserId,
     cat: &CatalogState,
     entries: &[ChangelogEntry],
+    per_bucket: bool,
 ) -> Result<(Vec<Record>, Vec<DeleteEntry>), EngineError> {
     let mut order: Vec<(&str, &str)> = Vec::new();
     let mut last: HashMap<(&str, &str), &ChangelogEntry> = HashMap::new();
@@ -288,13 +324,26 @@ fn materialise(
     }
     let mut deletes = Vec::new();
     let mut wanted: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut removed: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for key in &order {
         let e = last[key];
         if e.op == Op::Delete {
             deletes.push(DeleteEntry { id: e.record_id.clone(), table_name: e.table.clone() });
+            removed.entry(key.0).or_default().push(key.1.to_string());
         } else {
             wanted.entry(key.0).or_default().push(key.1.to_string());
         }
+    }
+    if per_bucket && !removed.is_empty() {
+        let mut visible: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
+        for (table_name, ids) in removed {
+            // A table no longer synced: nothing of it is visible.
+            let Some(table) = cat.registry.table(table_name) else { continue };
+            visible.extend(
+                rows::visible(db, &cat.registry, table, user, &ids)?.into_iter().map(|id| (table_name.to_string(), id)),
+            );
+        }
+        deletes.retain(|d| !visible.contains(&(d.table_name.clone(), d.id.clone())));
     }
     let mut changes = Vec::new();
     for (table_name, ids) in wanted {

@@ -485,7 +485,13 @@ fn resolve_rules(
                 format!("{schema}.{name}.{} is of type {}, which cannot hold a user id", user.name, user.db_type),
             ));
         }
-        let members = Membership { schema, name, oid, key: key.name, user: user.name, user_type: user.db_type };
+        let deleted_at = members
+            .columns
+            .iter()
+            .any(|c| c.name == settings.deleted_at_column)
+            .then(|| settings.deleted_at_column.clone());
+        let members =
+            Membership { schema, name, oid, key: key.name, user: user.name, user_type: user.db_type, deleted_at };
         roots.push((index, SharedRoot { bucket: rule.bucket.clone(), column: column.name.clone(), members }));
     }
     for (index, root) in roots {

@@ -86,10 +86,11 @@ pub fn memberships(db: &mut postgres::Client, registry: &Registry, user: &UserId
         let user_value =
             if is_text_type(&m.user_type) { "$1".to_string() } else { format!("$1::text::{}", m.user_type) };
         let sql = format!(
-            "SELECT DISTINCT m.{key}::text FROM {table} m WHERE m.{col} = {user_value} AND m.{key} IS NOT NULL",
+            "SELECT DISTINCT m.{key}::text FROM {table} m WHERE m.{col} = {user_value} AND m.{key} IS NOT NULL{live}",
             key = quote_ident(&m.key),
             table = m.qualified(),
             col = quote_ident(&m.user),
+            live = m.live_filter(),
         );
         // A user id that is not a value of the column's type (`alice` for a uuid column) is a
         // member of nothing there; the savepoint keeps the transaction usable.

@@ -26,6 +26,8 @@ mod server;
 mod store;
 mod sync_api;
 mod sync_store;
+mod teams;
+mod teams_property;
 #[cfg(feature = "tls")]
 mod tls;
 mod types;

@@ -1,0 +1,184 @@
+//! A per-bucket device whose user left a rule bucket (`BUCKET_RULES`): its pulls carry deletes
+//! for the rows it holds from that bucket until none is left.
+//!
+//! What the device holds from bucket `T` are the rows that were members of `T` at its
+//! checkpoint of `T`. Those are the current members of `T` (the bucket edges) plus the rows
+//! that left `T` after that checkpoint (its changelog since then). So a departure pages through
+//! both: the members, answered with a delete each unless the row is still in the user's scope
+//! (through another bucket), and the bucket's changelog from the device's checkpoint of it,
+//! whose rows the scope predicate turns into deletes as it does for any row out of scope.
+//! Progress is stored per device (`synchro_departures`); when the members are done and a page
+//! reached the end of the changelog, the departure ends and the bucket is forgotten.
+//!
+//! Deleting a row the device does not hold is harmless (SDKs ignore it); keeping one it must
+//! lose is not, so every doubt resolves to a delete, except for rows the user may still see.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use super::pull::{bucket_updates, materialise, set_user};
+use super::{CatalogState, Conns, Engine, EngineError};
+use crate::protocol::{DeleteEntry, PullRequest, PullResponse};
+use crate::store::changelog;
+use crate::store::clients;
+use crate::store::pool::StoreError;
+use crate::store::subscriptions::{self, Departure};
+use crate::types::UserId;
+
+/// What the pull decided before it came here.
+pub(super) struct Leaving<'a> {
+    /// The buckets the device holds and the user still has.
+    pub held: &'a [String],
+    /// The buckets the device is leaving.
+    pub departing: &'a [String],
+    /// Buckets to rebuild once the departures are done (joined or stale ones).
+    pub rebuild: Vec<String>,
+}
+
+impl Engine {
+    /// One pull page of a device that is leaving buckets.
+    pub(super) fn departure_page(
+        &self,
+        dbs: &mut Conns,
+        cat: &CatalogState,
+        user: &UserId,
+        req: &PullRequest,
+        leaving: Leaving<'_>,
+    ) -> Result<PullResponse, EngineError> {
+        let mut departures: Vec<Departure> = subscriptions::departures(&mut ***dbs.store(), user, &req.client_id)?
+            .into_iter()
+            .filter(|d| leaving.departing.contains(&d.bucket))
+            .collect();
+        // The changelog of the held buckets and of the departing ones, each from the device's
+        // position (a departing bucket it no longer reports starts where it left).
+        let mut positions: Vec<(String, i64)> =
+            leaving.held.iter().map(|b| (b.clone(), req.bucket_checkpoints.get(b).copied().unwrap_or(0))).collect();
+        positions.extend(
+            departures
+                .iter()
+                .map(|d| (d.bucket.clone(), req.bucket_checkpoints.get(&d.bucket).copied().unwrap_or(d.since))),
+        );
+        let from = positions.iter().map(|(_, p)| *p).min().unwrap_or(0);
+        let tables = (!req.tables.is_empty()).then_some(req.tables.as_slice());
+        let mut entries = changelog::read_page(&mut ***dbs.store(), &positions, tables, req.limit + 1)?;
+        let log_has_more = entries.len() as i64 > req.limit;
+        entries.truncate(req.limit as usize);
+
+        // The members, up to `limit` of them per page across the departures.
+        let mut budget = req.limit;
+        let mut members: Vec<(String, String)> = Vec::new();
+        for d in departures.iter_mut().filter(|d| !d.members_done) {
+            if budget <= 0 {
+                break;
+            }
+            let asked = budget;
+            let page = changelog::bucket_members(
+                &mut ***dbs.store(),
+                &d.bucket,
+                d.after.as_ref().map(|(t, r)| (t.as_str(), r.as_str())),
+                asked,
+            )?;
+            budget -= page.len() as i64;
+            d.members_done = (page.len() as i64) < asked;
+            if let Some(last) = page.last() {
+                d.after = Some(last.clone());
+            }
+            members.extend(page);
+        }
+        let members_pending = departures.iter().any(|d| !d.members_done);
+
+        let mut tx =
+            dbs.app().build_transaction().read_only(true).start().map_err(StoreError::query("starting the pull"))?;
+        set_user(&mut tx, user)?;
+        // The departing buckets' records, members and changelog alike, are only ever removed,
+        // and only when the user cannot see them any more: their changelog is read from where
+        // the device left the bucket, behind its other buckets, and a removal there must not
+        // take away a row that moved to a bucket the device holds.
+        let mut candidates: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for (t, r) in &members {
+            candidates.entry(t.as_str()).or_default().insert(r.clone());
+        }
+        let (kept, leaving_entries): (Vec<_>, Vec<_>) =
+            entries.iter().cloned().partition(|e| leaving.held.contains(&e.bucket));
+        for e in &leaving_entries {
+            candidates.entry(e.table.as_str()).or_default().insert(e.record_id.clone());
+        }
+        let mut deletes: Vec<DeleteEntry> = Vec::new();
+        for (table_name, ids) in candidates {
+            let ids: Vec<String> = ids.into_iter().collect();
+            // A member of a table no longer synced: the device cannot hold it as a row of a
+            // synced table either.
+            let visible: HashSet<String> = match cat.registry.table(table_name) {
+                Some(table) => super::rows::visible(&mut tx, &cat.registry, table, user, &ids)?,
+                None => HashSet::new(),
+            };
+            deletes.extend(
+                ids.into_iter()
+                    .filter(|id| !visible.contains(id))
+                    .map(|id| DeleteEntry { id, table_name: table_name.to_string() }),
+            );
+        }
+        let (changes, log_deletes) = materialise(&mut tx, user, cat, &kept, true)?;
+        tx.commit().map_err(StoreError::query("finishing the pull"))?;
+        let mut seen: HashSet<(String, String)> =
+            deletes.iter().map(|d| (d.table_name.clone(), d.id.clone())).collect();
+        deletes.extend(log_deletes.into_iter().filter(|d| seen.insert((d.table_name.clone(), d.id.clone()))));
+        // A record both changed in a held bucket and removed from a departing one: the change
+        // wins (it is visible, so the departure never listed it; this only guards the order).
+        let changed: HashSet<(&str, &str)> = changes.iter().map(|c| (c.table_name.as_str(), c.id.as_str())).collect();
+        deletes.retain(|d| !changed.contains(&(d.table_name.as_str(), d.id.as_str())));
+
+        let has_more = log_has_more || members_pending;
+        let checkpoint = entries.last().map_or(from, |e| e.seq.0);
+        let bucket_checksums: BTreeMap<String, i32> = if has_more || entries.is_empty() {
+            BTreeMap::new()
+        } else {
+            changelog::bucket_checksums(&mut ***dbs.store(), leaving.held, Some(checkpoint))?.into_iter().collect()
+        };
+        let mut map = req.bucket_checkpoints.clone();
+        for e in &entries {
+            let slot = map.entry(e.bucket.clone()).or_insert(0);
+            *slot = (*slot).max(e.seq.0);
+        }
+        let bookkeeping = (|| -> Result<(), StoreError> {
+            let store = &mut ***dbs.store();
+            let held: Vec<(String, i64)> =
+                map.iter().filter(|(b, _)| leaving.held.contains(b)).map(|(b, s)| (b.clone(), *s)).collect();
+            clients::raise_bucket_checkpoints(store, user, &req.client_id, &held)?;
+            if has_more {
+                for d in &departures {
+                    subscriptions::record_departure(store, user, &req.client_id, d)?;
+                }
+            } else {
+                // Every member answered and the changelog read to its end: the device holds
+                // nothing of these buckets any more.
+                let done: Vec<String> = departures.iter().map(|d| d.bucket.clone()).collect();
+                subscriptions::finish_departures(store, user, &req.client_id, &done)?;
+            }
+            if checkpoint > req.checkpoint {
+                return clients::advance_legacy(store, user, &req.client_id, checkpoint);
+            }
+            clients::touch_pull(store, user, &req.client_id)
+        })();
+        if let Err(e) = bookkeeping {
+            // The device pulls the same page again: deletes are idempotent.
+            crate::warn!("recording departure progress failed", error = e.to_string());
+        }
+        self.settings.hooks.on_pull_complete(user, &req.client_id, checkpoint, has_more);
+        Ok(PullResponse {
+            changes,
+            deletes,
+            checkpoint,
+            bucket_checkpoints: Some(map),
+            has_more,
+            // Buckets joined meanwhile are rebuilt once the departures are done (the SDK
+            // rebuilds every bucket any page of its pull loop listed).
+            rebuild_buckets: if has_more { Vec::new() } else { leaving.rebuild },
+            bucket_checksums,
+            snapshot_required: false,
+            snapshot_reason: None,
+            bucket_updates: bucket_updates(leaving.held, &req.known_buckets),
+            schema_version: cat.version,
+            schema_hash: cat.schema.hash.clone(),
+        })
+    }
+}
