@@ -519,12 +519,17 @@ impl Writer {
             Some(app) => visibility::wait_until_visible(app, &xids)?,
             None => visibility::wait_until_visible(db, &xids)?,
         }
-        // The chunk, then the descendants of every record that changed buckets, level by level, in
-        // the same batch (their edges are probed after the level above was written). Only their
-        // bucket moves are recorded: a descendant whose buckets did not change gets no changelog
-        // row.
+        // The chunk, then the descendants of every record that changed buckets (or left them
+        // and came back within the chunk), level by level, in the same batch (their edges are
+        // probed after the level above was written). When a parent went from some buckets to
+        // others (or left and came back within the chunk), its descendants are recorded in the
+        // buckets they end in even when those did not change: while the parent was elsewhere,
+        // reads checked against its current row (a snapshot page) left them out, and these
+        // entries bring them back. A restored or soft-deleted parent records only its
+        // descendants' moves.
         let mut level = chunk;
-        for depth in 0..32 {
+        let mut keep_updates = true;
+        for _ in 0..32 {
             let mut plan = plan_chunk(
                 db,
                 self.app.as_mut(),
@@ -534,13 +539,14 @@ impl Writer {
                 &level,
                 self.config.checksum,
             )?;
-            if depth > 0 {
+            if !keep_updates {
                 plan.changelog.retain(|(_, _, _, op)| *op != Op::Update.code());
             }
-            let moved = self.write_plan(db, batch, plan)?;
+            let (moved, rerouted) = self.write_plan(db, batch, plan)?;
             if moved.is_empty() {
                 break;
             }
+            keep_updates = rerouted;
             level = match self.app.as_mut() {
                 Some(app) => descendants(app, &self.routing, &moved)?,
                 None => descendants(db, &self.routing, &moved)?,
@@ -559,8 +565,8 @@ impl Writer {
         db: &mut impl GenericClient,
         batch: &mut Batch,
         mut plan: Plan<'_>,
-    ) -> Result<Vec<(String, String)>, WriterError> {
-        let moved = std::mem::take(&mut plan.moved);
+    ) -> Result<(Vec<(String, String)>, bool), WriterError> {
+        let moved = (std::mem::take(&mut plan.moved), plan.rerouted);
         if batch.chunk_edges_only {
             // A replay of edges only: their changelog rows are stored already.
             match &self.sessions {
@@ -673,6 +679,10 @@ pub(crate) struct Plan<'a> {
     /// Updated records of tables with child tables whose buckets changed (an owner transfer, a
     /// re-parenting, a restore): their descendants follow them ([`descendants`]).
     moved: Vec<(String, String)>,
+    /// Some of `moved` went from some buckets to others, or left and came back within the
+    /// chunk (not a restore, not a soft delete): their descendants are recorded even where
+    /// their buckets stay.
+    rerouted: bool,
 }
 
 /// `(table, record, bucket, checksum)`.
@@ -807,6 +817,9 @@ pub(crate) fn plan_chunk<'a>(
     // Each touched record's buckets after the changes so far (falling back to `initial`).
     let mut state: HashMap<Key<'a>, Buckets> = HashMap::new();
     let mut plan = Plan::default();
+    // Records whose buckets changed at some point of the chunk, even when they end where they
+    // began.
+    let mut changed_midway: HashSet<Key<'a>> = HashSet::new();
     for (c, owner) in chunk.iter().zip(owners.iter()) {
         let Some(t) = routing.get(&c.table) else { continue };
         if *owner == Owner::RowGone {
@@ -862,6 +875,9 @@ pub(crate) fn plan_chunk<'a>(
         let mut after = desired;
         after.sort_unstable();
         after.dedup();
+        if c.kind == ChangeKind::Update && after != existing {
+            changed_midway.insert(key);
+        }
         state.insert(key, after);
     }
     // Net edge changes against what the database held before the chunk.
@@ -886,12 +902,15 @@ pub(crate) fn plan_chunk<'a>(
         // re-parenting, a restore), or a soft-deleted one (whose owner may have changed, with
         // no edges to tell). An inserted row has no children yet: those inserted with it are
         // in the stream.
+        let net = !after.is_empty() && initial.get(&k) != Some(after);
         let moved = match updated.get(&k) {
             Some(true) => true,
-            Some(false) => !after.is_empty() && initial.get(&k) != Some(after),
+            Some(false) => net || (!after.is_empty() && changed_midway.contains(&k)),
             None => false,
         };
         if moved {
+            let held_before = initial.get(&k).is_some_and(|b| !b.is_empty());
+            plan.rerouted |= held_before && !after.is_empty() && (net || changed_midway.contains(&k));
             plan.moved.push((k.0.to_string(), k.1.to_string()));
         }
     }

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use super::pull::{bucket_updates, materialise, set_user};
+use super::pull::{bucket_updates, keep_held, materialise, set_user};
 use super::{CatalogState, Conns, Engine, EngineError};
 use crate::protocol::{DeleteEntry, PullRequest, PullResponse};
 use crate::store::changelog;
@@ -35,6 +35,37 @@ pub(super) struct Leaving<'a> {
 }
 
 impl Engine {
+    /// The device got deletes for rows of the rule buckets `lost` that the user no longer sees
+    /// by the membership tables, while the subscriptions capture has reported still include
+    /// them (a membership change capture has not recorded yet): its copy of those buckets is
+    /// no longer whole. They leave what it holds, with a departure each that removes whatever
+    /// else the user cannot see; if the user turns out to be a member after all (left and
+    /// joined again before capture caught up), the bucket is rebuilt as a joined one. Without
+    /// this, rows dropped in that window would never come back. `position` is the device's
+    /// position in a bucket before this page.
+    pub(super) fn lost_buckets(
+        &self,
+        dbs: &mut Conns,
+        user: &UserId,
+        client_id: &str,
+        lost: &BTreeSet<String>,
+        held: &[String],
+        position: impl Fn(&str) -> i64,
+    ) -> Result<(), EngineError> {
+        let leaving: Vec<(String, i64)> =
+            lost.iter().filter(|b| held.contains(b)).map(|b| (b.clone(), position(b))).collect();
+        if leaving.is_empty() {
+            return Ok(());
+        }
+        crate::debug!(
+            "device copy of rule buckets no longer whole",
+            client_id = client_id,
+            buckets = leaving.len() as u64
+        );
+        let defaults = clients::default_subscriptions(user);
+        Ok(subscriptions::start_departures(&mut ***dbs.store(), user, client_id, &leaving, &defaults)?)
+    }
+
     /// One pull page of a device that is leaving buckets.
     pub(super) fn departure_page(
         &self,
@@ -103,6 +134,7 @@ impl Engine {
             candidates.entry(e.table.as_str()).or_default().insert(e.record_id.clone());
         }
         let mut deletes: Vec<DeleteEntry> = Vec::new();
+        let mut visible_removals: Vec<DeleteEntry> = Vec::new();
         for (table_name, ids) in candidates {
             let ids: Vec<String> = ids.into_iter().collect();
             // A member of a table no longer synced: the device cannot hold it as a row of a
@@ -111,14 +143,22 @@ impl Engine {
                 Some(table) => super::rows::visible(&mut tx, &cat.registry, table, user, &ids)?,
                 None => HashSet::new(),
             };
-            deletes.extend(
-                ids.into_iter()
-                    .filter(|id| !visible.contains(id))
-                    .map(|id| DeleteEntry { id, table_name: table_name.to_string() }),
-            );
+            for id in ids {
+                let d = DeleteEntry { id, table_name: table_name.to_string() };
+                if visible.contains(&d.id) {
+                    visible_removals.push(d);
+                } else {
+                    deletes.push(d);
+                }
+            }
         }
-        let (changes, log_deletes) = materialise(&mut tx, user, cat, &kept, true)?;
+        let mut page = materialise(&mut tx, user, cat, &kept, true)?;
         tx.commit().map_err(StoreError::query("finishing the pull"))?;
+        // A row the user still sees is kept only when it is in a bucket the device holds, which
+        // keeps it up to date (and removes it when it goes).
+        page.visible_removals.extend(visible_removals);
+        keep_held(&mut ***dbs.store(), leaving.held, &mut page)?;
+        let (changes, log_deletes) = (page.changes, page.deletes);
         let mut seen: HashSet<(String, String)> =
             deletes.iter().map(|d| (d.table_name.clone(), d.id.clone())).collect();
         deletes.extend(log_deletes.into_iter().filter(|d| seen.insert((d.table_name.clone(), d.id.clone()))));
@@ -139,6 +179,10 @@ impl Engine {
             let slot = map.entry(e.bucket.clone()).or_insert(0);
             *slot = (*slot).max(e.seq.0);
         }
+        let positions: BTreeMap<String, i64> = positions.into_iter().collect();
+        self.lost_buckets(dbs, user, &req.client_id, &page.lost, leaving.held, |b| {
+            positions.get(b).copied().unwrap_or(0)
+        })?;
         let bookkeeping = (|| -> Result<(), StoreError> {
             let store = &mut ***dbs.store();
             let held: Vec<(String, i64)> =

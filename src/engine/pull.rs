@@ -5,13 +5,14 @@
 //! caller's scope is sent as a delete (`engine::scope`), and checkpoints are only stored for
 //! subscribed buckets, whatever bucket ids the request names.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use postgres::GenericClient;
 
 use super::replica_reads::PageKind;
 use super::rows::{self, to_record};
 use super::scope::ClientBuckets;
+use super::subscriptions::is_rule_bucket;
 use super::{CatalogState, Engine, EngineError};
 use crate::protocol::{BucketUpdate, DeleteEntry, PullRequest, PullResponse, Record};
 use crate::store::changelog::{self, ChangelogEntry};
@@ -96,10 +97,11 @@ impl Engine {
                 )?;
             }
             let held: Vec<String> = subs.iter().filter(|b| current.contains(b)).cloned().collect();
-            // A bucket left and joined again is rebuilt instead (below).
+            // A departure runs even when the bucket is a subscription again (left and joined
+            // anew, or a copy that stopped being whole): it only removes what the user cannot
+            // see, and the bucket is rebuilt after it (it is not held).
             let mut departing: Vec<String> =
                 probe.departing.iter().cloned().chain(leaving.into_iter().map(|(b, _)| b)).collect();
-            departing.retain(|b| !current.contains(b));
             departing.sort();
             departing.dedup();
             // A bucket the user joined (not held by the device yet) reaches it whole through a
@@ -167,7 +169,7 @@ impl Engine {
         let on_replica = self.read_on_replica(dbs.app(), PageKind::Pull, |replica| {
             read_changes(replica, user, &cat, &entries, per_bucket)
         })?;
-        let (changes, deletes) = match on_replica {
+        let mut page = match on_replica {
             Some(read) => read,
             None => {
                 let mut tx = dbs
@@ -183,6 +185,13 @@ impl Engine {
                 read
             }
         };
+        keep_held(&mut ***dbs.store(), subs, &mut page)?;
+        let Materialised { changes, deletes, lost, .. } = page;
+        if !lost.is_empty() {
+            let at =
+                |b: &str| if per_bucket { req.bucket_checkpoints.get(b).copied().unwrap_or(0) } else { req.checkpoint };
+            self.lost_buckets(&mut dbs, user, &req.client_id, &lost, subs, at)?;
+        }
         // Checksums come from the bucket edges (the sync store), after the rows were read.
         let bucket_checksums: BTreeMap<String, i32> = if has_more {
             BTreeMap::new()
@@ -289,7 +298,7 @@ fn read_changes(
     cat: &CatalogState,
     entries: &[ChangelogEntry],
     per_bucket: bool,
-) -> Result<(Vec<Record>, Vec<DeleteEntry>), EngineError> {
+) -> Result<Materialised, EngineError> {
     let mut tx = db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the pull"))?;
     set_user(&mut tx, user)?;
     let out = materialise(&mut tx, user, cat, entries, per_bucket)?;
@@ -313,7 +322,7 @@ pub(super) fn materialise(
     cat: &CatalogState,
     entries: &[ChangelogEntry],
     per_bucket: bool,
-) -> Result<(Vec<Record>, Vec<DeleteEntry>), EngineError> {
+) -> Result<Materialised, EngineError> {
     let mut order: Vec<(&str, &str)> = Vec::new();
     let mut last: HashMap<(&str, &str), &ChangelogEntry> = HashMap::new();
     for e in entries {
@@ -323,6 +332,7 @@ pub(super) fn materialise(
         }
     }
     let mut deletes = Vec::new();
+    let mut lost = BTreeSet::new();
     let mut wanted: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut removed: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for key in &order {
@@ -334,6 +344,7 @@ pub(super) fn materialise(
             wanted.entry(key.0).or_default().push(key.1.to_string());
         }
     }
+    let mut visible_removals = Vec::new();
     if per_bucket && !removed.is_empty() {
         let mut visible: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
         for (table_name, ids) in removed {
@@ -343,7 +354,10 @@ pub(super) fn materialise(
                 rows::visible(db, &cat.registry, table, user, &ids)?.into_iter().map(|id| (table_name.to_string(), id)),
             );
         }
-        deletes.retain(|d| !visible.contains(&(d.table_name.clone(), d.id.clone())));
+        let (kept, gone): (Vec<_>, Vec<_>) =
+            deletes.into_iter().partition(|d: &DeleteEntry| visible.contains(&(d.table_name.clone(), d.id.clone())));
+        deletes = gone;
+        visible_removals = kept;
     }
     let mut changes = Vec::new();
     for (table_name, ids) in wanted {
@@ -355,13 +369,56 @@ pub(super) fn materialise(
         let mut rows = rows::hydrate(db, &cat.registry, table, user, &ids)?;
         for id in ids {
             let Some(row) = rows.remove(&id) else { continue };
+            let e = last[&(table_name, id.as_str())];
             if !row.in_scope {
+                if is_rule_bucket(&cat.registry, &e.bucket) {
+                    lost.insert(e.bucket.clone());
+                }
                 deletes.push(DeleteEntry { id, table_name: table_name.to_string() });
                 continue;
             }
-            let e = last[&(table_name, id.as_str())];
             changes.push(to_record(table_name, id, row, Some(e.created_at), Some(e.bucket.clone()), true)?);
         }
     }
-    Ok((changes, deletes))
+    Ok(Materialised { changes, deletes, lost, visible_removals })
+}
+
+/// What a page of changelog entries became.
+pub(super) struct Materialised {
+    pub changes: Vec<Record>,
+    pub deletes: Vec<DeleteEntry>,
+    /// Rule buckets with a row the user no longer sees by the membership tables, though the
+    /// subscriptions (as capture has reported them) still include the bucket: the device's copy
+    /// of the bucket is no longer whole (see [`Engine::lost_buckets`]).
+    pub lost: BTreeSet<String>,
+    /// Per-bucket removals of rows the user still sees: sent only when the row is not in a
+    /// bucket the device holds ([`keep_held`]).
+    pub visible_removals: Vec<DeleteEntry>,
+}
+
+/// Per-bucket mode: each bucket is read from its own position, so a bucket can be behind the
+/// record's new bucket, which the device already holds it through (rebuilt after a join, or
+/// pulled further), and a removal from the old bucket must not take the row away. A removal
+/// of a row the user still sees is dropped when the row is in a bucket the device holds (its
+/// edges, in the sync store): the row reaches the device through that bucket. Otherwise it is
+/// sent (the row reaches the device again if it enters a held bucket).
+pub(super) fn keep_held(
+    store: &mut impl GenericClient,
+    held: &[String],
+    page: &mut Materialised,
+) -> Result<(), StoreError> {
+    let removals = std::mem::take(&mut page.visible_removals);
+    if removals.is_empty() {
+        return Ok(());
+    }
+    let mut by_table: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for d in &removals {
+        by_table.entry(d.table_name.as_str()).or_default().push(d.id.clone());
+    }
+    let mut in_held: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
+    for (table, ids) in by_table {
+        in_held.extend(changelog::members_in(store, table, &ids, held)?.into_iter().map(|id| (table.to_string(), id)));
+    }
+    page.deletes.extend(removals.into_iter().filter(|d| !in_held.contains(&(d.table_name.clone(), d.id.clone()))));
+    Ok(())
 }

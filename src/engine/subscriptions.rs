@@ -104,18 +104,41 @@ impl Engine {
                 buckets
             }
         };
-        let defaults = [BucketId::user(user.as_str()).into_string(), BucketId::global().into_string()];
-        let mut out = Vec::with_capacity(2 + rule_buckets.len());
-        out.extend(defaults.iter().cloned());
-        out.extend(rule_buckets.iter().cloned());
-        out.extend(held.iter().filter(|b| !defaults.contains(b) && !is_rule_bucket(&cat.registry, b)).cloned());
-        Ok(out)
+        Ok(compose(cat, user, &rule_buckets, held))
+    }
+
+    /// [`Engine::current_subscriptions`] read from the membership tables whatever the cache
+    /// holds (and kept in it): what a snapshot brings a device in line with.
+    pub(crate) fn fresh_subscriptions(
+        &self,
+        dbs: &mut Conns,
+        cat: &CatalogState,
+        user: &UserId,
+        version: i64,
+        held: &[String],
+    ) -> Result<Vec<String>, EngineError> {
+        if !cat.registry.has_rules() {
+            return Ok(held.to_vec());
+        }
+        let buckets: RuleBuckets = store::memberships(dbs.app(), &cat.registry, user)?.into();
+        self.subscriptions.put(user, version, buckets.clone());
+        Ok(compose(cat, user, &buckets, held))
     }
 
     /// How many times users' memberships were read (subscription cache misses) since start.
     pub fn subscription_reads(&self) -> u64 {
         self.subscriptions.reads()
     }
+}
+
+/// `user:<id>`, `global`, the rule buckets, then the other buckets of `held` (an embedder's).
+fn compose(cat: &CatalogState, user: &UserId, rule_buckets: &[String], held: &[String]) -> Vec<String> {
+    let defaults = [BucketId::user(user.as_str()).into_string(), BucketId::global().into_string()];
+    let mut out = Vec::with_capacity(2 + rule_buckets.len());
+    out.extend(defaults.iter().cloned());
+    out.extend(rule_buckets.iter().cloned());
+    out.extend(held.iter().filter(|b| !defaults.contains(b) && !is_rule_bucket(&cat.registry, b)).cloned());
+    out
 }
 
 /// True when `bucket` belongs to a bucket rule of `registry` (`team:<key>`): the only buckets

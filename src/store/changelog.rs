@@ -160,6 +160,23 @@ pub fn stats(db: &mut impl GenericClient) -> Result<(i64, i64, i64), StoreError>
     Ok((row.get(0), row.get(1), row.get(2)))
 }
 
+/// The keys among `ids` of `table` with an edge in one of `buckets`.
+pub fn members_in(
+    db: &mut impl GenericClient,
+    table: &str,
+    ids: &[String],
+    buckets: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT DISTINCT record_id FROM sync_bucket_edges WHERE table_name = $1 AND record_id = ANY ($2) \
+             AND bucket_id = ANY ($3)",
+            &[&table, &ids, &buckets],
+        )
+        .map_err(StoreError::query("reading bucket memberships of rows"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// One page of a bucket's members in `(table_name, record_id)` order, after `after` (exclusive).
 pub fn bucket_members(
     db: &mut impl GenericClient,

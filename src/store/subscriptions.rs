@@ -68,13 +68,25 @@ fn is_text_type(db_type: &str) -> bool {
 /// membership table shows the user their own rows). Keys that cannot form a bucket id (empty,
 /// or holding `,`) are skipped.
 pub fn memberships(db: &mut postgres::Client, registry: &Registry, user: &UserId) -> Result<Vec<String>, StoreError> {
-    let rules = registry.memberships();
-    if rules.is_empty() {
+    if registry.memberships().is_empty() {
         return Ok(Vec::new());
     }
     let mut tx = db.build_transaction().read_only(true).start().map_err(StoreError::query("reading memberships"))?;
     tx.query_typed("SELECT set_config('app.user_id', $1, true)", &[(&user.as_str(), Type::TEXT)])
         .map_err(StoreError::query("setting app.user_id"))?;
+    let out = memberships_in(&mut tx, registry, user)?;
+    tx.commit().map_err(StoreError::query("reading memberships"))?;
+    Ok(out)
+}
+
+/// [`memberships`] inside the caller's transaction (which has `app.user_id` set), so they are
+/// read at the snapshot of the rows read beside them.
+pub fn memberships_in(
+    tx: &mut postgres::Transaction<'_>,
+    registry: &Registry,
+    user: &UserId,
+) -> Result<Vec<String>, StoreError> {
+    let rules = registry.memberships();
     let mut out: Vec<String> = Vec::new();
     // One query per membership table and column pair (rules of several buckets may share one).
     let mut done: Vec<(u32, &str, &str)> = Vec::new();
@@ -113,7 +125,6 @@ pub fn memberships(db: &mut postgres::Client, registry: &Registry, user: &UserId
             out.extend(keys.iter().filter_map(|k| crate::rules::bucket_id(bucket, k)).map(|b| b.into_string()));
         }
     }
-    tx.commit().map_err(StoreError::query("reading memberships"))?;
     out.sort();
     out.dedup();
     Ok(out)
