@@ -31,6 +31,7 @@
 //! | [`decode`] | pgoutput -> row changes, relation cache |
 //! | [`change`] | the events between the replication thread and the writer |
 //! | [`buckets`] | bucket assignment through foreign-key chains, pluggable |
+//! | [`rules`] | `BUCKET_RULES`: shared buckets from membership tables, parsed and checked (resolved onto the registry by `store::introspect`) |
 //! | [`writer`] | the changelog writer thread, edge backfill |
 //! | [`registry`], [`schema`] | synced tables as introspected; the served schema and its hash |
 //! | [`store`] | all SQL: migrations, introspection, clients, changelog, the pull probe, publication, pool (sessions with prepared hot statements), read replicas |
