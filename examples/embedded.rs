@@ -5,18 +5,19 @@
 //! DATABASE_URL=postgres://... SYNC_TABLES=tasks cargo run --example embedded
 //! ```
 //!
-//! The application owns the `tiny_http` server; requests under `/sync/` are handed to
-//! synchro's router after the application's own authentication (here a demo session header).
+//! The application serves its own routes on synchro's HTTP server: requests to the sync
+//! endpoints go to synchro's router after the application's own authentication (here a demo
+//! session header), every other path to the application's [`Fallback`], under the same limits.
 //! synchro's log records reach the application's own `log` logger (here a few lines printing
 //! to stderr), fields included.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use synchro::config::Config;
 use synchro::engine::Engine;
-use synchro::http::routes::{Incoming, Router};
-use synchro::http::server::{lowercase_headers, read_limited, respond};
-use synchro::http::{AuthFailure, Authenticator};
+use synchro::http::routes::Router;
+use synchro::http::{AuthFailure, Authenticator, Fallback, HttpConfig, HttpServer, Reply, Request};
 use synchro::service::EngineApi;
 use synchro::types::UserId;
 use synchro::version::VersionGate;
@@ -31,6 +32,25 @@ impl Authenticator for SessionAuth {
             Some("session-alice") => Ok(UserId::new("alice").expect("non-empty")),
             Some("session-bob") => Ok(UserId::new("bob").expect("non-empty")),
             _ => Err(AuthFailure::refused("invalid session", "unknown session")),
+        }
+    }
+}
+
+/// The application's own routes: every path that is not a sync endpoint.
+struct AppRoutes {
+    /// Told when `/shutdown` is requested.
+    stop: crossbeam_channel::Sender<()>,
+}
+
+impl Fallback for AppRoutes {
+    fn handle(&self, request: &Request) -> Reply {
+        match (request.method(), request.path()) {
+            ("GET", "/hello") => Reply::text(200, "hello from the app"),
+            ("GET", "/shutdown") => {
+                let _ = self.stop.try_send(());
+                Reply::text(200, "bye")
+            }
+            _ => Reply::text(404, "not found"),
         }
     }
 }
@@ -88,32 +108,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         admission: Arc::new(synchro::http::AdmitAll),
     };
 
-    // The application's own server and routes.
-    let server = tiny_http::Server::http("127.0.0.1:0").map_err(|e| e.to_string())?;
-    println!("listening on {}", server.server_addr());
-    for mut request in server.incoming_requests() {
-        let url = request.url().to_string();
-        if url == "/hello" {
-            let _ = request.respond(tiny_http::Response::from_string("hello from the app"));
-            continue;
-        }
-        if url == "/shutdown" {
-            let _ = request.respond(tiny_http::Response::from_string("bye"));
-            break;
-        }
-        if !url.starts_with("/sync/") {
-            let _ = request.respond(tiny_http::Response::from_string("not found").with_status_code(404));
-            continue;
-        }
-        let method = request.method().as_str().to_ascii_uppercase();
-        let headers = lowercase_headers(&request);
-        let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let body = read_limited(&mut request, 32 << 20);
-        let mut read_body = || body.clone();
-        let (_, reply) =
-            router.handle(&mut Incoming { method: &method, url: &url, header: &header, read_body: &mut read_body });
-        respond(request, reply);
-    }
+    // One server for the application's routes and synchro's, with synchro's limits.
+    let (stop, stopped) = crossbeam_channel::bounded(1);
+    let mut http = HttpConfig::new("127.0.0.1:0".parse()?);
+    http.max_body_bytes = config.max_body_bytes;
+    let server = HttpServer::start_with_fallback(http, router, Arc::new(AppRoutes { stop }))?;
+    println!("listening on {}", server.local_addr());
+    let _ = stopped.recv();
+    // Graceful: the `/shutdown` response and any request in flight are finished first.
+    server.shutdown(Duration::from_secs(10));
     capture.stop();
     Ok(())
 }

@@ -135,6 +135,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Idle keep-alive connections and stalled reads are closed after this long.
     pub http_idle_timeout: Duration,
+    /// The HTTP edge's other limits (see [`HttpLimits`]).
+    pub http_limits: HttpLimits,
     /// A non-superuser role pushes switch to (`SET LOCAL ROLE`) so RLS policies apply.
     pub push_role: Option<String>,
     /// Write the changelog and the bucket edges on two sessions side by side
@@ -152,6 +154,28 @@ pub struct Config {
     /// `SHARED_ROWS_WRITABLE`: whether clients may change rows without an owner (the contract's
     /// default, `true`); see `Engine::with_shared_rows_writable`.
     pub shared_rows_writable: bool,
+}
+
+/// The HTTP edge's limits beyond `HTTP_THREADS`, `MAX_BODY_BYTES` and `HTTP_IDLE_TIMEOUT_SECS`:
+/// what a hostile client can make the server hold, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Open connections (`HTTP_MAX_CONNECTIONS`); the server also stays below the open-file
+    /// limit.
+    pub max_connections: usize,
+    /// Request line plus headers in bytes (`HTTP_MAX_HEAD_BYTES`); larger heads get 431.
+    pub max_head_bytes: usize,
+    /// Header lines per request (`HTTP_MAX_HEADERS`); more get 431.
+    pub max_headers: usize,
+    /// A request head must arrive whole within this of its first byte, and a new connection
+    /// must start one within this (`HTTP_HEAD_TIMEOUT_SECS`).
+    pub head_timeout: Duration,
+    /// A response the client does not read for this long is dropped with its connection
+    /// (`HTTP_WRITE_TIMEOUT_SECS`).
+    pub write_timeout: Duration,
+    /// Bytes the edge holds in all: heads and bodies being received or queued, responses not
+    /// yet read (`HTTP_MAX_BUFFERED_BYTES`, at least `MAX_BODY_BYTES`).
+    pub max_buffered_bytes: usize,
 }
 
 /// What an unset (or empty) variable means.
@@ -476,6 +500,48 @@ const HTTP_IDLE_TIMEOUT_SECS: Var<Duration> = Var {
     form: Form::Number { min: 1, max: 3600, unit: "seconds", into: Duration::from_secs },
 };
 
+const HTTP_MAX_CONNECTIONS: Var<usize> = Var {
+    name: "HTTP_MAX_CONNECTIONS",
+    help: "open HTTP connections (also kept below the open-file limit); at the cap the least recently active one with no request in progress is closed to make room, else the newcomer gets 503",
+    if_unset: IfUnset::Text("16384"),
+    form: Form::Number { min: 1, max: 1_000_000, unit: "", into: |n| n as usize },
+};
+
+const HTTP_MAX_HEAD_BYTES: Var<usize> = Var {
+    name: "HTTP_MAX_HEAD_BYTES",
+    help: "request line plus headers; larger heads get 431 and the connection is closed",
+    if_unset: IfUnset::Text("16384"),
+    form: Form::Number { min: 1024, max: 1 << 20, unit: "bytes", into: |n| n as usize },
+};
+
+const HTTP_MAX_HEADERS: Var<usize> = Var {
+    name: "HTTP_MAX_HEADERS",
+    help: "header lines per request; more get 431",
+    if_unset: IfUnset::Text("100"),
+    form: Form::Number { min: 1, max: 10_000, unit: "", into: |n| n as usize },
+};
+
+const HTTP_HEAD_TIMEOUT_SECS: Var<Duration> = Var {
+    name: "HTTP_HEAD_TIMEOUT_SECS",
+    help: "a request head must arrive whole within this of its first byte (a new connection must start one within this), else 408 and close",
+    if_unset: IfUnset::Text("10"),
+    form: Form::Number { min: 1, max: 3600, unit: "seconds", into: Duration::from_secs },
+};
+
+const HTTP_WRITE_TIMEOUT_SECS: Var<Duration> = Var {
+    name: "HTTP_WRITE_TIMEOUT_SECS",
+    help: "a response the client stops reading for this long is dropped with its connection",
+    if_unset: IfUnset::Text("30"),
+    form: Form::Number { min: 1, max: 3600, unit: "seconds", into: Duration::from_secs },
+};
+
+const HTTP_MAX_BUFFERED_BYTES: Var<usize> = Var {
+    name: "HTTP_MAX_BUFFERED_BYTES",
+    help: "bytes the HTTP edge holds for requests being received or queued and responses not yet read (at least MAX_BODY_BYTES); a request beyond it gets 503, a response is dropped with its connection",
+    if_unset: IfUnset::Text("268435456"),
+    form: Form::Number { min: 1 << 20, max: 1 << 40, unit: "bytes", into: |n| n as usize },
+};
+
 const CONFLICT_RESOLVER: Var<String> = Var {
     name: "CONFLICT_RESOLVER",
     help: "update conflicts: last writer wins (lww) or the server's row always wins (server_wins)",
@@ -574,7 +640,21 @@ pub(crate) const SECTIONS: &[(&str, &[&dyn Declared])] = &[
             &MIN_CLIENT_VERSION,
         ],
     ),
-    ("HTTP", &[&LISTEN_ADDR, &HTTP_THREADS, &MAX_BODY_BYTES, &HTTP_IDLE_TIMEOUT_SECS]),
+    (
+        "HTTP",
+        &[
+            &LISTEN_ADDR,
+            &HTTP_THREADS,
+            &MAX_BODY_BYTES,
+            &HTTP_IDLE_TIMEOUT_SECS,
+            &HTTP_MAX_CONNECTIONS,
+            &HTTP_MAX_HEAD_BYTES,
+            &HTTP_MAX_HEADERS,
+            &HTTP_HEAD_TIMEOUT_SECS,
+            &HTTP_WRITE_TIMEOUT_SECS,
+            &HTTP_MAX_BUFFERED_BYTES,
+        ],
+    ),
     ("Conflicts", &[&CONFLICT_RESOLVER, &CLOCK_SKEW_MS]),
     ("Capture and compaction", &[&CAPTURE_EDGE_SESSION, &COMPACTION_INTERVAL_SECS, &STALE_CLIENT_DAYS]),
     ("Logging", &[&LOG_LEVEL]),
@@ -787,6 +867,25 @@ impl Config {
             }
         }
 
+        let max_body_bytes = MAX_BODY_BYTES.read(vars)?;
+        let http_limits = HttpLimits {
+            max_connections: HTTP_MAX_CONNECTIONS.read(vars)?,
+            max_head_bytes: HTTP_MAX_HEAD_BYTES.read(vars)?,
+            max_headers: HTTP_MAX_HEADERS.read(vars)?,
+            head_timeout: HTTP_HEAD_TIMEOUT_SECS.read(vars)?,
+            write_timeout: HTTP_WRITE_TIMEOUT_SECS.read(vars)?,
+            max_buffered_bytes: HTTP_MAX_BUFFERED_BYTES.read(vars)?,
+        };
+        if http_limits.max_buffered_bytes < max_body_bytes {
+            return Err(ConfigError {
+                variable: HTTP_MAX_BUFFERED_BYTES.name,
+                message: format!(
+                    "{} is less than MAX_BODY_BYTES ({max_body_bytes}): a body of the largest allowed size could never be received",
+                    http_limits.max_buffered_bytes
+                ),
+            });
+        }
+
         Ok(Config {
             database_url,
             sync_store_url,
@@ -812,8 +911,9 @@ impl Config {
             deleted_at_column: DELETED_AT_COLUMN.read(vars)?,
             bucket_rules: BUCKET_RULES.read(vars)?,
             http_threads: HTTP_THREADS.read(vars)?,
-            max_body_bytes: MAX_BODY_BYTES.read(vars)?,
+            max_body_bytes,
             http_idle_timeout: HTTP_IDLE_TIMEOUT_SECS.read(vars)?,
+            http_limits,
             push_role: PUSH_ROLE.read(vars)?,
             capture_edge_session: CAPTURE_EDGE_SESSION.read(vars)?,
             compaction_interval: COMPACTION_INTERVAL_SECS.read(vars)?,
@@ -857,6 +957,10 @@ mod tests {
         assert!(!Config::from_vars(&vars(&[("SHARED_ROWS_WRITABLE", "false")])).unwrap().shared_rows_writable);
         assert!(c.http_threads >= 4);
         assert_eq!(c.max_body_bytes, 32 << 20);
+        let http = &c.http_limits;
+        assert_eq!((http.max_connections, http.max_head_bytes, http.max_headers), (16_384, 16_384, 100));
+        assert_eq!((http.head_timeout, http.write_timeout), (Duration::from_secs(10), Duration::from_secs(30)));
+        assert_eq!(http.max_buffered_bytes, 256 << 20);
         assert_eq!((c.jwt_issuer.as_deref(), c.jwt_audience.as_deref()), (None, None));
         assert_eq!((c.jwt_leeway, c.jwks_refresh), (Duration::from_secs(30), Duration::from_secs(30)));
     }
@@ -948,6 +1052,13 @@ mod tests {
             (&[("HTTP_THREADS", "many")], "HTTP_THREADS"),
             (&[("MAX_BODY_BYTES", "10")], "MAX_BODY_BYTES"),
             (&[("HTTP_IDLE_TIMEOUT_SECS", "-1")], "HTTP_IDLE_TIMEOUT_SECS"),
+            (&[("HTTP_MAX_CONNECTIONS", "0")], "HTTP_MAX_CONNECTIONS"),
+            (&[("HTTP_MAX_HEAD_BYTES", "100")], "HTTP_MAX_HEAD_BYTES"),
+            (&[("HTTP_MAX_HEADERS", "many")], "HTTP_MAX_HEADERS"),
+            (&[("HTTP_HEAD_TIMEOUT_SECS", "0")], "HTTP_HEAD_TIMEOUT_SECS"),
+            (&[("HTTP_WRITE_TIMEOUT_SECS", "-1")], "HTTP_WRITE_TIMEOUT_SECS"),
+            (&[("HTTP_MAX_BUFFERED_BYTES", "1000")], "HTTP_MAX_BUFFERED_BYTES"),
+            (&[("HTTP_MAX_BUFFERED_BYTES", "2097152"), ("MAX_BODY_BYTES", "4194304")], "HTTP_MAX_BUFFERED_BYTES"),
             (&[("COMPACTION_INTERVAL_SECS", "soon")], "COMPACTION_INTERVAL_SECS"),
             (&[("CAPTURE_EDGE_SESSION", "sometimes")], "CAPTURE_EDGE_SESSION"),
             (&[("STALE_CLIENT_DAYS", "0")], "STALE_CLIENT_DAYS"),

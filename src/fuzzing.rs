@@ -61,6 +61,67 @@ pub fn http_response(data: &[u8]) {
     let _ = crate::http_get::read_response(data, 4096);
 }
 
+/// HTTP request heads as our server reads them: the incremental scanner must reach the same
+/// verdict whether the bytes arrive at once or split (at a point the input chooses), a complete
+/// head goes through the parser, and the connection state machine consumes the whole input
+/// (pipelined requests, bodies, refusals) with bounded steps and returns every reserved byte.
+pub fn http_head(data: &[u8]) {
+    use crate::http::budget::Budget;
+    use crate::http::head::{parse_head, HeadLimits, HeadScanner};
+    use crate::http::inbound::{Inbound, InboundLimits, Step};
+    let limits = HeadLimits { max_bytes: 4096, max_headers: 32 };
+    let whole = HeadScanner::new().scan(data, &limits);
+    let cut = data.first().map_or(0, |b| usize::from(*b) % (data.len() + 1));
+    let mut scanner = HeadScanner::new();
+    let split = match scanner.scan(&data[..cut], &limits) {
+        Ok(None) => scanner.scan(data, &limits),
+        decided => decided,
+    };
+    assert_eq!(whole, split, "the split at {cut} changed the verdict");
+    if let Ok(Some(len)) = whole {
+        let _ = parse_head(&data[..len], &limits);
+    }
+    let budget = Budget::new(1 << 20);
+    {
+        let mut inbound = Inbound::new(InboundLimits { head: limits, max_body: 1024, retry_after: 1 }, &budget);
+        for piece in [&data[..cut], &data[cut..]] {
+            if !inbound.push(piece) {
+                break;
+            }
+            let mut steps = 0;
+            while !matches!(inbound.next_step(), Step::NeedMore) {
+                steps += 1;
+                assert!(steps <= data.len() + 2, "the state machine does not consume its input");
+            }
+        }
+    }
+    assert_eq!(budget.used(), 0, "reserved bytes not returned");
+}
+
+/// Chunked request bodies: decoding in one piece and in two agrees, and never exceeds the limit.
+pub fn chunked(data: &[u8]) {
+    use crate::http::chunked::ChunkedDecoder;
+    let limit = 2048;
+    let decode = |pieces: &[&[u8]]| {
+        let mut decoder = ChunkedDecoder::new(limit);
+        let mut out = Vec::new();
+        let mut used = 0;
+        for piece in pieces {
+            if decoder.is_done() {
+                break;
+            }
+            match decoder.decode(piece, &mut out) {
+                Ok(n) => used += n,
+                Err(e) => return Err(e),
+            }
+        }
+        assert!(out.len() <= limit, "decoded past the limit");
+        Ok((out, used, decoder.is_done()))
+    };
+    let cut = data.first().map_or(0, |b| usize::from(*b) % (data.len() + 1));
+    assert_eq!(decode(&[data]), decode(&[&data[..cut], &data[cut..]]), "the split at {cut} changed the result");
+}
+
 /// Connection strings and client timestamps.
 pub fn text_inputs(data: &[u8]) {
     let text = String::from_utf8_lossy(data);

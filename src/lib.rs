@@ -12,7 +12,7 @@
 //!          (socket, auth)        (pure, no I/O)              (relation   (bounded)   (buckets,
 //!                                                             cache)                  changelog, LSN)
 //!
-//! HTTP ──► http (tiny_http, workers) ──► http::auth ──► service ──► engine ──► store
+//! HTTP ──► http (I/O thread ─► workers) ──► http::auth ──► service ──► engine ──► store
 //! ```
 //!
 //! The only value that flows back up the WAL path is the committed LSN, which the replication
@@ -37,7 +37,7 @@
 //! | [`store`] | all SQL: migrations, introspection, clients, changelog, the pull probe, publication, pool (sessions with prepared hot statements), read replicas |
 //! | [`engine`] | register, pull, push, snapshot, rebuild, debug, schema, tables: typed in, typed out (library API, no HTTP, no JSON); scope decisions in `engine::scope` |
 //! | [`protocol`] | request/response messages and the served schema's wire form: the contract's field names live here only; the one check of client-supplied strings |
-//! | [`http`], [`service`] | the HTTP edge; `service` turns JSON into `protocol` structs and back around the engine |
+//! | [`http`], [`service`] | the HTTP edge (our own HTTP/1.1 server: one I/O thread, fixed workers, every limit before a worker sees a request); `service` turns JSON into `protocol` structs and back around the engine |
 //! | [`jwt`], [`version`] | bearer tokens (decoding, claim rules, HMAC), the minimum-version gate |
 //! | `jwks`, `http_get` | `JWKS_URL` mode (feature `jwks`): key sets, RS*/ES* with ring, cache and refresher; our blocking HTTP GET client |
 //! | [`checksum`], [`json_text`], [`time`] | record checksums, canonical JSON, timestamps |
@@ -52,7 +52,11 @@
 //! * The confirmed LSN is stored in the same transaction as the changelog rows it covers:
 //!   nothing at or below it is written twice, nothing above it is confirmed to the server.
 //! * Memory is bounded on every path: frames are capped, counts are checked before allocation,
-//!   the event channel and the HTTP queue are bounded, large transactions stream in chunks.
+//!   the event channel and the HTTP queue are bounded, large transactions stream in chunks, and
+//!   every byte the HTTP edge holds (request heads and bodies, unread responses) is reserved
+//!   against one budget before it is read or kept.
+//! * No client can hold a worker: sockets are read and written by the HTTP I/O thread, workers
+//!   only run handlers (and hand what the socket does not take back to the I/O thread).
 //! * SQL identifiers come only from the introspected registry, always quoted; values are
 //!   always bound parameters.
 //! * A row reaches a client only if it is in the client's scope on the version read, decided by
@@ -64,12 +68,16 @@
 //! * A read replica serves a page only after replaying past the primary's WAL insert position
 //!   taken after the page's primary reads: no client ever gets a row older than the change that
 //!   announced it, whichever server read it.
-//! * No thread dies silently: workers survive handler panics, the capture supervisor restarts
-//!   failed sessions with capped backoff and logs every attempt.
+//! * No thread dies silently: workers survive handler panics, a panic on the HTTP I/O thread
+//!   aborts the process, the capture supervisor restarts failed sessions with capped backoff
+//!   and logs every attempt.
 //!
 //! Deliberately absent: an async runtime (the `postgres` crate keeps its own inside each
-//! connection), globals other than the `log` facade's logger and level, `unsafe` code.
-#![forbid(unsafe_code)]
+//! connection; the HTTP edge polls readiness with `mio` on one thread of its own), an HTTP
+//! server crate, globals other than the `log` facade's logger and level, and `unsafe` code
+//! except the one audited `getrlimit`/`setrlimit` call in [`http::fd_limit`].
+// One audited exception: `http::fd_limit` (no safe wrapper for setrlimit is in the tree).
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod capture;

@@ -271,11 +271,7 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
     let engine = Arc::new(engine);
     let capture = start_elected_capture(config, engine.clone())?;
     let addr = parse_listen_addr(&config.listen_addr)?;
-    let mut http = HttpConfig::new(addr);
-    http.threads = config.http_threads;
-    http.queue = config.http_threads * 64;
-    http.max_body_bytes = config.max_body_bytes;
-    http.idle_timeout = config.http_idle_timeout;
+    let http = http_config(config, addr, pool_size);
     let router = Router {
         api: Arc::new(EngineApi::new(engine.clone(), Some(capture.status.clone()), &config.slot_name)),
         auth,
@@ -296,6 +292,39 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
         None => None,
     };
     Ok(Running { addr, http, engine, capture, compaction })
+}
+
+/// The HTTP edge's settings: the configured limits, with the connection cap kept below the
+/// open-file limit minus what the database pools may hold.
+fn http_config(config: &Config, addr: SocketAddr, pool_size: u32) -> HttpConfig {
+    let limits = &config.http_limits;
+    let pools = 1 + usize::from(config.sync_store_url.is_some()) + config.read_replica_urls.len();
+    let pool_fds = pools * pool_size as usize;
+    let fd_room = crate::http::fd_limit::nofile_limit()
+        .map(|l| usize::try_from(l.soft).unwrap_or(usize::MAX).saturating_sub(pool_fds))
+        .unwrap_or(usize::MAX);
+    let mut http = HttpConfig::new(addr);
+    http.threads = config.http_threads;
+    http.queue = config.http_threads * 64;
+    http.max_body_bytes = config.max_body_bytes;
+    http.idle_timeout = config.http_idle_timeout;
+    http.max_connections = limits.max_connections.min(fd_room).max(1);
+    http.max_head_bytes = limits.max_head_bytes;
+    http.max_headers = limits.max_headers;
+    http.head_timeout = limits.head_timeout;
+    http.write_timeout = limits.write_timeout;
+    http.max_buffered_bytes = limits.max_buffered_bytes;
+    http
+}
+
+/// Raises the soft open-file limit to the hard one (each HTTP connection is a descriptor) and
+/// logs the figure; a failure is logged and the current limit kept.
+fn raise_open_file_limit() {
+    // An "unlimited" hard limit is not a number of descriptors worth asking for.
+    match crate::http::fd_limit::raise_nofile_limit(1 << 20) {
+        Ok(limit) => crate::info!("open-file limit", soft = limit.soft, hard = limit.hard),
+        Err(e) => crate::warn!("cannot raise the open-file limit", error = e.to_string()),
+    }
 }
 
 fn compaction_settings(config: &Config) -> crate::store::compaction::CompactionSettings {
@@ -442,6 +471,7 @@ pub fn run(config: Config, on_listening: Option<OnListening>) -> Result<(), Serv
     // Registered before anything starts, so an early signal is not lost.
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .map_err(|e| ServerError::Config(format!("installing signal handlers: {e}")))?;
+    raise_open_file_limit();
     let running = start(&config)?;
     if let Some(f) = on_listening {
         f(&base_url(running.addr));

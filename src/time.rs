@@ -81,6 +81,23 @@ pub fn format_timestamp(t: SystemTime) -> String {
     out
 }
 
+/// The HTTP `Date` format (RFC 9110 §5.6.7, IMF-fixdate): `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn http_date(t: SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let secs = to_micros(t).div_euclid(1_000_000) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{}, {d:02} {} {y:04} {:02}:{:02}:{:02} GMT",
+        DAYS[days.rem_euclid(7) as usize],
+        MONTHS[(m - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 struct Cursor<'a> {
     s: &'a [u8],
     i: usize,
@@ -212,6 +229,14 @@ mod tests {
         }
         // Nanoseconds are truncated to microseconds.
         assert_eq!(format_timestamp(UNIX_EPOCH + Duration::from_nanos(1_999)), "1970-01-01T00:00:00.000001Z");
+    }
+
+    #[test]
+    fn formats_http_dates() {
+        assert_eq!(http_date(at(784_111_777, 0)), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(at(0, 999_999)), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(at(951_825_599, 0)), "Tue, 29 Feb 2000 11:59:59 GMT");
+        assert_eq!(http_date(at(-1, 0)), "Wed, 31 Dec 1969 23:59:59 GMT");
     }
 
     #[test]

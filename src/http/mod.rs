@@ -1,14 +1,28 @@
-//! The HTTP edge: `tiny_http` driven by our own fixed pool of workers, routing, authentication,
-//! the version gate, request bodies, and the one mapping from errors to status codes.
+//! The HTTP edge: synchro's own HTTP/1.1 server on plain threads (one I/O thread, a fixed pool
+//! of workers), routing, authentication, the version gate, request bodies, and the one mapping
+//! from errors to status codes.
 //!
-//! Flow of a request: the dispatcher thread receives it from `tiny_http` and hands it to the
-//! workers over a bounded channel (a full channel answers `429` at once: queueing is bounded),
-//! a worker reads the body within `MAX_BODY_BYTES` and runs [`routes::Router::handle`] under
-//! `catch_unwind`, which applies the contract's processing order (§1.1) and calls the
-//! [`SyncApi`] the composition root supplies.
+//! Flow of a request: the I/O thread ([`server`]) reads it off the socket and applies every
+//! limit ([`head`], [`chunked`], [`inbound`], [`budget`]); a complete request goes to the
+//! workers over a bounded channel (a full channel answers `429` at once: queueing is bounded);
+//! a worker runs [`routes::Router::handle`] under `catch_unwind`, which applies the contract's
+//! processing order (§1.1) and calls the [`SyncApi`] the composition root supplies, and writes
+//! the response ([`response`]); the I/O thread finishes what the socket did not take.
+//!
+//! The edge is our own code, not an HTTP server crate, because its limits must hold before
+//! memory is allocated or a thread is held, and a server that drains or buffers what a client
+//! sends on its own cannot promise that: `tiny_http` 0.12, the small thread-based server this
+//! design would otherwise use, drains an unread body into a buffer sized by the client's
+//! `Content-Length`, so one request aborts the process in code no handler can reach.
 
 pub mod admission;
 pub mod auth;
+pub mod budget;
+pub mod chunked;
+pub mod fd_limit;
+pub mod head;
+pub mod inbound;
+pub mod response;
 pub mod routes;
 pub mod server;
 
@@ -21,7 +35,8 @@ use crate::types::UserId;
 
 pub use admission::{Admission, AdmissionPolicy, AdmitAll};
 pub use auth::{AuthFailure, Authenticator, HeaderAuthenticator, JwtSecretAuthenticator};
-pub use server::{HttpConfig, HttpServer};
+pub use inbound::Request;
+pub use server::{EdgeStats, Fallback, HttpConfig, HttpServer};
 
 /// Everything a handler can answer besides success; [`ApiError::reply`] is the single
 /// place that turns it into a status code and JSON body (contract §3.1).

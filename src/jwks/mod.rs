@@ -18,15 +18,13 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{RecvTimeoutError, Sender};
-
 use crate::http::auth::bearer_token;
 use crate::http::{AuthFailure, Authenticator};
 use crate::http_get::{self, GetError, GetOptions, Scheme, TlsClient, Url};
 use crate::jwt::{self, ClaimRules, DecodedToken, JwtError};
 use crate::types::UserId;
 
-use cache::{FetchedKeys, KeyCache, KeySource, RefreshPolicy, Trigger};
+use cache::{FetchedKeys, KeyCache, KeySource, RefreshPolicy, Trigger, UnknownKey};
 use keys::{Algorithm, KeySet, KeySetError, Selection};
 
 /// Why a key set could not be fetched, or the authenticator not built.
@@ -144,6 +142,10 @@ impl KeySource for HttpKeySource {
     }
 }
 
+/// The longest a request with an unknown `kid` waits for the key set fetch it triggered (or
+/// found under way), counted from when that fetch was asked for; then it is answered 401.
+pub const UNKNOWN_KID_WAIT: Duration = Duration::from_millis(500);
+
 /// How the authenticator is set up.
 #[derive(Debug, Clone)]
 pub struct JwksSettings {
@@ -157,42 +159,52 @@ pub struct JwksSettings {
     pub retry_after: u32,
 }
 
-/// Owns the background refresher: dropping it closes the channel the thread waits on, and the
-/// thread ends at once (or when a fetch in flight ends: bounded by the GET timeouts).
+/// Owns the background refresher: dropping it stops the thread. A fetch in flight is not
+/// waited for beyond [`REFRESHER_JOIN_WAIT`] (a slow identity provider must not hold up
+/// shutdown); the thread then ends on its own when the fetch does, bounded by the GET timeouts.
 struct Refresher {
-    stop: Option<Sender<()>>,
+    cache: Arc<KeyCache>,
     handle: Option<thread::JoinHandle<()>>,
 }
 
 impl Refresher {
     fn spawn(cache: Arc<KeyCache>) -> Result<Refresher, JwksError> {
-        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let c = cache.clone();
         let handle = thread::Builder::new()
             .name("jwks-refresh".into())
             .spawn(move || loop {
                 // The schedule can move earlier while this thread waits (an unknown-kid fetch
                 // brings a shorter max-age), so look again at least every second; the floor
-                // keeps a clock oddity from turning this into a busy loop.
-                let wait = cache.next_wait(Instant::now()).clamp(Duration::from_millis(50), Duration::from_secs(1));
-                match stopped.recv_timeout(wait) {
-                    Err(RecvTimeoutError::Timeout) => {
-                        cache.refresh_if_due(Instant::now(), Trigger::Scheduled);
-                    }
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                // keeps a clock oddity from turning this into a busy loop. A request asking for
+                // a fetch wakes it at once.
+                let wait = c.next_wait(Instant::now());
+                if !wait.is_zero() && !c.wait_for_work(wait.clamp(Duration::from_millis(50), Duration::from_secs(1))) {
+                    return;
                 }
+                c.refresh_if_due(Instant::now(), Trigger::Scheduled);
             })
             .map_err(|e| JwksError(Box::new(JwksErrorKind::Spawn(e))))?;
-        Ok(Refresher { stop: Some(stop), handle: Some(handle) })
+        Ok(Refresher { cache, handle: Some(handle) })
     }
 }
 
+/// How long dropping the authenticator waits for the refresher thread to end.
+const REFRESHER_JOIN_WAIT: Duration = Duration::from_secs(1);
+
 impl Drop for Refresher {
     fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(handle) = self.handle.take() {
-            if handle.join().is_err() {
-                crate::error!("the JWKS refresher thread panicked");
-            }
+        self.cache.stop();
+        let Some(handle) = self.handle.take() else { return };
+        let until = Instant::now() + REFRESHER_JOIN_WAIT;
+        while !handle.is_finished() && Instant::now() < until {
+            thread::sleep(Duration::from_millis(5));
+        }
+        if !handle.is_finished() {
+            crate::debug!("the JWKS refresher is in a fetch; not waiting for it");
+            return;
+        }
+        if handle.join().is_err() {
+            crate::error!("the JWKS refresher thread panicked");
         }
     }
 }
@@ -243,14 +255,22 @@ impl JwksAuthenticator {
         self.cache.fetch_count()
     }
 
-    /// Verifies a token's signature with `keys`, refreshing them once (rate-limited) when the
-    /// token's `kid` is unknown.
+    /// Verifies a token's signature with `keys`. When the token's `kid` is unknown, asks the
+    /// refresher for a fetch (rate-limited) and waits for it at most [`UNKNOWN_KID_WAIT`]
+    /// counted from when it was asked for: the fetch itself never runs on this thread.
     fn check_signature(&self, token: &DecodedToken<'_>, keys: &Arc<KeySet>) -> Result<(), JwtError> {
         match verify_signature(keys, token) {
-            Err(JwtError::UnknownKey { kid }) => match self.cache.refresh_for_unknown_key(keys, Instant::now()) {
-                Some(fresh) => verify_signature(&fresh, token),
-                None => Err(JwtError::UnknownKey { kid }),
-            },
+            Err(JwtError::UnknownKey { kid }) => {
+                let fresh = match self.cache.ask_for_unknown_key(keys, Instant::now(), UNKNOWN_KID_WAIT) {
+                    UnknownKey::Fresh(fresh) => Some(fresh),
+                    UnknownKey::Wait { after, until } => self.cache.wait_for_fetch(keys, after, until),
+                    UnknownKey::Unknown => None,
+                };
+                match fresh {
+                    Some(fresh) => verify_signature(&fresh, token),
+                    None => Err(JwtError::UnknownKey { kid }),
+                }
+            }
             other => other,
         }
     }

@@ -41,6 +41,24 @@ pub fn read_response(stream: &mut TcpStream) -> Resp {
     Resp { status, headers, body: String::from_utf8(body).unwrap() }
 }
 
+/// Reads until the server closes the connection and returns what it sent (a reset ends it
+/// too). Panics if the server neither answers nor closes within `timeout`.
+pub fn read_until_closed(s: &mut TcpStream, timeout: Duration) -> Vec<u8> {
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) => {
+                return out
+            }
+            Err(e) => panic!("the server neither answered nor closed within {timeout:?}: {e}"),
+        }
+    }
+}
+
 pub fn request(addr: SocketAddr, raw: &[u8]) -> Resp {
     let mut s = TcpStream::connect(addr).unwrap();
     // Generous: a loaded CI machine must not turn a slow answer into a failure; a hang still

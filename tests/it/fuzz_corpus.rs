@@ -55,3 +55,13 @@ fn jwks_corpus() {
 fn http_response_corpus() {
     replay("http_response", synchro::fuzzing::http_response);
 }
+
+#[test]
+fn http_head_corpus() {
+    replay("http_head", synchro::fuzzing::http_head);
+}
+
+#[test]
+fn chunked_corpus() {
+    replay("chunked", synchro::fuzzing::chunked);
+}

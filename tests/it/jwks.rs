@@ -110,6 +110,8 @@ struct Served {
     body: String,
     cache_control: Option<String>,
     chunked: bool,
+    /// How long the endpoint takes to answer.
+    delay: Duration,
 }
 
 /// A JWKS endpoint on loopback; counts the requests it answers. Stopped on drop.
@@ -155,6 +157,7 @@ impl JwksServer {
             body: json!({ "keys": keys }).to_string(),
             cache_control: None,
             chunked: false,
+            delay: Duration::ZERO,
         }));
         let hits = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -196,7 +199,13 @@ impl JwksServer {
             body: json!({ "keys": keys }).to_string(),
             cache_control: cache_control.map(str::to_string),
             chunked,
+            delay: s.delay,
         };
+    }
+
+    /// Makes every later answer take `delay`.
+    fn slow_down(&self, delay: Duration) {
+        self.served.lock().unwrap().delay = delay;
     }
 
     fn hits(&self) -> usize {
@@ -242,6 +251,8 @@ fn answer(mut stream: impl Read + Write, served: &Mutex<Served>) {
             _ => return,
         }
     }
+    let delay = served.lock().unwrap().delay;
+    thread::sleep(delay);
     let s = served.lock().unwrap();
     let mut out = format!("HTTP/1.1 {} X\r\nContent-Type: application/json\r\nConnection: close\r\n", s.status);
     if let Some(cc) = &s.cache_control {
@@ -457,6 +468,61 @@ fn key_rotation_unknown_kids_and_max_age() {
         (tables(addr, &new_token).status == 401).then_some(())
     });
     assert_eq!(tables(addr, &old_token).status, 200);
+    server.shutdown(Duration::from_secs(5));
+}
+
+/// An identity provider that takes 8 s to answer while clients send tokens with random kids:
+/// no request waits for it beyond the short unknown-kid wait, valid tokens and /healthz are
+/// served throughout, and the provider sees one fetch, not one per token.
+#[test]
+fn a_slow_identity_provider_stalls_no_request() {
+    let key = Signer::rsa();
+    let jwks = JwksServer::start(200, &[key.jwk("k1")]);
+    let db = TestDb::new();
+    let server = start_synchrod(&db, &jwks, &[("JWKS_REFRESH_SECS", "1"), ("HTTP_THREADS", "4")]);
+    let started = Instant::now();
+    let addr = server.addr;
+    let claims = json!({"sub": "dave", "exp": now() + 600});
+    let good = key.token(Some("k1"), &claims);
+    assert_eq!(tables(addr, &good).status, 200);
+    jwks.slow_down(Duration::from_secs(8));
+    // Past the minimum interval since the startup fetch, so the first unknown kid may fetch.
+    wait_for(10, "the refresh interval to pass", || (started.elapsed() > Duration::from_millis(1100)).then_some(()));
+    let hits = jwks.hits();
+    let stop = Arc::new(AtomicBool::new(false));
+    let attackers: Vec<_> = (0..8)
+        .map(|i| {
+            let (stop, key) = (stop.clone(), Signer::rsa());
+            let claims = claims.clone();
+            thread::spawn(move || {
+                let mut slowest = Duration::ZERO;
+                let mut n = 0u32;
+                while !stop.load(Ordering::SeqCst) {
+                    let token = key.token(Some(&format!("random-{i}-{n}")), &claims);
+                    let t = Instant::now();
+                    refused(&tables(addr, &token), "invalid token", "random kid");
+                    slowest = slowest.max(t.elapsed());
+                    n += 1;
+                }
+                slowest
+            })
+        })
+        .collect();
+    // Meanwhile, for three seconds: valid tokens and probes are served as usual.
+    let mut slowest_good = Duration::ZERO;
+    let during = Instant::now();
+    while during.elapsed() < Duration::from_secs(3) {
+        let t = Instant::now();
+        assert_eq!(tables(addr, &good).status, 200);
+        assert_eq!(get(addr, "/healthz", "").status, 200);
+        slowest_good = slowest_good.max(t.elapsed());
+    }
+    stop.store(true, Ordering::SeqCst);
+    let slowest_refusal = attackers.into_iter().map(|t| t.join().unwrap()).max().unwrap();
+    // The provider takes 8 s: anything that waited for it would show that.
+    assert!(slowest_good < Duration::from_secs(4), "a valid request took {slowest_good:?}");
+    assert!(slowest_refusal < Duration::from_secs(4), "an unknown kid was answered after {slowest_refusal:?}");
+    assert!(jwks.hits() - hits <= 1, "{} fetches for the unknown kids", jwks.hits() - hits);
     server.shutdown(Duration::from_secs(5));
 }
 

@@ -9,7 +9,9 @@ mod embedded;
 mod fuzz_corpus;
 mod harness;
 mod hooks;
+mod hostile;
 mod http;
+mod http_edge;
 mod introspect;
 #[cfg(feature = "jwks")]
 mod jwks;
