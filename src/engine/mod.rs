@@ -4,6 +4,7 @@
 
 mod catalog;
 mod departures;
+mod heads;
 mod hooks;
 mod pull;
 mod push;
@@ -157,6 +158,8 @@ pub struct Engine {
     reads: replica_reads::ReadCounters,
     /// Users' current subscriptions, with bucket rules.
     subscriptions: subscriptions::SubscriptionCache,
+    /// What the changelog holds per bucket, as far as this process has read it.
+    heads: heads::Heads,
     /// `SHARED_ROWS_WRITABLE`: whether every user may change rows without an owner.
     shared_rows_writable: bool,
 }
@@ -193,6 +196,7 @@ impl Engine {
             replicas: None,
             reads: replica_reads::ReadCounters::default(),
             subscriptions: subscriptions::SubscriptionCache::default(),
+            heads: heads::Heads::default(),
             shared_rows_writable: true,
         })
     }

@@ -5,10 +5,11 @@
 //! caller's scope is sent as a delete (`engine::scope`), and checkpoints are only stored for
 //! subscribed buckets, whatever bucket ids the request names.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use postgres::GenericClient;
 
+use super::heads;
 use super::replica_reads::PageKind;
 use super::rows::{self, to_record};
 use super::scope::ClientBuckets;
@@ -39,7 +40,19 @@ impl Engine {
         let per_bucket = !req.bucket_checkpoints.is_empty();
         // One round trip for the catalog snapshot, the client, retention and the first page.
         let defaults = clients::default_subscriptions(user);
-        let map: Vec<(String, i64)> = req.bucket_checkpoints.iter().map(|(b, s)| (b.clone(), *s)).collect();
+        // When the buckets the device most likely holds (the request map, or the user's cached
+        // subscriptions) are known to hold nothing after its positions, the probe skips the
+        // changelog; what the device really holds is checked against the same knowledge below.
+        let through = self.heads.refresh(&mut ***dbs.store(), heads::MAX_AGE)?;
+        let bare = if per_bucket {
+            self.heads.all_empty(req.bucket_checkpoints.iter().map(|(b, p)| (b.as_str(), *p)))
+        } else {
+            let hint = self.subscription_hint(user, &defaults);
+            self.heads.all_empty(hint.iter().map(|b| (b.as_str(), req.checkpoint)))
+        };
+        // The bare probe does not read the map.
+        let map: Vec<(String, i64)> =
+            if bare { Vec::new() } else { req.bucket_checkpoints.iter().map(|(b, s)| (b.clone(), *s)).collect() };
         let probe = pull_probe::probe(
             dbs.store(),
             &PullProbeRequest {
@@ -50,6 +63,7 @@ impl Engine {
                 bucket_checkpoints: &map,
                 tables: &req.tables,
                 limit: req.limit + 1,
+                page: !bare,
             },
         )?;
         // The probe's snapshot is the store's; with a separate store the catalog check needs the
@@ -63,7 +77,10 @@ impl Engine {
         // With bucket rules, what the user is subscribed to now may differ from what the device
         // holds (`subs`): a membership changed since the device was brought in line.
         let current = self.current_subscriptions(&mut dbs, &cat, user, probe.subscription_version, subs)?;
-        let in_line = probe.departing.is_empty() && holds_exactly(subs, &current);
+        // Sets: a user in many teams has dozens of bucket ids that share a long prefix.
+        let held_set: HashSet<&str> = subs.iter().map(String::as_str).collect();
+        let current_set: HashSet<&str> = current.iter().map(String::as_str).collect();
+        let in_line = probe.departing.is_empty() && held_set == current_set;
         let stale = probe.retention;
         let empty = |checkpoint: i64| PullResponse {
             changes: vec![],
@@ -84,7 +101,7 @@ impl Engine {
             // rows (a departure each), and they stop being what it holds.
             let leaving: Vec<(String, i64)> = subs
                 .iter()
-                .filter(|b| !current.contains(b))
+                .filter(|b| !current_set.contains(b.as_str()))
                 .map(|b| (b.clone(), req.bucket_checkpoints.get(b).copied().unwrap_or(0)))
                 .collect();
             if !leaving.is_empty() {
@@ -96,7 +113,7 @@ impl Engine {
                     &defaults,
                 )?;
             }
-            let held: Vec<String> = subs.iter().filter(|b| current.contains(b)).cloned().collect();
+            let held: Vec<String> = subs.iter().filter(|b| current_set.contains(b.as_str())).cloned().collect();
             // A departure runs even when the bucket is a subscription again (left and joined
             // anew, or a copy that stopped being whole): it only removes what the user cannot
             // see, and the bucket is rebuilt after it (it is not held).
@@ -109,7 +126,7 @@ impl Engine {
             let rebuild: Vec<String> = current
                 .iter()
                 .filter(|b| {
-                    !subs.contains(b)
+                    !held_set.contains(b.as_str())
                         || match req.bucket_checkpoints.get(*b) {
                             None => stale.min_seq > 0 || stale.compacted > 0,
                             // C12: after any compaction a bucket at 0 may have missed compacted rows.
@@ -153,9 +170,25 @@ impl Engine {
         // The page came with the probe and needs no transaction (the changelog has no RLS):
         // empty pulls, the common case, end here. Rows are hydrated in a read-only transaction
         // with app.user_id set, so RLS policies apply to them.
-        let mut entries = probe.page;
+        let mut entries = if !bare || self.heads.all_empty(positions.iter().map(|(b, p)| (b.as_str(), *p))) {
+            probe.page
+        } else {
+            // The device holds a bucket the hint did not name, or one with new rows.
+            let tables = (!req.tables.is_empty()).then_some(req.tables.as_slice());
+            changelog::read_page(&mut ***dbs.store(), &positions, tables, req.limit + 1)?
+        };
         let has_more = entries.len() as i64 > req.limit;
         entries.truncate(req.limit as usize);
+        if !has_more {
+            // Every bucket was read to its end: none holds anything after its last row here.
+            let mut bounds: HashMap<&str, i64> = positions.iter().map(|(b, p)| (b.as_str(), *p)).collect();
+            for e in &entries {
+                if let Some(bound) = bounds.get_mut(e.bucket.as_str()) {
+                    *bound = (*bound).max(e.seq.0);
+                }
+            }
+            self.heads.learn(through, bounds);
+        }
         let Some(last) = entries.last() else {
             if pull_stamp_is_stale(&client) {
                 clients::touch_pull(&mut ***dbs.store(), user, &req.client_id)?;
@@ -248,11 +281,6 @@ impl Engine {
         crate::debug!("snapshot required", user = user.as_str(), client_id = client_id, reason = reason);
         self.settings.hooks.on_snapshot_required(user, client_id, reason);
     }
-}
-
-/// True when the device holds exactly the buckets the user is subscribed to (in any order).
-fn holds_exactly(held: &[String], current: &[String]) -> bool {
-    held.len() == current.len() && current.iter().all(|b| held.contains(b))
 }
 
 /// `last_pull_at` only feeds the first-sync check and compaction's staleness (days), so it is

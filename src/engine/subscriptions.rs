@@ -49,6 +49,15 @@ impl SubscriptionCache {
         entries.get(user.as_str()).filter(|c| c.version == version).map(|c| c.buckets.clone())
     }
 
+    /// The cached rule buckets of `user`, whatever version they were read at.
+    pub(crate) fn any(&self, user: &UserId) -> Option<RuleBuckets> {
+        let entries = match self.entries.lock() {
+            Ok(e) => e,
+            Err(p) => p.into_inner(),
+        };
+        entries.get(user.as_str()).map(|c| c.buckets.clone())
+    }
+
     /// Keeps the rule `buckets` of `user` as read at `version`.
     pub(crate) fn put(&self, user: &UserId, version: i64, buckets: RuleBuckets) {
         self.reads.fetch_add(1, Ordering::Relaxed);
@@ -125,6 +134,16 @@ impl Engine {
         Ok(compose(cat, user, &buckets, held))
     }
 
+    /// The buckets `user`'s devices most likely hold: `defaults` and the rule buckets last
+    /// read for the user, whatever their version (a hint, checked after the probe).
+    pub(crate) fn subscription_hint(&self, user: &UserId, defaults: &[String]) -> Vec<String> {
+        let mut out = defaults.to_vec();
+        if let Some(buckets) = self.subscriptions.any(user) {
+            out.extend(buckets.iter().cloned());
+        }
+        out
+    }
+
     /// How many times users' memberships were read (subscription cache misses) since start.
     pub fn subscription_reads(&self) -> u64 {
         self.subscriptions.reads()
@@ -137,6 +156,7 @@ fn compose(cat: &CatalogState, user: &UserId, rule_buckets: &[String], held: &[S
     let mut out = Vec::with_capacity(2 + rule_buckets.len());
     out.extend(defaults.iter().cloned());
     out.extend(rule_buckets.iter().cloned());
+    // An embedder's own buckets the device holds stay subscriptions.
     out.extend(held.iter().filter(|b| !defaults.contains(b) && !is_rule_bucket(&cat.registry, b)).cloned());
     out
 }
@@ -144,7 +164,11 @@ fn compose(cat: &CatalogState, user: &UserId, rule_buckets: &[String], held: &[S
 /// True when `bucket` belongs to a bucket rule of `registry` (`team:<key>`): the only buckets
 /// a device joins or leaves.
 pub(crate) fn is_rule_bucket(registry: &Registry, bucket: &str) -> bool {
-    registry.memberships().iter().any(|(name, _)| bucket.strip_prefix(name).is_some_and(|rest| rest.starts_with(':')))
+    registry
+        .tables
+        .iter()
+        .flat_map(|t| &t.shared)
+        .any(|root| bucket.strip_prefix(root.bucket.as_str()).is_some_and(|rest| rest.starts_with(':')))
 }
 
 #[cfg(test)]

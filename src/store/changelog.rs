@@ -83,6 +83,22 @@ pub(crate) fn entry_from_row_at(row: &postgres::Row, at: usize) -> Result<Change
     })
 }
 
+/// The highest `seq` of every bucket with rows after `after`, and the highest `seq` read
+/// (`after` when there is none): the changelog's tail, for `engine::heads`. Rows become
+/// visible in `seq` order (one writer, commit order), so everything up to the returned
+/// position has been seen.
+pub fn heads_after(db: &mut impl GenericClient, after: i64) -> Result<(Vec<(String, i64)>, i64), StoreError> {
+    let rows = db
+        .query_typed(
+            "SELECT bucket_id, max(seq) FROM sync_changelog WHERE seq > $1 GROUP BY bucket_id",
+            &[(&after, Type::INT8)],
+        )
+        .map_err(StoreError::query("reading the changelog's tail"))?;
+    let heads: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let through = heads.iter().map(|(_, s)| *s).max().unwrap_or(after).max(after);
+    Ok((heads, through))
+}
+
 /// `COALESCE(MIN(seq), 0)` and `COALESCE(MAX(seq), 0)` of the changelog.
 pub fn bounds(db: &mut impl GenericClient) -> Result<(i64, i64), StoreError> {
     // Two index probes instead of one aggregate: MIN and MAX each read one end of the pkey.
