@@ -1,14 +1,20 @@
 //! Change-capture benchmark: prints figures, each beside a baseline measured in the same run.
 //!
-//! `cargo bench --bench capture` (set `BENCH_ROWS` to change the 1,000,000-row workload; set
-//! `BENCH_STORE=1` to keep the sync tables in a separate database of the same server, as with
-//! `SYNC_STORE_URL`).
+//! `cargo bench --bench capture`. Settings:
+//! * `BENCH_ROWS`: the size of the ingest workload (default 1,000,000 rows);
+//! * `BENCH_STORE=1`: the sync tables in a separate database of the same server, as with
+//!   `SYNC_STORE_URL`;
+//! * `BENCH_BASELINE_BIN=<path to another synchrod>`: the ingest alternates this build and that
+//!   one (A B B A), to measure a change side by side with what it changes;
+//! * `BENCH_DRAINS`: how many times synchrod drains the ingest workload (default 4, A B B A
+//!   repeated with a baseline build);
+//! * `BENCH_PHASES`: the phases to run, comma-separated, of `ingest,singles,latency,rss,rules`
+//!   (default: all).
 //!
 //! * WAL ingest: 1M narrow rows in 1k-row transactions, drained by synchrod vs `pg_recvlogical`
 //!   (same cluster, same publication, its own slot, output to /dev/null); synchrod drains it
-//!   four times from four slots, alternating one transaction per batch (the default) and
-//!   `CAPTURE_EDGE_SESSION=true` (ABBA), the sync tables emptied in between.
-//! * One-row transactions ingested per second.
+//!   four times (`BENCH_DRAINS`) from as many slots, the sync tables emptied in between.
+//! * One-row transactions ingested per second: 10,000 written while synchrod is stopped.
 //! * Commit -> changelog latency p50/p99 at a steady 1k rows/s.
 //! * Peak RSS of synchrod while it ingests one 1M-row transaction.
 //! * The ceiling: the contract's changelog and edge tables (with their indexes) written for the
@@ -18,8 +24,8 @@
 //!   faster than that.
 //! * Bucket rules: 200,000 rows (`BENCH_RULES_ROWS`) of a table placed by a bucket rule
 //!   (`team:<team_id>`) against the same number of an owner table (`user:<user_id>`), drained
-//!   from their own slots in the order owner, rule, rule, owner; `BENCH_ONLY=rules` runs this
-//!   comparison alone.
+//!   from their own slots in the order owner, rule, rule, owner, on a cluster of its own
+//!   (`BENCH_PHASES=rules` runs this comparison alone; `BENCH_RULES_ROWS` sets its size).
 
 #[allow(dead_code)]
 mod common;
@@ -35,9 +41,12 @@ use common::{bench_cluster, in_changelog, wait_until, Synchrod};
 const DB: &str = "bench";
 const STORE_DB: &str = "bench_store";
 const CEILING_DB: &str = "bench_ceiling";
-/// The slots synchrod drains the ingest workload from: the writer's default mode, the edge
-/// session, the edge session, the default (the first is also the later phases' slot).
-const DRAIN_SLOTS: [&str; 4] = ["bench_slot", "drain_b1", "drain_b2", "drain_a2"];
+/// The slots synchrod drains the ingest workload from, in order (`BENCH_DRAINS`, default 4): the
+/// first is also the later phases' slot.
+fn drain_slots() -> Vec<String> {
+    let drains: usize = std::env::var("BENCH_DRAINS").ok().and_then(|v| v.parse().ok()).unwrap_or(4).max(1);
+    (0..drains).map(|i| if i == 0 { "bench_slot".to_string() } else { format!("drain_{i}") }).collect()
+}
 /// The slots of the ceiling's two `pg_recvlogical` drains (one per [`CeilingMethod`]).
 const CEILING_SLOTS: [&str; 2] = ["ceiling_insert_slot", "ceiling_copy_slot"];
 
@@ -57,16 +66,18 @@ fn store_client(cluster: &LocalCluster) -> Client {
 }
 
 fn spawn_synchrod(cluster: &LocalCluster, slot: &str) -> Synchrod {
-    spawn_synchrod_with(cluster, slot, false)
+    spawn_synchrod_bin(cluster, slot, env!("CARGO_BIN_EXE_synchrod"))
 }
 
-fn spawn_synchrod_with(cluster: &LocalCluster, slot: &str, edge_session: bool) -> Synchrod {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_synchrod"));
+/// A synchrod built elsewhere to compare against (`BENCH_BASELINE_BIN`), if given.
+fn baseline_bin() -> Option<String> {
+    std::env::var("BENCH_BASELINE_BIN").ok().filter(|p| !p.is_empty())
+}
+
+fn spawn_synchrod_bin(cluster: &LocalCluster, slot: &str, bin: &str) -> Synchrod {
+    let mut cmd = Command::new(bin);
     if separate_store() {
         cmd.env("SYNC_STORE_URL", cluster.url(STORE_DB));
-    }
-    if edge_session {
-        cmd.env("CAPTURE_EDGE_SESSION", "true");
     }
     let child = cmd
         .env("DATABASE_URL", cluster.url(DB))
@@ -202,10 +213,16 @@ fn ceiling(cluster: &LocalCluster, rows: i64, end_lsn: &str, slot: &str, method:
 }
 
 fn main() {
-    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "rules") {
-        rules_ingest();
-        return;
+    if ["ingest", "singles", "latency", "rss"].into_iter().any(phase) {
+        capture_phases();
     }
+    if phase("rules") {
+        rules_ingest();
+    }
+}
+
+/// The phases on one cluster with an owner table: ingest, singles, latency, rss.
+fn capture_phases() {
     let rows: i64 = std::env::var("BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     // pg_stat_statements: where the writer's time goes (printed after the ingest).
     let cluster =
@@ -241,10 +258,32 @@ fn main() {
         marker_seen(&mut s, probe)
     });
     stop(child);
+    if phase("ingest") {
+        ingest(&cluster, &mut c, &mut s, rows);
+    }
+    if phase("singles") {
+        singles(&cluster, &mut c, &mut s);
+    }
+    if phase("latency") {
+        latency(&cluster, &mut c, &mut s);
+    }
+    if phase("rss") {
+        rss(&cluster, &mut c, &mut s, rows);
+    }
+}
+
+/// Whether `BENCH_PHASES` selects phase `name` (all phases when it is not set).
+fn phase(name: &str) -> bool {
+    std::env::var("BENCH_PHASES").map_or(true, |v| v.split(',').any(|p| p.trim() == name))
+}
+
+/// Phase 1, WAL ingest: 1M narrow rows in 1k-row transactions, drained by `pg_recvlogical`, by
+/// the two ceilings and four times by synchrod.
+fn ingest(cluster: &LocalCluster, c: &mut Client, s: &mut Client, rows: i64) {
     c.execute("SELECT pg_create_logical_replication_slot('baseline_slot', 'pgoutput')", &[]).unwrap();
-    // synchrod drains the workload four times, alternating the writer mode (ABBA, so neither
-    // mode gains from going first or last), each from its own slot created here.
-    for slot in DRAIN_SLOTS.iter().skip(1) {
+    // synchrod drains the workload four times, each from its own slot created here.
+    let drain_slots = drain_slots();
+    for slot in drain_slots.iter().skip(1) {
         c.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[slot]).unwrap();
     }
     // The ceiling's own drains of the same workload.
@@ -252,7 +291,6 @@ fn main() {
         c.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot]).unwrap();
     }
 
-    // 1. 1M narrow rows in 1k-row transactions.
     let started = Instant::now();
     for batch in 0..(rows / 1000) {
         c.execute(
@@ -266,7 +304,7 @@ fn main() {
     println!("workload written in {:.1} s", started.elapsed().as_secs_f64());
 
     let started = Instant::now();
-    let status = recvlogical(&cluster, "baseline_slot", &end_lsn).wait().expect("pg_recvlogical");
+    let status = recvlogical(cluster, "baseline_slot", &end_lsn).wait().expect("pg_recvlogical");
     assert!(status.success());
     let baseline = started.elapsed();
     // Right after the baseline, while the server is in the same state (autovacuum has yet to
@@ -275,7 +313,7 @@ fn main() {
     let methods = [(CeilingMethod::InsertSelect, "INSERT ... SELECT"), (CeilingMethod::Copy, "COPY FROM STDIN")];
     let mut bound_rate = 0f64;
     for ((method, label), slot) in methods.into_iter().zip(CEILING_SLOTS) {
-        let took = ceiling(&cluster, rows, &end_lsn, slot, method);
+        let took = ceiling(cluster, rows, &end_lsn, slot, method);
         c.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).unwrap();
         let rate = rows as f64 / took.as_secs_f64();
         println!(
@@ -286,11 +324,18 @@ fn main() {
         );
         bound_rate = bound_rate.max(rate);
     }
-    // (rate with one transaction per batch, rate with the edge session), two of each.
+    // (rates of this build, rates of the baseline build), two drains of each.
     let mut rates: (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
-    for (i, slot) in DRAIN_SLOTS.iter().enumerate() {
-        let edge_session = i == 1 || i == 2;
-        let label = if edge_session { "CAPTURE_EDGE_SESSION=true" } else { "one transaction per batch (default)" };
+    let baseline_synchrod = baseline_bin();
+    for (i, slot) in drain_slots.iter().enumerate() {
+        // A B B A, repeated: neither build gains from going first or last. Without a baseline
+        // build, this build drains every time.
+        let bin = match &baseline_synchrod {
+            Some(b) if i % 4 == 1 || i % 4 == 2 => b.as_str(),
+            _ => env!("CARGO_BIN_EXE_synchrod"),
+        };
+        let is_baseline = bin != env!("CARGO_BIN_EXE_synchrod");
+        let label = if is_baseline { "baseline build" } else { "this build" };
         if i > 0 {
             // Start from empty sync tables again, as the first drain did, once the previous
             // synchrod's sessions are gone (a backend finishing its last statement would
@@ -304,27 +349,27 @@ fn main() {
         }
         c.execute("SELECT pg_stat_statements_reset()", &[]).unwrap();
         let started = Instant::now();
-        let child = spawn_synchrod_with(&cluster, slot, edge_session);
-        wait_until("synchrod to ingest the workload", Duration::from_secs(1800), || marker_seen(&mut s, 1));
+        let child = spawn_synchrod_bin(cluster, slot, bin);
+        wait_until("synchrod to ingest the workload", Duration::from_secs(1800), || marker_seen(s, 1));
         let ours = started.elapsed();
         stop(child);
         let our_rate = rows as f64 / ours.as_secs_f64();
-        if edge_session { &mut rates.1 } else { &mut rates.0 }.push(our_rate);
+        if is_baseline { &mut rates.1 } else { &mut rates.0 }.push(our_rate);
         println!(
             "WAL ingest, {rows} rows in 1k-row tx, {label}: synchrod {:.0} rows/s ({:.1} s) | pg_recvlogical {:.0} rows/s ({:.1} s) \
-             | ratio {:.2}x (target >= 0.5x); {:.0}% of the ceiling",
+             | ratio {:.2}x (target >= 0.5x); {:.2}x of the ceiling",
             our_rate,
             ours.as_secs_f64(),
             base_rate,
             baseline.as_secs_f64(),
             our_rate / base_rate,
-            100.0 * our_rate / bound_rate
+            our_rate / bound_rate
         );
         println!("  writer statements during the ingest (pg_stat_statements, by total time):");
         for r in c
             .query(
                 "SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements \
-                 WHERE query NOT ILIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC LIMIT 5",
+                 WHERE query NOT ILIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC LIMIT 6",
                 &[],
             )
             .unwrap()
@@ -333,7 +378,7 @@ fn main() {
             println!("    {ms:>9.0} ms  {calls:>6} calls  {n:>8} rows  {q}");
         }
     }
-    for slot in DRAIN_SLOTS.iter().skip(1) {
+    for slot in drain_slots.iter().skip(1) {
         // Its walsender exits a moment after synchrod.
         wait_until("a drain slot to be released", Duration::from_secs(60), || {
             c.execute("SELECT pg_drop_replication_slot($1)", &[slot]).is_ok()
@@ -342,105 +387,149 @@ fn main() {
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     println!(
         "  ceiling (the faster of the two): {bound_rate:.0} rows/s | best possible ratio {:.2}x; \
-         mean of the drains: one transaction per batch {:.0} rows/s ({:.2}x), edge session {:.0} rows/s ({:.2}x, {:.2}x as fast)",
+         this build, mean of {} drains: {:.0} rows/s ({:.2}x of pg_recvlogical, {:.2}x of the ceiling)",
         bound_rate / base_rate,
+        rates.0.len(),
         mean(&rates.0),
         mean(&rates.0) / base_rate,
-        mean(&rates.1),
-        mean(&rates.1) / base_rate,
-        mean(&rates.1) / mean(&rates.0)
+        mean(&rates.0) / bound_rate,
     );
-
-    // 2. One-row transactions.
-    let singles: i64 = 10_000;
-    for i in 0..singles {
-        c.execute("INSERT INTO items VALUES ($1, 'solo', 0)", &[&(10_000_000 + i)]).unwrap();
+    if !rates.1.is_empty() {
+        println!(
+            "  baseline build, mean of {} drains: {:.0} rows/s ({:.2}x of pg_recvlogical, {:.2}x of the ceiling); \
+             this build is {:.2}x as fast",
+            rates.1.len(),
+            mean(&rates.1),
+            mean(&rates.1) / base_rate,
+            mean(&rates.1) / bound_rate,
+            mean(&rates.0) / mean(&rates.1)
+        );
     }
-    c.execute("INSERT INTO events (id) VALUES (2)", &[]).unwrap();
-    // How much WAL PostgreSQL must decode again before it can send anything: logical decoding
-    // restarts at the slot's restart_lsn, which trails the confirmed position.
-    let redecode: f64 = c
-        .query_one(
-            "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn)::float8 FROM pg_replication_slots WHERE slot_name = 'bench_slot'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    let started = Instant::now();
-    let child = spawn_synchrod(&cluster, "bench_slot");
-    wait_until("the replication stream", Duration::from_secs(600), || {
-        c.query_one("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = 'bench_slot' AND active)", &[])
+}
+
+/// Phase 2: 10,000 one-row transactions written while synchrod is stopped, then ingested after
+/// it starts; for this build and the baseline build (`BENCH_BASELINE_BIN`), each on a slot of
+/// its own. The rate counts from the first of them reaching the changelog (startup is timed
+/// apart).
+fn singles(cluster: &LocalCluster, c: &mut Client, s: &mut Client) {
+    let singles: i64 = 10_000;
+    let mut builds = vec![("this build", env!("CARGO_BIN_EXE_synchrod").to_string())];
+    builds.extend(baseline_bin().map(|b| ("baseline build", b)));
+    for (n, (label, bin)) in builds.into_iter().enumerate() {
+        let slot = format!("singles_{n}");
+        let first = 10_000_000 + 1_000_000 * n as i64;
+        let marker = 2 + 10 * n as i64;
+        // The slot exists and synchrod streams from it before the workload is written.
+        let child = spawn_synchrod_bin(cluster, &slot, &bin);
+        let mut probe = -1_000_000 * (n as i64 + 1);
+        wait_until("synchrod to stream", Duration::from_secs(60), || {
+            probe -= 1;
+            c.execute("INSERT INTO events (id) VALUES ($1)", &[&probe]).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            marker_seen(s, probe)
+        });
+        stop(child);
+        for i in 0..singles {
+            c.execute("INSERT INTO items VALUES ($1, 'solo', 0)", &[&(first + i)]).unwrap();
+        }
+        c.execute("INSERT INTO events (id) VALUES ($1)", &[&marker]).unwrap();
+        let started = Instant::now();
+        let child = spawn_synchrod_bin(cluster, &slot, &bin);
+        wait_until("the first one-row transaction", Duration::from_secs(600), || {
+            s.query_one(
+                "SELECT EXISTS (SELECT 1 FROM sync_changelog WHERE table_name = 'items' AND record_id = $1)",
+                &[&first.to_string()],
+            )
             .map(|r| r.get(0))
             .unwrap_or(false)
-    });
-    let connected = started.elapsed();
-    // Startup (connect, migrations check, catalog, slot) is timed apart from the ingest itself:
-    // the rate counts from the first of these transactions reaching the changelog.
-    wait_until("the first one-row transaction", Duration::from_secs(600), || {
-        s.query_one(
-            "SELECT EXISTS (SELECT 1 FROM sync_changelog WHERE table_name = 'items' AND record_id = '10000000')",
-            &[],
-        )
-        .map(|r| r.get(0))
-        .unwrap_or(false)
-    });
-    let startup = started.elapsed();
-    wait_until("one-row transactions", Duration::from_secs(600), || marker_seen(&mut s, 2));
-    let total = started.elapsed();
-    let ingest = total - startup;
-    println!(
-        "one-row transactions ingested: {:.0} tx/s ({singles} tx in {:.2} s after a {:.2} s startup; \
-         {:.0} tx/s counting the startup; target >= 5000 tx/s)",
-        singles as f64 / ingest.as_secs_f64(),
-        ingest.as_secs_f64(),
-        startup.as_secs_f64(),
-        singles as f64 / total.as_secs_f64()
-    );
-    println!(
-        "  startup: {:.2} s until the stream started, then {:.2} s while PostgreSQL decoded {:.0} MB of WAL \
-         again from the slot's restart_lsn before the first new transaction",
-        connected.as_secs_f64(),
-        (startup - connected).as_secs_f64(),
-        redecode / 1e6
-    );
-
-    // 3. Commit -> changelog latency at a steady 1k rows/s (changelog insertion time measured
-    //    with clock_timestamp(), so it excludes nothing but the writer's own commit).
-    s.batch_execute("ALTER TABLE sync_changelog ALTER COLUMN created_at SET DEFAULT clock_timestamp()").unwrap();
-    let total = 5_000i64;
-    let tick = Duration::from_millis(1);
-    let mut next = Instant::now();
-    for i in 0..total {
-        c.execute("INSERT INTO events (id) VALUES ($1)", &[&(100 + i)]).unwrap();
-        next += tick;
-        if let Some(d) = next.checked_duration_since(Instant::now()) {
-            std::thread::sleep(d);
-        }
+        });
+        let startup = started.elapsed();
+        wait_until("one-row transactions", Duration::from_secs(600), || marker_seen(s, marker));
+        let total = started.elapsed();
+        let ingest = total - startup;
+        stop(child);
+        println!(
+            "one-row transactions ingested, {label}: {:.0} tx/s ({singles} tx in {:.2} s after a {:.2} s startup; \
+             target >= 5000 tx/s)",
+            singles as f64 / ingest.as_secs_f64(),
+            ingest.as_secs_f64(),
+            startup.as_secs_f64(),
+        );
+        wait_until("the singles slot to be released", Duration::from_secs(60), || {
+            c.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).is_ok()
+        });
     }
-    wait_until("latency rows", Duration::from_secs(60), || marker_seen(&mut s, 100 + total - 1));
-    // Joined here rather than in SQL: the changelog may be in another database.
-    let epoch_ms = |client: &mut Client, sql: &str| -> std::collections::HashMap<String, f64> {
-        client.query(sql, &[]).unwrap().iter().map(|r| (r.get::<_, String>(0), r.get::<_, f64>(1))).collect()
-    };
-    let sent =
-        epoch_ms(&mut c, "SELECT id::text, (EXTRACT(EPOCH FROM sent_at) * 1000)::float8 FROM events WHERE id >= 100");
-    let logged = epoch_ms(
-        &mut s,
-        "SELECT record_id, (EXTRACT(EPOCH FROM created_at) * 1000)::float8 FROM sync_changelog WHERE table_name = 'events'",
-    );
-    let mut lat: Vec<f64> = sent.iter().filter_map(|(id, at)| Some(logged.get(id)? - at)).collect();
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
-    println!(
-        "commit -> changelog latency at 1k rows/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 <= 50 ms)",
-        pct(0.5),
-        pct(0.99),
-        pct(1.0)
-    );
-    stop(child);
+}
 
-    // 4. Peak RSS during one 1M-row transaction.
-    let child = spawn_synchrod(&cluster, "bench_slot");
+/// Phase 3: commit -> changelog latency at a steady 1k rows/s, for this build and the baseline
+/// build (`BENCH_BASELINE_BIN`), each on a slot of its own created just before. The changelog
+/// row's insertion time is measured with `clock_timestamp()`, so it leaves out nothing but
+/// the writer's own commit.
+fn latency(cluster: &LocalCluster, c: &mut Client, s: &mut Client) {
+    s.batch_execute("ALTER TABLE sync_changelog ALTER COLUMN created_at SET DEFAULT clock_timestamp()").unwrap();
+    let mut builds = vec![("this build", env!("CARGO_BIN_EXE_synchrod").to_string())];
+    builds.extend(baseline_bin().map(|b| ("baseline build", b)));
+    for (n, (label, bin)) in builds.into_iter().enumerate() {
+        let slot = format!("latency_{n}");
+        let first = 1_000_000 * (n as i64 + 1);
+        let child = spawn_synchrod_bin(cluster, &slot, &bin);
+        // Streaming once a row written now arrives.
+        let mut probe = first - 1;
+        wait_until("synchrod to stream", Duration::from_secs(60), || {
+            probe -= 1;
+            c.execute("INSERT INTO events (id) VALUES ($1)", &[&probe]).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            marker_seen(s, probe)
+        });
+        let total = 5_000i64;
+        let tick = Duration::from_millis(1);
+        let mut next = Instant::now();
+        for i in 0..total {
+            c.execute("INSERT INTO events (id) VALUES ($1)", &[&(first + i)]).unwrap();
+            next += tick;
+            if let Some(d) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+        }
+        wait_until("latency rows", Duration::from_secs(60), || marker_seen(s, first + total - 1));
+        stop(child);
+        // Joined here rather than in SQL: the changelog may be in another database.
+        let epoch_ms = |client: &mut Client, sql: &str| -> std::collections::HashMap<String, f64> {
+            client
+                .query(sql, &[&first, &(first + total)])
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, f64>(1)))
+                .collect()
+        };
+        let sent = epoch_ms(
+            c,
+            "SELECT id::text, (EXTRACT(EPOCH FROM sent_at) * 1000)::float8 FROM events WHERE id >= $1 AND id < $2",
+        );
+        let logged = epoch_ms(
+            s,
+            "SELECT record_id, (EXTRACT(EPOCH FROM created_at) * 1000)::float8 FROM sync_changelog \
+             WHERE table_name = 'events' AND record_id::int8 >= $1 AND record_id::int8 < $2",
+        );
+        let mut lat: Vec<f64> = sent.iter().filter_map(|(id, at)| Some(logged.get(id)? - at)).collect();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
+        println!(
+            "commit -> changelog latency at 1k rows/s, {label}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 <= 50 ms)",
+            pct(0.5),
+            pct(0.99),
+            pct(1.0)
+        );
+        // Its walsender exits a moment after synchrod.
+        wait_until("the latency slot to be released", Duration::from_secs(60), || {
+            c.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).is_ok()
+        });
+    }
+}
+
+/// Phase 4: peak RSS of synchrod while it ingests one 1M-row transaction.
+fn rss(cluster: &LocalCluster, c: &mut Client, s: &mut Client, rows: i64) {
+    let child = spawn_synchrod(cluster, "bench_slot");
     let pid = child.0.id();
     std::thread::sleep(Duration::from_millis(500));
     let idle = peak_rss_kib(pid);
@@ -450,7 +539,7 @@ fn main() {
     )
     .unwrap();
     c.execute("INSERT INTO events (id) VALUES (3)", &[]).unwrap();
-    wait_until("the large transaction", Duration::from_secs(1800), || marker_seen(&mut s, 3));
+    wait_until("the large transaction", Duration::from_secs(1800), || marker_seen(s, 3));
     let peak = peak_rss_kib(pid);
     println!(
         "synchrod RSS: idle {:.1} MB, peak during a {rows}-row transaction {:.1} MB (target <= 64 MB)",
@@ -458,8 +547,6 @@ fn main() {
         peak as f64 / 1024.0
     );
     stop(child);
-    drop(cluster);
-    rules_ingest();
 }
 
 /// The two tables of the bucket-rules comparison and what syncs them.

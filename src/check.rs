@@ -183,12 +183,7 @@ pub fn run(config: &Config) -> Vec<CheckResult> {
             }
         },
     };
-    let applied: Vec<i32> = store
-        .as_mut()
-        .unwrap_or(&mut db)
-        .query("SELECT version FROM synchro_migrations", &[])
-        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-        .unwrap_or_default();
+    let applied = crate::store::migrations::applied(store.as_mut().unwrap_or(&mut db));
     let missing: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).filter(|v| !applied.contains(v)).collect();
     if missing.is_empty() {
         out.push(CheckResult::pass("infrastructure tables migrated", format!("{} steps applied", MIGRATIONS.len())));

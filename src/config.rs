@@ -139,10 +139,6 @@ pub struct Config {
     pub http_limits: HttpLimits,
     /// A non-superuser role pushes switch to (`SET LOCAL ROLE`) so RLS policies apply.
     pub push_role: Option<String>,
-    /// Write the changelog and the bucket edges on two sessions side by side
-    /// (`CAPTURE_EDGE_SESSION`): faster ingest, two transactions per batch (see
-    /// `crate::edge_session`).
-    pub capture_edge_session: bool,
     /// How often the background compaction runs (`None` = never).
     pub compaction_interval: Option<Duration>,
     /// Clients that have not synced for this long are deactivated by compaction.
@@ -556,13 +552,6 @@ const CLOCK_SKEW_MS: Var<Duration> = Var {
     form: Form::Number { min: 0, max: 3_600_000, unit: "milliseconds", into: Duration::from_millis },
 };
 
-const CAPTURE_EDGE_SESSION: Var<bool> = Var {
-    name: "CAPTURE_EDGE_SESSION",
-    help: "write the changelog and the bucket edges on two sessions side by side: faster ingest, two transactions per batch",
-    if_unset: IfUnset::Text("false"),
-    form: Form::Parsed { expected: "true or false", parse: boolean },
-};
-
 const COMPACTION_INTERVAL_SECS: Var<Option<Duration>> = Var {
     name: "COMPACTION_INTERVAL_SECS",
     help: "how often the background changelog compaction runs (0: never)",
@@ -656,7 +645,7 @@ pub(crate) const SECTIONS: &[(&str, &[&dyn Declared])] = &[
         ],
     ),
     ("Conflicts", &[&CONFLICT_RESOLVER, &CLOCK_SKEW_MS]),
-    ("Capture and compaction", &[&CAPTURE_EDGE_SESSION, &COMPACTION_INTERVAL_SECS, &STALE_CLIENT_DAYS]),
+    ("Capture and compaction", &[&COMPACTION_INTERVAL_SECS, &STALE_CLIENT_DAYS]),
     ("Logging", &[&LOG_LEVEL]),
     ("synchrod dev", &[&PG_BIN_DIR]),
 ];
@@ -915,7 +904,6 @@ impl Config {
             http_idle_timeout: HTTP_IDLE_TIMEOUT_SECS.read(vars)?,
             http_limits,
             push_role: PUSH_ROLE.read(vars)?,
-            capture_edge_session: CAPTURE_EDGE_SESSION.read(vars)?,
             compaction_interval: COMPACTION_INTERVAL_SECS.read(vars)?,
             stale_client_after: STALE_CLIENT_DAYS.read(vars)?,
             conflict_resolver: CONFLICT_RESOLVER.read(vars)?,
@@ -1060,7 +1048,6 @@ mod tests {
             (&[("HTTP_MAX_BUFFERED_BYTES", "1000")], "HTTP_MAX_BUFFERED_BYTES"),
             (&[("HTTP_MAX_BUFFERED_BYTES", "2097152"), ("MAX_BODY_BYTES", "4194304")], "HTTP_MAX_BUFFERED_BYTES"),
             (&[("COMPACTION_INTERVAL_SECS", "soon")], "COMPACTION_INTERVAL_SECS"),
-            (&[("CAPTURE_EDGE_SESSION", "sometimes")], "CAPTURE_EDGE_SESSION"),
             (&[("STALE_CLIENT_DAYS", "0")], "STALE_CLIENT_DAYS"),
             (&[("PUSH_ROLE", "bad role")], "PUSH_ROLE"),
             (&[("CONFLICT_RESOLVER", "client_wins")], "CONFLICT_RESOLVER"),

@@ -7,10 +7,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::capture::buckets::DefaultAssigner;
-use crate::capture::leader::{self, ElectedCapture, ElectionConfig};
+use crate::capture::leader::{self, ElectedCapture, ElectionConfig, ElectionError};
 use crate::capture::supervisor::{
     self as capture, CaptureConfig, CaptureHandle, CaptureState, CaptureStatus, CaptureTables,
 };
+use crate::capture::CaptureError;
 use crate::config::{parse_listen_addr, AuthMode, Config};
 use crate::engine::{Engine, EngineError, EngineSettings};
 use crate::http::routes::Router;
@@ -21,7 +22,7 @@ use crate::service::EngineApi;
 use crate::store::introspect::{self, RegistrySettings};
 use crate::store::publication::{self, PublicationChange};
 use crate::store::replicas::{ReplicaSet, ReplicaSettings};
-use crate::store::{migrations, pool, Stores};
+use crate::store::{migrations, pool};
 use crate::version::VersionGate;
 
 /// Why the server could not start or stopped.
@@ -34,6 +35,8 @@ pub enum ServerError {
     Engine(EngineError),
     /// Configuration that is valid alone but unusable here.
     Config(String),
+    /// Change capture could not start.
+    Capture(CaptureError),
     /// The HTTP listener could not be bound.
     Listen {
         /// The address.
@@ -49,16 +52,43 @@ impl fmt::Display for ServerError {
             ServerError::Store(e) => write!(f, "{e}"),
             ServerError::Engine(e) => write!(f, "{e}"),
             ServerError::Config(m) => f.write_str(m),
+            ServerError::Capture(e) => write!(f, "{e}"),
             ServerError::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
         }
     }
 }
 
-impl std::error::Error for ServerError {}
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerError::Store(e) => Some(e),
+            ServerError::Engine(e) => Some(e),
+            ServerError::Capture(e) => Some(e),
+            ServerError::Listen { source, .. } => Some(source),
+            ServerError::Config(_) => None,
+        }
+    }
+}
 
 impl From<pool::StoreError> for ServerError {
     fn from(e: pool::StoreError) -> Self {
         ServerError::Store(e)
+    }
+}
+
+impl From<CaptureError> for ServerError {
+    fn from(e: CaptureError) -> Self {
+        ServerError::Capture(e)
+    }
+}
+
+impl From<ElectionError> for ServerError {
+    fn from(e: ElectionError) -> Self {
+        match e {
+            ElectionError::Store(e) => ServerError::Store(e),
+            ElectionError::Capture(e) => ServerError::Capture(e),
+            ElectionError::Spawn(e) => ServerError::Capture(CaptureError::Spawn(e)),
+        }
     }
 }
 
@@ -382,7 +412,7 @@ fn spawn_compaction(
 /// exactly one instance. Stop it with [`CaptureHandle::stop`]. Several instances sharing a
 /// database should use [`start_elected_capture`].
 pub fn start_capture(config: &Config, engine: &Engine) -> Result<CaptureHandle, ServerError> {
-    begin_capture(config, engine, Arc::new(CaptureStatus::default()))
+    Ok(begin_capture(config, engine, Arc::new(CaptureStatus::default()))?)
 }
 
 /// Starts change capture under leader election: capture runs here only while this instance
@@ -391,14 +421,13 @@ pub fn start_capture(config: &Config, engine: &Engine) -> Result<CaptureHandle, 
 pub fn start_elected_capture(config: &Config, engine: Arc<Engine>) -> Result<ElectedCapture, ServerError> {
     let election = ElectionConfig::new(&config.database_url, &config.slot_name);
     let term_config = config.clone();
-    let start_term: leader::StartTerm =
-        Box::new(move |status| begin_capture(&term_config, &engine, status).map_err(|e| e.to_string()));
-    leader::start(election, start_term).map_err(|e| ServerError::Config(e.to_string()))
+    let start_term: leader::StartTerm = Box::new(move |status| begin_capture(&term_config, &engine, status));
+    Ok(leader::start(election, start_term)?)
 }
 
 /// Makes sure the publication covers the synced tables and the slot exists, backfills bucket
 /// edges for rows that predate the consumer (C17), then starts the pipeline.
-fn begin_capture(config: &Config, engine: &Engine, status: Arc<CaptureStatus>) -> Result<CaptureHandle, ServerError> {
+fn begin_capture(config: &Config, engine: &Engine, status: Arc<CaptureStatus>) -> Result<CaptureHandle, CaptureError> {
     let cat = engine.cached_catalog();
     {
         let mut db = engine.pool().get().map_err(pool::StoreError::from)?;
@@ -422,22 +451,15 @@ fn begin_capture(config: &Config, engine: &Engine, status: Arc<CaptureStatus>) -
     let mut capture_config =
         CaptureConfig::new(&config.replication_url, &config.database_url, &config.slot_name, &config.publication_name);
     capture_config.writer.store_url = config.sync_store_url.clone();
-    capture_config.writer.edge_session = config.capture_edge_session;
     // The slot must exist before the backfill: every row committed after this point is either
     // streamed or (if older) backfilled, never neither.
-    capture::ensure_slot(&capture_config).map_err(|e| ServerError::Config(format!("preparing replication: {e}")))?;
-    let mut dbs = Stores::connect(&config.database_url, config.sync_store_url.as_deref())?;
+    capture::ensure_slot(&capture_config)?;
     let started = Instant::now();
-    let edges = crate::capture::writer::backfill_edges(
-        &mut dbs,
-        &tables.routing,
-        assigner.as_ref(),
-        crate::checksum::record_checksum,
-    )?;
-    if edges > 0 {
-        crate::info!("bucket edges backfilled", edges = edges, millis = started.elapsed().as_millis() as u64);
+    let rows = crate::capture::backfill::backfill_edges(&capture_config.writer, &tables.routing, assigner.as_ref())?;
+    if rows > 0 {
+        crate::info!("bucket edges backfilled", rows = rows, millis = started.elapsed().as_millis() as u64);
     }
-    capture::start_with_status(capture_config, tables, assigner, status).map_err(|e| ServerError::Config(e.to_string()))
+    capture::start_with_status(capture_config, tables, assigner, status)
 }
 
 impl From<crate::config::ConfigError> for ServerError {

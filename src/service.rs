@@ -111,18 +111,16 @@ impl EngineApi {
             );
         }
         if let Ok(mut db) = self.engine.store_pool().get_timeout(Duration::from_secs(1)) {
-            let row = db.query_one(
-                "SELECT (SELECT count(*) FROM sync_clients)::float8, (SELECT count(*) FROM sync_clients WHERE is_active)::float8, \
-                        GREATEST((SELECT reltuples FROM pg_class WHERE oid = 'sync_changelog'::regclass), 0)::float8, \
-                        pg_total_relation_size('sync_changelog')::float8",
-                &[],
-            );
-            if let Ok(r) = row {
-                let get = |i: usize| r.get::<_, Option<f64>>(i).unwrap_or(0.0);
-                push("synchro_clients_registered", "gauge", "Registered client devices.", get(0));
-                push("synchro_clients_active", "gauge", "Active client devices.", get(1));
-                push("synchro_changelog_rows", "gauge", "Changelog rows (planner estimate).", get(2));
-                push("synchro_changelog_bytes", "gauge", "Changelog size on disk, indexes included.", get(3));
+            if let Ok(g) = crate::store::changelog::gauges(&mut **db) {
+                push("synchro_clients_registered", "gauge", "Registered client devices.", g.clients);
+                push("synchro_clients_active", "gauge", "Active client devices.", g.active_clients);
+                push("synchro_changelog_rows", "gauge", "Changelog rows (planner estimate).", g.changelog_rows);
+                push(
+                    "synchro_changelog_bytes",
+                    "gauge",
+                    "Changelog size on disk, indexes included.",
+                    g.changelog_bytes,
+                );
             }
         }
         // The slot lives in the application database (the sync store may be another one).

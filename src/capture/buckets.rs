@@ -1,18 +1,15 @@
 //! Bucket assignment (§9.3): owner column -> `user:<id>`, NULL owner -> `global`, child tables
 //! through their foreign-key chain to the root owner; with bucket rules (`BUCKET_RULES`) a rule
 //! column holding a key -> `<bucket>:<key>`, checked before the owner at every level of the
-//! chain. Owners are resolved for a whole chunk of changes at once (one query per table and
-//! chain level, never per row); the final step is a [`BucketAssigner`] that embedders can
-//! replace to put a row into several buckets. The rules are not a second path: they resolve
-//! to [`Owner::Shared`], which the assigner turns into buckets like any other owner.
+//! chain ([`super::source::resolve_owners`] finds the owners). The final step is a
+//! [`BucketAssigner`] that embedders can replace to put a row into several buckets. The rules
+//! are not a second path: they resolve to [`Owner::Shared`], which the assigner turns into
+//! buckets like any other owner. No I/O here.
 
 use std::collections::{HashMap, HashSet};
 
-use postgres::GenericClient;
-
-use crate::capture::events::{ColumnValue, RowChange};
-use crate::registry::{quote_ident, Registry};
-use crate::store::pool::StoreError;
+use crate::capture::events::RowChange;
+use crate::registry::Registry;
 use crate::types::BucketId;
 
 /// How one table is routed.
@@ -58,6 +55,18 @@ impl TableRouting {
                 .zip(self.columns.iter().zip(&self.type_oids))
                 .all(|(c, (n, t))| &c.name == n && c.type_oid.0 == *t)
     }
+
+    /// The columns that route a row of this table, in the order resolution reads them: rule
+    /// columns, then the owner column, else the foreign key to the parent.
+    pub fn routing_columns(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self.shared.iter().map(|(_, c)| c.as_str()).collect();
+        match (&self.owner, &self.parent) {
+            (Some(owner), _) => out.push(owner),
+            (None, Some((_, fk))) => out.push(fk),
+            (None, None) => {}
+        }
+        out
+    }
 }
 
 /// Every routed table by name.
@@ -100,6 +109,14 @@ impl RoutingTable {
         RoutingTable { tables, parents }
     }
 
+    /// Routing for the given tables (embedders and tests; the server uses
+    /// [`RoutingTable::from_registry`]).
+    pub fn new(tables: impl IntoIterator<Item = TableRouting>) -> RoutingTable {
+        let tables: HashMap<String, TableRouting> = tables.into_iter().map(|t| (t.name.clone(), t)).collect();
+        let parents = tables.values().filter_map(|t| t.parent.as_ref().map(|(p, _)| p.clone())).collect();
+        RoutingTable { tables, parents }
+    }
+
     /// A table's routing.
     pub fn get(&self, table: &str) -> Option<&TableRouting> {
         self.tables.get(table)
@@ -113,20 +130,6 @@ impl RoutingTable {
     /// Whether some routed table is a child of `table` (routed through it to its owner).
     pub fn has_children(&self, table: &str) -> bool {
         self.parents.contains(table)
-    }
-}
-
-impl TableRouting {
-    /// The columns that route a row of this table, in the order resolution reads them: rule
-    /// columns, then the owner column, else the foreign key to the parent.
-    pub fn routing_columns(&self) -> Vec<&str> {
-        let mut out: Vec<&str> = self.shared.iter().map(|(_, c)| c.as_str()).collect();
-        match (&self.owner, &self.parent) {
-            (Some(owner), _) => out.push(owner),
-            (None, Some((_, fk))) => out.push(fk),
-            (None, None) => {}
-        }
-        out
     }
 }
 
@@ -189,23 +192,17 @@ impl BucketAssigner for DefaultAssigner {
     }
 }
 
-fn owner_of(value: Option<&str>) -> Owner {
+/// The owner an owner column's value names.
+pub(crate) fn owner_of(value: Option<&str>) -> Owner {
     match value {
         None | Some("") => Owner::Null,
         Some(v) => Owner::User(v.to_string()),
     }
 }
 
-/// One parent-lookup row: the parent's rule keys, its owner (if it has the column) and its own
-/// FK value.
-struct ParentRow {
-    keys: Vec<SharedKey>,
-    owner: Option<Option<String>>,
-    next_fk: Option<String>,
-}
-
-/// The rule keys of a row of `table`, given its rule columns' values in `table.shared` order.
-fn shared_keys(table: &TableRouting, values: &[Option<String>]) -> Vec<SharedKey> {
+/// The rule keys of a row of `table`, given its rule columns' values in `table.shared` order
+/// (an empty or NULL value names no bucket).
+pub(crate) fn shared_keys(table: &TableRouting, values: &[Option<String>]) -> Vec<SharedKey> {
     table
         .shared
         .iter()
@@ -214,168 +211,6 @@ fn shared_keys(table: &TableRouting, values: &[Option<String>]) -> Vec<SharedKey
             value.as_deref().filter(|v| !v.is_empty()).map(|v| SharedKey { bucket: bucket.clone(), key: v.to_string() })
         })
         .collect()
-}
-
-fn lookup_parents(
-    db: &mut impl GenericClient,
-    parent: &TableRouting,
-    keys: &[String],
-) -> Result<HashMap<String, ParentRow>, StoreError> {
-    if keys.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let owner = parent.owner.as_deref().map(|c| format!("p.{}::text", quote_ident(c))).unwrap_or("NULL::text".into());
-    let fk = parent.parent.as_ref().map(|(_, c)| format!("p.{}::text", quote_ident(c))).unwrap_or("NULL::text".into());
-    let shared: String = parent.shared.iter().map(|(_, c)| format!(", p.{}::text", quote_ident(c))).collect();
-    let sql = format!(
-        "SELECT p.{pk}::text, {owner}, {fk}{shared} FROM {table} p WHERE p.{pk} = ANY ($1::text[]::{ty}[])",
-        pk = quote_ident(&parent.pk),
-        table = parent.qualified,
-        ty = parent.pk_type,
-    );
-    let rows =
-        db.query(&sql, &[&keys]).map_err(StoreError::query(format!("resolving owners through {}", parent.name)))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let owner_value: Option<String> = r.get(1);
-            let values: Vec<Option<String>> = (0..parent.shared.len()).map(|i| r.get(3 + i)).collect();
-            let keys = shared_keys(parent, &values);
-            (r.get(0), ParentRow { keys, owner: parent.owner.as_ref().map(|_| owner_value), next_fk: r.get(2) })
-        })
-        .collect())
-}
-
-/// Current values of `columns` for `keys` (used when a needed column arrived as unchanged TOAST).
-pub fn current_values(
-    db: &mut impl GenericClient,
-    table: &TableRouting,
-    column: &str,
-    keys: &[String],
-) -> Result<HashMap<String, Option<String>>, StoreError> {
-    if keys.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let sql = format!(
-        "SELECT t.{pk}::text, t.{col}::text FROM {table} t WHERE t.{pk} = ANY ($1::text[]::{ty}[])",
-        pk = quote_ident(&table.pk),
-        col = quote_ident(column),
-        table = table.qualified,
-        ty = table.pk_type,
-    );
-    let rows =
-        db.query(&sql, &[&keys]).map_err(StoreError::query(format!("reading current values of {}", table.name)))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
-/// Resolves the owner of every change (same order), with one query per table and chain level.
-pub fn resolve_owners(
-    db: &mut impl GenericClient,
-    routing: &RoutingTable,
-    changes: &[&RowChange],
-) -> Result<Vec<Owner>, StoreError> {
-    let mut owners: Vec<Option<Owner>> = vec![None; changes.len()];
-    // Pending child rows: index -> (current ancestor table, FK value pointing into it).
-    let mut pending: Vec<(usize, String, String)> = Vec::new();
-    // Values that arrived as unchanged TOAST, per (table, column): fetched in one query each.
-    let mut toasted: HashMap<(String, String), Vec<String>> = HashMap::new();
-    for c in changes {
-        if let Some(t) = routing.get(&c.table) {
-            for col in t.routing_columns() {
-                if matches!(c.value(col), Some(ColumnValue::UnchangedToast)) {
-                    toasted.entry((t.name.clone(), col.to_string())).or_default().push(c.key.clone());
-                }
-            }
-        }
-    }
-    let mut current: HashMap<(String, String), HashMap<String, Option<String>>> = HashMap::new();
-    for ((table, col), keys) in toasted {
-        if let Some(t) = routing.get(&table) {
-            current.insert((table.clone(), col.clone()), current_values(db, t, &col, &keys)?);
-        }
-    }
-    let value_of = |c: &RowChange, col: &str| -> Option<String> {
-        match c.value(col) {
-            Some(ColumnValue::Text(v)) => Some(v.clone()),
-            Some(ColumnValue::UnchangedToast) => {
-                current.get(&(c.table.to_string(), col.to_string())).and_then(|m| m.get(&c.key).cloned()).flatten()
-            }
-            _ => None,
-        }
-    };
-    let gone = |c: &RowChange, col: &str| -> bool {
-        matches!(c.value(col), Some(ColumnValue::UnchangedToast))
-            && !current.get(&(c.table.to_string(), col.to_string())).is_some_and(|m| m.contains_key(&c.key))
-    };
-    for (i, c) in changes.iter().enumerate() {
-        let Some(t) = routing.get(&c.table) else {
-            owners[i] = Some(Owner::ParentMissing(format!("table {} is not routed", c.table)));
-            continue;
-        };
-        if t.routing_columns().into_iter().any(|col| gone(c, col)) {
-            owners[i] = Some(Owner::RowGone);
-            continue;
-        }
-        let values: Vec<Option<String>> = t.shared.iter().map(|(_, col)| value_of(c, col)).collect();
-        let keys = shared_keys(t, &values);
-        if !keys.is_empty() {
-            owners[i] = Some(Owner::Shared(keys));
-        } else if let Some(col) = &t.owner {
-            owners[i] = Some(owner_of(value_of(c, col).as_deref()));
-        } else if let Some((parent, fk)) = &t.parent {
-            match value_of(c, fk) {
-                Some(v) => pending.push((i, parent.clone(), v)),
-                None => {
-                    owners[i] = Some(Owner::ParentMissing(format!(
-                        "{}/{}: foreign key {fk} is NULL or missing",
-                        c.table, c.key
-                    )))
-                }
-            }
-        } else {
-            owners[i] = Some(Owner::NoOwnership);
-        }
-    }
-    // Walk up one level per round; each round runs one query per ancestor table.
-    let mut guard = 0;
-    while !pending.is_empty() {
-        guard += 1;
-        let mut by_table: HashMap<String, Vec<String>> = HashMap::new();
-        for (_, table, key) in &pending {
-            by_table.entry(table.clone()).or_default().push(key.clone());
-        }
-        let mut found: HashMap<String, HashMap<String, ParentRow>> = HashMap::new();
-        for (table, mut keys) in by_table {
-            keys.sort();
-            keys.dedup();
-            let Some(parent) = routing.get(&table) else { continue };
-            found.insert(table, lookup_parents(db, parent, &keys)?);
-        }
-        let mut next = Vec::new();
-        for (i, table, key) in pending {
-            let row = found.get(&table).and_then(|m| m.get(&key));
-            let parent = routing.get(&table);
-            owners[i] = Some(match (row, parent) {
-                (None, _) | (_, None) => Owner::ParentMissing(format!(
-                    "{}/{}: parent {table} row {key} not found",
-                    changes[i].table, changes[i].key
-                )),
-                (Some(r), Some(_)) if !r.keys.is_empty() => Owner::Shared(r.keys.clone()),
-                (Some(r), Some(_)) if r.owner.is_some() => owner_of(r.owner.clone().flatten().as_deref()),
-                (Some(r), Some(p)) => match (&p.parent, &r.next_fk) {
-                    // Cycles are refused at startup; the guard only protects against a
-                    // registry changed underneath us.
-                    (Some((grand, _)), Some(fk)) if guard < 32 => {
-                        next.push((i, grand.clone(), fk.clone()));
-                        continue;
-                    }
-                    _ => Owner::Null,
-                },
-            });
-        }
-        pending = next;
-    }
-    Ok(owners.into_iter().map(|o| o.unwrap_or(Owner::NoOwnership)).collect())
 }
 
 /// The assigned buckets as strings, de-duplicated, in assignment order.

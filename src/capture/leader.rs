@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use super::error::CaptureError;
 use super::supervisor::{CaptureHandle, CaptureState, CaptureStatus};
 use crate::store::pool::{self, StoreError};
 
@@ -61,27 +62,39 @@ pub fn lock_key(slot: &str) -> i64 {
 
 /// Starts one leadership term's capture (publication, slot, backfill, pipeline), reporting
 /// into the shared status.
-pub type StartTerm = Box<dyn FnMut(Arc<CaptureStatus>) -> Result<CaptureHandle, String> + Send>;
+pub type StartTerm = Box<dyn FnMut(Arc<CaptureStatus>) -> Result<CaptureHandle, CaptureError> + Send>;
 
 /// Why the election could not start.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum ElectionError {
     /// The lock session could not be opened or used.
     Store(StoreError),
     /// This instance won the lock at startup but capture failed to start.
-    Capture(String),
+    Capture(CaptureError),
+    /// The election thread could not be started.
+    Spawn(std::io::Error),
 }
 
 impl fmt::Display for ElectionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ElectionError::Store(e) => write!(f, "capture leader election: {e}"),
-            ElectionError::Capture(m) => f.write_str(m),
+            ElectionError::Capture(e) => write!(f, "starting change capture: {e}"),
+            ElectionError::Spawn(e) => write!(f, "starting the capture leader thread: {e}"),
         }
     }
 }
 
-impl std::error::Error for ElectionError {}
+impl std::error::Error for ElectionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ElectionError::Store(e) => Some(e),
+            ElectionError::Capture(e) => Some(e),
+            ElectionError::Spawn(e) => Some(e),
+        }
+    }
+}
 
 impl From<StoreError> for ElectionError {
     fn from(e: StoreError) -> Self {
@@ -192,7 +205,7 @@ pub fn start(config: ElectionConfig, mut start_term: StartTerm) -> Result<Electe
     let thread = thread::Builder::new()
         .name("capture-leader".into())
         .spawn(move || run(&config, start_term, Some(session), role, &s, &st, &t))
-        .map_err(|e| ElectionError::Capture(format!("spawning the capture leader thread: {e}")))?;
+        .map_err(ElectionError::Spawn)?;
     Ok(ElectedCapture { stop, status, terms, thread: Some(thread) })
 }
 
@@ -268,7 +281,7 @@ fn run(
                             Err(e) => {
                                 crate::error!(
                                     "starting change capture failed; releasing leadership",
-                                    error = e,
+                                    error = crate::store::pool::with_causes(&e),
                                     retry_in_ms = config.retry_after_failure.as_millis() as u64
                                 );
                                 s.unlock();

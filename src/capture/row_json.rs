@@ -6,7 +6,7 @@
 //! excluded column is rendered as [`OMITTED`]: left out). For the column types below, the text a
 //! replication session receives determines that JSON exactly, so the canonical form (§13.2) can
 //! be built from the tuple. Both sessions start with the same settings
-//! (`store::pool::SESSION_OPTIONS`: `TimeZone=UTC`, `DateStyle=ISO`, `IntervalStyle=postgres`,
+//! (`pg::SESSION_OPTIONS`: `TimeZone=UTC`, `DateStyle=ISO`, `IntervalStyle=postgres`,
 //! `bytea_output=hex`), which the timestamp, interval and bytea rules rely on.
 //!
 //! | Type | `row_to_json` value | From the text |

@@ -8,7 +8,6 @@
 //! slot is recreated and marked as a history reset: clients positioned before it are told to
 //! re-snapshot (`history_unavailable`) instead of silently missing changes.
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -16,68 +15,21 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, SendTimeoutError, Sender};
 
-use crate::capture::buckets::{BucketAssigner, RoutingTable};
-use crate::capture::decode::{Decoded, Decoder, Routes};
-use crate::capture::events::WalEvent;
-use crate::capture::writer::{self, WriterConfig, WriterError, WriterProgress};
-use crate::pg::conn::{ReplError, ReplicationConn};
+use super::buckets::{BucketAssigner, RoutingTable};
+use super::decode::Routes;
+use super::error::{CaptureError, Recovery};
+use super::events::WalEvent;
+use super::stream::{ReplicationStream, Streamed};
+use super::writer::{self, WriterConfig, WriterProgress};
+use crate::pg::conn::ReplicationConn;
 use crate::pg::url;
-use crate::pg::wire::backend::{self, BackendMessage, ReplicationMessage};
-use crate::pg::wire::pgoutput;
 use crate::registry::Registry;
-use crate::store::changelog::{self, watermark};
+use crate::store::changelog;
 use crate::store::pool::StoreError;
+use crate::store::position;
 use crate::store::Stores;
 use crate::time::unix_ms_now as now_ms;
 use crate::types::Lsn;
-
-/// Why a replication session ended.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum CaptureError {
-    /// The replication connection failed.
-    Replication(ReplError),
-    /// The writer failed.
-    Writer(WriterError),
-    /// A store query failed.
-    Store(StoreError),
-    /// The stream carried something we cannot decode.
-    Decode(String),
-    /// Configuration that cannot work.
-    Config(String),
-}
-
-impl fmt::Display for CaptureError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CaptureError::Replication(e) => write!(f, "replication: {e}"),
-            CaptureError::Writer(e) => write!(f, "{e}"),
-            CaptureError::Store(e) => write!(f, "{e}"),
-            CaptureError::Decode(m) => write!(f, "decoding the stream: {m}"),
-            CaptureError::Config(m) => f.write_str(m),
-        }
-    }
-}
-
-impl std::error::Error for CaptureError {}
-
-impl From<ReplError> for CaptureError {
-    fn from(e: ReplError) -> Self {
-        CaptureError::Replication(e)
-    }
-}
-
-impl From<StoreError> for CaptureError {
-    fn from(e: StoreError) -> Self {
-        CaptureError::Store(e)
-    }
-}
-
-impl From<WriterError> for CaptureError {
-    fn from(e: WriterError) -> Self {
-        CaptureError::Writer(e)
-    }
-}
 
 /// Change-capture settings.
 #[derive(Debug, Clone)]
@@ -232,7 +184,7 @@ pub fn start_with_status(
     assigner: Arc<dyn BucketAssigner>,
     status: Arc<CaptureStatus>,
 ) -> Result<CaptureHandle, CaptureError> {
-    url::parse(&config.replication_url).map_err(|e| CaptureError::Config(format!("REPLICATION_URL: {e}")))?;
+    url::parse(&config.replication_url)?;
     let stop = Arc::new(AtomicBool::new(false));
     status.set(CaptureState::Connecting);
     // The state may have been Connecting already: start its clock explicitly.
@@ -241,7 +193,7 @@ pub fn start_with_status(
     let thread = thread::Builder::new()
         .name("wal-capture".into())
         .spawn(move || supervise(&config, &tables, assigner, &s, &st))
-        .map_err(|e| CaptureError::Config(format!("spawning the capture thread: {e}")))?;
+        .map_err(CaptureError::Spawn)?;
     Ok(CaptureHandle { stop, status, thread: Some(thread) })
 }
 
@@ -265,20 +217,28 @@ fn supervise(
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff = Duration::from_millis(250);
                 }
+                let recovery = e.recovery();
+                let pause = match recovery {
+                    // A slot still held by a departing walsender (a leader that just died)
+                    // frees up within moments: retry quickly so a takeover is not delayed.
+                    Recovery::RetrySoon => Duration::from_millis(100),
+                    Recovery::Backoff => backoff,
+                    Recovery::NeedsOperator => config.max_backoff,
+                };
                 crate::error!(
                     "replication session ended; reconnecting",
-                    error = e.to_string(),
+                    error = crate::store::pool::with_causes(&e),
+                    needs_operator = recovery == Recovery::NeedsOperator,
                     attempt = attempt,
-                    retry_in_ms = backoff.as_millis() as u64
+                    retry_in_ms = pause.as_millis() as u64
                 );
-                let until = Instant::now() + backoff;
+                let until = Instant::now() + pause;
                 while Instant::now() < until && !stop.load(Ordering::Acquire) {
-                    thread::sleep(Duration::from_millis(50));
+                    thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
                 }
-                // A slot still held by a departing walsender (a leader that just died) frees
-                // up within moments: keep retrying quickly so a takeover is not delayed.
-                let slot_busy = matches!(&e, CaptureError::Replication(r) if r.sqlstate() == Some("55006"));
-                backoff = if slot_busy { Duration::from_millis(100) } else { (backoff * 2).min(config.max_backoff) };
+                if recovery == Recovery::Backoff {
+                    backoff = (backoff * 2).min(config.max_backoff);
+                }
             }
         }
     }
@@ -305,21 +265,7 @@ fn slot_info(db: &mut postgres::Client, slot: &str) -> Result<Option<SlotInfo>, 
 /// Records that history up to now may be incomplete: clients positioned before the returned
 /// sequence must re-snapshot.
 fn mark_history_reset(db: &mut postgres::Client, why: &str) -> Result<i64, StoreError> {
-    let mut tx = db.transaction().map_err(StoreError::query("starting the history reset"))?;
-    // A marker row in a bucket nobody subscribes to advances `seq` past every earlier change,
-    // so snapshots taken after the reset start at or above it.
-    let seq: i64 = tx
-        .query_one(
-            "INSERT INTO sync_changelog (bucket_id, table_name, record_id, operation) VALUES ('__synchro_history_reset__', '', '', 2) RETURNING seq",
-            &[],
-        )
-        .map_err(StoreError::query("writing the history-reset marker"))?
-        .get(0);
-    changelog::raise_watermark(&mut tx, watermark::HISTORY_RESET, seq)?;
-    // No batch is in flight: every edge up to the marker is committed, so rebuilds may start
-    // past it.
-    changelog::raise_watermark(&mut tx, crate::edge_session::EDGES_SEQ, seq)?;
-    tx.commit().map_err(StoreError::query("committing the history reset"))?;
+    let seq = changelog::mark_history_reset(db)?;
     crate::error!("change history is incomplete; clients will re-snapshot", reason = why, reset_seq = seq);
     Ok(seq)
 }
@@ -328,11 +274,11 @@ fn mark_history_reset(db: &mut postgres::Client, why: &str) -> Result<i64, Store
 /// (with a history reset when we had streamed before, so clients re-snapshot). Call it before
 /// relying on the slot to retain changes (synchronously at startup, before the edge backfill).
 pub fn ensure_slot(config: &CaptureConfig) -> Result<(), CaptureError> {
-    let params = url::parse(&config.replication_url).map_err(|e| CaptureError::Config(e.to_string()))?;
+    let params = url::parse(&config.replication_url)?;
     let mut dbs = Stores::connect(&config.writer.database_url, config.writer.store_url.as_deref())?;
     let mut conn = ReplicationConn::connect(&params, Duration::from_secs(10))?;
     conn.identify_system()?;
-    let stored = writer::stored_position(dbs.store(), &config.slot_name)?;
+    let stored = position::read(dbs.store(), &config.slot_name)?;
     ensure_slot_with(&mut conn, &mut dbs, config, stored)?;
     conn.close();
     Ok(())
@@ -357,10 +303,7 @@ fn ensure_slot_with(
             mark_history_reset(dbs.store(), "replication slot invalidated")?;
         }
         Some(info) if info.plugin.as_deref() != Some("pgoutput") => {
-            return Err(CaptureError::Config(format!(
-                "replication slot {} uses plugin {:?}, not pgoutput; drop it or set SLOT_NAME",
-                config.slot_name, info.plugin
-            )));
+            return Err(CaptureError::SlotPlugin { slot: config.slot_name.clone(), plugin: info.plugin });
         }
         Some(_) => {}
         None => {
@@ -380,31 +323,37 @@ fn ensure_slot_with(
     Ok(())
 }
 
+/// Hands `event` to the writer, waiting while its channel is full. The writer stopping is not
+/// an error here: the session then ends with the writer's own error.
 fn send_event(
     tx: &Sender<WalEvent>,
     mut event: WalEvent,
-    conn: &mut ReplicationConn,
+    stream: &mut ReplicationStream,
     progress: &WriterProgress,
     stop: &AtomicBool,
-) -> Result<(), CaptureError> {
+) -> Result<Sent, CaptureError> {
     loop {
         match tx.send_timeout(event, Duration::from_secs(1)) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(Sent::Sent),
             Err(SendTimeoutError::Timeout(e)) => {
                 // The writer is busy with a long batch: keep the server informed (and the
                 // connection alive past wal_sender_timeout) while we wait.
-                let lsn = Lsn(progress.committed_lsn.load(Ordering::Acquire));
-                conn.send_status(lsn, lsn, lsn, false)?;
+                stream.confirm(Lsn(progress.committed_lsn.load(Ordering::Acquire)))?;
                 if stop.load(Ordering::Acquire) {
-                    return Ok(());
+                    return Ok(Sent::Sent);
                 }
                 event = e;
             }
-            Err(SendTimeoutError::Disconnected(_)) => {
-                return Err(CaptureError::Decode("the changelog writer stopped".into()));
-            }
+            Err(SendTimeoutError::Disconnected(_)) => return Ok(Sent::WriterGone),
         }
     }
+}
+
+/// Whether [`send_event`] could hand the event on.
+#[derive(PartialEq, Eq)]
+enum Sent {
+    Sent,
+    WriterGone,
 }
 
 /// How soon newly committed progress is confirmed to the server, at the latest.
@@ -417,12 +366,11 @@ fn run_session(
     stop: &AtomicBool,
     status: &CaptureStatus,
 ) -> Result<(), CaptureError> {
-    let params = url::parse(&config.replication_url).map_err(|e| CaptureError::Config(e.to_string()))?;
+    let params = url::parse(&config.replication_url)?;
     let mut dbs = Stores::connect(&config.writer.database_url, config.writer.store_url.as_deref())?;
     let mut conn = ReplicationConn::connect(&params, Duration::from_secs(10))?;
     let system = conn.identify_system()?;
-    // The changelog position, or the edge position when a crash left the edges behind.
-    let stored = writer::resume_position(dbs.store(), &config.slot_name)?;
+    let stored = position::read(dbs.store(), &config.slot_name)?;
     ensure_slot_with(&mut conn, &mut dbs, config, stored)?;
     // Not needed while streaming: the writer has its own sessions.
     drop(dbs);
@@ -430,8 +378,14 @@ fn run_session(
     let (tx, rx) = bounded::<WalEvent>(config.channel_capacity.max(16));
     let writer = writer::spawn(config.writer.clone(), tables.routing.clone(), assigner, rx)?;
     let progress = writer.progress.clone();
-    conn.start_replication(&config.slot_name, stored, &config.publication)?;
-    conn.set_read_timeout(Duration::from_millis(100))?;
+    let mut stream = ReplicationStream::start(
+        conn,
+        tables.routes.clone(),
+        &config.slot_name,
+        stored,
+        &config.publication,
+        Duration::from_millis(100),
+    )?;
     status.set(CaptureState::Streaming);
     crate::info!(
         "streaming changes",
@@ -440,63 +394,30 @@ fn run_session(
         server = system.xlogpos.to_string()
     );
 
-    let mut decoder = Decoder::new(tables.routes.clone());
-    let (mut seen_rows, mut seen_batches) = (0u64, 0u64);
-    let mut in_txn = false;
+    let (mut seen_rows, mut seen_batches, mut seen_messages) = (0u64, 0u64, 0u64);
     let mut last_status = Instant::now();
     let mut last_confirmed = stored;
-    let mut last_idle = Lsn::ZERO;
     let result = (|| -> Result<(), CaptureError> {
         while !stop.load(Ordering::Acquire) {
-            if writer.join.is_finished() {
-                return Err(CaptureError::Decode("the changelog writer stopped unexpectedly".into()));
-            }
             let mut reply_now = false;
-            if let Some(frame) = conn.read_frame("streaming")? {
-                let msg = backend::decode(backend::Frame { tag: frame.tag, body: &frame.body })
-                    .map_err(|e| CaptureError::Decode(e.to_string()))?;
-                match msg {
-                    BackendMessage::CopyData(payload) => match backend::decode_replication(payload)
-                        .map_err(|e| CaptureError::Decode(e.to_string()))?
-                    {
-                        ReplicationMessage::XLogData { data, wal_end, .. } => {
-                            status.server_wal_end.fetch_max(wal_end.0, Ordering::Relaxed);
-                            status.wal_messages.fetch_add(1, Ordering::Relaxed);
-                            let message = pgoutput::decode(data).map_err(|e| CaptureError::Decode(e.to_string()))?;
-                            match decoder.decode(&message).map_err(|e| CaptureError::Decode(e.to_string()))? {
-                                Decoded::Event(event) => {
-                                    match &event {
-                                        WalEvent::Begin { .. } => in_txn = true,
-                                        WalEvent::Commit { .. } => in_txn = false,
-                                        _ => {}
-                                    }
-                                    send_event(&tx, event, &mut conn, &progress, stop)?;
-                                }
-                                Decoded::SchemaChanged { table } => {
-                                    crate::info!("table definition changed in the stream", table = table);
-                                }
-                                Decoded::Nothing => {}
-                            }
-                        }
-                        ReplicationMessage::PrimaryKeepalive { wal_end, reply_requested, .. } => {
-                            status.server_wal_end.fetch_max(wal_end.0, Ordering::Relaxed);
-                            if !in_txn && wal_end > last_idle {
-                                last_idle = wal_end;
-                                send_event(&tx, WalEvent::Idle { wal_end }, &mut conn, &progress, stop)?;
-                            }
-                            reply_now = reply_requested;
-                        }
-                    },
-                    BackendMessage::Error(fields) => {
-                        return Err(CaptureError::Replication(ReplError::Server {
-                            context: "streaming".into(),
-                            fields: Box::new(fields),
-                        }))
+            let sent = match stream.read()? {
+                Streamed::Event(event) => send_event(&tx, event, &mut stream, &progress, stop)?,
+                Streamed::Keepalive { idle, reply_requested } => {
+                    reply_now = reply_requested;
+                    match idle {
+                        Some(wal_end) => send_event(&tx, WalEvent::Idle { wal_end }, &mut stream, &progress, stop)?,
+                        None => Sent::Sent,
                     }
-                    BackendMessage::CopyDone => return Err(CaptureError::Decode("the server ended the stream".into())),
-                    _ => {}
                 }
+                Streamed::Nothing => Sent::Sent,
+            };
+            if sent == Sent::WriterGone || writer.join.is_finished() {
+                // The session ends with the writer's own error when it has one (joined below).
+                return Err(CaptureError::WriterStopped);
             }
+            status.server_wal_end.fetch_max(stream.server_wal_end.0, Ordering::Relaxed);
+            status.wal_messages.fetch_add(stream.messages - seen_messages, Ordering::Relaxed);
+            seen_messages = stream.messages;
             // Besides the timer and the server's requests, confirm progress within a second: the
             // server can only move the slot's restart_lsn (and free WAL) past what we confirmed,
             // and a restart decodes everything after restart_lsn again before sending anything.
@@ -504,7 +425,7 @@ fn run_session(
             let progressed = committed > last_confirmed && last_status.elapsed() >= CONFIRM_PROGRESS_EVERY;
             if reply_now || progressed || last_status.elapsed() >= config.status_interval {
                 status.committed_lsn.store(committed.0, Ordering::Relaxed);
-                conn.send_status(committed, committed, committed, false)?;
+                stream.confirm(committed)?;
                 last_status = Instant::now();
                 last_confirmed = committed;
             }
@@ -522,15 +443,28 @@ fn run_session(
     let writer_result = writer.join.join();
     let lsn = Lsn(progress.committed_lsn.load(Ordering::Acquire));
     status.committed_lsn.store(lsn.0, Ordering::Relaxed);
-    if result.is_ok() {
-        // Final confirmation on a clean stop, then a polite goodbye.
-        let _ = conn.send_status(lsn, lsn, lsn, false);
-        conn.close();
+    let writer_result = match writer_result {
+        Ok(r) => r.map_err(CaptureError::Writer),
+        Err(panic) => Err(CaptureError::WriterPanicked(panic_message(panic.as_ref()))),
+    };
+    match (result, writer_result) {
+        // The writer's failure is why the stream loop stopped (or happened while it stopped).
+        (_, Err(e)) => Err(e),
+        (Err(e), Ok(())) => Err(e),
+        (Ok(()), Ok(())) => {
+            // Final confirmation on a clean stop, then a polite goodbye.
+            let _ = stream.confirm(lsn);
+            stream.close();
+            Ok(())
+        }
     }
-    match writer_result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(CaptureError::Writer(e)),
-        Err(_) => return Err(CaptureError::Decode("the changelog writer panicked".into())),
-    }
-    result
+}
+
+/// The text a thread panicked with.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }

@@ -172,7 +172,7 @@ impl Engine {
         let bucket_checksums: BTreeMap<String, i32> = if has_more || entries.is_empty() {
             BTreeMap::new()
         } else {
-            changelog::bucket_checksums(&mut ***dbs.store(), leaving.held, Some(checkpoint))?.into_iter().collect()
+            changelog::bucket_checksums(&mut ***dbs.store(), leaving.held)?.into_iter().collect()
         };
         let mut map = req.bucket_checkpoints.clone();
         for e in &entries {

@@ -229,7 +229,7 @@ impl Engine {
         let bucket_checksums: BTreeMap<String, i32> = if has_more {
             BTreeMap::new()
         } else {
-            changelog::bucket_checksums(&mut ***dbs.store(), subs, Some(checkpoint))?.into_iter().collect()
+            changelog::bucket_checksums(&mut ***dbs.store(), subs)?.into_iter().collect()
         };
 
         let bucket_checkpoints = per_bucket.then(|| {

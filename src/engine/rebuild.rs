@@ -75,7 +75,7 @@ impl Engine {
             return Err(EngineError::Forbidden(format!("bucket {} is not subscribed by this client", req.bucket_id)));
         }
         // Read before the members and rows, as for snapshots: later changes have higher `seq`.
-        let (max_seq, start) = changelog::rebuild_start(&mut ***dbs.store())?;
+        let max_seq = changelog::max_seq(&mut ***dbs.store())?;
         let (cp, after, mut partial) = match req.cursor.as_deref().and_then(parse_cursor) {
             Some(Cursor { checkpoint: Some(cp), partial, table, record }) => {
                 if cp > max_seq {
@@ -83,8 +83,8 @@ impl Engine {
                 }
                 (cp, Some((table, record)), partial)
             }
-            Some(Cursor { checkpoint: None, partial, table, record }) => (start, Some((table, record)), partial),
-            None => (start, None, false),
+            Some(Cursor { checkpoint: None, partial, table, record }) => (max_seq, Some((table, record)), partial),
+            None => (max_seq, None, false),
         };
         let rule_bucket = is_rule_bucket(&cat.registry, &req.bucket_id);
         let mut members = changelog::bucket_members(
@@ -126,7 +126,7 @@ impl Engine {
         let bucket_checksum = if has_more {
             None
         } else {
-            changelog::bucket_checksums(&mut ***dbs.store(), std::slice::from_ref(&req.bucket_id), None)?
+            changelog::bucket_checksums(&mut ***dbs.store(), std::slice::from_ref(&req.bucket_id))?
                 .first()
                 .map(|(_, c)| *c)
         };

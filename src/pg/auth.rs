@@ -1,245 +1,228 @@
-//! The client side of SCRAM-SHA-256 (RFC 5802, RFC 7677) and of MD5 password authentication,
-//! for our own replication connection. The nonce is passed in so tests replay recorded
-//! exchanges; PBKDF2 is built from `hmac` + `sha2`.
+//! Password authentication of our replication connection: SCRAM-SHA-256 (RFC 5802, RFC 7677)
+//! and MD5, as `postgres-protocol` implements them for the `postgres` crate. Its SCRAM applies
+//! SASLprep to the password as libpq and the server do, so a password that is not in
+//! normalized form (a non-ASCII password typed on another system) authenticates here exactly
+//! as it does with `psql`.
+//!
+//! [`Scram`] is the client side of one exchange, advanced by the server's messages; it does
+//! no I/O.
 
 use std::fmt;
+use std::io;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
-use hmac::{Hmac, KeyInit, Mac};
-use md5::Md5;
-use sha2::{Digest, Sha256};
-
-type HmacSha256 = Hmac<Sha256>;
-
-/// Refuse servers that ask for absurd work (a hostile server could stall us for minutes).
-pub const MAX_ITERATIONS: u32 = 1_000_000;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 
 /// A failed SCRAM exchange.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum ScramError {
-    /// The server-first message is malformed.
-    BadServerFirst(&'static str),
-    /// The server's nonce does not extend ours.
-    NonceMismatch,
-    /// The iteration count is 0 or above [`MAX_ITERATIONS`].
-    BadIterations(u64),
-    /// The server-final message is malformed or carries `e=`.
-    BadServerFinal(String),
-    /// The server's signature is wrong: it does not know the password.
-    ServerSignatureMismatch,
-    /// A message arrived out of order.
-    OutOfOrder,
+    /// A SASL message arrived out of turn.
+    OutOfOrder(&'static str),
+    /// The server-first message was refused: malformed, a nonce that does not extend ours, or
+    /// an iteration count above what we accept (a hostile server could stall us for minutes).
+    ServerFirst(io::Error),
+    /// The server-final message was refused: malformed, an error from the server, or a
+    /// signature showing that the server does not know the password.
+    ServerFinal(io::Error),
 }
 
 impl fmt::Display for ScramError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ScramError::BadServerFirst(why) => write!(f, "malformed SCRAM server-first message: {why}"),
-            ScramError::NonceMismatch => f.write_str("SCRAM server nonce does not extend the client nonce"),
-            ScramError::BadIterations(n) => write!(f, "SCRAM iteration count {n} refused"),
-            ScramError::BadServerFinal(why) => write!(f, "SCRAM server-final message: {why}"),
-            ScramError::ServerSignatureMismatch => f.write_str("SCRAM server signature mismatch"),
-            ScramError::OutOfOrder => f.write_str("SCRAM message out of order"),
+            ScramError::OutOfOrder(what) => write!(f, "SCRAM {what} out of order"),
+            ScramError::ServerFirst(e) => write!(f, "SCRAM server-first message refused: {e}"),
+            ScramError::ServerFinal(e) => write!(f, "SCRAM server-final message refused: {e}"),
         }
     }
 }
 
-impl std::error::Error for ScramError {}
-
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(data);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&mac.finalize().into_bytes());
-    out
-}
-
-/// PBKDF2-HMAC-SHA-256 with one output block (32 bytes), as SCRAM's `Hi()`.
-fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
-    let mut block = salt.to_vec();
-    block.extend_from_slice(&1u32.to_be_bytes());
-    let mut u = hmac(password, &block);
-    let mut out = u;
-    for _ in 1..iterations {
-        u = hmac(password, &u);
-        for (o, x) in out.iter_mut().zip(u.iter()) {
-            *o ^= x;
+impl std::error::Error for ScramError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ScramError::ServerFirst(e) | ScramError::ServerFinal(e) => Some(e),
+            ScramError::OutOfOrder(_) => None,
         }
     }
-    out
 }
 
-enum State {
-    Initial,
-    SentClientFirst { client_first_bare: String },
-    SentClientFinal { server_signature: [u8; 32] },
+enum Step {
+    SentFirst,
+    SentFinal,
     Done,
 }
 
-/// A SCRAM-SHA-256 client exchange.
-pub struct ScramClient {
-    password: Vec<u8>,
-    username: String,
-    nonce: String,
-    state: State,
+/// The client side of one SCRAM-SHA-256 exchange, without channel binding (the client-first
+/// message says so, which servers accept whether or not they offer `SCRAM-SHA-256-PLUS`).
+pub struct Scram {
+    inner: ScramSha256,
+    step: Step,
 }
 
-impl ScramClient {
-    /// A client for `password` with our `nonce` (printable, no commas). PostgreSQL ignores the
-    /// SCRAM user name (it uses the startup user), so it is normally empty.
-    pub fn new(username: &str, password: &[u8], nonce: String) -> ScramClient {
-        ScramClient { password: password.to_vec(), username: username.to_string(), nonce, state: State::Initial }
+impl Scram {
+    /// The mechanism name, as the server offers it.
+    pub const MECHANISM: &'static str = SCRAM_SHA_256;
+
+    /// Starts an exchange for `password` with a random nonce.
+    pub fn start(password: &str) -> Scram {
+        Scram { inner: ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported()), step: Step::SentFirst }
     }
 
-    /// The client-first message (`n,,n=<user>,r=<nonce>`).
-    pub fn client_first(&mut self) -> Vec<u8> {
-        let bare = format!("n={},r={}", self.username.replace('=', "=3D").replace(',', "=2C"), self.nonce);
-        let msg = format!("n,,{bare}");
-        self.state = State::SentClientFirst { client_first_bare: bare };
-        msg.into_bytes()
+    /// The client-first message, for the SASLInitialResponse.
+    pub fn client_first(&self) -> Result<&[u8], ScramError> {
+        match self.step {
+            Step::SentFirst => Ok(self.inner.message()),
+            _ => Err(ScramError::OutOfOrder("client-first message")),
+        }
     }
 
-    /// Takes the server-first message, returns the client-final message.
-    pub fn handle_server_first(&mut self, server_first: &[u8]) -> Result<Vec<u8>, ScramError> {
-        let State::SentClientFirst { client_first_bare } = &self.state else { return Err(ScramError::OutOfOrder) };
-        let text = std::str::from_utf8(server_first).map_err(|_| ScramError::BadServerFirst("not UTF-8"))?;
-        let mut parts = text.split(',');
-        let nonce = parts.next().and_then(|p| p.strip_prefix("r=")).ok_or(ScramError::BadServerFirst("no nonce"))?;
-        let salt = parts.next().and_then(|p| p.strip_prefix("s=")).ok_or(ScramError::BadServerFirst("no salt"))?;
-        let iters =
-            parts.next().and_then(|p| p.strip_prefix("i=")).ok_or(ScramError::BadServerFirst("no iteration count"))?;
-        if !nonce.starts_with(&self.nonce) || nonce.len() <= self.nonce.len() {
-            return Err(ScramError::NonceMismatch);
+    /// Takes the server-first message (SASLContinue); returns the client-final message.
+    pub fn client_final(&mut self, server_first: &[u8]) -> Result<&[u8], ScramError> {
+        if !matches!(self.step, Step::SentFirst) {
+            return Err(ScramError::OutOfOrder("server-first message"));
         }
-        let salt = STANDARD.decode(salt).map_err(|_| ScramError::BadServerFirst("salt is not base64"))?;
-        let iterations: u64 =
-            iters.parse().map_err(|_| ScramError::BadServerFirst("iteration count is not a number"))?;
-        if iterations == 0 || iterations > u64::from(MAX_ITERATIONS) {
-            return Err(ScramError::BadIterations(iterations));
-        }
-        let salted = hi(&self.password, &salt, iterations as u32);
-        let client_key = hmac(&salted, b"Client Key");
-        let stored_key: [u8; 32] = Sha256::digest(client_key).into();
-        let without_proof = format!("c=biws,r={nonce}");
-        let auth_message = format!("{client_first_bare},{text},{without_proof}");
-        let client_signature = hmac(&stored_key, auth_message.as_bytes());
-        let mut proof = client_key;
-        for (p, s) in proof.iter_mut().zip(client_signature.iter()) {
-            *p ^= s;
-        }
-        let server_key = hmac(&salted, b"Server Key");
-        let server_signature = hmac(&server_key, auth_message.as_bytes());
-        self.state = State::SentClientFinal { server_signature };
-        Ok(format!("{without_proof},p={}", STANDARD.encode(proof)).into_bytes())
+        self.step = Step::Done;
+        self.inner.update(server_first).map_err(ScramError::ServerFirst)?;
+        self.step = Step::SentFinal;
+        Ok(self.inner.message())
     }
 
-    /// Verifies the server-final message (the server proves it knows the password).
-    pub fn verify_server_final(&mut self, server_final: &[u8]) -> Result<(), ScramError> {
-        let State::SentClientFinal { server_signature } = &self.state else { return Err(ScramError::OutOfOrder) };
-        let text = std::str::from_utf8(server_final).map_err(|_| ScramError::BadServerFinal("not UTF-8".into()))?;
-        if let Some(e) = text.strip_prefix("e=") {
-            return Err(ScramError::BadServerFinal(format!("server error {e}")));
+    /// Verifies the server-final message (SASLFinal): the server proves it knows the password.
+    pub fn verify(&mut self, server_final: &[u8]) -> Result<(), ScramError> {
+        if !matches!(self.step, Step::SentFinal) {
+            return Err(ScramError::OutOfOrder("server-final message"));
         }
-        let v = text
-            .split(',')
-            .next()
-            .and_then(|p| p.strip_prefix("v="))
-            .ok_or_else(|| ScramError::BadServerFinal("no verifier".into()))?;
-        let got = STANDARD.decode(v).map_err(|_| ScramError::BadServerFinal("verifier is not base64".into()))?;
-        // Constant-time comparison through the MAC's own verifier.
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(b"compare").expect("any key length");
-        mac.update(server_signature);
-        let expected = mac.finalize().into_bytes();
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(b"compare").expect("any key length");
-        mac.update(&got);
-        if mac.verify_slice(&expected).is_err() {
-            return Err(ScramError::ServerSignatureMismatch);
-        }
-        self.state = State::Done;
-        Ok(())
+        self.step = Step::Done;
+        self.inner.finish(server_final).map_err(ScramError::ServerFinal)
     }
 }
 
-/// A random SCRAM nonce (24 random bytes, base64).
-pub fn random_nonce() -> Result<String, getrandom::Error> {
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes)?;
-    Ok(STANDARD.encode(bytes))
-}
-
-/// The MD5 password response: `md5` + hex(md5(hex(md5(password + user)) + salt)).
-pub fn md5_password(user: &str, password: &str, salt: [u8; 4]) -> String {
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let inner = hex(&Md5::digest(format!("{password}{user}").as_bytes()));
-    let mut outer = inner.into_bytes();
-    outer.extend_from_slice(&salt);
-    format!("md5{}", hex(&Md5::digest(&outer)))
+/// The response to an MD5 password request: `md5` + hex(md5(hex(md5(password + user)) + salt)).
+pub fn md5_response(user: &str, password: &str, salt: [u8; 4]) -> String {
+    postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt)
 }
 
 #[cfg(test)]
 mod tests {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use hmac::{Hmac, KeyInit, Mac};
+    use sha2::{Digest, Sha256};
+
     use super::*;
 
+    fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap();
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// The server side of an exchange for `stored_password` (as the server normalized it when
+    /// the role's password was set): checks the client's proof, answers its signature.
+    struct Server {
+        salted: Vec<u8>,
+        first: String,
+        client_first_bare: String,
+    }
+
+    impl Server {
+        fn first(stored_password: &str, client_first: &[u8]) -> Server {
+            let client_first = std::str::from_utf8(client_first).unwrap();
+            let bare = client_first.strip_prefix("n,,").expect("no channel binding").to_string();
+            let nonce = bare.strip_prefix("n=,r=").unwrap();
+            let salt = b"0123456789abcdef";
+            // PBKDF2 with one block, 4096 iterations.
+            let mut block = salt.to_vec();
+            block.extend_from_slice(&1u32.to_be_bytes());
+            let mut u = hmac(stored_password.as_bytes(), &block);
+            let mut salted = u.clone();
+            for _ in 1..4096 {
+                u = hmac(stored_password.as_bytes(), &u);
+                salted.iter_mut().zip(&u).for_each(|(s, x)| *s ^= x);
+            }
+            let first = format!("r={nonce}srv,s={},i=4096", STANDARD.encode(salt));
+            Server { salted, first, client_first_bare: bare }
+        }
+
+        /// Checks the client-final message; returns the server-final message when the proof
+        /// is right.
+        fn last(&self, client_final: &[u8]) -> Option<String> {
+            let client_final = std::str::from_utf8(client_final).unwrap();
+            let (without_proof, proof) = client_final.split_once(",p=").unwrap();
+            let auth = format!("{},{},{without_proof}", self.client_first_bare, self.first);
+            let client_key = hmac(&self.salted, b"Client Key");
+            let signature = hmac(&Sha256::digest(&client_key), auth.as_bytes());
+            let proof = STANDARD.decode(proof).unwrap();
+            let recovered: Vec<u8> = proof.iter().zip(&signature).map(|(p, s)| p ^ s).collect();
+            (Sha256::digest(&recovered) == Sha256::digest(&client_key))
+                .then(|| format!("v={}", STANDARD.encode(hmac(&hmac(&self.salted, b"Server Key"), auth.as_bytes()))))
+        }
+    }
+
+    fn exchange(client_password: &str, stored_password: &str) -> Result<(), ScramError> {
+        let mut client = Scram::start(client_password);
+        let server = Server::first(stored_password, client.client_first()?);
+        let client_final = client.client_final(server.first.as_bytes())?.to_vec();
+        match server.last(&client_final) {
+            Some(server_final) => client.verify(server_final.as_bytes()),
+            None => Err(ScramError::ServerFinal(io::Error::other("wrong proof"))),
+        }
+    }
+
     #[test]
-    fn rfc7677_exchange() {
-        let mut c = ScramClient::new("user", b"pencil", "rOprNGfwEbeRWgbNEkqO".into());
-        assert_eq!(c.client_first(), b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO");
-        let server_first = b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
-        let final_msg = c.handle_server_first(server_first).unwrap();
-        assert_eq!(
-            String::from_utf8(final_msg).unwrap(),
-            "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
-        );
-        c.verify_server_final(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=").unwrap();
+    fn a_full_exchange_and_a_wrong_password() {
+        exchange("pencil", "pencil").unwrap();
+        assert!(exchange("pencil", "pen").is_err());
+    }
+
+    #[test]
+    fn passwords_are_saslprepped_like_libpq_does() {
+        // RFC 4013's examples: a soft hyphen maps to nothing, U+2168 (ROMAN NUMERAL NINE)
+        // normalizes to "IX", and an e with a combining acute accent to "é".
+        exchange("I\u{00AD}X", "IX").unwrap();
+        exchange("\u{2168}", "IX").unwrap();
+        exchange("caf\u{0065}\u{0301}", "caf\u{00E9}").unwrap();
     }
 
     #[test]
     fn every_failure_is_typed() {
-        let start = || {
-            let mut c = ScramClient::new("", b"pw", "abc".into());
-            c.client_first();
-            c
+        let start = || Scram::start("pw");
+        let nonce = |c: &Scram| std::str::from_utf8(c.client_first().unwrap()).unwrap()[8..].to_string();
+        let first_refused = |msg: String| {
+            let mut c = start();
+            let msg = msg.replace("NONCE", &nonce(&c));
+            matches!(c.client_final(msg.as_bytes()), Err(ScramError::ServerFirst(_)))
         };
-        let cases: &[(&[u8], ScramError)] = &[
-            (b"s=AA==,i=1", ScramError::BadServerFirst("no nonce")),
-            (b"r=abcd,i=1", ScramError::BadServerFirst("no salt")),
-            (b"r=abcd,s=AA==", ScramError::BadServerFirst("no iteration count")),
-            (b"r=xyz1,s=AA==,i=1", ScramError::NonceMismatch),
-            (b"r=abc,s=AA==,i=1", ScramError::NonceMismatch),
-            (b"r=abcd,s=!!,i=1", ScramError::BadServerFirst("salt is not base64")),
-            (b"r=abcd,s=AA==,i=x", ScramError::BadServerFirst("iteration count is not a number")),
-            (b"r=abcd,s=AA==,i=0", ScramError::BadIterations(0)),
-            (b"r=abcd,s=AA==,i=99999999", ScramError::BadIterations(99_999_999)),
-            (b"\xff", ScramError::BadServerFirst("not UTF-8")),
-        ];
-        for (msg, want) in cases {
-            assert_eq!(start().handle_server_first(msg).unwrap_err(), *want);
+        for bad in [
+            "s=AA==,i=1",
+            "r=NONCEx,i=1",
+            "r=NONCEx,s=AA==",
+            "r=other,s=AA==,i=1",
+            "r=NONCEx,s=!!,i=1",
+            "r=NONCEx,s=AA==,i=x",
+            "r=NONCEx,s=AA==,i=99999999",
+            "\u{FFFD}",
+        ] {
+            assert!(first_refused(bad.to_string()), "{bad}");
         }
         let mut c = start();
-        c.handle_server_first(b"r=abcd,s=AA==,i=2").unwrap();
-        assert_eq!(c.verify_server_final(b"v=AAAA").unwrap_err(), ScramError::ServerSignatureMismatch);
+        let msg = format!("r={}x,s=AA==,i=2", nonce(&c));
+        c.client_final(msg.as_bytes()).unwrap();
+        assert!(matches!(c.verify(b"v=AAAA"), Err(ScramError::ServerFinal(_))), "a wrong signature");
         let mut c = start();
-        c.handle_server_first(b"r=abcd,s=AA==,i=2").unwrap();
-        assert!(matches!(c.verify_server_final(b"e=invalid-proof"), Err(ScramError::BadServerFinal(_))));
-        let mut c = start();
-        c.handle_server_first(b"r=abcd,s=AA==,i=2").unwrap();
-        assert!(matches!(c.verify_server_final(b"x=1"), Err(ScramError::BadServerFinal(_))));
-        assert_eq!(
-            ScramClient::new("", b"", "n".into()).verify_server_final(b"v=").unwrap_err(),
-            ScramError::OutOfOrder
-        );
-        assert_eq!(
-            ScramClient::new("", b"", "n".into()).handle_server_first(b"r=n1,s=,i=1").unwrap_err(),
-            ScramError::OutOfOrder
-        );
+        c.client_final(format!("r={}x,s=AA==,i=2", nonce(&c)).as_bytes()).unwrap();
+        let err = c.verify(b"e=invalid-proof").unwrap_err();
+        assert!(matches!(err, ScramError::ServerFinal(_)));
+        assert!(std::error::Error::source(&err).is_some_and(|s| s.to_string().contains("invalid-proof")));
+        // Out of turn: a server-final before the server-first, anything after the end.
+        assert!(matches!(start().verify(b"v="), Err(ScramError::OutOfOrder(_))));
+        assert!(matches!(c.verify(b"v="), Err(ScramError::OutOfOrder(_))));
+        assert!(matches!(c.client_final(b"r=x"), Err(ScramError::OutOfOrder(_))));
+        assert!(matches!(c.client_first(), Err(ScramError::OutOfOrder(_))));
     }
 
     #[test]
     fn md5_matches_postgresql() {
         // python3: hashlib.md5(hashlib.md5(b"secretuser").hexdigest().encode() + bytes([1, 2, 3, 4])).hexdigest()
-        assert_eq!(md5_password("user", "secret", [1, 2, 3, 4]), "md5fccef98e4f1cf6cbe96b743fad4e8bd0");
-        assert!(random_nonce().unwrap().len() >= 32);
+        assert_eq!(md5_response("user", "secret", [1, 2, 3, 4]), "md5fccef98e4f1cf6cbe96b743fad4e8bd0");
     }
 }

@@ -8,7 +8,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use super::auth::{self, ScramClient, ScramError};
+use super::auth::{self, Scram, ScramError};
 use crate::pg::tls::{TlsError, TlsSettings};
 use crate::pg::url::{ConnParams, Host};
 use crate::pg::wire::backend::{self, Authentication, BackendMessage, PgErrorFields, DEFAULT_MAX_FRAME};
@@ -93,7 +93,23 @@ impl fmt::Display for ReplError {
     }
 }
 
-impl std::error::Error for ReplError {}
+impl std::error::Error for ReplError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReplError::Io { source, .. } => Some(source),
+            ReplError::Decode { source, .. } => Some(source),
+            ReplError::Scram(e) => Some(e),
+            ReplError::Tls(e) => Some(e),
+            ReplError::Server { .. } | ReplError::Protocol(_) | ReplError::Auth(_) | ReplError::Pooler(_) => None,
+        }
+    }
+}
+
+impl From<ScramError> for ReplError {
+    fn from(e: ScramError) -> Self {
+        ReplError::Scram(e)
+    }
+}
 
 #[cfg(feature = "tls")]
 type TlsStream = Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
@@ -277,7 +293,7 @@ impl ReplicationConn {
         ];
         // Values arrive rendered with the session's settings: pin the ones every pooled session
         // uses (UTC, ISO dates, interval and bytea formats), so text renders alike in both.
-        startup.push(("options", crate::store::pool::SESSION_OPTIONS));
+        startup.push(("options", super::SESSION_OPTIONS));
         frontend::startup(&mut conn.out, &startup);
         conn.flush_out("sending the startup message")?;
         conn.authenticate(params)?;
@@ -357,7 +373,7 @@ impl ReplicationConn {
     }
 
     fn authenticate(&mut self, params: &ConnParams) -> Result<(), ReplError> {
-        let mut scram: Option<ScramClient> = None;
+        let mut scram: Option<Scram> = None;
         loop {
             let frame = self.expect_frame("authenticating")?;
             let msg = backend::decode(backend::Frame { tag: frame.tag, body: &frame.body })
@@ -374,33 +390,29 @@ impl ReplicationConn {
                     self.flush_out("sending the password")?;
                 }
                 BackendMessage::Authentication(Authentication::Md5Password(salt)) => {
-                    frontend::password(&mut self.out, &auth::md5_password(&params.user, &password()?, salt));
+                    frontend::password(&mut self.out, &auth::md5_response(&params.user, &password()?, salt));
                     self.flush_out("sending the MD5 password")?;
                 }
                 BackendMessage::Authentication(Authentication::Sasl(mechs)) => {
-                    if !mechs.contains(&"SCRAM-SHA-256") {
+                    if !mechs.contains(&Scram::MECHANISM) {
                         return Err(ReplError::Auth(format!(
                             "the server offers only {mechs:?}; SCRAM-SHA-256 is supported"
                         )));
                     }
-                    let nonce =
-                        auth::random_nonce().map_err(|e| ReplError::Auth(format!("no randomness for SCRAM: {e}")))?;
-                    let mut client = ScramClient::new("", password()?.as_bytes(), nonce);
-                    let first = client.client_first();
-                    frontend::sasl_initial_response(&mut self.out, "SCRAM-SHA-256", &first);
+                    let client = Scram::start(&password()?);
+                    frontend::sasl_initial_response(&mut self.out, Scram::MECHANISM, client.client_first()?);
                     self.flush_out("sending SCRAM client-first")?;
                     scram = Some(client);
                 }
                 BackendMessage::Authentication(Authentication::SaslContinue(data)) => {
                     let client =
                         scram.as_mut().ok_or_else(|| ReplError::Protocol("SASL continue without SASL".into()))?;
-                    let final_msg = client.handle_server_first(data).map_err(ReplError::Scram)?;
-                    frontend::sasl_response(&mut self.out, &final_msg);
+                    frontend::sasl_response(&mut self.out, client.client_final(data)?);
                     self.flush_out("sending SCRAM client-final")?;
                 }
                 BackendMessage::Authentication(Authentication::SaslFinal(data)) => {
                     let client = scram.as_mut().ok_or_else(|| ReplError::Protocol("SASL final without SASL".into()))?;
-                    client.verify_server_final(data).map_err(ReplError::Scram)?;
+                    client.verify(data)?;
                 }
                 BackendMessage::Authentication(Authentication::Unsupported(code)) => {
                     return Err(ReplError::Auth(format!(

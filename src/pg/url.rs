@@ -91,29 +91,23 @@ pub fn parse(s: &str) -> Result<ConnParams, ConnStringError> {
     }
 }
 
+/// Decodes `%XX` escapes as libpq does: a `%` without two hex digits after it is an error,
+/// and so is a result that is not UTF-8.
 fn percent_decode(s: &str) -> Result<String, ConnStringError> {
     let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-                let value = hex.and_then(|h| u8::from_str_radix(h, 16).ok());
-                match value {
-                    Some(v) => out.push(v),
-                    // The text is not echoed: it may be the password.
-                    None => return Err(ConnStringError("invalid percent-encoding (expected %XX)".to_string())),
-                }
-                i += 3;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
+    let well_formed = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'%')
+        .all(|(i, _)| bytes.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)));
+    // The text is not echoed: it may be the password.
+    if !well_formed {
+        return Err(ConnStringError("invalid percent-encoding (expected %XX)".to_string()));
     }
-    String::from_utf8(out).map_err(|_| ConnStringError("percent-encoded text is not UTF-8".to_string()))
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|d| d.into_owned())
+        .map_err(|_| ConnStringError("percent-encoded text is not UTF-8".to_string()))
 }
 
 fn parse_port(s: &str) -> Result<u16, ConnStringError> {

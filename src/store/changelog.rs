@@ -1,8 +1,9 @@
-//! Reading `sync_changelog` and `sync_bucket_edges` for pulls, rebuilds and debug (§6, §8.2,
-//! §10.1, §10.4), plus the watermarks synchro keeps beside them.
+//! `sync_changelog` (§10.1): the writer's appends (rows in binary `COPY` format, the removals
+//! a TRUNCATE implies, assignment failures, history-reset markers), and the reads of pulls,
+//! rebuilds and debug (§6, §8.2, §10.4), plus the watermarks synchro keeps beside them.
 
 use postgres::types::{ToSql, Type};
-use postgres::GenericClient;
+use postgres::{GenericClient, ToStatement};
 
 use super::pool::StoreError;
 use crate::types::{Op, Seq};
@@ -117,44 +118,16 @@ pub fn max_seq(db: &mut impl GenericClient) -> Result<i64, StoreError> {
     Ok(bounds(db)?.1)
 }
 
-/// `(MAX(seq), where a rebuild starts)`. A rebuild's members come from the bucket edges, which
-/// the writer commits a moment after the changelog rows (`crate::edge_session`): it starts at
-/// the `edges_seq` watermark when that is lower, so no member whose edge is still uncommitted
-/// is skipped (its change then comes with the next pull).
-pub fn rebuild_start(db: &mut impl GenericClient) -> Result<(i64, i64), StoreError> {
-    let row = db
-        .query_one(
-            "SELECT COALESCE((SELECT seq FROM sync_changelog ORDER BY seq DESC LIMIT 1), 0), \
-                    (SELECT seq FROM synchro_watermarks WHERE name = $1)",
-            &[&crate::edge_session::EDGES_SEQ],
-        )
-        .map_err(StoreError::query("reading the rebuild checkpoint"))?;
-    let max: i64 = row.get(0);
-    let edges: Option<i64> = row.get(1);
-    Ok((max, edges.map_or(max, |e| e.min(max))))
-}
-
 /// `BIT_XOR(checksum)` over each bucket's edges with a checksum; buckets without any are absent.
-///
-/// With `covering`, a pull page's last `seq`: nothing when the edges are not yet committed that
-/// far (the `edges_seq` watermark is below it, for the moment between the writer's changelog
-/// and edge commits). Checksums that miss the page's own changes would only make the SDK
-/// rebuild those buckets for nothing; it verifies at its next complete pull instead.
-pub fn bucket_checksums(
-    db: &mut impl GenericClient,
-    buckets: &[String],
-    covering: Option<i64>,
-) -> Result<Vec<(String, i32)>, StoreError> {
+pub fn bucket_checksums(db: &mut impl GenericClient, buckets: &[String]) -> Result<Vec<(String, i32)>, StoreError> {
     if buckets.is_empty() {
         return Ok(Vec::new());
     }
     let rows = db
         .query_typed(
             "SELECT bucket_id, BIT_XOR(checksum) FROM sync_bucket_edges \
-             WHERE bucket_id = ANY($1) AND checksum IS NOT NULL \
-               AND ($2::int8 IS NULL OR COALESCE((SELECT seq FROM synchro_watermarks WHERE name = $3), $2) >= $2) \
-             GROUP BY bucket_id ORDER BY bucket_id",
-            &[(&buckets, Type::TEXT_ARRAY), (&covering, Type::INT8), (&crate::edge_session::EDGES_SEQ, Type::TEXT)],
+             WHERE bucket_id = ANY($1) AND checksum IS NOT NULL GROUP BY bucket_id ORDER BY bucket_id",
+            &[(&buckets, Type::TEXT_ARRAY)],
         )
         .map_err(StoreError::query("computing bucket checksums"))?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -191,6 +164,33 @@ pub fn members_in(
         )
         .map_err(StoreError::query("reading bucket memberships of rows"))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Gauges of the sync tables for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gauges {
+    /// Registered client devices.
+    pub clients: f64,
+    /// Active client devices.
+    pub active_clients: f64,
+    /// Changelog rows (the planner's estimate: counting would scan the table).
+    pub changelog_rows: f64,
+    /// The changelog's size on disk, indexes included.
+    pub changelog_bytes: f64,
+}
+
+/// Reads the [`Gauges`].
+pub fn gauges(db: &mut impl GenericClient) -> Result<Gauges, StoreError> {
+    let r = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM sync_clients)::float8, (SELECT count(*) FROM sync_clients WHERE is_active)::float8, \
+                    GREATEST((SELECT reltuples FROM pg_class WHERE oid = 'sync_changelog'::regclass), 0)::float8, \
+                    pg_total_relation_size('sync_changelog')::float8",
+            &[],
+        )
+        .map_err(StoreError::query("reading the sync tables' gauges"))?;
+    let get = |i: usize| r.get::<_, Option<f64>>(i).unwrap_or(0.0);
+    Ok(Gauges { clients: get(0), active_clients: get(1), changelog_rows: get(2), changelog_bytes: get(3) })
 }
 
 /// One page of a bucket's members in `(table_name, record_id)` order, after `after` (exclusive).
@@ -242,4 +242,164 @@ pub fn raise_watermark(db: &mut impl GenericClient, name: &str, seq: i64) -> Res
     )
     .map_err(StoreError::query("raising a watermark"))?;
     Ok(())
+}
+
+/// A change the bucket assigner refused: recorded in `sync_rule_failures` (§10.5) instead of
+/// the changelog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The registered table name.
+    pub table: String,
+    /// The record's primary key as text.
+    pub record: String,
+    /// What happened to the record.
+    pub op: Op,
+    /// Why no bucket could be assigned.
+    pub error: String,
+    /// The replicated values as a JSON object (text; unchanged TOAST values left out).
+    pub payload: String,
+}
+
+/// One changelog row to append, borrowed from the writer's plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeRef<'a> {
+    /// The bucket it is written for.
+    pub bucket: &'a str,
+    /// The registered table name.
+    pub table: &'a str,
+    /// The record's primary key as text.
+    pub record: &'a str,
+    /// What happened to the record in that bucket.
+    pub op: Op,
+}
+
+/// Appends rows encoded by [`encode_rows`].
+pub(super) const COPY_SQL: &str =
+    "COPY sync_changelog (bucket_id, table_name, record_id, operation) FROM STDIN (FORMAT binary)";
+
+/// Records one [`Failure`].
+pub(super) const FAILURE_SQL: &str =
+    "INSERT INTO sync_rule_failures (table_name, record_id, operation, error_text, payload) \
+     VALUES ($1, $2, $3, $4, $5::text::jsonb)";
+
+/// Removes every edge of the tables `$1` and records a removal for each (§9.4: a TRUNCATE
+/// removes every row of the table from every bucket).
+pub(super) const TRUNCATE_SQL: &str = "WITH gone AS (DELETE FROM sync_bucket_edges WHERE table_name = ANY ($1) \
+                          RETURNING table_name, record_id, bucket_id) \
+     INSERT INTO sync_changelog (bucket_id, table_name, record_id, operation) \
+     SELECT bucket_id, table_name, record_id, 3 FROM gone ORDER BY table_name, record_id, bucket_id";
+
+/// Changelog rows in PostgreSQL's binary `COPY` format, header and trailer included, for the
+/// writer's `COPY`. A value longer than `i32::MAX` bytes cannot reach here: keys and bucket
+/// ids come from single WAL messages, whose lengths are `i32` themselves.
+pub fn encode_rows(rows: &[ChangeRef<'_>]) -> Vec<u8> {
+    let size: usize = rows.iter().map(|r| 2 + 12 + r.bucket.len() + r.table.len() + r.record.len() + 6).sum();
+    let mut out = Vec::with_capacity(21 + size);
+    // Signature, flags, header extension length.
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    let text = |out: &mut Vec<u8>, s: &str| {
+        out.extend_from_slice(&(s.len() as i32).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    };
+    for r in rows {
+        out.extend_from_slice(&4i16.to_be_bytes());
+        text(&mut out, r.bucket);
+        text(&mut out, r.table);
+        text(&mut out, r.record);
+        out.extend_from_slice(&2i32.to_be_bytes());
+        out.extend_from_slice(&r.op.code().to_be_bytes());
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
+}
+
+/// Appends rows encoded by [`encode_rows`]; `seq` follows their order.
+pub(super) fn copy_rows(
+    db: &mut impl GenericClient,
+    statement: &(impl ToStatement + ?Sized),
+    encoded: &[u8],
+) -> Result<(), StoreError> {
+    let mut sink = db.copy_in(statement).map_err(StoreError::query("starting the changelog COPY"))?;
+    if let Err(e) = std::io::Write::write_all(&mut sink, encoded) {
+        // The sink reports the connection's error wrapped in an I/O error.
+        let detail = e.to_string();
+        return Err(match e.into_inner().and_then(|inner| inner.downcast::<postgres::Error>().ok()) {
+            Some(source) => StoreError::Query { context: "writing changelog rows".into(), source: *source },
+            None => StoreError::Corrupt { detail: format!("writing changelog rows: {detail}") },
+        });
+    }
+    sink.finish().map_err(StoreError::query("finishing the changelog COPY"))?;
+    Ok(())
+}
+
+/// Records failed bucket assignments.
+pub(super) fn record_failures(
+    db: &mut impl GenericClient,
+    statement: &(impl ToStatement + ?Sized),
+    failures: &[Failure],
+) -> Result<(), StoreError> {
+    for f in failures {
+        db.execute(statement, &[&f.table, &f.record, &f.op.code(), &f.error, &f.payload])
+            .map_err(StoreError::query("recording a bucket assignment failure"))?;
+    }
+    Ok(())
+}
+
+/// Removes the edges of truncated `tables` and appends a removal row for each; returns how
+/// many rows it appended.
+pub(super) fn record_truncate(
+    db: &mut impl GenericClient,
+    statement: &(impl ToStatement + ?Sized),
+    tables: &[String],
+) -> Result<u64, StoreError> {
+    db.execute(statement, &[&tables]).map_err(StoreError::query("recording a TRUNCATE"))
+}
+
+/// Records that history up to now may be incomplete (the replication slot was lost and
+/// recreated): a marker row in a bucket nobody subscribes to advances `seq` past every earlier
+/// change, so snapshots taken after the reset start at or above it, and the
+/// [`watermark::HISTORY_RESET`] watermark sends every client positioned before it back to a
+/// snapshot. Returns the marker's `seq`.
+pub fn mark_history_reset(db: &mut postgres::Client) -> Result<i64, StoreError> {
+    let mut tx = db.transaction().map_err(StoreError::query("starting the history reset"))?;
+    let seq: i64 = tx
+        .query_one(
+            "INSERT INTO sync_changelog (bucket_id, table_name, record_id, operation) \
+             VALUES ('__synchro_history_reset__', '', '', 2) RETURNING seq",
+            &[],
+        )
+        .map_err(StoreError::query("writing the history-reset marker"))?
+        .get(0);
+    raise_watermark(&mut tx, watermark::HISTORY_RESET, seq)?;
+    tx.commit().map_err(StoreError::query("committing the history reset"))?;
+    Ok(seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{encode_rows, ChangeRef};
+    use crate::types::Op;
+
+    #[test]
+    fn rows_are_encoded_in_the_binary_copy_format() {
+        let rows = [("user:a", "items", "1", Op::Create), ("global", "t", "", Op::Delete)];
+        let refs: Vec<ChangeRef<'_>> =
+            rows.iter().map(|&(bucket, table, record, op)| ChangeRef { bucket, table, record, op }).collect();
+        let out = encode_rows(&refs);
+        let mut want: Vec<u8> = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
+        for (b, t, r, op) in rows {
+            want.extend_from_slice(&[0, 4]);
+            for s in [b, t, r] {
+                want.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                want.extend_from_slice(s.as_bytes());
+            }
+            want.extend_from_slice(&[0, 0, 0, 2, 0, op.code() as u8]);
+        }
+        want.extend_from_slice(&[0xff, 0xff]);
+        assert_eq!(out, want);
+        // No rows: header and trailer only.
+        assert_eq!(encode_rows(&[]).len(), 19 + 2);
+    }
 }

@@ -128,6 +128,33 @@ DELETE FROM sync_client_checkpoints k WHERE NOT EXISTS (
     },
     Migration {
         version: 5,
+        name: "one capture mode: edge-session watermarks removed",
+        sql: r#"
+-- A writer with CAPTURE_EDGE_SESSION=true (two transactions per batch) that crashed between its
+-- changelog and edge commits left the edges behind the changelog: edges_lsn:<slot> below the
+-- slot's stored position. A one-transaction writer cannot replay edges alone, so the edges are
+-- rebuilt from the tables by the backfill at the next start of capture (it runs again once
+-- its marks are gone), and a history reset sends every client to a fresh snapshot, so none
+-- keeps a row whose removal fell into the gap.
+DELETE FROM sync_bucket_edges WHERE EXISTS (
+    SELECT 1 FROM synchro_watermarks w JOIN sync_wal_position p ON w.name = 'edges_lsn:' || p.slot_name
+    WHERE w.seq < p.confirmed_lsn);
+DELETE FROM synchro_watermarks WHERE name LIKE 'backfill:%' AND EXISTS (
+    SELECT 1 FROM synchro_watermarks w JOIN sync_wal_position p ON w.name = 'edges_lsn:' || p.slot_name
+    WHERE w.seq < p.confirmed_lsn);
+WITH marker AS (
+    INSERT INTO sync_changelog (bucket_id, table_name, record_id, operation)
+    SELECT '__synchro_history_reset__', '', '', 2 WHERE EXISTS (
+        SELECT 1 FROM synchro_watermarks w JOIN sync_wal_position p ON w.name = 'edges_lsn:' || p.slot_name
+        WHERE w.seq < p.confirmed_lsn)
+    RETURNING seq)
+INSERT INTO synchro_watermarks (name, seq) SELECT 'history_reset', seq FROM marker
+ON CONFLICT (name) DO UPDATE SET seq = GREATEST(synchro_watermarks.seq, EXCLUDED.seq), updated_at = now();
+DELETE FROM synchro_watermarks WHERE name = 'edges_seq' OR name LIKE 'edges\_lsn:%';
+"#,
+    },
+    Migration {
+        version: 6,
         name: "rule-bucket subscriptions: membership versions and departures",
         sql: r#"
 CREATE TABLE IF NOT EXISTS synchro_subscription_versions (
@@ -172,6 +199,13 @@ pub fn statements() -> Vec<String> {
         ));
     }
     out
+}
+
+/// The versions recorded as applied (empty when the ledger does not exist yet).
+pub fn applied(db: &mut impl GenericClient) -> Vec<i32> {
+    db.query("SELECT version FROM synchro_migrations", &[])
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default()
 }
 
 /// Applies every step not yet recorded, in one transaction under an advisory lock, and returns

@@ -218,7 +218,8 @@ pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = e.source();
     while let Some(c) = cause {
         let text = c.to_string();
-        if !out.ends_with(&text) {
+        // Displays that include their cause already (as ours do) are not repeated.
+        if !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);
         }
@@ -272,12 +273,6 @@ impl From<r2d2::Error> for StoreError {
     }
 }
 
-/// The settings every session starts with (contract C16 and the `data` encoding of §6.6),
-/// replication sessions included: edge checksums rendered from WAL text rely on both
-/// rendering values alike (`crate::capture::row_json`).
-pub(crate) const SESSION_OPTIONS: &str =
-    "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c bytea_output=hex";
-
 /// Parses `url` for the `postgres` crate with every session in UTC (contract C16) and a
 /// connect timeout, so a dead database fails requests fast instead of hanging workers. The TLS
 /// parameters the `postgres` crate does not know (`verify-ca`, `verify-full`, `sslrootcert`) are
@@ -295,7 +290,7 @@ pub fn pg_config(url: &str) -> Result<(postgres::Config, Connector), StoreError>
     params.set_param("sslmode", Some(crate_mode));
     params.set_param("sslrootcert", None);
     let mut config: postgres::Config = params.to_conninfo().parse().map_err(|e: postgres::Error| bad(e.to_string()))?;
-    config.options(SESSION_OPTIONS);
+    config.options(crate::pg::SESSION_OPTIONS);
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
@@ -329,7 +324,7 @@ pub fn connect_pool(url: &str, max_size: u32) -> Result<Pool, StoreError> {
 /// every session's settings.
 pub fn connect_quiet_pool(url: &str, max_size: u32, extra_options: &str) -> Result<Pool, StoreError> {
     let (mut config, connector) = pg_config(url)?;
-    config.options(&format!("{SESSION_OPTIONS} {extra_options}"));
+    config.options(&format!("{} {extra_options}", crate::pg::SESSION_OPTIONS));
     Ok(build_pool(config, connector, max_size, Box::new(r2d2::NopErrorHandler)))
 }
 

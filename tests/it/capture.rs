@@ -32,22 +32,6 @@ pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
     }
 }
 
-/// Waits until the bucket edges have caught up with the changelog in `store`: the writer commits
-/// a batch's edges on their own session a moment after its changelog rows, so a test that saw a
-/// changelog row waits for this before looking at edges.
-pub fn edges_settled(store: &TestDb) {
-    let mut c = store.client();
-    wait_for(30, "the edges to catch up with the changelog", || {
-        c.query_one(
-            "SELECT COALESCE(bool_and(w.seq = p.confirmed_lsn), false) FROM sync_wal_position p \
-             JOIN synchro_watermarks w ON w.name = 'edges_lsn:' || p.slot_name",
-            &[],
-        )
-        .ok()
-        .and_then(|r| r.get::<_, bool>(0).then_some(()))
-    });
-}
-
 /// `(bucket, table, record) -> ops in seq order`.
 pub fn changelog(db: &TestDb) -> BTreeMap<(String, String, String), Vec<i16>> {
     let mut out: BTreeMap<(String, String, String), Vec<i16>> = BTreeMap::new();
@@ -103,7 +87,6 @@ fn changes_reach_the_changelog_in_the_right_buckets() {
     assert_eq!(log[&key("global", "tags", "1")], vec![1], "table without ownership");
     assert!(!log.keys().any(|k| k.1 == "unpublished"));
     // Edge checksums equal the hydration checksum of the current row (C6).
-    edges_settled(&db);
     let mut c = db.client();
     for r in c.query("SELECT e.checksum, row_to_json(p)::text FROM sync_bucket_edges e JOIN projects p ON p.id::text = e.record_id WHERE e.table_name = 'projects'", &[]).unwrap() {
         let sum: Option<i32> = r.get(0);
@@ -138,7 +121,6 @@ fn changes_reach_the_changelog_in_the_right_buckets() {
     assert_eq!(log[&key("global", "projects", p1)], vec![1, 3]);
     assert_eq!(log[&key("user:alice", "subtasks", "1")], vec![1, 3]);
     assert_eq!(log[&key("global", "tags", "1")], vec![1, 3]);
-    edges_settled(&db);
     let e = edges(&db);
     assert!(!e.iter().any(|(t, r, _)| t == "projects" && r == p1));
     assert!(!e.iter().any(|(t, _, _)| t == "tags" || t == "subtasks"));
@@ -298,19 +280,18 @@ fn postgresql_restarts_mid_stream_and_the_stream_resumes() {
     server.shutdown(Duration::from_secs(5));
 }
 
-/// The writer opens its transactions (changelog and, with `CAPTURE_EDGE_SESSION`, edges) with
-/// a batch's first change, never while idle: a server with `idle_in_transaction_session_timeout` would otherwise end an idle
-/// writer's sessions, and capture would restart after every quiet spell.
+/// The writer opens its transaction with a batch's first change, never while idle: a server
+/// with `idle_in_transaction_session_timeout` would otherwise end an idle writer's session, and
+/// capture would restart after every quiet spell.
 #[test]
 fn an_idle_writer_holds_no_transaction_open() {
     let db = TestDb::new();
     db.execute(SCHEMA);
     db.execute(&format!("ALTER DATABASE {} SET idle_in_transaction_session_timeout = '300ms'", db.name));
-    let server = start(&db, &[("SYNC_TABLES", TABLES), ("CAPTURE_EDGE_SESSION", "true")]);
+    let server = start(&db, &[("SYNC_TABLES", TABLES)]);
     for id in 1..=3 {
         db.execute(&format!("INSERT INTO tags VALUES ({id}, 'x')"));
         wait_for(20, "the row", || changelog(&db).get(&key("global", "tags", &id.to_string())).map(|_| ()));
-        edges_settled(&db);
         // A quiet spell longer than the timeout: synchrod's sessions (the writer's among them;
         // the leader lock's own session polls and is left out) have been idle, not idle in a
         // transaction, for 600 ms.
@@ -328,74 +309,4 @@ fn an_idle_writer_holds_no_transaction_open() {
     }
     assert_eq!(metric(server.addr, "synchro_capture_sessions_total"), 1.0, "capture never restarted");
     server.shutdown(Duration::from_secs(5));
-}
-
-/// The writer's session threads (changelog and edges, with `CAPTURE_EDGE_SESSION`): a write
-/// nobody waits for fails; the next job that waits is answered that failure, every later job is
-/// refused (the commit too), and the batch's earlier writes roll back with the session.
-#[test]
-fn a_session_thread_answers_a_failed_write_to_the_next_waiter_and_commits_nothing_after_it() {
-    use synchro::capture::writer::WriterError;
-    use synchro::session_thread::{answer, Done, Job, Reply, SessionThread};
-    use synchro::store::pool::StoreError;
-
-    enum Sql {
-        Write(&'static str),
-        Count(&'static str, Reply<i64>),
-        Commit(Reply<()>),
-    }
-    impl Job for Sql {
-        fn run(self, tx: &mut postgres::Transaction<'_>) -> Result<Done, WriterError> {
-            match self {
-                Sql::Write(sql) => tx.batch_execute(sql).map_err(StoreError::query("a test write"))?,
-                Sql::Count(table, reply) => {
-                    let n = tx.query_one(&format!("SELECT count(*) FROM {table}"), &[]).map(|r| r.get(0));
-                    return Ok(answer(reply, n.map_err(|e| StoreError::query("a test read")(e).into())));
-                }
-                Sql::Commit(reply) => return Ok(Done::Commit(reply)),
-            }
-            Ok(Done::Continue)
-        }
-        fn is_waited_for(&self) -> bool {
-            !matches!(self, Sql::Write(_))
-        }
-        fn refuse(self, err: WriterError) {
-            match self {
-                Sql::Count(_, reply) => drop(reply.send(Err(err))),
-                Sql::Commit(reply) => drop(reply.send(Err(err))),
-                Sql::Write(_) => {}
-            }
-        }
-    }
-
-    let db = TestDb::new();
-    db.execute("CREATE TABLE t (id int PRIMARY KEY)");
-    let session = SessionThread::start("test-session", db.client(), 2).expect("start");
-    // A batch that commits, and a read in the next one that sees it.
-    session.send(Sql::Write("INSERT INTO t VALUES (1)")).unwrap();
-    session.ask(Sql::Commit).expect("first batch");
-    session.send(Sql::Write("INSERT INTO t VALUES (2)")).unwrap();
-    assert_eq!(session.ask(|r| Sql::Count("t", r)).unwrap(), 2, "a batch sees its own writes");
-    // A write that fails (duplicate key): the next waiter hears it, later ones are refused.
-    session.send(Sql::Write("INSERT INTO t VALUES (1)")).unwrap();
-    session.send(Sql::Write("INSERT INTO t VALUES (3)")).unwrap();
-    let err = session.ask(|r| Sql::Count("t", r)).expect_err("the failed write");
-    assert!(err.to_string().contains("a test write"), "{err}");
-    let refused = session.ask(Sql::Commit).expect_err("a commit after the failure");
-    assert!(refused.to_string().contains("failed earlier"), "{refused}");
-    // Dropping the session ends its thread (the batch rolled back at the failure): only the
-    // first batch's row is left.
-    drop(session);
-    assert_eq!(count(&db, "SELECT count(*) FROM t"), 1);
-
-    // A job that is waited for fails on its own: it hears its failure, and nothing after it
-    // commits either.
-    let session = SessionThread::start("test-session", db.client(), 2).expect("start");
-    session.send(Sql::Write("INSERT INTO t VALUES (4)")).unwrap();
-    let err = session.ask(|r| Sql::Count("no_such_table", r)).expect_err("a failed read");
-    assert!(err.to_string().contains("a test read"), "{err}");
-    session.send(Sql::Write("INSERT INTO t VALUES (5)")).unwrap();
-    assert!(session.ask(Sql::Commit).is_err(), "a commit after a failed read");
-    drop(session);
-    assert_eq!(count(&db, "SELECT count(*) FROM t"), 1);
 }

@@ -40,10 +40,7 @@ fn spawn(db: &TestDb, store: &TestDb, slot: &str, port: u16) -> Instance {
     let store_url = store.url();
     let mut vars = vec![("LISTEN_ADDR", addr.as_str())];
     if store.name != db.name {
-        // This scenario also writes the edges on their own session: two fenced commits per
-        // batch across takeovers.
         vars.push(("SYNC_STORE_URL", store_url.as_str()));
-        vars.push(("CAPTURE_EDGE_SESSION", "true"));
     }
     let child = spawn_synchrod_with(db, slot, &vars);
     Instance { port, child }
@@ -59,7 +56,7 @@ fn three_instances_one_leader_takeover_after_kill_without_loss_or_duplicates() {
     takeovers_lose_and_duplicate_nothing(&db, &db);
 }
 
-/// With a separate sync store and the edge session (`CAPTURE_EDGE_SESSION`).
+/// With a separate sync store (`SYNC_STORE_URL`).
 #[test]
 fn takeovers_with_a_separate_sync_store_lose_and_duplicate_nothing() {
     let db = TestDb::new();

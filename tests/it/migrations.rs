@@ -73,3 +73,44 @@ fn takes_over_a_reference_database_without_edge_checksums() {
         .get(0);
     assert_eq!(n, 1);
 }
+
+/// Migration 5 removes the watermarks of the removed two-session capture mode; where such a
+/// writer left its edges behind the changelog (a crash between its two commits), it drops the
+/// edges and the backfill marks (the backfill rebuilds them) and records a history reset.
+#[test]
+fn edges_left_behind_by_the_two_session_mode_are_rebuilt_and_clients_resnapshot() {
+    let db = TestDb::new();
+    let mut c = db.client();
+    migrations::apply(&mut c).unwrap();
+    let state = |c: &mut postgres::Client, edges_lsn: i64| {
+        c.batch_execute(&format!(
+            "DELETE FROM synchro_migrations WHERE version = 5;
+             INSERT INTO sync_wal_position (slot_name, confirmed_lsn) VALUES ('s', 100)
+               ON CONFLICT (slot_name) DO UPDATE SET confirmed_lsn = 100;
+             INSERT INTO synchro_watermarks (name, seq) VALUES ('edges_lsn:s', {edges_lsn}), ('edges_seq', 7),
+               ('backfill:items', 1) ON CONFLICT (name) DO UPDATE SET seq = EXCLUDED.seq;
+             INSERT INTO sync_bucket_edges (table_name, record_id, bucket_id) VALUES ('items', '1', 'global')
+               ON CONFLICT DO NOTHING;"
+        ))
+        .unwrap();
+    };
+    let marks = |c: &mut postgres::Client| -> Vec<String> {
+        c.query("SELECT name FROM synchro_watermarks ORDER BY name", &[]).unwrap().iter().map(|r| r.get(0)).collect()
+    };
+    let count = |c: &mut postgres::Client, sql: &str| -> i64 { c.query_one(sql, &[]).unwrap().get(0) };
+
+    // Edges caught up (a clean stop, or the one-transaction mode): only the watermarks go.
+    state(&mut c, 100);
+    assert_eq!(migrations::apply(&mut c).unwrap(), vec![5]);
+    assert_eq!(marks(&mut c), ["backfill:items"]);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM sync_bucket_edges"), 1);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM sync_changelog"), 0);
+
+    // Edges behind the changelog: rebuilt by the backfill, and a history reset.
+    state(&mut c, 90);
+    assert_eq!(migrations::apply(&mut c).unwrap(), vec![5]);
+    assert_eq!(marks(&mut c), ["history_reset"]);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM sync_bucket_edges"), 0);
+    let marker: i64 = count(&mut c, "SELECT seq FROM sync_changelog WHERE bucket_id = '__synchro_history_reset__'");
+    assert_eq!(count(&mut c, "SELECT seq FROM synchro_watermarks WHERE name = 'history_reset'"), marker);
+}

@@ -23,18 +23,34 @@ fn authentication_methods() {
          SET password_encryption = 'md5'; CREATE ROLE md5_user LOGIN REPLICATION PASSWORD 'md5pw';
          CREATE ROLE clear_user LOGIN REPLICATION PASSWORD 'clear';",
     );
+    // A password SASLprep changes (a no-break space becomes a space, U+2168 becomes "IX"): the
+    // server stores the verifier of the prepared form, and libpq prepares what the user types.
+    let intl = "Gr\u{fc}\u{df}e\u{a0}\u{2168}";
+    db.execute(&format!("RESET password_encryption; CREATE ROLE intl_user LOGIN REPLICATION PASSWORD '{intl}'"));
     cluster
         .set_hba(&[
             "host all scram_user 127.0.0.1/32 scram-sha-256",
+            "host all intl_user 127.0.0.1/32 scram-sha-256",
             "host all md5_user 127.0.0.1/32 md5",
             "host all clear_user 127.0.0.1/32 password",
         ])
         .unwrap();
     let url = |user: &str, pw: &str| {
-        format!("postgres://{user}:{}@127.0.0.1:{}/{}", pw.replace(' ', "%20"), cluster.port(), db.name)
+        let pw = percent_encoding::utf8_percent_encode(pw, percent_encoding::NON_ALPHANUMERIC);
+        format!("postgres://{user}:{pw}@127.0.0.1:{}/{}", cluster.port(), db.name)
     };
+    // The password works with psql (libpq)...
+    let psql = std::process::Command::new(cluster.bin_dir().join("psql"))
+        .env("PGPASSWORD", intl)
+        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &cluster.port().to_string(), "-U", "intl_user", "-d"])
+        .args([db.name.as_str(), "-c", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert!(psql.status.success(), "psql: {}", String::from_utf8_lossy(&psql.stderr));
+    // ...and with our replication connection (below).
     let timeout = Duration::from_secs(5);
-    for (user, pw) in [("scram_user", "scram pw"), ("md5_user", "md5pw"), ("clear_user", "clear")] {
+    for (user, pw) in [("scram_user", "scram pw"), ("intl_user", intl), ("md5_user", "md5pw"), ("clear_user", "clear")]
+    {
         let mut conn =
             ReplicationConn::connect(&params(&url(user, pw)), timeout).unwrap_or_else(|e| panic!("{user}: {e}"));
         let sys = conn.identify_system().unwrap();
@@ -42,7 +58,12 @@ fn authentication_methods() {
         assert_eq!(sys.dbname.as_deref(), Some(db.name.as_str()));
         conn.close();
     }
-    for (user, pw) in [("scram_user", "wrong"), ("md5_user", "wrong"), ("clear_user", "wrong")] {
+    // The same password unprepared ("Grüße IX" as typed, no NBSP) is the prepared form: it
+    // works too; a different one does not.
+    ReplicationConn::connect(&params(&url("intl_user", "Gr\u{fc}\u{df}e IX")), timeout).unwrap().close();
+    for (user, pw) in
+        [("scram_user", "wrong"), ("intl_user", "Grusse IX"), ("md5_user", "wrong"), ("clear_user", "wrong")]
+    {
         let err = ReplicationConn::connect(&params(&url(user, pw)), timeout).err().expect("must fail");
         assert_eq!(err.sqlstate(), Some("28P01"), "{user}: {err}");
     }

@@ -21,11 +21,6 @@ pub fn start(db: &TestDb, vars: &[(&str, &str)]) -> Running {
     map.entry("SLOT_NAME".into()).or_insert_with(|| format!("slot_{}", db.name));
     map.entry("LISTEN_ADDR".into()).or_insert_with(|| "127.0.0.1:0".into());
     map.entry("HTTP_THREADS".into()).or_insert_with(|| "4".into());
-    // `CAPTURE_EDGE_SESSION=true cargo test` runs the suite with the edge session (spawned
-    // synchrod processes inherit it from the environment).
-    if let Ok(v) = std::env::var("CAPTURE_EDGE_SESSION") {
-        map.entry("CAPTURE_EDGE_SESSION".into()).or_insert(v);
-    }
     let config = Config::from_vars(&map).unwrap();
     server::start(&config).unwrap_or_else(|e| panic!("server start: {e}"))
 }

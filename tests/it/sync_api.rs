@@ -394,16 +394,10 @@ fn rebuild_and_debug() {
         assert!(cursor.is_string());
     }
     assert_eq!((seen, pages), (5, 3));
-    // A rebuild starts where the committed edges end: the writer commits the edges a moment
-    // after the changelog rows, and a member whose edge is not committed yet must reach the
-    // client through its next pull instead of being skipped by the checkpoint.
+    // A rebuild starts at the changelog's end (edges commit with the changelog rows).
     let mut c = db.client();
     let max: i64 = c.query_one("SELECT max(seq) FROM sync_changelog", &[]).unwrap().get(0);
-    assert_eq!(checkpoint, Some(max), "edges caught up: the rebuild starts at the changelog's end");
-    c.execute("UPDATE synchro_watermarks SET seq = $1 WHERE name = 'edges_seq'", &[&(max - 2)]).unwrap();
-    let r = a.call("/sync/rebuild", json!({"client_id": "a1", "bucket_id": "user:alice", "limit": 100, "schema_version": a.version, "schema_hash": a.hash})).json();
-    assert_eq!(r["checkpoint"].as_i64(), Some(max - 2), "edges behind: the rebuild starts where they end");
-    c.execute("UPDATE synchro_watermarks SET seq = $1 WHERE name = 'edges_seq'", &[&max]).unwrap();
+    assert_eq!(checkpoint, Some(max), "the rebuild starts at the changelog's end");
     let r = a.call(
         "/sync/rebuild",
         json!({"client_id": "a1", "bucket_id": "user:bob", "schema_version": a.version, "schema_hash": a.hash}),
@@ -537,7 +531,6 @@ fn pull_pages_dedup_and_boundaries() {
             .get(0);
         (n == 4).then_some(n)
     });
-    crate::capture::edges_settled(&db);
     let body = |cp: i64, limit: i64| json!({"client_id": "a1", "checkpoint": cp, "limit": limit, "schema_version": a.version, "schema_hash": a.hash});
     // Exactly `limit` rows: has_more is false and the page carries the bucket checksums.
     let page = a.call("/sync/pull", body(start_cp, total)).json();
@@ -546,15 +539,6 @@ fn pull_pages_dedup_and_boundaries() {
     assert_eq!(page["changes"][0]["data"]["title"], "v2");
     assert_eq!(page["deletes"], json!([{"id": id(2), "table_name": "tasks"}]), "create+delete -> only a delete");
     assert!(page["bucket_checksums"]["user:alice"].is_i64());
-    // While the edges are not yet committed as far as the page (the moment between the writer's
-    // two commits), the page carries no checksums rather than ones that miss its own changes.
-    let mut c = db.client();
-    let last = page["checkpoint"].as_i64().unwrap();
-    c.execute("UPDATE synchro_watermarks SET seq = $1 WHERE name = 'edges_seq'", &[&(last - 1)]).unwrap();
-    let lagging = a.call("/sync/pull", body(start_cp, total)).json();
-    assert_eq!(lagging["changes"], page["changes"]);
-    assert!(lagging.get("bucket_checksums").is_none(), "{lagging}");
-    c.execute("UPDATE synchro_watermarks SET seq = GREATEST(seq, $1) WHERE name = 'edges_seq'", &[&last]).unwrap();
     // One row less: has_more, no checksums, checkpoint at the last row of the page.
     let page = a.call("/sync/pull", body(start_cp, total - 1)).json();
     assert_eq!(page["has_more"], true);
