@@ -12,6 +12,12 @@
 //!
 //! Deleting a row the device does not hold is harmless (SDKs ignore it); keeping one it must
 //! lose is not, so every doubt resolves to a delete, except for rows the user may still see.
+//!
+//! When the bucket's changelog after the device's position is no longer whole (compacted while
+//! the device was away, or lost with the replication slot), the rows that left the bucket
+//! meanwhile cannot be named, and a rebuild would not reach rows the device got from a
+//! snapshot (which names no buckets): the device is asked for a snapshot instead, in
+//! per-bucket mode too.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -21,6 +27,7 @@ use crate::protocol::{DeleteEntry, PullRequest, PullResponse};
 use crate::store::changelog;
 use crate::store::clients;
 use crate::store::pool::StoreError;
+use crate::store::pull_probe::Retention;
 use crate::store::subscriptions::{self, Departure};
 use crate::types::UserId;
 
@@ -32,6 +39,8 @@ pub(super) struct Leaving<'a> {
     pub departing: &'a [String],
     /// Buckets to rebuild once the departures are done (joined or stale ones).
     pub rebuild: Vec<String>,
+    /// How much of the changelog is left.
+    pub retention: &'a Retention,
 }
 
 impl Engine {
@@ -88,6 +97,30 @@ impl Engine {
                 .iter()
                 .map(|d| (d.bucket.clone(), req.bucket_checkpoints.get(&d.bucket).copied().unwrap_or(d.since))),
         );
+        let history = departures.iter().find_map(|d| {
+            super::pull::history_gone(
+                leaving.retention,
+                req.bucket_checkpoints.get(&d.bucket).copied().unwrap_or(d.since),
+            )
+        });
+        if let Some(reason) = history {
+            // Nothing is updated: the snapshot's first page ends the departures.
+            self.notify_snapshot_required(user, &req.client_id, reason);
+            return Ok(PullResponse {
+                changes: Vec::new(),
+                deletes: Vec::new(),
+                checkpoint: req.checkpoint,
+                bucket_checkpoints: Some(req.bucket_checkpoints.clone()),
+                has_more: false,
+                rebuild_buckets: Vec::new(),
+                bucket_checksums: BTreeMap::new(),
+                snapshot_required: true,
+                snapshot_reason: Some(reason),
+                bucket_updates: None,
+                schema_version: cat.version,
+                schema_hash: cat.schema.hash.clone(),
+            });
+        }
         let from = positions.iter().map(|(_, p)| *p).min().unwrap_or(0);
         let tables = (!req.tables.is_empty()).then_some(req.tables.as_slice());
         let mut entries = changelog::read_page(&mut ***dbs.store(), &positions, tables, req.limit + 1)?;

@@ -32,6 +32,18 @@ fn behind_retention(r: &Retention, cp: i64) -> bool {
     }
 }
 
+/// Why the changelog after `cp` is not whole any more, as a snapshot reason: history lost
+/// with the replication slot, or compacted.
+pub(super) fn history_gone(r: &Retention, cp: i64) -> Option<&'static str> {
+    if r.reset > 0 && cp < r.reset {
+        Some("history_unavailable")
+    } else if behind_retention(r, cp) {
+        Some("checkpoint_before_retention")
+    } else {
+        None
+    }
+}
+
 impl Engine {
     /// One pull page.
     pub fn pull(&self, user: &UserId, req: &PullRequest) -> Result<PullResponse, EngineError> {
@@ -136,7 +148,8 @@ impl Engine {
                 .cloned()
                 .collect();
             if !departing.is_empty() {
-                let leaving = super::departures::Leaving { held: &held, departing: &departing, rebuild };
+                let leaving =
+                    super::departures::Leaving { held: &held, departing: &departing, rebuild, retention: &stale };
                 return self.departure_page(&mut dbs, &cat, user, req, leaving);
             }
             if !rebuild.is_empty() {
@@ -146,10 +159,8 @@ impl Engine {
         } else {
             let reason = if req.checkpoint == 0 && client.last_pull_at.is_none() {
                 Some("initial_sync_required")
-            } else if stale.reset > 0 && req.checkpoint < stale.reset {
-                Some("history_unavailable")
-            } else if behind_retention(&stale, req.checkpoint) {
-                Some("checkpoint_before_retention")
+            } else if let Some(reason) = history_gone(&stale, req.checkpoint) {
+                Some(reason)
             } else if !in_line {
                 // Joined or left a rule bucket: the device's history does not cover the new
                 // bucket's rows (or the removal of the old one's), so it snapshots again.
@@ -277,7 +288,7 @@ impl Engine {
         })
     }
 
-    fn notify_snapshot_required(&self, user: &UserId, client_id: &str, reason: &str) {
+    pub(super) fn notify_snapshot_required(&self, user: &UserId, client_id: &str, reason: &str) {
         crate::debug!("snapshot required", user = user.as_str(), client_id = client_id, reason = reason);
         self.settings.hooks.on_snapshot_required(user, client_id, reason);
     }

@@ -113,9 +113,19 @@ pub fn bounds(db: &mut impl GenericClient) -> Result<(i64, i64), StoreError> {
     Ok((row.get(0), row.get(1)))
 }
 
-/// `MAX(seq)` only: the checkpoint a snapshot or rebuild starts from.
+/// The checkpoint a snapshot or rebuild starts from: `MAX(seq)`, or the compaction and
+/// history-reset watermarks when they are higher (a changelog compacted to nothing). A
+/// position below a watermark is one pulls send back to a snapshot or rebuild, so a snapshot
+/// that started there would be asked for again and again.
 pub fn max_seq(db: &mut impl GenericClient) -> Result<i64, StoreError> {
-    Ok(bounds(db)?.1)
+    let row = db
+        .query_one(
+            "SELECT GREATEST(COALESCE((SELECT seq FROM sync_changelog ORDER BY seq DESC LIMIT 1), 0), \
+                    COALESCE((SELECT max(seq) FROM synchro_watermarks WHERE name = ANY ($1::text[])), 0))",
+            &[&[watermark::COMPACTED_THROUGH, watermark::HISTORY_RESET].as_slice()],
+        )
+        .map_err(StoreError::query("reading the changelog head"))?;
+    Ok(row.get(0))
 }
 
 /// `BIT_XOR(checksum)` over each bucket's edges with a checksum; buckets without any are absent.

@@ -321,3 +321,73 @@ fn subscriptions_are_read_once_per_membership_change_not_per_request() {
     assert_holds_exactly(&mut c, &d, "after the join");
     server.shutdown(Duration::from_secs(5));
 }
+
+/// A per-bucket device away long enough for compaction to pass its position: when it comes
+/// back and its user has left a team meanwhile, the rows that left the team while it was away
+/// can no longer be named from the changelog, so it is asked for a snapshot (per-bucket mode
+/// too) instead of a departure that would leave them behind.
+#[test]
+fn a_team_left_behind_compacted_history_is_dropped_by_a_snapshot() {
+    let db = TestDb::new();
+    let (_rules, server) = seeded(&db);
+    let mut c = db.client();
+    let mut markers = 0;
+    caught_up(&mut c, &mut markers);
+    let mut away = Dev::new(server.addr, "alice", 1, true);
+    away.snapshot(&mut c, 100);
+    away.sync(&mut c, 100);
+    assert!(away.buckets.contains_key(&bucket(0)), "{:?}", away.buckets);
+    assert_eq!(team_rows(&away, 0), 3);
+    // While it is away, a project of team 0 moves to team 1 (not alice's), then alice leaves
+    // team 0: the device still holds the moved project and its task.
+    c.execute("UPDATE projects SET team_id = $2::text::uuid WHERE id = $1::text::uuid", &[&project(0), &team(1)])
+        .unwrap();
+    let before = version(&mut c, "alice");
+    c.execute("DELETE FROM team_members WHERE team_id = $1::text::uuid AND user_id = 'alice'", &[&team(0)]).unwrap();
+    wait_for(30, "the leave to be captured", || (version(&mut c, "alice") > before).then_some(()));
+    caught_up(&mut c, &mut markers);
+    // Bob's device keeps up; alice's has not synced for a month and no longer holds
+    // compaction back.
+    let mut bob = Dev::new(server.addr, "bob", 0, false);
+    bob.snapshot(&mut c, 100);
+    bob.sync(&mut c, 100);
+    c.execute("UPDATE sync_clients SET last_sync_at = now() - interval '30 days' WHERE client_id = 'alice-1'", &[])
+        .unwrap();
+    let mut vars = std::collections::HashMap::new();
+    vars.insert("DATABASE_URL".to_string(), db.url());
+    let report = synchro::server::compact_once(&synchro::config::Config::from_vars(&vars).unwrap()).unwrap();
+    assert_eq!(report.deactivated, 1, "{report:?}");
+    let position = away.buckets[&bucket(0)];
+    assert!(report.compacted_through > position, "{report:?}, the device is at {position}");
+    // Every active device had read it all: nothing is left of the changelog, and a snapshot
+    // starts from the compaction watermark (from 0 it would be sent back to a snapshot again).
+    let left: i64 = c.query_one("SELECT count(*) FROM sync_changelog", &[]).unwrap().get(0);
+    assert_eq!(left, 0);
+
+    // The SDK starts again (register reactivates it) and pulls with the map it kept.
+    away.call("/sync/register", json!({}));
+    let map = json!(away.buckets);
+    let page = away.call("/sync/pull", json!({"checkpoint": 0, "bucket_checkpoints": map, "limit": 2}));
+    assert_eq!(page["snapshot_required"], json!(true), "{page}");
+    assert_eq!(page["snapshot_reason"], json!("checkpoint_before_retention"), "{page}");
+    assert_eq!((page["changes"].clone(), page["deletes"].clone()), (json!([]), json!([])), "{page}");
+    assert_eq!(page["bucket_checkpoints"], map, "the map is echoed: {page}");
+    // Until the device snapshots, every pull says the same and nothing is lost meanwhile.
+    let again = away.call("/sync/pull", json!({"checkpoint": 0, "bucket_checkpoints": map, "limit": 2}));
+    assert_eq!(again["snapshot_reason"], json!("checkpoint_before_retention"), "{again}");
+    let departures: i64 =
+        c.query_one("SELECT count(*) FROM synchro_departures WHERE client_id = 'alice-1'", &[]).unwrap().get(0);
+    assert_eq!(departures, 1);
+    // The snapshot's first page ends the departure and holds exactly the current buckets.
+    away.snapshot(&mut c, 2);
+    assert_eq!(team_rows(&away, 0), 0);
+    assert!(!away.rows.contains_key(&("projects".to_string(), project(0))));
+    let departures: i64 =
+        c.query_one("SELECT count(*) FROM synchro_departures WHERE client_id = 'alice-1'", &[]).unwrap().get(0);
+    assert_eq!(departures, 0);
+    away.sync(&mut c, 2);
+    assert_holds_exactly(&mut c, &away, "after the snapshot");
+    let asked = away.pull(&mut c, 100, None);
+    assert!(asked.snapshot.is_none() && asked.rebuild.is_empty(), "in line again");
+    server.shutdown(Duration::from_secs(5));
+}
