@@ -5,10 +5,14 @@
 //! * Empty incremental pulls with 64 concurrent keep-alive clients: requests/s, p50, p99, vs
 //!   pgbench running the pull's own SQL (client lookup + changelog page) with 64 clients.
 //! * The HTTP edge alone: a path answered 404 without the database, 64 clients.
-//! * 100-change pulls with 64 clients.
-//! * Push throughput with 16 clients (100 creates per request).
+//! * 100-change pulls with 64 clients, vs pgbench running a full page's SQL (client lookup,
+//!   changelog page, hydration of the page's rows, checksums, checkpoint) with 64 clients.
 //! * Commit -> visible in a pull, p50/p99: on a quiet server, and while other users' rows are
 //!   written at a steady 1k rows/s.
+//! * Push throughput with 16 clients (100 creates per request): as deployed, then set-based and
+//!   record by record with change capture paused, vs pgbench inserting the same 100 rows per
+//!   transaction with 16 clients (one INSERT of all 100, alternating with the pushes; one
+//!   INSERT per row).
 //! * 10,000 idle keep-alive connections held open against a synchrod process: its RSS, and
 //!   `/healthz` p50/p99 beside the same probe with no idle connections.
 //! * Bucket rules: empty pulls (legacy and per-bucket) of users in 50 teams vs users in none,
@@ -20,12 +24,15 @@
 mod common;
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use synchro::cluster::LocalCluster;
 use synchro::config::Config;
 
 use common::{bench_cluster, closed_loop, percentile, wait_until, Conn, Request, Synchrod};
@@ -100,25 +107,7 @@ fn main() {
     )
     .unwrap();
     let _ = Command::new("chmod").arg("644").arg(&script).status();
-    let pgbench = |mode: &str| -> f64 {
-        let out = Command::new(cluster.bin_dir().join("pgbench"))
-            .args(["-n", "-M", mode, "-c", "64", "-j", "2", "-T", "5", "-h", "127.0.0.1", "-p"])
-            .arg(cluster.port().to_string())
-            .args(["-U", "postgres", "-f"])
-            .arg(&script)
-            .arg(DB)
-            .output()
-            .expect("pgbench");
-        let text = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            eprintln!("pgbench -M {mode} failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        text.lines()
-            .find(|l| l.starts_with("tps"))
-            .and_then(|l| l.split_whitespace().nth(2))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
+    let pgbench = |mode: &str| pgbench(&cluster, &script, mode, 64, 5, &[]);
     // Both pgbench protocols: simple (parsed and planned per statement) and prepared (the ceiling).
     let simple = pgbench("simple");
     let tps = pgbench("prepared");
@@ -166,30 +155,11 @@ fn main() {
         assert!(b.len() > 1000);
     });
     let (rps, p50, p99) = load(clients, 5, full, addr);
+    let page = page_ceiling(&cluster, &dir, head);
     println!(
-        "100-change pull, 64 clients: {rps:.0} req/s ({:.0} records/s), p50 {p50:.2} ms, p99 {p99:.2} ms",
-        rps * 100.0
-    );
-
-    // Push throughput, 16 clients x 100 creates per request.
-    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (hv, hh, ctr) = (v, h.clone(), counter.clone());
-    let push = Arc::new(move |i: usize, c: &mut Conn| {
-        let base = ctr.fetch_add(100, std::sync::atomic::Ordering::Relaxed);
-        let changes: Vec<Value> = (0..100)
-            .map(|k| {
-                let id = format!("80000000-0000-0000-0000-{:012}", base + k);
-                json!({"id": id, "table_name": "tasks", "operation": "create", "client_updated_at": "2026-01-01T00:00:00Z", "data": {"title": "p"}})
-            })
-            .collect();
-        let body = json!({"client_id": "c", "changes": changes, "schema_version": hv, "schema_hash": hh}).to_string();
-        let (st, _) = c.call("POST", "/sync/push", &format!("u{i}"), &body);
-        assert_eq!(st, 200);
-    });
-    let (rps, p50, p99) = load(16, 5, push, addr);
-    println!(
-        "push, 16 clients x 100 records: {:.0} records/s, p50 {p50:.2} ms, p99 {p99:.2} ms per request",
-        rps * 100.0
+        "100-change pull, 64 clients: {rps:.0} req/s ({:.0} records/s), p50 {p50:.2} ms, p99 {p99:.2} ms | pgbench full page (prepared): {page:.0} tx/s | ratio {:.2}x (target >= 0.5x, p99 <= 50 ms)",
+        rps * 100.0,
+        rps / page
     );
 
     // Commit -> visible in a pull: sequential samples, a row committed then pulled until seen;
@@ -250,7 +220,84 @@ fn main() {
             percentile(&written, 0.99)
         );
     }
+    // Push throughput, 16 clients x 100 creates per request: as deployed, then against the
+    // ceilings and record by record (PUSH_SET_BASED=false) with capture paused. Last, since it
+    // stops the server.
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let push = |addr: SocketAddr, secs: u64| {
+        let (hv, hh, ctr) = (v, h.clone(), counter.clone());
+        let request = Arc::new(move |i: usize, c: &mut Conn| {
+            let base = ctr.fetch_add(100, std::sync::atomic::Ordering::Relaxed);
+            // Written out directly: building it as JSON values cost the load generator, on the
+            // same two cores, a third of what synchrod spends on the request.
+            let mut body = String::with_capacity(16 * 1024);
+            body.push_str(r#"{"client_id":"c","changes":["#);
+            for k in 0..100 {
+                if k > 0 {
+                    body.push(',');
+                }
+                let _ = write!(
+                    body,
+                    r#"{{"id":"80000000-0000-0000-0000-{:012}","table_name":"tasks","operation":"create","client_updated_at":"2026-01-01T00:00:00Z","data":{{"title":"p"}}}}"#,
+                    base + k
+                );
+            }
+            let _ = write!(body, r#"],"schema_version":{hv},"schema_hash":"{hh}"}}"#);
+            let (st, _) = c.call("POST", "/sync/push", &format!("u{i}"), &body);
+            assert_eq!(st, 200);
+        });
+        load(16, secs, request, addr)
+    };
+    // As deployed: change capture decodes every pushed row meanwhile.
+    let (live, p50, p99) = push(addr, 5);
     running.shutdown(Duration::from_secs(5));
+    // Against the ceilings, capture is paused (the bench holds the leader lock, so the instances
+    // below stand by): pushes and pgbench's inserts then compete for the cores with nothing
+    // else, and need no drain in between, so the two alternate (A B B A) and the machine's
+    // drift cancels out.
+    let mut lock = postgres::Client::connect(&cluster.url(DB), postgres::NoTls).unwrap();
+    lock.execute("SELECT pg_advisory_lock($1)", &[&synchro::capture::leader::lock_key("synchro_slot")]).unwrap();
+    let paused = synchro::server::start(&Config::from_vars(&vars).unwrap()).expect("server without capture");
+    let mut pushed = Vec::new();
+    let mut ceiling = Vec::new();
+    for phase in ["push", "pgbench", "pgbench", "push"] {
+        if phase == "push" {
+            pushed.push(push(paused.addr, 3).0 * 100.0);
+        } else {
+            ceiling.push(push_ceiling(&cluster, &dir, PushCeiling::OneStatement));
+        }
+    }
+    paused.shutdown(Duration::from_secs(5));
+    let per_row = push_ceiling(&cluster, &dir, PushCeiling::PerRow);
+    let per_record = {
+        let mut vars = vars.clone();
+        vars.insert("PUSH_SET_BASED".to_string(), "false".to_string());
+        let second = synchro::server::start(&Config::from_vars(&vars).unwrap()).expect("per-record server");
+        let figures = push(second.addr, 3);
+        second.shutdown(Duration::from_secs(5));
+        figures
+    };
+    drop(lock);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (set_based, one_statement) = (mean(&pushed), mean(&ceiling));
+    println!(
+        "push, 16 clients x 100 records, capture running: {:.0} records/s, p50 {p50:.2} ms, p99 {p99:.2} ms per request (target >= 20,000 records/s)",
+        live * 100.0
+    );
+    println!(
+        "push, capture paused: {set_based:.0} records/s ({:.0}, {:.0}) | record by record (PUSH_SET_BASED=false): {:.0} records/s, p50 {:.2} ms",
+        pushed[0],
+        pushed[1],
+        per_record.0 * 100.0,
+        per_record.1
+    );
+    println!(
+        "pgbench inserting the same 100 rows per transaction, 16 clients, capture paused: all 100 in one INSERT {one_statement:.0} rows/s ({:.0}, {:.0}) -> ratio {:.2}x (target >= 0.5x) | one INSERT per row {per_row:.0} rows/s -> ratio {:.2}x",
+        ceiling[0],
+        ceiling[1],
+        set_based / one_statement,
+        set_based / per_row
+    );
 
     idle_connections(&cluster.url(DB), 10_000);
     drop(cluster);
@@ -472,4 +519,105 @@ fn rules_bench() {
         );
     }
     running.shutdown(Duration::from_secs(5));
+}
+
+/// Runs pgbench with `script` from `clients` clients for `secs` in protocol `mode`, with `-D`
+/// definitions; returns its transactions per second.
+fn pgbench(cluster: &LocalCluster, script: &Path, mode: &str, clients: usize, secs: u64, defines: &[String]) -> f64 {
+    let mut cmd = Command::new(cluster.bin_dir().join("pgbench"));
+    cmd.args([
+        "-n",
+        "-M",
+        mode,
+        "-c",
+        &clients.to_string(),
+        "-j",
+        "2",
+        "-T",
+        &secs.to_string(),
+        "-h",
+        "127.0.0.1",
+        "-p",
+    ])
+    .arg(cluster.port().to_string())
+    .args(["-U", "postgres"]);
+    for d in defines {
+        cmd.args(["-D", d]);
+    }
+    let out = cmd.arg("-f").arg(script).arg(DB).output().expect("pgbench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        eprintln!("pgbench -M {mode} {} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    text.lines()
+        .find(|l| l.starts_with("tps"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Writes a pgbench script readable by the cluster's OS user.
+fn script(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    let _ = Command::new("chmod").arg("644").arg(&path).status();
+    path
+}
+
+/// The ceiling of a 100-change pull: pgbench running the SQL of a full page from 64 clients
+/// (prepared): the client lookup, the changelog page after `head`, the page's rows hydrated
+/// as a pull does (read-only transaction with `app.user_id`, `row_to_json` and the scope
+/// predicate, by key), the final page's bucket checksums and the checkpoint update (which,
+/// as for the benchmark's pulls, finds the checkpoint already there).
+fn page_ceiling(cluster: &LocalCluster, dir: &Path, head: i64) -> f64 {
+    let path = script(
+        dir,
+        "page.sql",
+        "\\set u random(0, 63)\n\
+         SELECT id, bucket_subs, last_pull_at FROM sync_clients WHERE user_id = 'u' || CAST(:u AS text) AND client_id = 'c';\n\
+         SELECT string_agg(record_id, ',') AS ids FROM ((SELECT seq, record_id FROM sync_changelog WHERE bucket_id = 'user:' || 'u' || CAST(:u AS text) AND seq > :head ORDER BY seq LIMIT 101) UNION ALL (SELECT seq, record_id FROM sync_changelog WHERE bucket_id = 'global' AND seq > :head ORDER BY seq LIMIT 101)) p \\gset\n\
+         BEGIN READ ONLY;\n\
+         SELECT set_config('app.user_id', 'u' || CAST(:u AS text), true), set_config('enable_seqscan', 'off', true);\n\
+         SELECT t.id::text, row_to_json(t)::text, t.updated_at, t.deleted_at, (t.user_id IS NULL OR t.user_id = '' OR t.user_id = 'u' || CAST(:u AS text)) FROM tasks t WHERE t.id = ANY (string_to_array(CAST(:ids AS text), ',')::uuid[]);\n\
+         COMMIT;\n\
+         SELECT bucket_id, bit_xor(checksum) FROM sync_bucket_edges WHERE bucket_id = ANY (ARRAY['user:' || 'u' || CAST(:u AS text), 'global']) AND checksum IS NOT NULL GROUP BY bucket_id;\n\
+         UPDATE sync_clients SET last_pull_seq = :head, last_pull_at = now() WHERE user_id = 'u' || CAST(:u AS text) AND client_id = 'c' AND last_pull_seq < :head;\n\
+         UPDATE sync_client_checkpoints SET checkpoint = :head WHERE user_id = 'u' || CAST(:u AS text) AND client_id = 'c' AND checkpoint < :head;\n",
+    );
+    pgbench(cluster, &path, "prepared", 64, 5, &[format!("head={head}")])
+}
+
+/// How pgbench inserts the 100 rows of a transaction.
+#[derive(Clone, Copy)]
+enum PushCeiling {
+    /// One `INSERT` of all 100 rows.
+    OneStatement,
+    /// One `INSERT` per row.
+    PerRow,
+}
+
+/// The ceiling of a push of 100 creates: pgbench inserting the same 100 rows (sequential keys
+/// like the benchmark's, the user, the title, `updated_at = now()`) per transaction from 16
+/// clients for 3 s (prepared), in rows/s.
+fn push_ceiling(cluster: &LocalCluster, dir: &Path, kind: PushCeiling) -> f64 {
+    let mut c = postgres::Client::connect(&cluster.url(DB), postgres::NoTls).unwrap();
+    c.batch_execute("CREATE SEQUENCE IF NOT EXISTS bench_push_ids").unwrap();
+    let row = "(('a1000000-0000-0000-0000-' || lpad(nextval('bench_push_ids')::text, 12, '0'))::uuid, 'u' || CAST(:u AS text), 'p', now())";
+    let (name, text) = match kind {
+        PushCeiling::OneStatement => (
+            "push_one.sql",
+            format!(
+                "\\set u random(0, 15)\nINSERT INTO tasks (id, user_id, title, updated_at) SELECT {} FROM generate_series(1, 100);\n",
+                &row[1..row.len() - 1]
+            ),
+        ),
+        PushCeiling::PerRow => (
+            "push_rows.sql",
+            format!(
+                "\\set u random(0, 15)\nBEGIN;\n{}COMMIT;\n",
+                format!("INSERT INTO tasks (id, user_id, title, updated_at) VALUES {row};\n").repeat(100)
+            ),
+        ),
+    };
+    pgbench(cluster, &script(dir, name, &text), "prepared", 16, 3, &[]) * 100.0
 }

@@ -139,6 +139,9 @@ pub struct Config {
     pub http_limits: HttpLimits,
     /// A non-superuser role pushes switch to (`SET LOCAL ROLE`) so RLS policies apply.
     pub push_role: Option<String>,
+    /// `PUSH_SET_BASED`: pushes apply runs of records with set-based statements; see
+    /// `Engine::with_set_based_push`.
+    pub push_set_based: bool,
     /// How often the background compaction runs (`None` = never).
     pub compaction_interval: Option<Duration>,
     /// Clients that have not synced for this long are deactivated by compaction.
@@ -340,6 +343,14 @@ const PUSH_ROLE: Var<Option<String>> = Var {
     help: "a non-superuser role pushes switch to (SET LOCAL ROLE) so row-level-security policies apply",
     if_unset: IfUnset::Computed { shown: "(empty: the pool's own role)", value: || None },
     form: Form::Parsed { expected: IDENTIFIER, parse: |raw| identifier(raw).map(Some) },
+};
+
+const PUSH_SET_BASED: Var<bool> = Var {
+    name: "PUSH_SET_BASED",
+    help: "apply each run of pushed records on one table with a few set-based statements \
+           (false: statements of their own per record, as triggers saw them before; same outcomes)",
+    if_unset: IfUnset::Text("true"),
+    form: Form::Parsed { expected: "true or false", parse: boolean },
 };
 
 const SYNC_TABLES: Var<Vec<TableName>> = Var {
@@ -600,6 +611,7 @@ pub(crate) const SECTIONS: &[(&str, &[&dyn Declared])] = &[
             &SLOT_NAME,
             &PUBLICATION_NAME,
             &PUSH_ROLE,
+            &PUSH_SET_BASED,
         ],
     ),
     (
@@ -904,6 +916,7 @@ impl Config {
             http_idle_timeout: HTTP_IDLE_TIMEOUT_SECS.read(vars)?,
             http_limits,
             push_role: PUSH_ROLE.read(vars)?,
+            push_set_based: PUSH_SET_BASED.read(vars)?,
             compaction_interval: COMPACTION_INTERVAL_SECS.read(vars)?,
             stale_client_after: STALE_CLIENT_DAYS.read(vars)?,
             conflict_resolver: CONFLICT_RESOLVER.read(vars)?,
@@ -943,6 +956,8 @@ mod tests {
         assert_eq!(c.log_level, LogLevel::Info);
         assert!(c.shared_rows_writable, "the contract's behaviour unless configured");
         assert!(!Config::from_vars(&vars(&[("SHARED_ROWS_WRITABLE", "false")])).unwrap().shared_rows_writable);
+        assert!(c.push_set_based);
+        assert!(!Config::from_vars(&vars(&[("PUSH_SET_BASED", "false")])).unwrap().push_set_based);
         assert!(c.http_threads >= 4);
         assert_eq!(c.max_body_bytes, 32 << 20);
         let http = &c.http_limits;

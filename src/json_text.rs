@@ -5,6 +5,13 @@
 /// Appends `s` as a quoted, escaped JSON string.
 pub fn push_string(out: &mut String, s: &str) {
     out.push('"');
+    // Most strings need no escape at all: copy them whole. 0xE2 leads U+2028 and U+2029.
+    let plain = |b: &u8| *b >= 0x20 && !matches!(b, b'"' | b'\\' | b'<' | b'>' | b'&' | 0xE2);
+    if s.as_bytes().iter().all(plain) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),

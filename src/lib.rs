@@ -31,8 +31,8 @@
 //! | [`capture`] | change capture, WAL to committed batch: supervisor and slot handling ([`capture::supervisor`]), leader election ([`capture::leader`]), the stream and its decoder ([`capture::stream`], [`capture::decode`], [`capture::events`]), bucket assignment ([`capture::buckets`]), row rendering ([`capture::row_json`]), the writer ([`capture::writer`]) with its reads ([`capture::source`]) and pure planner ([`capture::plan`]), the edge backfill ([`capture::backfill`]) |
 //! | [`rules`] | `BUCKET_RULES`: shared buckets from membership tables, parsed and checked (resolved onto the registry by `store::introspect`) |
 //! | [`registry`], [`schema`] | synced tables as introspected; the served schema and its hash |
-//! | [`store`] | all SQL on synchro's own tables: migrations, introspection, the writer's session and batch ([`store::writer_session`]), changelog, edges, WAL position, visibility, clients, the pull probe, publication, pool (sessions with prepared hot statements), read replicas |
-//! | [`engine`] | register, pull, push, snapshot, rebuild, debug, schema, tables: typed in, typed out (library API, no HTTP, no JSON); scope decisions in `engine::scope` |
+//! | [`store`] | all SQL on synchro's own tables: migrations, introspection, the writer's session and batch ([`store::writer_session`]), changelog, edges, WAL position, visibility, clients, the pull probe, publication, pool (sessions with prepared hot statements and statements built at run time), read replicas |
+//! | [`engine`] | register, pull, push (set-based runs, `engine::push`), snapshot, rebuild, debug, schema, tables: typed in, typed out (library API, no HTTP, no JSON); scope decisions in `engine::scope` |
 //! | [`protocol`] | request/response messages and the served schema's wire form: the contract's field names live here only; the one check of client-supplied strings |
 //! | [`http`], [`service`] | the HTTP edge (our own HTTP/1.1 server: one I/O thread, fixed workers, every limit before a worker sees a request); `service` turns JSON into `protocol` structs and back around the engine |
 //! | [`jwt`], [`version`] | bearer tokens (decoding, claim rules, HMAC), the minimum-version gate |
@@ -57,7 +57,8 @@
 //!   every byte the HTTP edge holds (request heads and bodies, unread responses) is reserved
 //!   against one budget before it is read or kept.
 //! * No client can hold a worker: sockets are read and written by the HTTP I/O thread, workers
-//!   only run handlers (and hand what the socket does not take back to the I/O thread).
+//!   only run handlers (and hand what the socket does not take back to the I/O thread); a
+//!   streamed body's next piece is rendered only once the client has read the last.
 //! * SQL identifiers come only from the introspected registry, always quoted; values are
 //!   always bound parameters. SQL on synchro's own tables (`sync_*`, `synchro_*`) lives in
 //!   [`store`] only; the engine and capture read the application's tables (hydration, owners,

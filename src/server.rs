@@ -288,7 +288,9 @@ pub fn start(config: &Config) -> Result<Running, ServerError> {
         }
         None => None,
     };
-    let mut engine = Engine::with_stores(pool, store, settings)?.with_shared_rows_writable(config.shared_rows_writable);
+    let mut engine = Engine::with_stores(pool, store, settings)?
+        .with_shared_rows_writable(config.shared_rows_writable)
+        .with_set_based_push(config.push_set_based);
     if !config.read_replica_urls.is_empty() {
         let replicas = ReplicaSet::connect(
             &config.read_replica_urls,

@@ -9,9 +9,11 @@ use serde_json::{Map, Value};
 
 use crate::capture::supervisor::{CaptureState, CaptureStatus};
 use crate::engine::{Engine, EngineError};
-use crate::http::{ApiError, SyncApi};
+use crate::http::{ApiError, Body, BodySource, SyncApi};
 use crate::metrics::{LabeledCounter, Metrics, Sample};
-use crate::protocol::{DebugRequest, PullRequest, PushRequest, RebuildRequest, RegisterRequest, SnapshotRequest};
+use crate::protocol::{
+    DebugRequest, PullRequest, PushRequest, RebuildRequest, Record, RegisterRequest, SnapshotRequest,
+};
 use crate::types::UserId;
 
 /// Seconds clients are asked to wait on 503.
@@ -136,6 +138,12 @@ impl EngineApi {
                 push("synchro_slot_retained_wal_bytes", "gauge", "WAL the slot keeps on the server.", get(1));
             }
         }
+        push(
+            "synchro_push_retries_total",
+            "counter",
+            "Push transactions run a second time, with a savepoint per run, after a set-based statement failed.",
+            self.engine.push_counts().retried as f64,
+        );
         if let Some(replicas) = self.engine.read_replicas() {
             push("synchro_read_replicas", "gauge", "Configured read replicas.", replicas.len() as f64);
             push(
@@ -185,6 +193,64 @@ fn to_body<T: serde::Serialize>(value: &T, failure: &'static str) -> Result<Vec<
     })
 }
 
+/// Pages whose records are estimated above this many bytes are streamed ([`Body::Stream`]):
+/// rendered a piece at a time as the client reads, instead of whole.
+pub const STREAM_PAGES_ABOVE: usize = 1 << 20;
+
+/// A page of records (a response whose first field is its record list) as a body: whole when
+/// small, else streamed. Either way the bytes are those of serialising the response whole.
+fn page_body<T: serde::Serialize>(
+    mut page: T,
+    records: impl FnOnce(&mut T) -> &mut Vec<Record>,
+    failure: &'static str,
+) -> Result<Body, ApiError> {
+    let list = records(&mut page);
+    let estimate: usize = list.iter().map(|r| r.data.get().len() + 256).sum();
+    if estimate <= STREAM_PAGES_ABOVE {
+        return to_body(&page, failure).map(Body::Bytes);
+    }
+    let list = std::mem::take(list);
+    // The response with no records is `{"<records>":[]...}`: the records go between the brackets.
+    let mut outline = to_body(&page, failure)?;
+    let Some(at) = outline.windows(2).position(|w| w == b"[]") else {
+        crate::error!("a page has no record list to stream into", endpoint = failure);
+        return Err(ApiError::Internal(failure));
+    };
+    let mut suffix = outline.split_off(at + 1);
+    suffix.push(b'\n');
+    Ok(Body::Stream(Box::new(RecordsBody { prefix: Some(outline), records: list.into_iter(), suffix, first: true })))
+}
+
+/// A page rendered record by record: the response up to its record list's `[`, each record,
+/// then the rest of the response and the trailing newline.
+struct RecordsBody {
+    prefix: Option<Vec<u8>>,
+    records: std::vec::IntoIter<Record>,
+    suffix: Vec<u8>,
+    first: bool,
+}
+
+impl BodySource for RecordsBody {
+    fn fill(&mut self, out: &mut Vec<u8>, max: usize) -> bool {
+        let start = out.len();
+        if let Some(prefix) = self.prefix.take() {
+            out.extend_from_slice(&prefix);
+        }
+        while out.len() - start < max {
+            let Some(record) = self.records.next() else {
+                out.extend_from_slice(&self.suffix);
+                return false;
+            };
+            if !std::mem::take(&mut self.first) {
+                out.push(b',');
+            }
+            // Writing a record (strings, numbers and verbatim JSON) into memory cannot fail.
+            let _ = serde_json::to_writer(&mut *out, &record);
+        }
+        true
+    }
+}
+
 /// The request JSON becomes a typed request here, at the edge, and the response a body: the
 /// engine only ever sees `protocol` structs.
 impl SyncApi for EngineApi {
@@ -201,10 +267,14 @@ impl SyncApi for EngineApi {
     }
 
     fn pull(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
+        self.pull_body(user, body).map(Body::into_bytes)
+    }
+
+    fn pull_body(&self, user: &UserId, body: &Map<String, Value>) -> Result<Body, ApiError> {
         let failure = "failed to pull changes";
         let req = PullRequest::decode(body).map_err(|e| ApiError::BadRequest(e.0))?;
         let resp = self.engine.pull(user, &req).map_err(|e| to_api_error(e, failure, false))?;
-        to_body(&resp, failure)
+        page_body(resp, |r| &mut r.changes, failure)
     }
 
     fn push(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
@@ -218,17 +288,25 @@ impl SyncApi for EngineApi {
     }
 
     fn snapshot(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
+        self.snapshot_body(user, body).map(Body::into_bytes)
+    }
+
+    fn snapshot_body(&self, user: &UserId, body: &Map<String, Value>) -> Result<Body, ApiError> {
         let failure = "failed to snapshot";
         let req = SnapshotRequest::decode(body).map_err(|e| ApiError::BadRequest(e.0))?;
         let resp = self.engine.snapshot(user, &req).map_err(|e| to_api_error(e, failure, true))?;
-        to_body(&resp, failure)
+        page_body(resp, |r| &mut r.records, failure)
     }
 
     fn rebuild(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
+        self.rebuild_body(user, body).map(Body::into_bytes)
+    }
+
+    fn rebuild_body(&self, user: &UserId, body: &Map<String, Value>) -> Result<Body, ApiError> {
         let failure = "failed to rebuild bucket";
         let req = RebuildRequest::decode(body).map_err(|e| ApiError::BadRequest(e.0))?;
         let resp = self.engine.rebuild(user, &req).map_err(|e| to_api_error(e, failure, true))?;
-        to_body(&resp, failure)
+        page_body(resp, |r| &mut r.records, failure)
     }
 
     fn debug(&self, user: &UserId, client_id: &str) -> Result<Vec<u8>, ApiError> {
@@ -284,6 +362,20 @@ impl SyncApi for EngineApi {
             help: "Snapshot pages by where their rows were read (READ_REPLICA_URLS).",
             label: "source",
             values: vec![("replica", reads.snapshot_replica), ("primary", reads.snapshot_primary)],
+        }
+        .render_into(&mut out);
+        let pushes = self.engine.push_counts();
+        LabeledCounter {
+            name: "synchro_push_runs_total",
+            help: "Runs of pushed records (consecutive records on one table) by how they were applied: \
+                   set-based, set-based then replayed record by record after a failed statement, \
+                   or record by record (PUSH_SET_BASED=false: every record is a run of its own).",
+            label: "path",
+            values: vec![
+                ("set", pushes.set_runs),
+                ("replayed", pushes.replayed_runs),
+                ("per_record", pushes.per_record),
+            ],
         }
         .render_into(&mut out);
         Some(out)

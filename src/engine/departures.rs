@@ -150,8 +150,9 @@ impl Engine {
         }
         let members_pending = departures.iter().any(|d| !d.members_done);
 
+        let (client, cache) = dbs.app().parts();
         let mut tx =
-            dbs.app().build_transaction().read_only(true).start().map_err(StoreError::query("starting the pull"))?;
+            client.build_transaction().read_only(true).start().map_err(StoreError::query("starting the pull"))?;
         set_user(&mut tx, user)?;
         // The departing buckets' records, members and changelog alike, are only ever removed,
         // and only when the user cannot see them any more: their changelog is read from where
@@ -173,7 +174,7 @@ impl Engine {
             // A member of a table no longer synced: the device cannot hold it as a row of a
             // synced table either.
             let visible: HashSet<String> = match cat.registry.table(table_name) {
-                Some(table) => super::rows::visible(&mut tx, &cat.registry, table, user, &ids)?,
+                Some(table) => super::rows::visible(&mut tx, cache, &cat.registry, table, user, &ids)?,
                 None => HashSet::new(),
             };
             for id in ids {
@@ -185,7 +186,7 @@ impl Engine {
                 }
             }
         }
-        let mut page = materialise(&mut tx, user, cat, &kept, true)?;
+        let mut page = materialise(&mut tx, cache, user, cat, &kept, true)?;
         tx.commit().map_err(StoreError::query("finishing the pull"))?;
         // A row the user still sees is kept only when it is in a bucket the device holds, which
         // keeps it up to date (and removes it when it goes).

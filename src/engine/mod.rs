@@ -34,7 +34,7 @@ pub(crate) type Conns = Stores<PooledClient>;
 
 pub use catalog::CatalogState;
 pub use hooks::{Hooks, NoHooks};
-pub use push::{last_writer_wins, ConflictResolver, LastWriterWins, ServerWins};
+pub use push::{last_writer_wins, ConflictResolver, LastWriterWins, PushCounts, ServerWins};
 pub use replica_reads::ReadCounts;
 
 /// What the engine can answer besides success. The HTTP layer maps each to a status.
@@ -162,6 +162,10 @@ pub struct Engine {
     heads: heads::Heads,
     /// `SHARED_ROWS_WRITABLE`: whether every user may change rows without an owner.
     shared_rows_writable: bool,
+    /// `PUSH_SET_BASED`: whether pushes apply runs of records with set-based statements.
+    set_based_push: bool,
+    /// How pushes were applied.
+    pushes: push::PushCounters,
 }
 
 impl fmt::Debug for Engine {
@@ -198,6 +202,8 @@ impl Engine {
             subscriptions: subscriptions::SubscriptionCache::default(),
             heads: heads::Heads::default(),
             shared_rows_writable: true,
+            set_based_push: true,
+            pushes: push::PushCounters::default(),
         })
     }
 
@@ -216,6 +222,16 @@ impl Engine {
     /// (`ownership_violation`), and only server-side writes change them.
     pub fn with_shared_rows_writable(mut self, writable: bool) -> Engine {
         self.shared_rows_writable = writable;
+        self
+    }
+
+    /// Whether pushes apply each run of consecutive records on one table with a few set-based
+    /// statements (`true`, the default) or every record with statements of its own. The
+    /// outcomes are the same either way; what differs is what triggers see: a statement-level
+    /// trigger fires once per statement, and row-level `AFTER` triggers (foreign-key checks
+    /// among them) at the end of each statement.
+    pub fn with_set_based_push(mut self, set_based: bool) -> Engine {
+        self.set_based_push = set_based;
         self
     }
 
@@ -275,7 +291,8 @@ impl Engine {
             // The same snapshot sees the same catalog rows: the fingerprint cannot have changed.
             Some(k) if k.snapshot == snapshot => k.fingerprint,
             _ => {
-                let (snapshot, fingerprint) = introspect::snapshot_fingerprint(&mut ***dbs.app(), cached.oids())?;
+                let (client, statements) = dbs.app().parts();
+                let (snapshot, fingerprint) = introspect::snapshot_fingerprint(client, statements, cached.oids())?;
                 let verified = VerifiedSnapshot { snapshot, fingerprint: fingerprint.clone() };
                 match self.verified.lock() {
                     Ok(mut v) => *v = Some(verified),

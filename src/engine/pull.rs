@@ -19,7 +19,7 @@ use crate::protocol::{BucketUpdate, DeleteEntry, PullRequest, PullResponse, Reco
 use crate::store::changelog::{self, ChangelogEntry};
 use crate::store::clients;
 use crate::store::introspect;
-use crate::store::pool::StoreError;
+use crate::store::pool::{Session, StatementCache, StoreError};
 use crate::store::pull_probe::{self, PullProbeRequest, Retention};
 use crate::types::{Op, UserId};
 
@@ -216,15 +216,7 @@ impl Engine {
         let mut page = match on_replica {
             Some(read) => read,
             None => {
-                let mut tx = dbs
-                    .app()
-                    .build_transaction()
-                    .read_only(true)
-                    .start()
-                    .map_err(StoreError::query("starting the pull"))?;
-                set_user(&mut tx, user)?;
-                let read = materialise(&mut tx, user, &cat, &entries, per_bucket)?;
-                tx.commit().map_err(StoreError::query("finishing the pull"))?;
+                let read = read_changes(dbs.app(), user, &cat, &entries, per_bucket)?;
                 self.reads.count(PageKind::Pull, false);
                 read
             }
@@ -240,7 +232,7 @@ impl Engine {
         let bucket_checksums: BTreeMap<String, i32> = if has_more {
             BTreeMap::new()
         } else {
-            changelog::bucket_checksums(&mut ***dbs.store(), subs)?.into_iter().collect()
+            changelog::bucket_checksums(&mut **dbs.store(), subs)?.into_iter().collect()
         };
 
         let bucket_checkpoints = per_bucket.then(|| {
@@ -261,7 +253,7 @@ impl Engine {
             }
             if checkpoint > req.checkpoint {
                 // Also stamps last_pull_at.
-                return clients::advance_legacy(&mut ***dbs.store(), user, &req.client_id, checkpoint);
+                return clients::advance_legacy(&mut **dbs.store(), user, &req.client_id, checkpoint);
             }
             if pull_stamp_is_stale(&client) {
                 clients::touch_pull(&mut ***dbs.store(), user, &req.client_id)?;
@@ -329,18 +321,19 @@ pub(crate) fn set_user(tx: &mut impl GenericClient, user: &UserId) -> Result<(),
     Ok(())
 }
 
-/// Hydrates a page in a read-only transaction of its own with `app.user_id` set, exactly as on
-/// the primary (a replica applies the same RLS policies).
+/// Hydrates a page in a read-only transaction of its own with `app.user_id` set, on the
+/// primary or a replica alike (a replica applies the same RLS policies).
 fn read_changes(
-    db: &mut postgres::Client,
+    db: &mut Session,
     user: &UserId,
     cat: &CatalogState,
     entries: &[ChangelogEntry],
     per_bucket: bool,
 ) -> Result<Materialised, EngineError> {
-    let mut tx = db.build_transaction().read_only(true).start().map_err(StoreError::query("starting the pull"))?;
+    let (client, cache) = db.parts();
+    let mut tx = client.build_transaction().read_only(true).start().map_err(StoreError::query("starting the pull"))?;
     set_user(&mut tx, user)?;
-    let out = materialise(&mut tx, user, cat, entries, per_bucket)?;
+    let out = materialise(&mut tx, cache, user, cat, entries, per_bucket)?;
     tx.commit().map_err(StoreError::query("finishing the pull"))?;
     Ok(out)
 }
@@ -357,6 +350,7 @@ fn read_changes(
 /// A row the user can see reaches the device through the bucket it is in now.
 pub(super) fn materialise(
     db: &mut impl GenericClient,
+    cache: &mut StatementCache,
     user: &UserId,
     cat: &CatalogState,
     entries: &[ChangelogEntry],
@@ -390,7 +384,9 @@ pub(super) fn materialise(
             // A table no longer synced: nothing of it is visible.
             let Some(table) = cat.registry.table(table_name) else { continue };
             visible.extend(
-                rows::visible(db, &cat.registry, table, user, &ids)?.into_iter().map(|id| (table_name.to_string(), id)),
+                rows::visible(db, cache, &cat.registry, table, user, &ids)?
+                    .into_iter()
+                    .map(|id| (table_name.to_string(), id)),
             );
         }
         let (kept, gone): (Vec<_>, Vec<_>) =
@@ -405,7 +401,7 @@ pub(super) fn materialise(
             // retries) rather than silently advancing past it.
             EngineError::Schema(format!("changelog refers to table {table_name}, which is not synced"))
         })?;
-        let mut rows = rows::hydrate(db, &cat.registry, table, user, &ids)?;
+        let mut rows = rows::hydrate(db, cache, &cat.registry, table, user, &ids)?;
         for id in ids {
             let Some(row) = rows.remove(&id) else { continue };
             let e = last[&(table_name, id.as_str())];

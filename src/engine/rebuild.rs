@@ -100,14 +100,15 @@ impl Engine {
             by_table.entry(t.as_str()).or_default().push(r.clone());
         }
         // Members come from the edges (sync store), rows from the application database.
+        let (client, cache) = dbs.app().parts();
         let mut tx =
-            dbs.app().build_transaction().read_only(true).start().map_err(StoreError::query("starting the rebuild"))?;
+            client.build_transaction().read_only(true).start().map_err(StoreError::query("starting the rebuild"))?;
         set_user(&mut tx, user)?;
         let mut records = Vec::new();
         for (table_name, ids) in by_table {
             // Edges of tables no longer synced are skipped: they cannot be hydrated or served.
             let Some(table) = cat.registry.table(table_name) else { continue };
-            let mut rows = rows::hydrate(&mut tx, &cat.registry, table, user, &ids)?;
+            let mut rows = rows::hydrate(&mut tx, cache, &cat.registry, table, user, &ids)?;
             for id in ids {
                 let Some(row) = rows.remove(&id) else { continue };
                 // An edge not yet moved after a transfer (capture lags) never turns into data:
@@ -126,7 +127,7 @@ impl Engine {
         let bucket_checksum = if has_more {
             None
         } else {
-            changelog::bucket_checksums(&mut ***dbs.store(), std::slice::from_ref(&req.bucket_id))?
+            changelog::bucket_checksums(&mut **dbs.store(), std::slice::from_ref(&req.bucket_id))?
                 .first()
                 .map(|(_, c)| *c)
         };

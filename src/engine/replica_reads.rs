@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Engine, EngineError};
-use crate::store::pool::PooledClient;
+use crate::store::pool::{PooledClient, Session};
 use crate::store::replicas;
 
 /// Which kind of page was read.
@@ -82,12 +82,12 @@ impl Engine {
         &self,
         primary: &mut PooledClient,
         kind: PageKind,
-        read: impl FnOnce(&mut postgres::Client) -> Result<T, EngineError>,
+        read: impl FnOnce(&mut Session) -> Result<T, EngineError>,
     ) -> Result<Option<T>, EngineError> {
         let Some(set) = self.replicas.as_ref().filter(|s| s.has_candidate()) else { return Ok(None) };
         let lsn = replicas::primary_lsn(primary)?;
         let Some(mut reader) = set.reader_for(lsn) else { return Ok(None) };
-        let client: &mut postgres::Client = reader.client();
+        let client: &mut Session = reader.client();
         match read(client) {
             Ok(value) => {
                 self.reads.count(kind, true);

@@ -19,7 +19,7 @@ use super::scope::{self, Access};
 use crate::checksum::record_checksum;
 use crate::protocol::Record;
 use crate::registry::{quote_ident, Registry, SyncTable};
-use crate::store::pool::StoreError;
+use crate::store::pool::{StatementCache, StoreError};
 use crate::time::format_timestamp;
 use crate::types::UserId;
 
@@ -55,6 +55,7 @@ fn timestamp(column: Option<&str>) -> String {
 /// (RLS applies in the caller's transaction). Rows that no longer exist are absent.
 pub(crate) fn hydrate(
     db: &mut impl GenericClient,
+    cache: &mut StatementCache,
     registry: &Registry,
     table: &SyncTable,
     user: &UserId,
@@ -74,8 +75,8 @@ pub(crate) fn hydrate(
         q = table.qualified(),
         ty = pk_type(table),
     );
-    let rows = db
-        .query_typed(&sql, &[(&user.as_str(), Type::TEXT), (&ids, Type::TEXT_ARRAY)])
+    let rows = cache
+        .query(db, &sql, &[(&user.as_str(), Type::TEXT), (&ids, Type::TEXT_ARRAY)])
         .map_err(StoreError::query(format!("reading changed rows of {}", table.name)))?;
     Ok(rows
         .into_iter()
@@ -90,6 +91,7 @@ pub(crate) fn hydrate(
 /// scope, in one query: the rows a device may keep when it leaves a bucket.
 pub(crate) fn visible(
     db: &mut impl GenericClient,
+    cache: &mut StatementCache,
     registry: &Registry,
     table: &SyncTable,
     user: &UserId,
@@ -106,8 +108,8 @@ pub(crate) fn visible(
         scope = scope::row_predicate(registry, table, Access::Read),
         live = table.deleted_at.real().map(|c| format!(" AND t.{} IS NULL", quote_ident(c))).unwrap_or_default(),
     );
-    let rows = db
-        .query_typed(&sql, &[(&user.as_str(), Type::TEXT), (&ids, Type::TEXT_ARRAY)])
+    let rows = cache
+        .query(db, &sql, &[(&user.as_str(), Type::TEXT), (&ids, Type::TEXT_ARRAY)])
         .map_err(StoreError::query(format!("checking the scope of rows of {}", table.name)))?;
     Ok(rows.into_iter().map(|r| r.get(0)).collect())
 }
@@ -149,9 +151,36 @@ pub(crate) struct Existing {
     pub writable: bool,
 }
 
+/// What a push lookup reads of a row, in one place for [`lookup`] and [`lookup_many`]: the
+/// served JSON, both timestamps, and whether the row is in the user's read and write scopes.
+fn existing_columns(registry: &Registry, table: &SyncTable, write: Access) -> String {
+    format!(
+        "{json}::text, ({u})::timestamptz, ({d})::timestamptz, {read}, {write}",
+        json = table.row_json_sql("t"),
+        u = timestamp(table.updated_at.real()),
+        d = timestamp(table.deleted_at.real()),
+        read = scope::row_predicate(registry, table, Access::Read),
+        write = scope::row_predicate(registry, table, write),
+    )
+}
+
+/// The [`existing_columns`] of `r` starting at column `at`.
+fn existing(r: &postgres::Row, at: usize) -> Existing {
+    Existing {
+        row: Hydrated {
+            data: r.get(at),
+            updated_at: r.get(at + 1),
+            deleted_at: r.get(at + 2),
+            in_scope: is_true(r, at + 3),
+        },
+        writable: is_true(r, at + 4),
+    }
+}
+
 /// The row `id` of `table` as this transaction sees it, with both scopes.
 pub(crate) fn lookup(
     db: &mut impl GenericClient,
+    cache: &mut StatementCache,
     registry: &Registry,
     table: &SyncTable,
     user: &UserId,
@@ -159,22 +188,40 @@ pub(crate) fn lookup(
     write: Access,
 ) -> Result<Option<Existing>, postgres::Error> {
     let sql = format!(
-        "SELECT {json}::text, ({u})::timestamptz, ({d})::timestamptz, {read}, {write} FROM {q} t \
-         WHERE t.{pk} = $2::text::{ty}",
-        json = table.row_json_sql("t"),
-        u = timestamp(table.updated_at.real()),
-        d = timestamp(table.deleted_at.real()),
-        read = scope::row_predicate(registry, table, Access::Read),
-        write = scope::row_predicate(registry, table, write),
+        "SELECT {columns} FROM {q} t WHERE t.{pk} = $2::text::{ty}",
+        columns = existing_columns(registry, table, write),
         q = table.qualified(),
         pk = quote_ident(&table.pk),
         ty = pk_type(table),
     );
-    let row = db.query_opt(&sql, &[&user.as_str(), &id])?;
-    Ok(row.map(|r| Existing {
-        row: Hydrated { data: r.get(0), updated_at: r.get(1), deleted_at: r.get(2), in_scope: is_true(&r, 3) },
-        writable: is_true(&r, 4),
-    }))
+    let rows = cache.query(db, &sql, &[(&user.as_str(), Type::TEXT), (&id, Type::TEXT)])?;
+    Ok(rows.first().map(|r| existing(r, 0)))
+}
+
+/// [`lookup`] for many ids in one statement: for each id, in order, its key as the table
+/// renders it (`pk::text` of the id read as the key's type: two spellings of one uuid give the
+/// same key) and the row, if it exists. An id that is not valid for the key's type fails the
+/// statement.
+pub(crate) fn lookup_many(
+    db: &mut impl GenericClient,
+    cache: &mut StatementCache,
+    registry: &Registry,
+    table: &SyncTable,
+    user: &UserId,
+    ids: &[&str],
+    write: Access,
+) -> Result<Vec<(String, Option<Existing>)>, postgres::Error> {
+    let sql = format!(
+        "SELECT (v.id::{ty})::text, t.{pk} IS NOT NULL, {columns} \
+         FROM unnest($2::text[]) WITH ORDINALITY AS v(id, ord) LEFT JOIN {q} t ON t.{pk} = v.id::{ty} \
+         ORDER BY v.ord",
+        columns = existing_columns(registry, table, write),
+        q = table.qualified(),
+        pk = quote_ident(&table.pk),
+        ty = pk_type(table),
+    );
+    let rows = cache.query(db, &sql, &[(&user.as_str(), Type::TEXT), (&ids, Type::TEXT_ARRAY)])?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get::<_, bool>(1).then(|| existing(r, 2)))).collect())
 }
 
 /// A Record from a read row. `changed_at` is when the change was recorded: the record's

@@ -27,6 +27,7 @@ pub mod routes;
 pub mod server;
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
 
@@ -74,17 +75,95 @@ pub enum ApiError {
     },
 }
 
+/// Renders a response body piece by piece, for bodies too large to build whole: the edge asks
+/// for the next piece when the client has read the previous ones, on a worker, and sends the
+/// pieces chunked (`Transfer-Encoding: chunked`), so what it holds for a client that reads
+/// slowly is one piece, and no worker waits for the client.
+pub trait BodySource: Send {
+    /// Appends the next part of the body to `out`, about `max` bytes (one indivisible item may
+    /// make it more). Returns `false` once the body is complete.
+    fn fill(&mut self, out: &mut Vec<u8>, max: usize) -> bool;
+}
+
+/// A successful response's JSON body, as a [`SyncApi`] method returns it.
+pub enum Body {
+    /// The whole body; the edge appends the trailing newline.
+    Bytes(Vec<u8>),
+    /// A body rendered as the client reads it; the source writes all of it, trailing newline
+    /// included.
+    Stream(Box<dyn BodySource>),
+}
+
+impl Body {
+    /// The whole body, rendering a stream to its end (trailing newline excluded either way).
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Body::Bytes(b) => b,
+            Body::Stream(mut source) => {
+                let mut out = Vec::new();
+                while source.fill(&mut out, 1 << 20) {}
+                if out.last() == Some(&b'\n') {
+                    out.pop();
+                }
+                out
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Body::Bytes(b) => f.debug_tuple("Bytes").field(&b.len()).finish(),
+            Body::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+/// The rest of a [`Reply`]'s body, rendered as the client reads it. The edge takes the source
+/// out once, to send it; a copy of the reply shares it.
+#[derive(Clone)]
+pub struct BodyStream(Arc<Mutex<Option<Box<dyn BodySource>>>>);
+
+impl BodyStream {
+    /// Wraps a source.
+    pub fn new(source: Box<dyn BodySource>) -> BodyStream {
+        BodyStream(Arc::new(Mutex::new(Some(source))))
+    }
+
+    /// The source, unless it was taken already.
+    pub fn take(&self) -> Option<Box<dyn BodySource>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+}
+
+impl PartialEq for BodyStream {
+    fn eq(&self, other: &BodyStream) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for BodyStream {}
+
+impl fmt::Debug for BodyStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BodyStream")
+    }
+}
+
 /// A finished response: status, JSON body (or plain text), extra headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     /// HTTP status.
     pub status: u16,
-    /// Body bytes.
+    /// Body bytes (with a `stream`, the body is the stream's output instead).
     pub body: Vec<u8>,
     /// `application/json` or `text/plain; charset=utf-8`.
     pub content_type: &'static str,
     /// Extra headers (`Retry-After`, `Allow`, `WWW-Authenticate`).
     pub headers: Vec<(&'static str, String)>,
+    /// A body rendered as the client reads it ([`Body::Stream`]).
+    pub stream: Option<BodyStream>,
 }
 
 impl Reply {
@@ -93,10 +172,24 @@ impl Reply {
         Reply::json_with_status(200, body)
     }
 
+    /// A 200 JSON reply of a [`SyncApi`] body: bytes (newline appended) or a stream.
+    pub fn from_body(body: Body) -> Reply {
+        match body {
+            Body::Bytes(bytes) => Reply::json(bytes),
+            Body::Stream(source) => Reply {
+                status: 200,
+                body: Vec::new(),
+                content_type: "application/json",
+                headers: Vec::new(),
+                stream: Some(BodyStream::new(source)),
+            },
+        }
+    }
+
     /// A JSON reply with any status and the reference's trailing newline.
     fn json_with_status(status: u16, mut body: Vec<u8>) -> Reply {
         body.push(b'\n');
-        Reply { status, body, content_type: "application/json", headers: Vec::new() }
+        Reply { status, body, content_type: "application/json", headers: Vec::new(), stream: None }
     }
 
     /// A protocol body serialised (it has no map with non-string keys, so this cannot fail).
@@ -111,7 +204,13 @@ impl Reply {
 
     /// A plain-text reply.
     pub fn text(status: u16, text: &str) -> Reply {
-        Reply { status, body: text.as_bytes().to_vec(), content_type: "text/plain; charset=utf-8", headers: Vec::new() }
+        Reply {
+            status,
+            body: text.as_bytes().to_vec(),
+            content_type: "text/plain; charset=utf-8",
+            headers: Vec::new(),
+            stream: None,
+        }
     }
 
     /// Adds a header.
@@ -164,6 +263,11 @@ pub trait SyncApi: Send + Sync {
     fn pull(&self, _user: &UserId, _body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
         Err(ApiError::NotImplemented)
     }
+    /// POST /sync/pull as the router calls it: a large page may be a [`Body::Stream`].
+    /// Defaults to [`SyncApi::pull`].
+    fn pull_body(&self, user: &UserId, body: &Map<String, Value>) -> Result<Body, ApiError> {
+        self.pull(user, body).map(Body::Bytes)
+    }
     /// POST /sync/push.
     fn push(&self, _user: &UserId, _body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
         Err(ApiError::NotImplemented)
@@ -172,9 +276,17 @@ pub trait SyncApi: Send + Sync {
     fn snapshot(&self, _user: &UserId, _body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
         Err(ApiError::NotImplemented)
     }
+    /// POST /sync/snapshot as the router calls it; defaults to [`SyncApi::snapshot`].
+    fn snapshot_body(&self, user: &UserId, body: &Map<String, Value>) -> Result<Body, ApiError> {
+        self.snapshot(user, body).map(Body::Bytes)
+    }
     /// POST /sync/rebuild.
     fn rebuild(&self, _user: &UserId, _body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
         Err(ApiError::NotImplemented)
+    }
+    /// POST /sync/rebuild as the router calls it; defaults to [`SyncApi::rebuild`].
+    fn rebuild_body(&self, user: &UserId, body: &Map<String, Value>) -> Result<Body, ApiError> {
+        self.rebuild(user, body).map(Body::Bytes)
     }
     /// GET /sync/tables.
     fn tables(&self, _user: &UserId) -> Result<Vec<u8>, ApiError> {

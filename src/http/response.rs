@@ -1,6 +1,8 @@
 //! Response heads: a [`Reply`] as the bytes that precede its body. No I/O.
 //!
-//! Bodies are built in memory, so every response carries `Content-Length` (never chunked).
+//! A body built in memory goes out with `Content-Length`; a body rendered as the client reads
+//! it ([`super::BodySource`]) goes out chunked to HTTP/1.1 clients ([`encode_stream_head`],
+//! [`push_chunk`]).
 //! `Connection` is the edge's business, not the handler's: a `Connection` header in a reply is
 //! dropped and the edge writes its own when the connection will close (or, for an HTTP/1.0
 //! client that asked for it, stay open). A header whose name or value could break the head (a
@@ -86,6 +88,27 @@ pub fn date_now() -> String {
 /// The status line and headers of `reply`, ending with the blank line. `Content-Length` is the
 /// reply's body length even when the body is not sent (a `HEAD` request).
 pub fn encode_head(reply: &Reply, persistence: Persistence, date: &str) -> Vec<u8> {
+    head(reply, persistence, date, Some(reply.body.len()))
+}
+
+/// [`encode_head`] for a body sent in chunks: `Transfer-Encoding: chunked` instead of a length.
+pub fn encode_stream_head(reply: &Reply, persistence: Persistence, date: &str) -> Vec<u8> {
+    head(reply, persistence, date, None)
+}
+
+/// Appends `data` as one chunk (nothing for no data: an empty chunk would end the body).
+pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if !data.is_empty() {
+        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The last chunk, which ends a chunked body (no trailers).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+fn head(reply: &Reply, persistence: Persistence, date: &str, length: Option<usize>) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + reply.headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>());
     let line = format!("HTTP/1.1 {} {}\r\nDate: {date}\r\n", reply.status, reason(reply.status));
     out.extend_from_slice(line.as_bytes());
@@ -104,7 +127,10 @@ pub fn encode_head(reply: &Reply, persistence: Persistence, date: &str) -> Vec<u
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(format!("Content-Length: {}\r\n", reply.body.len()).as_bytes());
+    match length {
+        Some(n) => out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes()),
+        None => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+    }
     match persistence {
         Persistence::KeepAlive => {}
         Persistence::KeepAliveHttp10 => out.extend_from_slice(b"Connection: keep-alive\r\n"),
@@ -134,6 +160,18 @@ mod tests {
         assert!(head.ends_with("Content-Length: 2\r\n\r\n"), "{head}");
         let head = String::from_utf8(encode_head(&Reply::text(200, ""), Persistence::KeepAliveHttp10, "D")).unwrap();
         assert!(head.ends_with("Connection: keep-alive\r\n\r\n"), "{head}");
+    }
+
+    #[test]
+    fn streamed_bodies_are_chunked() {
+        let head =
+            String::from_utf8(encode_stream_head(&Reply::json(Vec::new()), Persistence::KeepAlive, "D")).unwrap();
+        assert!(head.ends_with("Transfer-Encoding: chunked\r\n\r\n") && !head.contains("Content-Length"), "{head}");
+        let mut out = Vec::new();
+        push_chunk(&mut out, b"hello, world");
+        push_chunk(&mut out, b"");
+        out.extend_from_slice(LAST_CHUNK);
+        assert_eq!(out, b"c\r\nhello, world\r\n0\r\n\r\n");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{AdmissionPolicy, ApiError, AuthFailure, Authenticator, Reply, SyncApi};
+use super::{AdmissionPolicy, ApiError, AuthFailure, Authenticator, Body, Reply, SyncApi};
 use crate::protocol::{DebugRequest, HealthBody};
 use crate::version::VersionGate;
 
@@ -181,13 +181,20 @@ impl Router {
             let reply = if req.method != "GET" && req.method != "HEAD" {
                 Reply::text(405, "Method Not Allowed\n").with_header("Allow", "GET")
             } else if self.api.health() {
-                Reply { status: 200, body: health_body("ok"), content_type: "application/json", headers: vec![] }
+                Reply {
+                    status: 200,
+                    body: health_body("ok"),
+                    content_type: "application/json",
+                    headers: vec![],
+                    stream: None,
+                }
             } else {
                 Reply {
                     status: 503,
                     body: health_body("unavailable"),
                     content_type: "application/json",
                     headers: vec![("Retry-After", "5".into())],
+                    stream: None,
                 }
             };
             return (Some(endpoint), reply);
@@ -200,6 +207,7 @@ impl Router {
                     body: text.into_bytes(),
                     content_type: "text/plain; version=0.0.4",
                     headers: vec![],
+                    stream: None,
                 },
                 ("GET", None) => Reply::text(404, "404 page not found\n"),
                 _ => Reply::text(405, "Method Not Allowed\n").with_header("Allow", "GET"),
@@ -234,13 +242,14 @@ impl Router {
             crate::debug!("request not admitted by the admission policy", endpoint = endpoint.name());
             return (Some(endpoint), refusal.reply());
         }
+        let bytes = |r: Result<Vec<u8>, ApiError>| r.map(Body::Bytes);
         let result = match endpoint {
-            Endpoint::Tables => self.api.tables(&user),
-            Endpoint::Schema => self.api.schema(&user),
+            Endpoint::Tables => bytes(self.api.tables(&user)),
+            Endpoint::Schema => bytes(self.api.schema(&user)),
             Endpoint::Debug => match query_param(req.url, DebugRequest::PARAMETER).transpose() {
                 Err(e) => Err(e),
                 Ok(client_id) => match DebugRequest::decode(client_id.as_deref()) {
-                    Ok(req) => self.api.debug(&user, &req.client_id),
+                    Ok(req) => bytes(self.api.debug(&user, &req.client_id)),
                     Err(e) => Err(ApiError::BadRequest(e.0)),
                 },
             },
@@ -253,17 +262,17 @@ impl Router {
                 match parse_object(&body) {
                     Err(e) => Err(e),
                     Ok(map) => match endpoint {
-                        Endpoint::Register => self.api.register(&user, &map),
-                        Endpoint::Pull => self.api.pull(&user, &map),
-                        Endpoint::Push => self.api.push(&user, &map),
-                        Endpoint::Snapshot => self.api.snapshot(&user, &map),
-                        _ => self.api.rebuild(&user, &map),
+                        Endpoint::Register => bytes(self.api.register(&user, &map)),
+                        Endpoint::Pull => self.api.pull_body(&user, &map),
+                        Endpoint::Push => bytes(self.api.push(&user, &map)),
+                        Endpoint::Snapshot => self.api.snapshot_body(&user, &map),
+                        _ => self.api.rebuild_body(&user, &map),
                     },
                 }
             }
         };
         match result {
-            Ok(body) => (Some(endpoint), Reply::json(body)),
+            Ok(body) => (Some(endpoint), Reply::from_body(body)),
             Err(e) => (Some(endpoint), e.reply()),
         }
     }

@@ -53,9 +53,9 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use super::budget::{Budget, Reservation};
 use super::head::{HeadLimits, Version};
 use super::inbound::{Inbound, InboundLimits, Request, Step};
-use super::response::{date_now, encode_head, Persistence, CONTINUE};
+use super::response::{date_now, encode_head, encode_stream_head, push_chunk, Persistence, CONTINUE, LAST_CHUNK};
 use super::routes::{Endpoint, Incoming, Router};
-use super::{ApiError, Reply};
+use super::{ApiError, BodySource, BodyStream, Reply};
 
 /// HTTP server settings.
 #[derive(Debug, Clone)]
@@ -151,6 +151,8 @@ struct Pending {
     /// Last time bytes went out (the write timeout counts from here).
     progress: Instant,
     _held: Reservation,
+    /// The rest of a streamed body, rendered by a worker once these bytes are out.
+    source: Option<Box<dyn BodySource>>,
 }
 
 /// A connection's response side, shared by the I/O thread and the worker serving it.
@@ -207,12 +209,19 @@ fn write_parts(stream: &TcpStream, head: &[u8], body: &[u8], written: &mut usize
 /// socket, so a client that does not read cannot hold one), and marks the request complete. The
 /// bytes are held against the budget until they are out. Returns whether the I/O thread must act:
 /// always, unless the connection is already broken and nobody waits for it.
-fn complete(shared: &Shared, budget: &Budget, head: Vec<u8>, body: Vec<u8>, close: bool) -> bool {
+fn complete(
+    shared: &Shared,
+    budget: &Budget,
+    head: Vec<u8>,
+    body: Vec<u8>,
+    close: bool,
+    source: Option<Box<dyn BodySource>>,
+) -> bool {
     let mut out = shared.lock();
     let now = Instant::now();
     if !out.broken && out.pending.is_none() {
         match budget.reserve(head.len() + body.len()) {
-            Some(held) => out.pending = Some(Pending { head, body, written: 0, progress: now, _held: held }),
+            Some(held) => out.pending = Some(Pending { head, body, written: 0, progress: now, _held: held, source }),
             None => {
                 crate::debug!("response dropped: the buffer budget is spent", bytes = (head.len() + body.len()) as u64);
                 out.broken = true;
@@ -263,11 +272,37 @@ impl Ctx {
     }
 }
 
-/// A queued request.
-struct Job {
-    conn: Arc<Shared>,
-    request: Request,
-    close: bool,
+/// Work for a worker.
+enum Job {
+    /// A request to serve.
+    Serve { conn: Arc<Shared>, request: Request, close: bool },
+    /// The next piece of a streamed body: the client has read everything before it.
+    Render { conn: Arc<Shared>, source: Box<dyn BodySource> },
+}
+
+impl Job {
+    fn conn(&self) -> &Arc<Shared> {
+        match self {
+            Job::Serve { conn, .. } | Job::Render { conn, .. } => conn,
+        }
+    }
+}
+
+/// About how many bytes of a streamed body are rendered at a time: what the edge holds for a
+/// streamed response at most (with the chunk framing), however slowly its client reads.
+const STREAM_PIECE: usize = 256 * 1024;
+
+/// The next piece of a streamed body, framed as a chunk, followed by the last chunk when the
+/// body is complete; and whether more follows.
+fn render_piece(source: &mut dyn BodySource) -> (Vec<u8>, bool) {
+    let mut data = Vec::with_capacity(STREAM_PIECE + 4096);
+    let more = source.fill(&mut data, STREAM_PIECE);
+    let mut framed = Vec::with_capacity(data.len() + 32);
+    push_chunk(&mut framed, &data);
+    if !more {
+        framed.extend_from_slice(LAST_CHUNK);
+    }
+    (framed, more)
 }
 
 /// What the workers serve.
@@ -506,12 +541,22 @@ fn work(jobs: &Receiver<Job>, service: &Service, ctx: &Ctx) {
         if ctx.abandoned.load(Ordering::Acquire) {
             continue;
         }
-        let conn = job.conn.clone();
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| serve(service, ctx, job))) {
-            // Handlers run under their own catch_unwind; this is the code around them.
+        let conn = job.conn().clone();
+        let run = || match job {
+            Job::Serve { conn, request, close } => serve(service, ctx, conn, request, close),
+            Job::Render { conn, mut source } => {
+                let (body, more) = render_piece(&mut *source);
+                if complete(&conn, &ctx.budget, Vec::new(), body, false, more.then_some(source)) {
+                    ctx.notify(conn.id);
+                }
+            }
+        };
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(run)) {
+            // Handlers run under their own catch_unwind; this is the code around them (and a
+            // streamed body's source).
             crate::error!("HTTP worker failed outside the handler", panic = panic_message(&*panic));
             conn.lock().broken = true;
-            if complete(&conn, &ctx.budget, Vec::new(), Vec::new(), true) {
+            if complete(&conn, &ctx.budget, Vec::new(), Vec::new(), true, None) {
                 ctx.notify(conn.id);
             }
             crate::logging::set_request_id(None);
@@ -520,8 +565,7 @@ fn work(jobs: &Receiver<Job>, service: &Service, ctx: &Ctx) {
 }
 
 /// Runs the router (or the fallback) for one request and hands the response to the I/O thread.
-fn serve(service: &Service, ctx: &Ctx, job: Job) {
-    let Job { conn, mut request, close } = job;
+fn serve(service: &Service, ctx: &Ctx, conn: Arc<Shared>, mut request: Request, close: bool) {
     let started = Instant::now();
     let method = request.method().to_ascii_uppercase();
     let rid = request_id(request.header("x-request-id"));
@@ -538,11 +582,30 @@ fn serve(service: &Service, ctx: &Ctx, job: Job) {
         status = reply.status,
         micros = started.elapsed().as_micros() as u64
     );
-    let head = encode_head(&reply, persistence(close, request.version()), &date_now());
-    let body = if method == "HEAD" { Vec::new() } else { reply.body };
+    let persistence = persistence(close, request.version());
+    let head_only = method == "HEAD";
+    let (head, body, source) = match reply.stream.as_ref().and_then(BodyStream::take) {
+        // Chunked, a piece at a time: the first piece now, the next ones as the client reads.
+        Some(mut source) if !head_only && request.version() == Version::Http11 => {
+            let (body, more) = render_piece(&mut *source);
+            (encode_stream_head(&reply, persistence, &date_now()), body, more.then_some(source))
+        }
+        // No chunks for HTTP/1.0 (nor a body for HEAD): the whole body, for its length.
+        Some(mut source) => {
+            let mut body = Vec::new();
+            while source.fill(&mut body, STREAM_PIECE) {}
+            let reply = Reply { body, stream: None, ..reply };
+            let head = encode_head(&reply, persistence, &date_now());
+            (head, if head_only { Vec::new() } else { reply.body }, None)
+        }
+        None => {
+            let head = encode_head(&reply, persistence, &date_now());
+            (head, if head_only { Vec::new() } else { reply.body }, None)
+        }
+    };
     // The request's bytes leave the budget before the response's may enter it.
     drop(request);
-    if complete(&conn, &ctx.budget, head, body, close) {
+    if complete(&conn, &ctx.budget, head, body, close, source) {
         ctx.notify(conn.id);
     }
     crate::logging::set_request_id(None);
@@ -1016,7 +1079,14 @@ impl IoLoop {
         if let Some(p) = &mut out.pending {
             let before = p.written;
             match write_parts(&conn.shared.stream, &p.head, &p.body, &mut p.written) {
-                Ok(true) => out.pending = None,
+                Ok(true) => {
+                    if let Some(source) = out.pending.take().and_then(|p| p.source) {
+                        // The client has read this piece: a worker renders the next one.
+                        out.in_flight = true;
+                        drop(out);
+                        return self.render_next(conn, source, now);
+                    }
+                }
                 Ok(false) => {
                     if p.written > before {
                         p.progress = now;
@@ -1039,6 +1109,31 @@ impl IoLoop {
         Settled::Idle
     }
 
+    /// Hands the rest of a streamed body to a worker for its next piece. With the queue full,
+    /// the source waits in the connection for the next turn (the sweep comes by at least).
+    fn render_next(&mut self, conn: &mut Conn, source: Box<dyn BodySource>, now: Instant) -> Settled {
+        let job = Job::Render { conn: conn.shared.clone(), source };
+        let refused = match &self.jobs {
+            Some(lanes) => match lanes.sync.try_send(job) {
+                Ok(()) => return Settled::Busy,
+                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job,
+            },
+            None => job,
+        };
+        let Job::Render { source, .. } = refused else { return Settled::Over(Fate::Close) };
+        let mut out = conn.shared.lock();
+        out.in_flight = false;
+        out.pending = Some(Pending {
+            head: Vec::new(),
+            body: Vec::new(),
+            written: 0,
+            progress: now,
+            _held: self.ctx.budget.empty(),
+            source: Some(source),
+        });
+        Settled::Busy
+    }
+
     fn dispatch(&mut self, conn: &mut Conn, request: Request, close: bool) {
         let close = close || self.drain_until.is_some();
         {
@@ -1049,12 +1144,14 @@ impl IoLoop {
         conn.dispatched = true;
         conn.head_started = None;
         conn.fresh = false;
-        let job = Job { conn: conn.shared.clone(), request, close };
+        let head_only = request.method().eq_ignore_ascii_case("HEAD");
+        let persistence = persistence(close, request.version());
         let Some(lanes) = &self.jobs else { return };
-        let lane = match Endpoint::from_path(job.request.path()) {
+        let lane = match Endpoint::from_path(request.path()) {
             Some(Endpoint::Health | Endpoint::Metrics) => &lanes.probes,
             _ => &lanes.sync,
         };
+        let job = Job::Serve { conn: conn.shared.clone(), request, close };
         let (job, reply) = match lane.try_send(job) {
             Ok(()) => return,
             Err(TrySendError::Full(job)) => (job, ApiError::TooManyRequests { retry_after: self.retry_after }.reply()),
@@ -1062,8 +1159,6 @@ impl IoLoop {
                 (job, ApiError::Unavailable { retry_after: self.retry_after }.reply())
             }
         };
-        let head_only = job.request.method().eq_ignore_ascii_case("HEAD");
-        let persistence = persistence(job.close, job.request.version());
         drop(job);
         self.respond_inline(conn, reply, persistence, head_only);
     }
@@ -1074,7 +1169,7 @@ impl IoLoop {
         let body = if head_only { Vec::new() } else { reply.body };
         conn.shared.lock().in_flight = true;
         conn.dispatched = true;
-        complete(&conn.shared, &self.ctx.budget, head, body, persistence == Persistence::Close);
+        complete(&conn.shared, &self.ctx.budget, head, body, persistence == Persistence::Close, None);
     }
 
     /// After the last response: stop sending, and read what the client still sends for a

@@ -5,7 +5,7 @@
 use postgres::types::{ToSql, Type};
 use postgres::{GenericClient, ToStatement};
 
-use super::pool::StoreError;
+use super::pool::{ConstQuery, StoreError};
 use crate::types::{Op, Seq};
 
 /// One changelog row.
@@ -129,12 +129,12 @@ pub fn max_seq(db: &mut impl GenericClient) -> Result<i64, StoreError> {
 }
 
 /// `BIT_XOR(checksum)` over each bucket's edges with a checksum; buckets without any are absent.
-pub fn bucket_checksums(db: &mut impl GenericClient, buckets: &[String]) -> Result<Vec<(String, i32)>, StoreError> {
+pub fn bucket_checksums(db: &mut impl ConstQuery, buckets: &[String]) -> Result<Vec<(String, i32)>, StoreError> {
     if buckets.is_empty() {
         return Ok(Vec::new());
     }
     let rows = db
-        .query_typed(
+        .query_const(
             "SELECT bucket_id, BIT_XOR(checksum) FROM sync_bucket_edges \
              WHERE bucket_id = ANY($1) AND checksum IS NOT NULL GROUP BY bucket_id ORDER BY bucket_id",
             &[(&buckets, Type::TEXT_ARRAY)],

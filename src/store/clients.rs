@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use postgres::types::Type;
 use postgres::GenericClient;
 
-use super::pool::StoreError;
+use super::pool::{ConstQuery, StoreError};
 use crate::types::{BucketId, UserId};
 
 /// A registered device of a user.
@@ -141,10 +141,10 @@ pub fn register(db: &mut impl GenericClient, user: &UserId, reg: &Registration) 
 }
 
 /// Loads the client of `(user, client_id)`.
-pub fn load(db: &mut impl GenericClient, user: &UserId, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
+pub fn load(db: &mut impl ConstQuery, user: &UserId, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
     let rows = db
-        .query_typed(
-            &format!("SELECT {CLIENT_COLUMNS} FROM sync_clients WHERE user_id = $1 AND client_id = $2"),
+        .query_const(
+            concat!("SELECT ", client_columns!(), " FROM sync_clients WHERE user_id = $1 AND client_id = $2"),
             &[(&user.as_str(), Type::TEXT), (&client_id, Type::TEXT)],
         )
         .map_err(StoreError::query("loading the client"))?;
@@ -174,16 +174,16 @@ pub fn bucket_checkpoints(
 
 /// Legacy advance (§6.9): raises `last_pull_seq` and stamps the pull, then raises every bucket
 /// row of the client that is below `seq`.
-pub fn advance_legacy(db: &mut impl GenericClient, user: &UserId, client_id: &str, seq: i64) -> Result<(), StoreError> {
+pub fn advance_legacy(db: &mut impl ConstQuery, user: &UserId, client_id: &str, seq: i64) -> Result<(), StoreError> {
     let params: [(&(dyn postgres::types::ToSql + Sync), Type); 3] =
         [(&user.as_str(), Type::TEXT), (&client_id, Type::TEXT), (&seq, Type::INT8)];
-    db.query_typed(
+    db.query_const(
         "UPDATE sync_clients SET last_pull_seq = $3, last_pull_at = now(), last_sync_at = now() \
          WHERE user_id = $1 AND client_id = $2 AND (last_pull_seq IS NULL OR last_pull_seq < $3)",
         &params,
     )
     .map_err(StoreError::query("advancing the client checkpoint"))?;
-    db.query_typed(
+    db.query_const(
         "UPDATE sync_client_checkpoints SET checkpoint = $3, updated_at = now() \
          WHERE user_id = $1 AND client_id = $2 AND checkpoint < $3",
         &params,
@@ -253,10 +253,10 @@ pub fn touch_pull(db: &mut impl GenericClient, user: &UserId, client_id: &str) -
 }
 
 /// Stamps a push.
-pub fn touch_push(db: &mut impl GenericClient, user: &UserId, client_id: &str) -> Result<(), StoreError> {
-    db.execute(
+pub fn touch_push(db: &mut impl ConstQuery, user: &UserId, client_id: &str) -> Result<(), StoreError> {
+    db.query_const(
         "UPDATE sync_clients SET last_push_at = now(), last_sync_at = now() WHERE user_id = $1 AND client_id = $2",
-        &[&user.as_str(), &client_id],
+        &[(&user.as_str(), Type::TEXT), (&client_id, Type::TEXT)],
     )
     .map_err(StoreError::query("recording the push"))?;
     Ok(())

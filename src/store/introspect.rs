@@ -7,7 +7,7 @@ use std::fmt;
 use postgres::types::Type;
 use postgres::GenericClient;
 
-use super::pool::{Session, StoreError};
+use super::pool::{Session, StatementCache, StoreError};
 use crate::config::TableName;
 use crate::registry::{Column, ForeignKey, Membership, ParentLink, Registry, SharedRoot, SyncTable, TimestampColumn};
 use crate::rules::{BucketRules, RulesError};
@@ -544,14 +544,22 @@ pub fn current_snapshot(session: &mut Session) -> Result<String, StoreError> {
 
 /// The fingerprint of `oids` (see [`catalog_fingerprint`]) and the snapshot it was taken in, in
 /// one round trip, so the pair can be reused for as long as the snapshot does not move.
-pub fn snapshot_fingerprint(db: &mut impl GenericClient, oids: &[Oid]) -> Result<(String, String), StoreError> {
-    let oids: Vec<u32> = oids.iter().map(|o| o.0).collect();
-    let rows = db
-        .query_typed(
-            concat!("SELECT pg_current_snapshot()::text, (", fingerprint_sql!(), ")"),
-            &[(&oids, Type::OID_ARRAY)],
-        )
-        .map_err(StoreError::query("fingerprinting the catalog"))?;
+///
+/// In a database taking writes the snapshot moves with every commit, so this runs for most
+/// requests. The oids (catalog numbers from the registry, never request text) are written into
+/// the statement, which is then prepared once per session: with them as a parameter, every
+/// execution was planned afresh (the row estimate follows the array's length, so the custom
+/// plan always looked cheaper than the generic one), and planning cost more than reading the
+/// catalog rows.
+pub fn snapshot_fingerprint(
+    db: &mut impl GenericClient,
+    cache: &mut StatementCache,
+    oids: &[Oid],
+) -> Result<(String, String), StoreError> {
+    let list: Vec<String> = oids.iter().map(|o| o.0.to_string()).collect();
+    let sql = concat!("SELECT pg_current_snapshot()::text, (", fingerprint_sql!(), ")")
+        .replace("$1::oid[]", &format!("ARRAY[{}]::oid[]", list.join(",")));
+    let rows = cache.query(db, &sql, &[]).map_err(StoreError::query("fingerprinting the catalog"))?;
     let row = rows.first().ok_or_else(|| StoreError::Corrupt { detail: "empty catalog fingerprint".into() })?;
     Ok((row.get(0), row.get(1)))
 }

@@ -37,12 +37,20 @@ pub struct Session {
     /// Keyed by the statement text's address and length: hashing the text itself (a pull's
     /// probe is 1.5 kB) cost more than the lookup saved.
     statements: HashMap<(usize, usize), Statement>,
+    /// Statements whose text is built at run time.
+    built: StatementCache,
 }
 
 impl Session {
     /// Wraps a connected client.
     pub fn new(client: postgres::Client) -> Session {
-        Session { client, statements: HashMap::new() }
+        Session { client, statements: HashMap::new(), built: StatementCache::default() }
+    }
+
+    /// The client and the cache of statements built at run time, borrowed apart, so a
+    /// transaction on the client can run cached statements.
+    pub fn parts(&mut self) -> (&mut postgres::Client, &mut StatementCache) {
+        (&mut self.client, &mut self.built)
     }
 
     /// Runs `sql`, prepared with `types` the first time this session sees it. A cached
@@ -75,6 +83,116 @@ impl Session {
     }
 }
 
+/// Prepared statements for SQL text built at run time from the registry: pull hydration, push
+/// lookups and writes. Their texts are few per catalog (one per table and statement shape),
+/// but each is expensive to plan: a key list of 100 makes PostgreSQL estimate every element,
+/// which cost more than running the statement. Prepared once per session, the plan is made
+/// once and reused (PostgreSQL switches to its generic plan after five executions).
+///
+/// At most [`StatementCache::CAPACITY`] statements are kept; beyond that the cache starts
+/// over, so column subsets a client chooses can never grow it (a dropped statement is closed
+/// on the server).
+#[derive(Default)]
+pub struct StatementCache {
+    statements: HashMap<String, Statement>,
+}
+
+impl StatementCache {
+    /// Statements kept per session.
+    pub const CAPACITY: usize = 128;
+
+    /// Runs `sql` with `params` (each with its type), prepared on `db`'s session the first time
+    /// this cache sees the text. A statement the server no longer knows (deallocated by
+    /// something else) fails this call and is prepared afresh by the next: inside a
+    /// transaction, the failed statement has already aborted it.
+    pub fn query(
+        &mut self,
+        db: &mut impl postgres::GenericClient,
+        sql: &str,
+        params: &[(&(dyn postgres::types::ToSql + Sync), Type)],
+    ) -> Result<Vec<postgres::Row>, postgres::Error> {
+        let statement = match self.statements.get(sql) {
+            Some(s) => s.clone(),
+            None => {
+                let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+                let s = db.prepare_typed(sql, &types)?;
+                if self.statements.len() >= StatementCache::CAPACITY {
+                    self.statements.clear();
+                }
+                self.statements.insert(sql.to_string(), s.clone());
+                s
+            }
+        };
+        let values: Vec<&(dyn postgres::types::ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+        let rows = db.query(&statement, &values);
+        if rows.as_ref().is_err_and(is_stale_statement) {
+            self.statements.remove(sql);
+        }
+        rows
+    }
+
+    /// Statements held.
+    pub fn len(&self) -> usize {
+        self.statements.len()
+    }
+
+    /// Whether none are held.
+    pub fn is_empty(&self) -> bool {
+        self.statements.is_empty()
+    }
+}
+
+impl fmt::Debug for StatementCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatementCache").field("prepared", &self.statements.len()).finish()
+    }
+}
+
+/// Runs a statement whose text is a constant, with typed parameters: prepared once per session
+/// on a pooled [`Session`] ([`Session::query_cached`]), parsed and planned on every call on a
+/// plain client or in a transaction. Hot statements take it, so callers holding a session get
+/// the prepared path without every caller needing one.
+pub trait ConstQuery {
+    /// Runs `sql` with `params`, each with its type.
+    fn query_const(
+        &mut self,
+        sql: &'static str,
+        params: &[(&(dyn postgres::types::ToSql + Sync), Type)],
+    ) -> Result<Vec<postgres::Row>, postgres::Error>;
+}
+
+impl ConstQuery for Session {
+    fn query_const(
+        &mut self,
+        sql: &'static str,
+        params: &[(&(dyn postgres::types::ToSql + Sync), Type)],
+    ) -> Result<Vec<postgres::Row>, postgres::Error> {
+        let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+        let values: Vec<&(dyn postgres::types::ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+        self.query_cached(sql, &types, &values)
+    }
+}
+
+impl ConstQuery for postgres::Client {
+    fn query_const(
+        &mut self,
+        sql: &'static str,
+        params: &[(&(dyn postgres::types::ToSql + Sync), Type)],
+    ) -> Result<Vec<postgres::Row>, postgres::Error> {
+        self.query_typed(sql, params)
+    }
+}
+
+impl ConstQuery for postgres::Transaction<'_> {
+    fn query_const(
+        &mut self,
+        sql: &'static str,
+        params: &[(&(dyn postgres::types::ToSql + Sync), Type)],
+    ) -> Result<Vec<postgres::Row>, postgres::Error> {
+        self.query_typed(sql, params)
+    }
+}
+
 /// A statement's cache key: a `&'static str` is the same text for as long as it lives.
 fn key(sql: &'static str) -> (usize, usize) {
     (sql.as_ptr() as usize, sql.len())
@@ -101,7 +219,10 @@ impl DerefMut for Session {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session").field("prepared", &self.statements.len()).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("prepared", &self.statements.len())
+            .field("built", &self.built.len())
+            .finish_non_exhaustive()
     }
 }
 

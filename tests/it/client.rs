@@ -35,10 +35,38 @@ pub fn read_response(stream: &mut TcpStream) -> Resp {
             (k.trim().to_ascii_lowercase(), v.trim().to_string())
         })
         .collect();
-    let len: usize = headers.iter().find(|(k, _)| k == "content-length").map(|(_, v)| v.parse().unwrap()).unwrap_or(0);
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).unwrap();
+    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        read_chunked(stream)
+    } else {
+        let len: usize =
+            headers.iter().find(|(k, _)| k == "content-length").map(|(_, v)| v.parse().unwrap()).unwrap_or(0);
+        let mut body = vec![0u8; len];
+        stream.read_exact(&mut body).unwrap();
+        body
+    };
     Resp { status, headers, body: String::from_utf8(body).unwrap() }
+}
+
+/// A chunked body, decoded (no extensions or trailers expected).
+pub fn read_chunked(stream: &mut TcpStream) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            stream.read_exact(&mut byte).expect("chunk size");
+            line.push(byte[0]);
+        }
+        let size = usize::from_str_radix(std::str::from_utf8(&line[..line.len() - 2]).unwrap(), 16).unwrap();
+        let mut chunk = vec![0u8; size + 2];
+        stream.read_exact(&mut chunk).expect("chunk");
+        assert_eq!(&chunk[size..], b"\r\n", "a chunk ends with CRLF");
+        if size == 0 {
+            return body;
+        }
+        body.extend_from_slice(&chunk[..size]);
+    }
 }
 
 /// Reads until the server closes the connection and returns what it sent (a reset ends it

@@ -123,7 +123,7 @@ fn startup_names_the_file_the_rule_and_the_field_of_every_mistake() {
     assert!(err.starts_with(&format!("BUCKET_RULES file {}: cannot be opened", missing.shown())), "{err}");
 }
 
-fn registry_with_rules(db: &TestDb, rules: &str, tables: &[&str]) -> synchro::registry::Registry {
+pub(crate) fn registry_with_rules(db: &TestDb, rules: &str, tables: &[&str]) -> synchro::registry::Registry {
     let settings = introspect::RegistrySettings {
         tables: tables.iter().map(|t| TableName { schema: None, name: t.to_string() }).collect(),
         read_only: vec![],

@@ -391,3 +391,148 @@ fn a_team_left_behind_compacted_history_is_dropped_by_a_snapshot() {
     assert!(asked.snapshot.is_none() && asked.rebuild.is_empty(), "in line again");
     server.shutdown(Duration::from_secs(5));
 }
+
+/// Bob (team 1) pushes one batch of writes inside and outside his team: set-based and record
+/// by record (`PUSH_SET_BASED`), each with and without the RLS policies of `synchrod rls`
+/// under `PUSH_ROLE`. The projects and the tasks are one run each, so the set-based path
+/// writes them with one statement per run. Returns the push response and the rows after it.
+fn team_writes(set_based: bool, rls: bool) -> (Value, Vec<String>) {
+    let db = TestDb::new();
+    db.execute(SCHEMA);
+    let mut sql = String::new();
+    for n in 0..2 {
+        sql.push_str(&format!("INSERT INTO teams (id, name) VALUES ('{}', 'team {n}');", team(n)));
+    }
+    sql.push_str(&format!(
+        "INSERT INTO team_members (team_id, user_id) VALUES ('{}', 'alice'), ('{}', 'bob');",
+        team(0),
+        team(1)
+    ));
+    for n in 0..6 {
+        sql.push_str(&format!(
+            "INSERT INTO projects (id, team_id, name, updated_at) VALUES ('{}', '{}', 'p{n}', '2020-01-01T00:00:00Z');
+             INSERT INTO tasks (id, project_id, title, updated_at) VALUES ('{}', '{}', 'k{n}', '2020-01-01T00:00:00Z');",
+            project(n),
+            team(n % 2),
+            task(n),
+            project(n)
+        ));
+    }
+    db.execute(&sql);
+    let tables = ["teams", "team_members", "projects", "tasks"];
+    let role = format!("push_role_{}", db.name);
+    if rls {
+        let registry = crate::rules::registry_with_rules(&db, crate::rules::MINIMAL, &tables);
+        db.execute(&synchro::rls::policies(&registry, "user_id").join("\n"));
+        db.execute(&format!(
+            "CREATE ROLE {role} NOLOGIN; GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {role}",
+            tables.join(", ")
+        ));
+    }
+    let rules = RulesFile::new(&db, crate::rules::MINIMAL);
+    let mut vars = vec![
+        ("SYNC_TABLES", tables.join(",")),
+        ("BUCKET_RULES", rules.shown()),
+        ("PUSH_SET_BASED", set_based.to_string()),
+    ];
+    if rls {
+        vars.push(("PUSH_ROLE", role.clone()));
+    }
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = crate::server::start(&db, &vars);
+    let bob = Dev::new(server.addr, "bob", 0, true);
+    let far = "2099-01-01T00:00:00Z";
+    let r = bob.call("/sync/push", json!({"changes": [
+        // Projects: creating in his team; creating in team 0; editing his; moving one of his
+        // out of his team into team 0; editing, deleting and taking over team 0's.
+        {"id": "c5000000-0000-0000-0000-000000000001", "table_name": "projects", "operation": "create", "data": {"team_id": team(1), "name": "new"}},
+        {"id": "c5000000-0000-0000-0000-000000000002", "table_name": "projects", "operation": "create", "data": {"team_id": team(0), "name": "forged"}},
+        {"id": project(1), "table_name": "projects", "operation": "update", "client_updated_at": far, "data": {"name": "edited"}},
+        {"id": project(3), "table_name": "projects", "operation": "update", "client_updated_at": far, "data": {"team_id": team(0)}},
+        {"id": project(0), "table_name": "projects", "operation": "update", "client_updated_at": far, "data": {"name": "mine"}},
+        {"id": project(2), "table_name": "projects", "operation": "delete"},
+        {"id": project(4), "table_name": "projects", "operation": "update", "client_updated_at": far, "data": {"team_id": team(1)}},
+        // Tasks: under his project; under team 0's; editing team 0's; deleting his.
+        {"id": "c6000000-0000-0000-0000-000000000001", "table_name": "tasks", "operation": "create", "data": {"project_id": project(1), "title": "new"}},
+        {"id": "c6000000-0000-0000-0000-000000000002", "table_name": "tasks", "operation": "create", "data": {"project_id": project(0), "title": "forged"}},
+        {"id": task(0), "table_name": "tasks", "operation": "update", "client_updated_at": far, "data": {"title": "mine"}},
+        {"id": task(1), "table_name": "tasks", "operation": "delete"},
+        // Joining team 0 by a push is his own membership row; then a project may go there.
+        {"id": "c4000000-0000-0000-0000-000000000001", "table_name": "team_members", "operation": "create", "data": {"team_id": team(0)}},
+        {"id": project(5), "table_name": "projects", "operation": "update", "client_updated_at": far, "data": {"team_id": team(0)}}
+    ]}));
+    let mut c = db.client();
+    let rows: Vec<String> = c
+        .query(
+            "SELECT format('%s %s %s %s', id, team_id, name, deleted_at IS NOT NULL) FROM projects
+             UNION ALL SELECT format('%s %s %s %s', id, project_id, title, deleted_at IS NOT NULL) FROM tasks
+             UNION ALL SELECT format('%s %s', team_id, user_id) FROM team_members ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    server.shutdown(Duration::from_secs(5));
+    (r, rows)
+}
+
+/// Each result of a push response: id, status and reason, in order.
+fn outcomes(r: &Value) -> Vec<(Value, Value, Value)> {
+    let all = r["accepted"].as_array().unwrap().iter().chain(r["rejected"].as_array().unwrap());
+    all.map(|x| (x["id"].clone(), x["status"].clone(), x["reason_code"].clone())).collect()
+}
+
+/// Writes inside a user's teams apply and writes outside them are refused, alike on both push
+/// paths and under `PUSH_ROLE` with the generated policies.
+#[test]
+fn team_writes_are_checked_alike_on_both_push_paths_and_under_rls() {
+    let (reference, rows) = team_writes(true, false);
+    let reference_all = reference.clone();
+    let accepted: Vec<&str> =
+        reference["accepted"].as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap()).collect();
+    let p = |n| project(n);
+    assert_eq!(
+        accepted,
+        vec![
+            "c5000000-0000-0000-0000-000000000001",
+            p(1).as_str(),
+            "c6000000-0000-0000-0000-000000000001",
+            task(1).as_str(),
+            "c4000000-0000-0000-0000-000000000001",
+            p(5).as_str()
+        ],
+        "{reference}"
+    );
+    let reasons: Vec<(String, String)> = reference["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap().to_string(), r["reason_code"].as_str().unwrap().to_string()))
+        .collect();
+    let reason = |id: &str| reasons.iter().find(|(i, _)| i == id).map(|(_, r)| r.as_str());
+    assert_eq!(reason("c5000000-0000-0000-0000-000000000002"), Some("ownership_violation"), "creating in team 0");
+    assert_eq!(reason(&p(3)), Some("ownership_violation"), "moving his project into team 0");
+    assert_eq!(reason("c6000000-0000-0000-0000-000000000002"), Some("ownership_violation"), "a task under team 0");
+    for id in [p(0), p(2), p(4), task(0)] {
+        assert!(matches!(reason(&id), Some("ownership_violation" | "record_not_found")), "{id}: {reference}");
+    }
+    assert_eq!(reasons.len(), 7, "{reference}");
+    // Nothing refused changed a row.
+    for (id, held) in [(p(0), "p0 f"), (p(2), "p2 f"), (p(3), "p3 f"), (p(4), "p4 f")] {
+        assert!(rows.iter().any(|r| r.starts_with(&id) && r.ends_with(held)), "{id} {held}: {rows:?}");
+    }
+    assert!(rows.iter().any(|r| r.starts_with(&task(0)) && r.ends_with("k0 f")), "{rows:?}");
+    assert!(!rows.iter().any(|r| r.contains("forged")), "{rows:?}");
+    // Outcomes compared without their timestamps. Under RLS a row the user cannot read is
+    // not found (as for owner rows), else it is an ownership violation; both paths agree.
+    let loose = |r: &Value| -> Vec<(Value, Value)> { outcomes(r).into_iter().map(|(i, s, _)| (i, s)).collect() };
+    let mut under_rls: Option<Value> = None;
+    for (set_based, rls) in [(false, false), (true, true), (false, true)] {
+        let (r, after) = team_writes(set_based, rls);
+        let reference = if rls { under_rls.get_or_insert_with(|| r.clone()) } else { &reference };
+        assert_eq!(outcomes(&r), outcomes(reference), "set-based {set_based}, RLS {rls}: {r}");
+        assert_eq!(loose(&r), loose(&reference_all), "set-based {set_based}, RLS {rls}: {r}");
+        assert_eq!(after, rows, "set-based {set_based}, RLS {rls}");
+    }
+}
