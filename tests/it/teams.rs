@@ -12,7 +12,7 @@ use crate::rules::RulesFile;
 use crate::teams_property::{assert_holds_exactly, caught_up, project, task, team, Dev, MARKER_TEAM, SCHEMA};
 
 /// Two teams with three projects and a task each: alice in team 0, bob in team 1.
-fn seeded(db: &TestDb) -> (RulesFile, synchro::server::Running) {
+fn seed(db: &TestDb) {
     db.execute(SCHEMA);
     let mut sql = format!("INSERT INTO teams (id, name) VALUES ('{MARKER_TEAM}', 'marker');");
     for n in 0..2 {
@@ -34,6 +34,11 @@ fn seeded(db: &TestDb) -> (RulesFile, synchro::server::Running) {
         ));
     }
     db.execute(&sql);
+}
+
+/// [`seed`], served with the minimal rules.
+fn seeded(db: &TestDb) -> (RulesFile, synchro::server::Running) {
+    seed(db);
     let rules = RulesFile::new(db, crate::rules::MINIMAL);
     let server = crate::server::start(
         db,
@@ -398,27 +403,7 @@ fn a_team_left_behind_compacted_history_is_dropped_by_a_snapshot() {
 /// writes them with one statement per run. Returns the push response and the rows after it.
 fn team_writes(set_based: bool, rls: bool) -> (Value, Vec<String>) {
     let db = TestDb::new();
-    db.execute(SCHEMA);
-    let mut sql = String::new();
-    for n in 0..2 {
-        sql.push_str(&format!("INSERT INTO teams (id, name) VALUES ('{}', 'team {n}');", team(n)));
-    }
-    sql.push_str(&format!(
-        "INSERT INTO team_members (team_id, user_id) VALUES ('{}', 'alice'), ('{}', 'bob');",
-        team(0),
-        team(1)
-    ));
-    for n in 0..6 {
-        sql.push_str(&format!(
-            "INSERT INTO projects (id, team_id, name, updated_at) VALUES ('{}', '{}', 'p{n}', '2020-01-01T00:00:00Z');
-             INSERT INTO tasks (id, project_id, title, updated_at) VALUES ('{}', '{}', 'k{n}', '2020-01-01T00:00:00Z');",
-            project(n),
-            team(n % 2),
-            task(n),
-            project(n)
-        ));
-    }
-    db.execute(&sql);
+    seed(&db);
     let tables = ["teams", "team_members", "projects", "tasks"];
     let role = format!("push_role_{}", db.name);
     if rls {
