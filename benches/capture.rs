@@ -8,7 +8,7 @@
 //!   one (A B B A), to measure a change side by side with what it changes;
 //! * `BENCH_DRAINS`: how many times synchrod drains the ingest workload (default 4, A B B A
 //!   repeated with a baseline build);
-//! * `BENCH_PHASES`: the phases to run, comma-separated, of `ingest,singles,latency,rss`
+//! * `BENCH_PHASES`: the phases to run, comma-separated, of `ingest,singles,latency,rss,rules`
 //!   (default: all).
 //!
 //! * WAL ingest: 1M narrow rows in 1k-row transactions, drained by synchrod vs `pg_recvlogical`
@@ -22,6 +22,10 @@
 //!   workload again; measured twice, by server-side `INSERT ... SELECT` and by `COPY` of text
 //!   rendered beforehand, and the faster counts. No consumer that keeps these tables can ingest
 //!   faster than that.
+//! * Bucket rules: 200,000 rows (`BENCH_RULES_ROWS`) of a table placed by a bucket rule
+//!   (`team:<team_id>`) against the same number of an owner table (`user:<user_id>`), drained
+//!   from their own slots in the order owner, rule, rule, owner, on a cluster of its own
+//!   (`BENCH_PHASES=rules` runs this comparison alone; `BENCH_RULES_ROWS` sets its size).
 
 #[allow(dead_code)]
 mod common;
@@ -209,6 +213,16 @@ fn ceiling(cluster: &LocalCluster, rows: i64, end_lsn: &str, slot: &str, method:
 }
 
 fn main() {
+    if ["ingest", "singles", "latency", "rss"].into_iter().any(phase) {
+        capture_phases();
+    }
+    if phase("rules") {
+        rules_ingest();
+    }
+}
+
+/// The phases on one cluster with an owner table: ingest, singles, latency, rss.
+fn capture_phases() {
     let rows: i64 = std::env::var("BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     // pg_stat_statements: where the writer's time goes (printed after the ingest).
     let cluster =
@@ -533,4 +547,128 @@ fn rss(cluster: &LocalCluster, c: &mut Client, s: &mut Client, rows: i64) {
         peak as f64 / 1024.0
     );
     stop(child);
+}
+
+/// The two tables of the bucket-rules comparison and what syncs them.
+#[derive(Clone, Copy, PartialEq)]
+enum Placement {
+    /// `owned`: bucket `user:<user_id>`.
+    Owner,
+    /// `shared`: bucket `team:<team_id>` by a bucket rule over `team_members`.
+    Rule,
+}
+
+/// A synchrod syncing one side of the comparison from `slot`.
+fn spawn_placement(cluster: &LocalCluster, slot: &str, placement: Placement, rules: &std::path::Path) -> Synchrod {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_synchrod"));
+    match placement {
+        Placement::Owner => cmd.env("SYNC_TABLES", "owned,events").env("PUBLICATION_NAME", "pub_owned"),
+        Placement::Rule => {
+            cmd.env("SYNC_TABLES", "shared,events").env("PUBLICATION_NAME", "pub_shared").env("BUCKET_RULES", rules)
+        }
+    };
+    let child = cmd
+        .env("DATABASE_URL", cluster.url(DB))
+        .env("SLOT_NAME", slot)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("LOG_LEVEL", "error")
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn synchrod");
+    Synchrod(child)
+}
+
+/// Capture ingest of a table placed by a bucket rule against an owner table, same rows, same
+/// transactions, in one run: each drains its own copy of the workload from its own slot, owner,
+/// rule, rule, owner, from empty sync tables.
+fn rules_ingest() {
+    let rows: i64 = std::env::var("BENCH_RULES_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let cluster = bench_cluster("capture-rules", DB, &["max_wal_size = '4GB'"]);
+    let mut c = client(&cluster);
+    c.batch_execute(
+        "CREATE TABLE owned (id bigint PRIMARY KEY, user_id text NOT NULL, n int NOT NULL);
+         CREATE TABLE shared (id bigint PRIMARY KEY, team_id bigint NOT NULL, n int NOT NULL);
+         CREATE TABLE team_members (team_id bigint NOT NULL, user_id text NOT NULL, PRIMARY KEY (team_id, user_id));
+         CREATE TABLE events (id bigint PRIMARY KEY, sent_at timestamptz DEFAULT clock_timestamp());
+         INSERT INTO team_members SELECT g, 'user' || g FROM generate_series(0, 99) g;
+         CREATE PUBLICATION pub_owned FOR TABLE owned, events;
+         CREATE PUBLICATION pub_shared FOR TABLE shared, events, team_members;",
+    )
+    .unwrap();
+    let rules = cluster.dir().join("rules.json");
+    std::fs::write(
+        &rules,
+        r#"{"shared": [{"bucket": "team", "table": "shared", "column": "team_id",
+            "members": {"table": "team_members", "key": "team_id", "user": "user_id"}}]}"#,
+    )
+    .unwrap();
+    println!("bucket rules: capture ingest of {rows} rows in 1k-row transactions, a rule table vs an owner table");
+    // Migrations, slots and the (empty) backfills first, so the drains below do only the ingest.
+    let drains = [
+        ("owner_a1", Placement::Owner),
+        ("rule_b1", Placement::Rule),
+        ("rule_b2", Placement::Rule),
+        ("owner_a2", Placement::Owner),
+    ];
+    let mut probe = 0i64;
+    for placement in [Placement::Owner, Placement::Rule] {
+        let child = spawn_placement(&cluster, "warmup", placement, &rules);
+        wait_until("synchrod to stream", Duration::from_secs(60), || {
+            probe -= 1;
+            c.execute("INSERT INTO events (id) VALUES ($1)", &[&probe]).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            marker_seen(&mut c, probe)
+        });
+        stop(child);
+        wait_until("the warm-up slot to be released", Duration::from_secs(60), || {
+            c.execute("SELECT pg_drop_replication_slot('warmup')", &[]).is_ok()
+        });
+    }
+    for (slot, _) in drains {
+        c.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot]).unwrap();
+    }
+    for batch in 0..(rows / 1000) {
+        c.execute(
+            "INSERT INTO owned SELECT g, 'user' || (g % 100), g::int FROM generate_series($1::bigint, $1::bigint + 999) g",
+            &[&(batch * 1000)],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO shared SELECT g, g % 100, g::int FROM generate_series($1::bigint, $1::bigint + 999) g",
+            &[&(batch * 1000)],
+        )
+        .unwrap();
+    }
+    c.execute("INSERT INTO events (id) VALUES (1)", &[]).unwrap();
+    let mut rates = [Vec::new(), Vec::new()];
+    for (slot, placement) in drains {
+        wait_until("the previous synchrod's sessions to end", Duration::from_secs(60), || {
+            c.query_one("SELECT count(*) = 0 FROM pg_stat_activity WHERE application_name = 'synchrod'", &[])
+                .map(|r| r.get(0))
+                .unwrap_or(false)
+        });
+        c.batch_execute("TRUNCATE sync_changelog, sync_bucket_edges").unwrap();
+        let started = Instant::now();
+        let child = spawn_placement(&cluster, slot, placement, &rules);
+        wait_until("synchrod to ingest the workload", Duration::from_secs(1800), || marker_seen(&mut c, 1));
+        let took = started.elapsed();
+        stop(child);
+        let table = if placement == Placement::Owner { "owned" } else { "shared" };
+        let written: i64 =
+            c.query_one("SELECT count(*) FROM sync_changelog WHERE table_name = $1", &[&table]).unwrap().get(0);
+        assert_eq!(written, rows, "every row reached the changelog");
+        let rate = rows as f64 / took.as_secs_f64();
+        rates[(placement == Placement::Rule) as usize].push(rate);
+        println!(
+            "  {}: {rate:.0} rows/s ({:.1} s)",
+            if placement == Placement::Owner { "owner table (user:<id>)" } else { "rule table (team:<key>)" },
+            took.as_secs_f64()
+        );
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!(
+        "  rule table at {:.2}x of the owner table (means of two drains each; target >= 0.8x)",
+        mean(&rates[1]) / mean(&rates[0])
+    );
 }

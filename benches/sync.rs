@@ -15,6 +15,10 @@
 //!   INSERT per row).
 //! * 10,000 idle keep-alive connections held open against a synchrod process: its RSS, and
 //!   `/healthz` p50/p99 beside the same probe with no idle connections.
+//! * Bucket rules: empty pulls (legacy and per-bucket) of users in 50 teams vs users in none,
+//!   on one server with `BUCKET_RULES`, alternating the two groups (ABBA) in one run.
+//!
+//! `BENCH_ONLY=rules` runs the last comparison alone.
 
 #[allow(dead_code)]
 mod common;
@@ -41,6 +45,10 @@ fn load(clients: usize, secs: u64, f: Request, addr: SocketAddr) -> (f64, f64, f
 }
 
 fn main() {
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "rules") {
+        rules_bench();
+        return;
+    }
     let cluster = bench_cluster("sync", DB, &[]);
     let dir = cluster.dir().to_path_buf();
     cluster.psql(DB, synchro::dev::DEMO_SCHEMA).expect("schema");
@@ -300,6 +308,8 @@ fn main() {
     );
 
     idle_connections(&cluster.url(DB), 10_000);
+    drop(cluster);
+    rules_bench();
 }
 
 /// Commits rows for `u0` one at a time and pulls until each is seen: the times from commit to
@@ -400,6 +410,123 @@ fn idle_connections(database_url: &str, n: usize) {
         opened.as_secs_f64()
     );
     drop(idle);
+}
+
+const TEAMS_SCHEMA: &str = "
+    CREATE TABLE teams (id uuid PRIMARY KEY, name text NOT NULL DEFAULT '',
+      updated_at timestamptz NOT NULL DEFAULT now(), deleted_at timestamptz);
+    CREATE TABLE team_members (team_id uuid NOT NULL REFERENCES teams (id), user_id text NOT NULL,
+      PRIMARY KEY (team_id, user_id));
+    CREATE INDEX ON team_members (user_id);
+    CREATE TABLE projects (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), team_id uuid REFERENCES teams (id),
+      user_id text, name text NOT NULL DEFAULT '', updated_at timestamptz NOT NULL DEFAULT now(), deleted_at timestamptz);
+    ALTER TABLE teams REPLICA IDENTITY FULL; ALTER TABLE projects REPLICA IDENTITY FULL;";
+
+/// Empty pulls with bucket rules: 32 users each in 50 teams (group A) against 32 users in none
+/// (group B), both on one server with `BUCKET_RULES`, their devices at the head of the
+/// changelog. Each mode warms both groups up (1 s each), then runs A, B, B, A (2 s each) and
+/// reports both groups and the ratio of the sums, A / B.
+fn rules_bench() {
+    let cluster = bench_cluster("sync-rules", DB, &[]);
+    cluster.psql(DB, TEAMS_SCHEMA).expect("schema");
+    let users = 32;
+    let mut seed = String::from("INSERT INTO teams (id, name) SELECT ('00000000-0000-0000-0000-' || lpad(g::text, 12, '0'))::uuid, 't' || g FROM generate_series(0, 99) g;");
+    seed.push_str(&format!(
+        "INSERT INTO team_members (team_id, user_id) SELECT ('00000000-0000-0000-0000-' || lpad(((u * 7 + k) % 100)::text, 12, '0'))::uuid, 'a' || u \
+         FROM generate_series(0, {}) u, generate_series(0, 49) k;
+         INSERT INTO projects (team_id, name) SELECT ('00000000-0000-0000-0000-' || lpad((g % 100)::text, 12, '0'))::uuid, 'p' || g FROM generate_series(0, 999) g;",
+        users - 1
+    ));
+    cluster.psql(DB, &seed).expect("seed");
+    let rules = cluster.dir().join("rules.json");
+    std::fs::write(
+        &rules,
+        r#"{"shared": [{"bucket": "team", "table": "projects", "column": "team_id",
+            "members": {"table": "team_members", "key": "team_id", "user": "user_id"}}]}"#,
+    )
+    .unwrap();
+    let mut vars = HashMap::new();
+    vars.insert("DATABASE_URL".to_string(), cluster.url(DB));
+    vars.insert("SYNC_TABLES".to_string(), "teams,projects".to_string());
+    vars.insert("BUCKET_RULES".to_string(), rules.display().to_string());
+    vars.insert("LISTEN_ADDR".to_string(), "127.0.0.1:0".to_string());
+    let workers = std::env::var("BENCH_HTTP_THREADS").unwrap_or_else(|_| "8".to_string());
+    vars.insert("HTTP_THREADS".to_string(), workers.clone());
+    let running = synchro::server::start(&Config::from_vars(&vars).unwrap()).expect("server");
+    let addr = running.addr;
+    let mut admin = Conn::new(addr);
+    let (_, schema) = admin.call("GET", "/sync/schema", "a0", "");
+    let schema: Value = serde_json::from_slice(&schema).unwrap();
+    let (v, h) = (schema["schema_version"].as_i64().unwrap(), schema["schema_hash"].as_str().unwrap().to_string());
+    // Every device: registered, snapshotted, and then the bucket checkpoints the latest SDK
+    // adopts at its next start.
+    let mut maps: Vec<Value> = Vec::new();
+    let mut heads: Vec<i64> = Vec::new();
+    for user in (0..users).map(|i| format!("a{i}")).chain((0..users).map(|i| format!("b{i}"))) {
+        let register = json!({"client_id": "c", "schema_version": 0, "schema_hash": ""}).to_string();
+        admin.call("POST", "/sync/register", &user, &register);
+        let mut cursor = Value::Null;
+        let checkpoint = loop {
+            let body =
+                json!({"client_id": "c", "cursor": cursor, "limit": 1000, "schema_version": v, "schema_hash": h});
+            let (st, page) = admin.call("POST", "/sync/snapshot", &user, &body.to_string());
+            assert_eq!(st, 200);
+            let page: Value = serde_json::from_slice(&page).unwrap();
+            if !page["has_more"].as_bool().unwrap() {
+                break page["checkpoint"].as_i64().unwrap();
+            }
+            cursor = page["cursor"].clone();
+        };
+        let (_, reg) = admin.call("POST", "/sync/register", &user, &register);
+        let reg: Value = serde_json::from_slice(&reg).unwrap();
+        maps.push(reg["bucket_checkpoints"].clone());
+        heads.push(checkpoint);
+    }
+    let buckets_a = maps[0].as_object().map_or(0, |m| m.len());
+    let buckets_b = maps[users].as_object().map_or(0, |m| m.len());
+    assert_eq!((buckets_a, buckets_b), (52, 2), "50 teams + user + global against user + global");
+    println!(
+        "bucket rules: empty pulls, {users} users in 50 teams (A, {buckets_a} buckets each) vs {users} users in none (B, {buckets_b} buckets), {workers} HTTP workers"
+    );
+    for per_bucket in [false, true] {
+        // The request bodies never change: written once, so the load is the server's.
+        let bodies: Arc<Vec<(String, String)>> = Arc::new(
+            (0..2 * users)
+                .map(|n| {
+                    let user = if n < users { format!("a{n}") } else { format!("b{}", n - users) };
+                    let map = if per_bucket { maps[n].clone() } else { Value::Null };
+                    let body = json!({"client_id": "c", "checkpoint": heads[n], "bucket_checkpoints": map, "schema_version": v, "schema_hash": h});
+                    (user, body.to_string())
+                })
+                .collect(),
+        );
+        let mut rates = [0.0f64; 2];
+        // A warm-up of each group, then A, B, B, A.
+        for (round, group) in [0usize, 1, 0, 1, 1, 0].into_iter().enumerate() {
+            let bodies = bodies.clone();
+            let pull = Arc::new(move |i: usize, c: &mut Conn| {
+                let (user, body) = &bodies[group * users + i];
+                let (st, b) = c.call("POST", "/sync/pull", user, body);
+                assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+            });
+            let (rps, p50, p99) = load(users, if round < 2 { 1 } else { 2 }, pull, addr);
+            if round < 2 {
+                continue;
+            }
+            rates[group] += rps;
+            println!(
+                "  {} pull, group {}: {rps:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms",
+                if per_bucket { "per-bucket" } else { "legacy" },
+                if group == 0 { "A (50 teams)" } else { "B (no team)" }
+            );
+        }
+        println!(
+            "  {} empty pull: 50 teams at {:.2}x of no team (target >= 0.8x)",
+            if per_bucket { "per-bucket" } else { "legacy" },
+            rates[0] / rates[1]
+        );
+    }
+    running.shutdown(Duration::from_secs(5));
 }
 
 /// What one pgbench run measured.

@@ -6,9 +6,12 @@ use crate::config::Config;
 use crate::pg::conn::ReplicationConn;
 use crate::pg::url;
 use crate::registry::Registry;
+use crate::rules::BucketRules;
 use crate::store::introspect;
 use crate::store::migrations::MIGRATIONS;
 use crate::store::pool;
+
+const RULES_FIX: &str = "fix the BUCKET_RULES file as the message says (README, Bucket rules)";
 
 /// One line of the checklist.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,10 +195,15 @@ pub fn run(config: &Config) -> Vec<CheckResult> {
         ));
     }
 
-    let registry = crate::server::engine_settings(config)
-        .map_err(|e| e.to_string())
+    // The tables are checked without the rules first, so a rules mistake does not hide the
+    // tables' own state; then the rules are resolved against them.
+    let rules = config.bucket_rules.as_ref().map(|path| BucketRules::load(path));
+    let settings = crate::server::engine_settings_with(config, BucketRules::default()).map_err(|e| e.to_string());
+    let plain = settings
+        .as_ref()
+        .map_err(Clone::clone)
         .and_then(|s| introspect::load_registry(&mut db, &s.registry).map_err(|e| e.to_string()));
-    match &registry {
+    match &plain {
         Ok(r) => out.push(CheckResult::pass("synced tables valid", format!("{} tables", r.tables.len()))),
         Err(e) => out.push(CheckResult::fail(
             "synced tables valid",
@@ -203,6 +211,31 @@ pub fn run(config: &Config) -> Vec<CheckResult> {
             "see the message; fix the table or SYNC_TABLES/EXCLUDE_COLUMNS",
         )),
     }
+    let registry = match (&rules, &settings, plain) {
+        (Some(Ok(rules)), Ok(settings), Ok(plain)) => {
+            let mut with_rules = settings.registry.clone();
+            with_rules.rules = rules.clone();
+            match introspect::load_registry(&mut db, &with_rules) {
+                Ok(r) => {
+                    let shown: Vec<String> = rules.shared.iter().map(|r| r.describe()).collect();
+                    out.push(CheckResult::pass(
+                        "bucket rules",
+                        format!("{} rule(s) from {}: {}", shown.len(), rules.source, shown.join("; ")),
+                    ));
+                    Ok(r)
+                }
+                Err(e) => {
+                    out.push(CheckResult::fail("bucket rules", e.to_string(), RULES_FIX));
+                    Ok(plain)
+                }
+            }
+        }
+        (Some(Err(e)), _, plain) => {
+            out.push(CheckResult::fail("bucket rules", e.to_string(), RULES_FIX));
+            plain
+        }
+        (_, _, plain) => plain,
+    };
     if let Ok(registry) = &registry {
         check_publication(&mut db, config, registry, &mut out);
         check_identity(&mut db, registry, &mut out);
@@ -276,17 +309,17 @@ fn check_publication(db: &mut postgres::Client, config: &Config, registry: &Regi
         .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&config.publication_name])
         .map(|r| r.is_some())
         .unwrap_or(false);
-    let missing: Vec<String> = registry
-        .tables
-        .iter()
-        .filter(|t| !covered.iter().any(|(s, n)| s == &t.schema && n == &t.name))
-        .map(|t| t.name.clone())
-        .collect();
-    let extra: Vec<String> = covered
-        .iter()
-        .filter(|(s, n)| !registry.tables.iter().any(|t| &t.schema == s && &t.name == n))
-        .map(|(s, n)| format!("{s}.{n}"))
-        .collect();
+    // Membership tables of bucket rules are streamed too (their changes move subscriptions).
+    let mut wanted: Vec<(String, String)> =
+        registry.tables.iter().map(|t| (t.schema.clone(), t.name.clone())).collect();
+    for m in registry.membership_tables() {
+        if !wanted.iter().any(|(s, n)| s == &m.schema && n == &m.name) {
+            wanted.push((m.schema.clone(), m.name.clone()));
+        }
+    }
+    let missing: Vec<String> =
+        wanted.iter().filter(|w| !covered.contains(w)).map(|(s, n)| format!("{s}.{n}")).collect();
+    let extra: Vec<String> = covered.iter().filter(|c| !wanted.contains(c)).map(|(s, n)| format!("{s}.{n}")).collect();
     if !exists {
         out.push(CheckResult::fail(
             name,
@@ -320,6 +353,7 @@ fn check_identity(db: &mut postgres::Client, registry: &Registry, out: &mut Vec<
             nothing.push(t.name.clone());
         }
     }
+    check_membership_identity(db, registry, out);
     if nothing.is_empty() {
         out.push(CheckResult::pass(name, "every synced table has a usable replica identity"));
     } else {
@@ -328,6 +362,52 @@ fn check_identity(db: &mut postgres::Client, registry: &Registry, out: &mut Vec<
             format!("REPLICA IDENTITY NOTHING on {nothing:?}: updates and deletes fail"),
             "ALTER TABLE ... REPLICA IDENTITY FULL (or DEFAULT)",
         ));
+    }
+}
+
+/// A membership table's deletes must say which user left: with `REPLICA IDENTITY NOTHING`
+/// they are not streamed at all (a user who leaves keeps the team's rows), and with an
+/// identity that leaves out the user column every cached subscription is refreshed instead of
+/// that user's.
+fn check_membership_identity(db: &mut postgres::Client, registry: &Registry, out: &mut Vec<CheckResult>) {
+    const NAME: &str = "membership tables' replica identity";
+    for m in registry.membership_tables() {
+        let row = db.query_opt(
+            "SELECT c.relreplident::text, EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid                  AND a.attnum = ANY (i.indkey) WHERE i.indrelid = c.oid AND a.attname = $2                  AND (CASE c.relreplident WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END))              FROM pg_class c WHERE c.oid = $1",
+            &[&m.oid.0, &m.user],
+        );
+        let fix = format!("ALTER TABLE {} REPLICA IDENTITY FULL;", m.qualified());
+        match row {
+            Ok(Some(r)) => {
+                let (ident, user_in_key): (String, bool) = (r.get(0), r.get(1));
+                match ident.as_str() {
+                    "n" => out.push(CheckResult::fail(
+                        NAME,
+                        format!("REPLICA IDENTITY NOTHING on {}: a member who leaves is never noticed", m.display_name()),
+                        fix,
+                    )),
+                    "f" => out.push(CheckResult::pass(NAME, format!("{}: FULL", m.display_name()))),
+                    _ if user_in_key => out.push(CheckResult::pass(
+                        NAME,
+                        format!("{}: its replica identity holds {}", m.display_name(), m.user),
+                    )),
+                    _ => out.push(CheckResult::pass(
+                        NAME,
+                        format!(
+                            "{}: deletes do not carry {}, so each one refreshes every user's cached subscriptions                              (`{fix}` makes them precise)",
+                            m.display_name(),
+                            m.user
+                        ),
+                    )),
+                }
+            }
+            Ok(None) => out.push(CheckResult::fail(
+                NAME,
+                format!("{} no longer exists", m.display_name()),
+                "restore the table or fix BUCKET_RULES",
+            )),
+            Err(e) => out.push(CheckResult::fail(NAME, e.to_string(), "check the database")),
+        }
     }
 }
 

@@ -126,6 +126,9 @@ pub struct Config {
     pub updated_at_column: String,
     /// The deleted-at column name.
     pub deleted_at_column: String,
+    /// The bucket rules file (`BUCKET_RULES`), read and checked at startup; `None` when rows are
+    /// only owned or global.
+    pub bucket_rules: Option<std::path::PathBuf>,
     /// Fixed number of HTTP worker threads.
     pub http_threads: usize,
     /// Largest accepted request body in bytes.
@@ -399,6 +402,13 @@ const DELETED_AT_COLUMN: Var<String> = Var {
     form: Form::Parsed { expected: IDENTIFIER, parse: identifier },
 };
 
+const BUCKET_RULES: Var<Option<std::path::PathBuf>> = Var {
+    name: "BUCKET_RULES",
+    help: "a JSON file of shared-bucket rules: rows of a table shared by the members of a team (README, Bucket rules)",
+    if_unset: IfUnset::Computed { shown: "(empty: rows are owned or global)", value: || None },
+    form: Form::Parsed { expected: "the path of a JSON rules file", parse: |raw| Ok(Some(raw.into())) },
+};
+
 const JWT_SECRET: Var<Option<String>> = Var {
     name: "JWT_SECRET",
     help: "HMAC secret of HS256/HS384/HS512 bearer tokens (wins over JWKS_URL)",
@@ -614,6 +624,7 @@ pub(crate) const SECTIONS: &[(&str, &[&dyn Declared])] = &[
             &SHARED_ROWS_WRITABLE,
             &UPDATED_AT_COLUMN,
             &DELETED_AT_COLUMN,
+            &BUCKET_RULES,
         ],
     ),
     (
@@ -680,14 +691,16 @@ pub fn help_text() -> String {
 
 const PG_URL: &str =
     "postgres://user:password@host:port/dbname or key=value pairs (sslmode, sslrootcert as parameters)";
-const IDENTIFIER: &str = "letters, digits, _ and $, not starting with a digit (at most 63)";
+pub(crate) const IDENTIFIER: &str = "letters, digits, _ and $, not starting with a digit (at most 63)";
 const TABLE_LIST: &str = "a comma list of table or schema.table names";
 
 fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get() * 2).unwrap_or(4).clamp(4, 1024)
 }
 
-fn is_identifier(s: &str) -> bool {
+/// Whether `s` is an unquoted-style SQL name: letters, digits, `_` and `$`, not starting with a
+/// digit, at most 63 bytes.
+pub(crate) fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
@@ -710,7 +723,8 @@ fn slot_name(raw: &str) -> Result<String, String> {
     }
 }
 
-fn table_name(raw: &str) -> Result<TableName, String> {
+/// A `table` or `schema.table` name, or what is wrong with it.
+pub(crate) fn table_name(raw: &str) -> Result<TableName, String> {
     let (schema, name) = match raw.split_once('.') {
         Some((s, n)) => (Some(s.to_string()), n.to_string()),
         None => (None, raw.to_string()),
@@ -896,6 +910,7 @@ impl Config {
             exclude_columns: EXCLUDE_COLUMNS.read(vars)?,
             updated_at_column: UPDATED_AT_COLUMN.read(vars)?,
             deleted_at_column: DELETED_AT_COLUMN.read(vars)?,
+            bucket_rules: BUCKET_RULES.read(vars)?,
             http_threads: HTTP_THREADS.read(vars)?,
             max_body_bytes,
             http_idle_timeout: HTTP_IDLE_TIMEOUT_SECS.read(vars)?,

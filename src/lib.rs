@@ -29,9 +29,10 @@
 //! | [`types`] | `Lsn`, `Oid`, `Seq`, `BucketId`, `UserId`, `Op` |
 //! | [`pg`] | our PostgreSQL client: connection strings ([`pg::url`]), TLS ([`pg::tls`], feature `tls`), SCRAM-SHA-256/MD5 ([`pg::auth`]), the wire codec ([`pg::wire`]: frames, backend messages, pgoutput; no I/O) and the replication connection ([`pg::conn`]) |
 //! | [`capture`] | change capture, WAL to committed batch: supervisor and slot handling ([`capture::supervisor`]), leader election ([`capture::leader`]), the stream and its decoder ([`capture::stream`], [`capture::decode`], [`capture::events`]), bucket assignment ([`capture::buckets`]), row rendering ([`capture::row_json`]), the writer ([`capture::writer`]) with its reads ([`capture::source`]) and pure planner ([`capture::plan`]), the edge backfill ([`capture::backfill`]) |
+//! | [`rules`] | `BUCKET_RULES`: shared buckets from membership tables, parsed and checked (resolved onto the registry by `store::introspect`) |
 //! | [`registry`], [`schema`] | synced tables as introspected; the served schema and its hash |
-//! | [`store`] | all SQL on synchro's own tables: migrations, introspection, the writer's session and batch ([`store::writer_session`]), changelog, edges, WAL position, visibility, clients, the pull probe, publication, pool (sessions with prepared hot statements and statements built at run time), read replicas |
-//! | [`engine`] | register, pull, push (set-based runs, `engine::push`), snapshot, rebuild, debug, schema, tables: typed in, typed out (library API, no HTTP, no JSON); scope decisions in `engine::scope` |
+//! | [`store`] | all SQL on synchro's own tables: migrations, introspection, the writer's session and batch ([`store::writer_session`]), changelog, edges, WAL position, visibility, clients, rule-bucket subscriptions and departures ([`store::subscriptions`]), the pull probe, publication, pool (sessions with prepared hot statements and statements built at run time), read replicas |
+//! | [`engine`] | register, pull, push (set-based runs, `engine::push`), snapshot, rebuild, debug, schema, tables: typed in, typed out (library API, no HTTP, no JSON); scope decisions in `engine::scope`; bucket-rule subscriptions and their cache in `engine::subscriptions`, leaving a rule bucket in `engine::departures`, per-bucket changelog bounds for empty pulls in `engine::heads` |
 //! | [`protocol`] | request/response messages and the served schema's wire form: the contract's field names live here only; the one check of client-supplied strings |
 //! | [`http`], [`service`] | the HTTP edge (our own HTTP/1.1 server: one I/O thread, fixed workers, every limit before a worker sees a request); `service` turns JSON into `protocol` structs and back around the engine |
 //! | [`jwt`], [`version`] | bearer tokens (decoding, claim rules, HMAC), the minimum-version gate |
@@ -106,6 +107,7 @@ pub mod pg;
 pub mod protocol;
 pub mod registry;
 pub mod rls;
+pub mod rules;
 pub mod schema;
 pub mod server;
 pub mod service;

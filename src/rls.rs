@@ -1,8 +1,17 @@
 //! Row-level-security policies for the synced tables (contract §12), as SQL for an
 //! administrator to apply (`synchrod rls`). Every data transaction sets `app.user_id`; the
 //! policies compare owner columns with it, directly or through the parent chain.
+//!
+//! Tables placed by bucket rules (`BUCKET_RULES`), and their descendants, get the condition
+//! the engine's scope and the bucket assignment follow ([`Registry::scope_sql`]): a row whose
+//! rule column holds a key is readable and writable by the members of that key, other rows
+//! fall back to the owner, parent and global rules. The membership check reads the membership
+//! table inside the policy; when that table is synced and placed by rules itself, its own
+//! policies would refer back to it (PostgreSQL refuses such recursion), so the check goes
+//! through a `SECURITY DEFINER` function instead, which must be owned by a role that bypasses
+//! row-level security on the membership table.
 
-use crate::registry::{quote_ident, Registry, SyncTable};
+use crate::registry::{quote_ident, Registry, ScopeSql, SharedRoot, SyncTable};
 
 const USER: &str = "current_setting('app.user_id', true)";
 
@@ -38,16 +47,101 @@ fn parent_check(registry: &Registry, table: &SyncTable, owner: &str, depth: usiz
     ))
 }
 
-/// The policy statements for every synced table, in registration order (not idempotent:
-/// `CREATE POLICY` fails when the policy exists).
-pub fn policies(registry: &Registry, owner_column: &str) -> Vec<String> {
+/// True when `table` or one of its ancestors is placed by a bucket rule.
+fn chain_has_rules(registry: &Registry, table: &SyncTable) -> bool {
+    let mut current = Some(table);
+    let mut depth = 0;
+    while let Some(t) = current.filter(|_| depth <= 16) {
+        if !t.shared.is_empty() {
+            return true;
+        }
+        current = t.parent.as_ref().and_then(|p| registry.table(&p.table));
+        depth += 1;
+    }
+    false
+}
+
+/// The `SECURITY DEFINER` membership function of a bucket, when its membership table is a
+/// synced table placed by rules (whose policies would otherwise refer back to themselves).
+fn definer_function(registry: &Registry, root: &SharedRoot) -> Option<String> {
+    let members = registry.tables.iter().find(|t| t.oid == root.members.oid)?;
+    chain_has_rules(registry, members).then(|| {
+        format!("{}.{}", quote_ident(&root.members.schema), quote_ident(&format!("synchro_member_{}", root.bucket)))
+    })
+}
+
+/// The statements creating the membership functions [`definer_function`] names.
+fn definer_functions(registry: &Registry) -> Vec<String> {
     let mut out = Vec::new();
+    let mut done: Vec<String> = Vec::new();
+    for t in &registry.tables {
+        for root in &t.shared {
+            let Some(name) = definer_function(registry, root) else { continue };
+            if done.contains(&name) {
+                continue;
+            }
+            done.push(name.clone());
+            let key_type = t.column(&root.column).map(|c| c.db_type.as_str()).unwrap_or("text");
+            let body = format!(
+                "SELECT EXISTS (SELECT 1 FROM {} m WHERE m.{} = key AND m.{}::text = {USER}{})",
+                root.members.qualified(),
+                quote_ident(&root.members.key),
+                quote_ident(&root.members.user),
+                root.members.live_filter(),
+            );
+            // A dollar-quote tag the body cannot contain (names may hold `$`).
+            let mut tag = "$synchro$".to_string();
+            while body.contains(&tag) {
+                tag.insert(tag.len() - 1, '_');
+            }
+            out.push(format!(
+                "-- {name} reads {} as its owner: apply this file as a superuser or a role with BYPASSRLS, \
+                 otherwise the membership table's own policies would recurse.",
+                root.members.display_name()
+            ));
+            out.push(format!(
+                "CREATE OR REPLACE FUNCTION {name}(key {key_type}) RETURNS boolean LANGUAGE sql STABLE \
+                 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {tag} {body} {tag};"
+            ));
+        }
+    }
+    out
+}
+
+/// The read and write conditions of a table placed by bucket rules (directly or through an
+/// ancestor), over the policy's table `q`.
+fn shared_checks(registry: &Registry, table: &SyncTable, q: &str) -> (String, String) {
+    let member = |root: &SharedRoot, alias: &str| match definer_function(registry, root) {
+        Some(function) => format!("{function}({alias}.{})", quote_ident(&root.column)),
+        None => root.member_check(alias, USER),
+    };
+    let read_owner =
+        |alias: &str, t: &SyncTable, c: &str| owner_check(Some(alias), c, t.column(c).is_some_and(|col| col.nullable));
+    let write_owner = |alias: &str, _: &SyncTable, c: &str| owner_check(Some(alias), c, false);
+    // Rows without a key, an owner or an owned ancestor are global: everyone reads them, nobody
+    // writes them (as tables without ownership).
+    let read = ScopeSql { owner: &read_owner, member: &member, unowned: Some("true") };
+    let write = ScopeSql { owner: &write_owner, member: &member, unowned: Some("false") };
+    (
+        registry.scope_sql(table, q, &read).unwrap_or_else(|| "true".into()),
+        registry.scope_sql(table, q, &write).unwrap_or_else(|| "false".into()),
+    )
+}
+
+/// The policy statements for every synced table, in registration order (not idempotent:
+/// `CREATE POLICY` fails when the policy exists), preceded by the membership functions that
+/// bucket rules on synced membership tables need.
+pub fn policies(registry: &Registry, owner_column: &str) -> Vec<String> {
+    let mut out = definer_functions(registry);
     for t in &registry.tables {
         let q = t.qualified();
         let name = |kind: &str| quote_ident(&format!("sync_{kind}_{}", t.name));
         out.push(format!("ALTER TABLE {q} ENABLE ROW LEVEL SECURITY;"));
         out.push(format!("ALTER TABLE {q} FORCE ROW LEVEL SECURITY;"));
-        let (read, write) = if let Some(col) = t.column(owner_column) {
+        let (read, write) = if chain_has_rules(registry, t) {
+            let (read, write) = shared_checks(registry, t, &q);
+            (read, Some(write))
+        } else if let Some(col) = t.column(owner_column) {
             (owner_check(None, owner_column, col.nullable), Some(owner_check(None, owner_column, false)))
         } else if t.parent.is_some() {
             match parent_check(registry, t, owner_column, 1, &q) {

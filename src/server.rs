@@ -17,6 +17,7 @@ use crate::engine::{Engine, EngineError, EngineSettings};
 use crate::http::routes::Router;
 use crate::http::{Authenticator, HeaderAuthenticator, HttpConfig, HttpServer, JwtSecretAuthenticator};
 use crate::jwt::ClaimRules;
+use crate::rules::BucketRules;
 use crate::service::EngineApi;
 use crate::store::introspect::{self, RegistrySettings};
 use crate::store::publication::{self, PublicationChange};
@@ -132,10 +133,22 @@ fn migrate_with_retry(config: &Config, give_up_after: Duration) -> Result<(), Se
 /// The engine settings a configuration describes (reading the publication when `SYNC_TABLES`
 /// is unset).
 pub fn engine_settings(config: &Config) -> Result<EngineSettings, ServerError> {
+    let rules = match &config.bucket_rules {
+        Some(path) => BucketRules::load(path).map_err(|e| ServerError::Config(e.to_string()))?,
+        None => BucketRules::default(),
+    };
+    engine_settings_with(config, rules)
+}
+
+/// [`engine_settings`] with bucket rules already read.
+pub fn engine_settings_with(config: &Config, rules: BucketRules) -> Result<EngineSettings, ServerError> {
     let mut tables = config.sync_tables.clone();
     if tables.is_empty() {
         let mut db = pool::connect(&config.database_url)?;
         tables = introspect::publication_tables(&mut db, &config.publication_name)?;
+        // synchro adds membership tables to the publication to capture their changes; that
+        // does not make them synced (list them in SYNC_TABLES for that).
+        tables.retain(|t| !rules.names_membership_table(t));
         if tables.is_empty() {
             return Err(ServerError::Config(format!(
                 "no tables to sync: set SYNC_TABLES (e.g. SYNC_TABLES=orders,order_items) or create the publication \
@@ -157,6 +170,7 @@ pub fn engine_settings(config: &Config) -> Result<EngineSettings, ServerError> {
             excluded: config.exclude_columns.clone(),
             updated_at_column: config.updated_at_column.clone(),
             deleted_at_column: config.deleted_at_column.clone(),
+            rules,
         },
         min_client_version: config.min_client_version.clone(),
         push_role: config.push_role.clone(),

@@ -1,7 +1,10 @@
 //! Bucket assignment (§9.3): owner column -> `user:<id>`, NULL owner -> `global`, child tables
-//! through their foreign-key chain to the root owner ([`super::source::resolve_owners`] finds
-//! the owners); the final step is a [`BucketAssigner`] that embedders can replace to put a row
-//! into several buckets. No I/O here.
+//! through their foreign-key chain to the root owner; with bucket rules (`BUCKET_RULES`) a rule
+//! column holding a key -> `<bucket>:<key>`, checked before the owner at every level of the
+//! chain ([`super::source::resolve_owners`] finds the owners). The final step is a
+//! [`BucketAssigner`] that embedders can replace to put a row into several buckets. The rules
+//! are not a second path: they resolve to [`Owner::Shared`], which the assigner turns into
+//! buckets like any other owner. No I/O here.
 
 use std::collections::{HashMap, HashSet};
 
@@ -24,6 +27,8 @@ pub struct TableRouting {
     pub owner: Option<String>,
     /// `(parent table, local FK column)` for child tables (§5.3).
     pub parent: Option<(String, String)>,
+    /// `(bucket name, column)` of every bucket rule rooted at this table, in file order.
+    pub shared: Vec<(String, String)>,
     /// The real deleted-at column (an update setting it is a removal).
     pub deleted_at: Option<String>,
     /// Every column, in table order: what `row_to_json` of a row holds.
@@ -50,6 +55,18 @@ impl TableRouting {
                 .zip(self.columns.iter().zip(&self.type_oids))
                 .all(|(c, (n, t))| &c.name == n && c.type_oid.0 == *t)
     }
+
+    /// The columns that route a row of this table, in the order resolution reads them: rule
+    /// columns, then the owner column, else the foreign key to the parent.
+    pub fn routing_columns(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self.shared.iter().map(|(_, c)| c.as_str()).collect();
+        match (&self.owner, &self.parent) {
+            (Some(owner), _) => out.push(owner),
+            (None, Some((_, fk))) => out.push(fk),
+            (None, None) => {}
+        }
+        out
+    }
 }
 
 /// Every routed table by name.
@@ -74,6 +91,7 @@ impl RoutingTable {
                     pk_type: t.column(&t.pk).map(|c| c.db_type.clone()).unwrap_or_else(|| "text".into()),
                     owner: t.owner.clone(),
                     parent: t.parent.as_ref().map(|p| (p.table.clone(), p.fk_column.clone())),
+                    shared: t.shared.iter().map(|r| (r.bucket.clone(), r.column.clone())).collect(),
                     deleted_at: t.deleted_at.real().map(str::to_string),
                     columns: t.columns.iter().map(|c| c.name.clone()).collect(),
                     type_oids: t.columns.iter().map(|c| c.type_oid.0).collect(),
@@ -115,11 +133,22 @@ impl RoutingTable {
     }
 }
 
+/// A key of a bucket rule a row holds: the row belongs to `<bucket>:<key>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedKey {
+    /// The rule's bucket name (`team`).
+    pub bucket: String,
+    /// The key's text (the rule column's value).
+    pub key: String,
+}
+
 /// The owner a row resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Owner {
     /// Owned by this user id (owner column text).
     User(String),
+    /// Shared through bucket rules: the keys its rule columns (own or an ancestor's) hold.
+    Shared(Vec<SharedKey>),
     /// The owner column (own or an ancestor's) is NULL or empty: a global row.
     Null,
     /// Neither the table nor any ancestor has an owner column.
@@ -148,6 +177,14 @@ impl BucketAssigner for DefaultAssigner {
             Owner::User(id) => BucketId::custom(&format!("user:{id}"))
                 .map(|b| vec![b])
                 .ok_or_else(|| format!("{}/{}: owner {id:?} cannot form a bucket id", table.name, change.key)),
+            Owner::Shared(keys) => keys
+                .iter()
+                .map(|k| {
+                    crate::rules::bucket_id(&k.bucket, &k.key).ok_or_else(|| {
+                        format!("{}/{}: key {:?} cannot form a {} bucket id", table.name, change.key, k.key, k.bucket)
+                    })
+                })
+                .collect(),
             Owner::Null | Owner::NoOwnership => Ok(vec![BucketId::global()]),
             Owner::ParentMissing(why) => Err(why.clone()),
             Owner::RowGone => Ok(Vec::new()),
@@ -161,6 +198,19 @@ pub(crate) fn owner_of(value: Option<&str>) -> Owner {
         None | Some("") => Owner::Null,
         Some(v) => Owner::User(v.to_string()),
     }
+}
+
+/// The rule keys of a row of `table`, given its rule columns' values in `table.shared` order
+/// (an empty or NULL value names no bucket).
+pub(crate) fn shared_keys(table: &TableRouting, values: &[Option<String>]) -> Vec<SharedKey> {
+    table
+        .shared
+        .iter()
+        .zip(values)
+        .filter_map(|((bucket, _), value)| {
+            value.as_deref().filter(|v| !v.is_empty()).map(|v| SharedKey { bucket: bucket.clone(), key: v.to_string() })
+        })
+        .collect()
 }
 
 /// The assigned buckets as strings, de-duplicated, in assignment order.

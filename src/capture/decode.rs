@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::capture::events::{ChangeKind, ColumnValue, RelColumn, RowChange, WalEvent};
-use crate::pg::wire::pgoutput::{OldTuple, PgOutput, TupleValue};
+use crate::pg::wire::pgoutput::{OldKind, OldTuple, PgOutput, TupleValue};
 use crate::types::{Lsn, Oid};
 
 /// Seconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
@@ -84,10 +84,12 @@ impl fmt::Display for DecodeEventError {
 
 impl std::error::Error for DecodeEventError {}
 
-/// The registered tables the decoder routes: `(schema, table) -> primary key column`.
+/// The registered tables the decoder routes: `(schema, table) -> primary key column`, and the
+/// membership tables of bucket rules: `(schema, table) -> user column`.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
     tables: HashMap<(String, String), String>,
+    memberships: HashMap<(String, String), String>,
 }
 
 impl Routes {
@@ -101,9 +103,28 @@ impl Routes {
         self.tables.insert((schema.to_string(), table.to_string()), pk.to_string());
     }
 
+    /// Registers `schema.table` as a membership table whose `user` column names members.
+    pub fn insert_membership(&mut self, schema: &str, table: &str, user: &str) {
+        self.memberships.insert((schema.to_string(), table.to_string()), user.to_string());
+    }
+
     fn pk_of(&self, schema: &str, table: &str) -> Option<&str> {
         self.tables.get(&(schema.to_string(), table.to_string())).map(String::as_str)
     }
+
+    fn member_column_of(&self, schema: &str, table: &str) -> Option<&str> {
+        self.memberships.get(&(schema.to_string(), table.to_string())).map(String::as_str)
+    }
+}
+
+/// Where a membership table's relation holds its user column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MemberColumn {
+    /// The column's position; `None` when the relation lacks it (every change then concerns
+    /// every user).
+    index: Option<usize>,
+    /// The column is part of the replica identity, so an update without an old tuple kept it.
+    in_identity: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +133,8 @@ struct CachedRelation {
     columns: Arc<[RelColumn]>,
     /// Position of the primary key column, when the relation is registered.
     pk_index: Option<usize>,
+    /// The user column, when the relation is a membership table of the bucket rules.
+    members: Option<MemberColumn>,
 }
 
 /// What the decoder made of one pgoutput message.
@@ -166,10 +189,10 @@ impl Decoder {
             PgOutput::Commit { end_lsn, commit_time, .. } => {
                 Ok(Decoded::Event(WalEvent::Commit { end_lsn: *end_lsn, commit_time: pg_time(*commit_time) }))
             }
-            PgOutput::Relation { rel, namespace, name, columns, .. } => {
+            PgOutput::Relation { rel, namespace, name, columns: raw_columns, replica_identity } => {
                 let pk = self.routes.pk_of(namespace, name).map(str::to_string);
                 let columns: Arc<[RelColumn]> =
-                    columns.iter().map(|c| RelColumn { name: c.name.to_string(), type_oid: c.type_oid }).collect();
+                    raw_columns.iter().map(|c| RelColumn { name: c.name.to_string(), type_oid: c.type_oid }).collect();
                 let registered = pk.is_some();
                 let pk_index = match &pk {
                     Some(pk) => Some(columns.iter().position(|c| &c.name == pk).ok_or_else(|| {
@@ -177,8 +200,13 @@ impl Decoder {
                     })?),
                     None => None,
                 };
+                let members = self.routes.member_column_of(namespace, name).map(|user| {
+                    let index = columns.iter().position(|c| c.name == user);
+                    let in_identity = replica_identity_holds(*replica_identity, index.map(|i| raw_columns[i].is_key));
+                    MemberColumn { index, in_identity }
+                });
                 let previous =
-                    self.relations.insert(*rel, CachedRelation { table: Arc::from(*name), columns, pk_index });
+                    self.relations.insert(*rel, CachedRelation { table: Arc::from(*name), columns, pk_index, members });
                 let changed = match &previous {
                     Some(p) => p.columns != self.relations[rel].columns,
                     None => false,
@@ -189,31 +217,109 @@ impl Decoder {
                     Ok(Decoded::Nothing)
                 }
             }
-            PgOutput::Insert { rel, new } => self.row(*rel, ChangeKind::Insert, new, None),
-            PgOutput::Update { rel, old, new } => self.row(*rel, ChangeKind::Update, new, old.as_ref()),
+            PgOutput::Insert { rel, new } => {
+                let users = self.members_of(*rel, None, Some(new))?;
+                self.with_members(users, self.row(*rel, ChangeKind::Insert, new, None)?)
+            }
+            PgOutput::Update { rel, old, new } => {
+                let users = self.members_of(*rel, Some(old.as_ref()), Some(new))?;
+                self.with_members(users, self.row(*rel, ChangeKind::Update, new, old.as_ref())?)
+            }
             PgOutput::Delete { rel, old } => {
                 let Some(relation) = self.relations.get(rel) else {
                     return Err(DecodeEventError::UnknownRelation { rel: *rel });
                 };
-                if relation.pk_index.is_none() {
-                    return Ok(Decoded::Nothing);
-                }
-                self.row(*rel, ChangeKind::Delete, &old.tuple, None)
+                let users = self.members_of(*rel, Some(Some(old)), None)?;
+                let row = if relation.pk_index.is_none() {
+                    Decoded::Nothing
+                } else {
+                    self.row(*rel, ChangeKind::Delete, &old.tuple, None)?
+                };
+                self.with_members(users, row)
             }
             PgOutput::Truncate { relations, .. } => {
-                let tables: Vec<String> = relations
-                    .iter()
-                    .filter_map(|r| self.relations.get(r))
-                    .filter(|r| r.pk_index.is_some())
-                    .map(|r| r.table.to_string())
-                    .collect();
+                let cached: Vec<&CachedRelation> = relations.iter().filter_map(|r| self.relations.get(r)).collect();
+                let tables: Vec<String> =
+                    cached.iter().filter(|r| r.pk_index.is_some()).map(|r| r.table.to_string()).collect();
                 if tables.is_empty() {
+                    // Emptying a membership table changes everyone's subscriptions.
+                    if cached.iter().any(|r| r.members.is_some()) {
+                        return Ok(Decoded::Event(WalEvent::Membership { users: vec![String::new()], row: None }));
+                    }
                     Ok(Decoded::Nothing)
                 } else {
+                    // A synced membership table emptied with others: its rows leave through the
+                    // truncate; the subscriptions are refreshed when the table is written again.
                     Ok(Decoded::Event(WalEvent::Truncate { tables }))
                 }
             }
             _ => Ok(Decoded::Nothing),
+        }
+    }
+
+    /// The users a change of a membership table concerns (`None` for other tables): the old
+    /// row's member, when the stream says who it was, and the new row's. `old` is `None` for an
+    /// insert, `Some(None)` for an update that sent no old tuple.
+    fn members_of(
+        &self,
+        rel: Oid,
+        old: Option<Option<&OldTuple<'_>>>,
+        new: Option<&[TupleValue<'_>]>,
+    ) -> Result<Option<Vec<String>>, DecodeEventError> {
+        let relation = self.relations.get(&rel).ok_or(DecodeEventError::UnknownRelation { rel })?;
+        let Some(member) = relation.members else { return Ok(None) };
+        let Some(index) = member.index else { return Ok(Some(vec![String::new()])) };
+        let text = |tuple: &[TupleValue<'_>]| -> Result<Option<String>, DecodeEventError> {
+            match tuple.get(index) {
+                Some(TupleValue::Text(bytes)) | Some(TupleValue::Binary(bytes)) => {
+                    std::str::from_utf8(bytes).map(|s| Some(s.to_string())).map_err(|_| DecodeEventError::BadText {
+                        table: relation.table.to_string(),
+                        column: relation.columns[index].name.clone(),
+                    })
+                }
+                // NULL names nobody; an unchanged TOAST value or a missing one is not known.
+                _ => Ok(None),
+            }
+        };
+        let mut users = Vec::new();
+        let unknown = String::new();
+        if let Some(new) = new {
+            match (text(new)?, new.get(index)) {
+                (Some(u), _) => users.push(u),
+                (None, Some(TupleValue::Null)) => {}
+                (None, _) => users.push(unknown.clone()),
+            }
+        }
+        match old {
+            // An insert has no old row.
+            None => {}
+            // No old tuple: the replica identity did not change, so neither did a user column
+            // inside it; a user column outside it may have.
+            Some(None) if member.in_identity => {}
+            Some(None) => users.push(unknown),
+            Some(Some(o)) => match (text(&o.tuple)?, o.tuple.get(index)) {
+                (Some(u), _) => users.push(u),
+                (None, Some(TupleValue::Null)) if member.in_identity || o.kind == OldKind::Full => {}
+                (None, _) => users.push(unknown),
+            },
+        }
+        users.sort();
+        users.dedup();
+        Ok(Some(users))
+    }
+
+    /// The event of a change: the row itself, or with a membership table's users the
+    /// membership event carrying the row.
+    fn with_members(&self, users: Option<Vec<String>>, row: Decoded) -> Result<Decoded, DecodeEventError> {
+        match users {
+            None => Ok(row),
+            Some(users) => {
+                let row = match row {
+                    Decoded::Event(WalEvent::Row(change)) => Some(change),
+                    _ => None,
+                };
+                Ok(Decoded::Event(WalEvent::Membership { users, row }))
+            }
         }
     }
 
@@ -281,6 +387,17 @@ impl Decoder {
             columns: relation.columns.clone(),
             values,
         })))
+    }
+}
+
+/// Whether a column is part of the replica identity: with `FULL` every column is, with
+/// `DEFAULT` or `INDEX` the key columns flagged in the Relation message are, with `NOTHING`
+/// none.
+fn replica_identity_holds(replica_identity: u8, is_key: Option<bool>) -> bool {
+    match replica_identity {
+        b'f' => true,
+        b'n' => false,
+        _ => is_key.unwrap_or(false),
     }
 }
 

@@ -87,6 +87,16 @@ pub enum WalEvent {
     },
     /// A row change inside the current transaction.
     Row(RowChange),
+    /// A row change of a bucket rules' membership table inside the current transaction: the
+    /// subscriptions of `users` changed. `row` is the change itself when the table is synced too.
+    Membership {
+        /// The user ids named by the old and new rows, as the membership table holds them; `""`
+        /// stands for a user the stream did not say (a delete whose user column is not in the
+        /// replica identity), that is every user.
+        users: Vec<String>,
+        /// The change, for a membership table that is also a synced table.
+        row: Option<RowChange>,
+    },
     /// TRUNCATE of registered tables inside the current transaction.
     Truncate {
         /// The tables.

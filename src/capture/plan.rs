@@ -28,7 +28,12 @@
 //!   re-parenting, a restore), or that is soft-deleted (its owner may have changed with no
 //!   edges to tell), is reported in [`Plan::moved`]: its live children must follow it, and the
 //!   writer routes them again in the same batch. An inserted row has no children yet (those
-//!   inserted with it are in the stream).
+//!   inserted with it are in the stream). So is one whose buckets an update changed and a
+//!   later one changed back within the chunk (a move between teams and back).
+//! * When such a row held buckets before and holds some after (not a restore, not a soft
+//!   delete), the plan is [`Plan::rerouted`]: its children are recorded in the buckets they
+//!   end in even where those stay the same, since a read checked against the parent's row
+//!   while it was elsewhere (a snapshot page) may have left them out.
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -101,6 +106,10 @@ pub struct Plan<'a> {
     pub failures: Vec<Failure>,
     /// `(table, key)` of updated records with child tables whose children must follow them.
     pub moved: Vec<(String, String)>,
+    /// Some of `moved` went from some buckets to others, or left them and came back within the
+    /// chunk (not a restore, not a soft delete): their children are recorded in the buckets
+    /// they end in even where those stay the same.
+    pub rerouted: bool,
 }
 
 impl Plan<'_> {
@@ -277,6 +286,9 @@ pub fn plan<'a>(
 
     // Each touched record's buckets after the changes so far (falling back to `initial`).
     let mut state: HashMap<Key<'a>, Buckets> = HashMap::new();
+    // Records an update moved to other buckets at some point of the chunk, even when they end
+    // where they began.
+    let mut changed_midway: HashSet<Key<'a>> = HashSet::new();
     let mut plan = Plan::default();
     let row = |plan: &mut Plan<'a>, bucket: &Bucket, key: Key<'a>, op: Op| {
         plan.changelog.push(ChangelogRow { bucket: bucket.clone(), table: key.0, record: key.1, op })
@@ -341,6 +353,9 @@ pub fn plan<'a>(
         let mut after = desired;
         after.sort_unstable();
         after.dedup();
+        if c.kind == ChangeKind::Update && after != existing {
+            changed_midway.insert(key);
+        }
         state.insert(key, after);
     }
 
@@ -355,12 +370,16 @@ pub fn plan<'a>(
     for &k in &keys {
         let Some(after) = held_now(&state, &initial, k) else { continue };
         let before = initial.get(&k);
+        let net = !after.is_empty() && before != Some(after);
+        let midway = !after.is_empty() && changed_midway.contains(&k);
         let moved = match updated.get(&k) {
             Some(true) => true,
-            Some(false) => !after.is_empty() && before != Some(after),
+            Some(false) => net || midway,
             None => false,
         };
         if moved {
+            let held_before = before.is_some_and(|b| !b.is_empty());
+            plan.rerouted |= held_before && (net || midway);
             plan.moved.push((k.0.to_string(), k.1.to_string()));
         }
         for b in before.into_iter().flatten().filter(|b| !after.contains(b)) {
@@ -406,6 +425,7 @@ mod tests {
             pk_type: "integer".into(),
             owner: owner.map(String::from),
             parent: None,
+            shared: Vec::new(),
             deleted_at: None,
             columns: cols.iter().map(|c| c.0.to_string()).collect(),
             type_oids: cols.iter().map(|c| c.1).collect(),
@@ -688,6 +708,44 @@ mod tests {
         // A child moving to another parent moves its own children only if its table has any.
         let reparent = [change(&r, ChangeKind::Update, "tasks", &["7", "2"])];
         assert!(plan_of(&r, &reparent, &[held("tasks", "7", "user:alice", None)], &[user("bob")]).moved.is_empty());
+    }
+
+    #[test]
+    fn a_rerouted_parent_has_its_children_recorded_where_they_stay() {
+        let r = routing();
+        let moved = |p: &Plan<'_>| p.moved.iter().map(|(t, k)| format!("{t}/{k}")).collect::<Vec<_>>();
+        let held_alice = [held("items", "1", "user:alice", Some(1))];
+        let transfer = [change(&r, ChangeKind::Update, "items", &["1", "bob", "5"])];
+        let p = plan_of(&r, &transfer, &held_alice, &[user("bob")]);
+        assert!(p.rerouted, "from some buckets to others");
+        // Away and back within the chunk: the net edges do not change, the children still
+        // follow (a read in between may have left them out).
+        let back = [
+            change(&r, ChangeKind::Update, "items", &["1", "bob", "5"]),
+            change(&r, ChangeKind::Update, "items", &["1", "alice", "5"]),
+        ];
+        let p = plan_of(&r, &back, &held_alice, &[user("bob"), user("alice")]);
+        assert_eq!(moved(&p), ["items/1"]);
+        assert!(p.rerouted && p.added.is_empty() && p.removed.is_empty());
+        // A plain edit neither moves nor reroutes; a row without edges before (a restore, or
+        // older than the consumer) moves its children without rerouting them.
+        let p = plan_of(&r, &transfer, &[held("items", "1", "user:bob", Some(1))], &[user("bob")]);
+        assert!(p.moved.is_empty() && !p.rerouted);
+        let p = plan_of(&r, &transfer, &[], &[user("bob")]);
+        assert_eq!(moved(&p), ["items/1"]);
+        assert!(!p.rerouted);
+    }
+
+    #[test]
+    fn a_shared_owner_enters_its_rule_buckets() {
+        use crate::capture::buckets::SharedKey;
+        let r = routing();
+        let key = |k: &str| SharedKey { bucket: "team".into(), key: k.into() };
+        let chunk = [change(&r, ChangeKind::Update, "items", &["1", "alice", "5"])];
+        let owners = [Owner::Shared(vec![key("7"), key("8")])];
+        let p = plan_of(&r, &chunk, &[held("items", "1", "team:7", Some(1))], &owners);
+        assert_eq!(log(&p), [row("team:7", "items", "1", Op::Update), row("team:8", "items", "1", Op::Create)]);
+        assert!(p.removed.is_empty() && p.rerouted, "moved (a bucket added) with buckets held before");
     }
 
     #[test]

@@ -11,13 +11,15 @@ use std::sync::Arc;
 
 use postgres::GenericClient;
 
-use super::buckets::{owner_of, Owner, RoutingTable, TableRouting};
+use super::buckets::{owner_of, shared_keys, Owner, RoutingTable, SharedKey, TableRouting};
 use super::events::{ChangeKind, ColumnValue, RelColumn, RowChange};
 use crate::registry::quote_ident;
 use crate::store::pool::StoreError;
 
-/// One parent-lookup row: the parent's owner (if it has the column) and its own FK value.
+/// One parent-lookup row: the parent's rule keys, its owner (if it has the column) and its own
+/// FK value.
 struct ParentRow {
+    keys: Vec<SharedKey>,
     owner: Option<Option<String>>,
     next_fk: Option<String>,
 }
@@ -32,8 +34,9 @@ fn lookup_parents(
     }
     let owner = parent.owner.as_deref().map(|c| format!("p.{}::text", quote_ident(c))).unwrap_or("NULL::text".into());
     let fk = parent.parent.as_ref().map(|(_, c)| format!("p.{}::text", quote_ident(c))).unwrap_or("NULL::text".into());
+    let shared: String = parent.shared.iter().map(|(_, c)| format!(", p.{}::text", quote_ident(c))).collect();
     let sql = format!(
-        "SELECT p.{pk}::text, {owner}, {fk} FROM {table} p WHERE p.{pk} = ANY ($1::text[]::{ty}[])",
+        "SELECT p.{pk}::text, {owner}, {fk}{shared} FROM {table} p WHERE p.{pk} = ANY ($1::text[]::{ty}[])",
         pk = quote_ident(&parent.pk),
         table = parent.qualified,
         ty = parent.pk_type,
@@ -44,7 +47,9 @@ fn lookup_parents(
         .iter()
         .map(|r| {
             let owner_value: Option<String> = r.get(1);
-            (r.get(0), ParentRow { owner: parent.owner.as_ref().map(|_| owner_value), next_fk: r.get(2) })
+            let values: Vec<Option<String>> = (0..parent.shared.len()).map(|i| r.get(3 + i)).collect();
+            let keys = shared_keys(parent, &values);
+            (r.get(0), ParentRow { keys, owner: parent.owner.as_ref().map(|_| owner_value), next_fk: r.get(2) })
         })
         .collect())
 }
@@ -84,10 +89,9 @@ pub fn resolve_owners(
     let mut toasted: HashMap<(String, String), Vec<String>> = HashMap::new();
     for c in changes {
         if let Some(t) = routing.get(&c.table) {
-            let col = t.owner.clone().or_else(|| t.parent.as_ref().map(|(_, fk)| fk.clone()));
-            if let Some(col) = col {
-                if matches!(c.value(&col), Some(ColumnValue::UnchangedToast)) {
-                    toasted.entry((t.name.clone(), col)).or_default().push(c.key.clone());
+            for col in t.routing_columns() {
+                if matches!(c.value(col), Some(ColumnValue::UnchangedToast)) {
+                    toasted.entry((t.name.clone(), col.to_string())).or_default().push(c.key.clone());
                 }
             }
         }
@@ -116,12 +120,15 @@ pub fn resolve_owners(
             owners[i] = Some(Owner::ParentMissing(format!("table {} is not routed", c.table)));
             continue;
         };
-        let routing_column = t.owner.as_deref().or(t.parent.as_ref().map(|(_, fk)| fk.as_str()));
-        if routing_column.is_some_and(|col| gone(c, col)) {
+        if t.routing_columns().into_iter().any(|col| gone(c, col)) {
             owners[i] = Some(Owner::RowGone);
             continue;
         }
-        if let Some(col) = &t.owner {
+        let values: Vec<Option<String>> = t.shared.iter().map(|(_, col)| value_of(c, col)).collect();
+        let keys = shared_keys(t, &values);
+        if !keys.is_empty() {
+            owners[i] = Some(Owner::Shared(keys));
+        } else if let Some(col) = &t.owner {
             owners[i] = Some(owner_of(value_of(c, col).as_deref()));
         } else if let Some((parent, fk)) = &t.parent {
             match value_of(c, fk) {
@@ -161,6 +168,7 @@ pub fn resolve_owners(
                     "{}/{}: parent {table} row {key} not found",
                     changes[i].table, changes[i].key
                 )),
+                (Some(r), Some(_)) if !r.keys.is_empty() => Owner::Shared(r.keys.clone()),
                 (Some(r), Some(_)) if r.owner.is_some() => owner_of(r.owner.clone().flatten().as_deref()),
                 (Some(r), Some(p)) => match (&p.parent, &r.next_fk) {
                     // Cycles are refused at startup; the guard only protects against a
@@ -199,11 +207,15 @@ pub fn current_rows(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// The routing columns of `t`'s rows, for the edge backfill: the primary key, then the owner
-/// column or the parent's foreign key (each as text).
+/// The routing columns of `t`'s rows, for the edge backfill: the primary key, then the rule
+/// columns, the owner column or the parent's foreign key (each as text, each once).
 pub fn routing_columns(t: &TableRouting) -> Vec<String> {
     let mut names = vec![t.pk.clone()];
-    names.extend(t.owner.iter().chain(t.parent.as_ref().map(|(_, fk)| fk)).cloned());
+    for c in t.shared.iter().map(|(_, c)| c).chain(t.owner.iter()).chain(t.parent.as_ref().map(|(_, fk)| fk)) {
+        if !names.contains(c) {
+            names.push(c.clone());
+        }
+    }
     names
 }
 
@@ -230,8 +242,10 @@ pub fn routing_page(
 }
 
 /// The live child rows (one level down) of the `moved` records, as changes the planner routes
-/// again: each carries its key and the foreign key to its parent, so its owner is resolved
-/// through the parent's current row. Soft-deleted children hold no edges and are left alone.
+/// again: each carries its key and every column that routes it (its own rule keys and owner
+/// decide before its parent does, then the foreign key to its parent), so its owner is resolved
+/// exactly as a change of the row would be, through the parent's current row when it has
+/// neither. Soft-deleted children hold no edges and are left alone.
 pub fn descendants(
     db: &mut impl GenericClient,
     routing: &RoutingTable,
@@ -247,9 +261,15 @@ pub fn descendants(
         }
         let live =
             child.deleted_at.as_deref().map(|c| format!(" AND c.{} IS NULL", quote_ident(c))).unwrap_or_default();
+        let mut names: Vec<&str> = vec![&child.pk];
+        for c in child.routing_columns().into_iter().chain([fk.as_str()]) {
+            if !names.contains(&c) {
+                names.push(c);
+            }
+        }
         let sql = format!(
-            "SELECT c.{pk}::text, c.{fk}::text FROM {q} c WHERE c.{fk} = ANY ($1::text[]::{ty}[]){live}",
-            pk = quote_ident(&child.pk),
+            "SELECT {cols} FROM {q} c WHERE c.{fk} = ANY ($1::text[]::{ty}[]){live}",
+            cols = names.iter().map(|n| format!("c.{}::text", quote_ident(n))).collect::<Vec<_>>().join(", "),
             fk = quote_ident(fk),
             q = child.qualified,
             ty = parent_routing.pk_type,
@@ -258,15 +278,19 @@ pub fn descendants(
             .query(&sql, &[&keys])
             .map_err(StoreError::query(format!("reading the children of moved {parent} rows in {}", child.name)))?;
         let columns: Arc<[RelColumn]> =
-            [&child.pk, fk].iter().map(|n| RelColumn { name: n.to_string(), type_oid: crate::types::Oid(0) }).collect();
+            names.iter().map(|n| RelColumn { name: n.to_string(), type_oid: crate::types::Oid(0) }).collect();
         let table: Arc<str> = Arc::from(child.name.as_str());
-        out.extend(rows.iter().map(|r| RowChange {
-            table: table.clone(),
-            kind: ChangeKind::Update,
-            key: r.get(0),
-            old_key: None,
-            columns: columns.clone(),
-            values: vec![ColumnValue::Text(r.get(0)), ColumnValue::Text(r.get(1))],
+        out.extend(rows.iter().map(|r| {
+            RowChange {
+                table: table.clone(),
+                kind: ChangeKind::Update,
+                key: r.get(0),
+                old_key: None,
+                columns: columns.clone(),
+                values: (0..names.len())
+                    .map(|i| r.get::<_, Option<String>>(i).map_or(ColumnValue::Null, ColumnValue::Text))
+                    .collect(),
+            }
         }));
     }
     Ok(out)

@@ -160,6 +160,9 @@ impl CaptureTables {
         for t in &registry.tables {
             routes.insert(&t.schema, &t.name, &t.pk);
         }
+        for m in registry.membership_tables() {
+            routes.insert_membership(&m.schema, &m.name, &m.user);
+        }
         CaptureTables { routes, routing: Arc::new(RoutingTable::from_registry(registry)) }
     }
 }

@@ -24,6 +24,7 @@
 //! * The writer is the only writer of the changelog, so `seq` order is commit order; the
 //!   position's compare-and-set rolls back the batch of a second writer.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -211,6 +212,9 @@ struct BatchState {
     last_commit_time: Option<SystemTime>,
     idle_end: Option<Lsn>,
     changelog_rows: u64,
+    /// Users whose memberships (bucket rules) changed in the batch's transactions, as
+    /// subscriptions key them (`""`: every user).
+    members: BTreeSet<String>,
 }
 
 /// What the writer does after [`BatchState::take`] took an event.
@@ -234,6 +238,16 @@ impl BatchState {
                 self.in_txn = true;
                 self.xid = xid;
                 self.skip_txn = !stored.is_zero() && final_lsn < stored;
+            }
+            WalEvent::Membership { users, row } => {
+                if self.skip_txn {
+                    return Step::Collect;
+                }
+                // Subscriptions are keyed by the normalised user id (`UserId`).
+                self.members.extend(users.iter().map(|u| u.chars().flat_map(char::to_lowercase).collect::<String>()));
+                if let Some(change) = row {
+                    return self.take(WalEvent::Row(change), stored, routing, chunk_rows);
+                }
             }
             WalEvent::Row(change) => {
                 if self.skip_txn || routing.get(&change.table).is_none() {
@@ -380,6 +394,10 @@ impl Writer {
         state.changelog_rows += writes.changelog.len() as u64;
         match confirm.filter(|l| *l > self.stored) {
             Some(lsn) => {
+                // Membership changes move their users' subscription versions to this batch's
+                // position, with the batch: a reader that sees the version sees the batch.
+                let members: Vec<&str> = state.members.iter().map(String::as_str).collect();
+                batch.record_membership_changes(&members, lsn)?;
                 let committed = batch.commit_with(&writes, &self.config.slot_name, lsn, self.stored)?;
                 if committed == Committed::Fenced {
                     return Err(WriterError::Fenced { expected: self.stored });
@@ -440,13 +458,16 @@ impl Writer {
 
     /// Writes a plan, then, level by level in the same batch, the live children of the records
     /// it moved to other buckets (their edges are probed after the level above was written).
-    /// Only their bucket moves are recorded: a child whose buckets did not change gets no
-    /// changelog row. Returns how many changelog rows it wrote.
+    /// Only their bucket moves are recorded, unless the level above was rerouted
+    /// ([`plan::Plan::rerouted`]): then the children are recorded in the buckets they end in
+    /// even where those did not change, since reads checked against the parent's row while it
+    /// was elsewhere (a snapshot page) left them out. Returns how many changelog rows it wrote.
     fn write_plan(&mut self, batch: &mut Batch<'_>, plan: plan::Plan<'_>) -> Result<u64, WriterError> {
         batch.write(&plan.writes())?;
         batch.record_failures(&plan.failures)?;
         let mut rows = plan.changelog.len() as u64;
         let mut moved = plan.moved;
+        let mut rerouted = plan.rerouted;
         // Cycles are refused at startup; the bound only protects against a registry changed
         // underneath us.
         for _ in 0..32 {
@@ -463,11 +484,14 @@ impl Writer {
             let tables =
                 Tables { routing: &self.routing, assigner: self.assigner.as_ref(), checksum: self.config.checksum };
             let mut plan = plan_chunk(batch, Reads { app: self.app.as_mut(), visibility: None }, &tables, &level)?;
-            plan.changelog.retain(|r| r.op != Op::Update);
+            if !rerouted {
+                plan.changelog.retain(|r| r.op != Op::Update);
+            }
             batch.write(&plan.writes())?;
             batch.record_failures(&plan.failures)?;
             rows += plan.changelog.len() as u64;
             moved = std::mem::take(&mut plan.moved);
+            rerouted = plan.rerouted;
         }
         Ok(rows)
     }
@@ -580,6 +604,7 @@ mod tests {
             pk_type: "integer".into(),
             owner: None,
             parent: None,
+            shared: Vec::new(),
             deleted_at: None,
             columns: vec!["id".into()],
             type_oids: vec![23],

@@ -44,7 +44,13 @@ impl CatalogState {
         let registry = introspect::load_registry(db, settings)?;
         let types = introspect::type_catalog(db)?;
         let schema = Schema::build(&registry, &types).map_err(|e| EngineError::Schema(e.to_string()))?;
-        let oids: Vec<Oid> = registry.tables.iter().map(|t| t.oid).collect();
+        // Membership tables too: a dropped or retyped membership column must reload the rules.
+        let oids: Vec<Oid> = registry
+            .tables
+            .iter()
+            .map(|t| t.oid)
+            .chain(registry.membership_tables().into_iter().map(|m| m.oid))
+            .collect();
         let fingerprint = introspect::catalog_fingerprint(db, &oids)?;
         Ok(CatalogState { registry, types, schema, version: 0, fingerprint, oids })
     }

@@ -3,6 +3,8 @@
 //! application calls it with a user id it has authenticated itself.
 
 mod catalog;
+mod departures;
+mod heads;
 mod hooks;
 mod pull;
 mod push;
@@ -12,6 +14,7 @@ mod replica_reads;
 mod rows;
 mod scope;
 mod snapshot;
+mod subscriptions;
 
 use std::fmt;
 use std::sync::Arc;
@@ -153,6 +156,10 @@ pub struct Engine {
     replicas: Option<ReplicaSet>,
     /// Pages read on the replicas and on the primary.
     reads: replica_reads::ReadCounters,
+    /// Users' current subscriptions, with bucket rules.
+    subscriptions: subscriptions::SubscriptionCache,
+    /// What the changelog holds per bucket, as far as this process has read it.
+    heads: heads::Heads,
     /// `SHARED_ROWS_WRITABLE`: whether every user may change rows without an owner.
     shared_rows_writable: bool,
     /// `PUSH_SET_BASED`: whether pushes apply runs of records with set-based statements.
@@ -192,6 +199,8 @@ impl Engine {
             verified: Mutex::new(None),
             replicas: None,
             reads: replica_reads::ReadCounters::default(),
+            subscriptions: subscriptions::SubscriptionCache::default(),
+            heads: heads::Heads::default(),
             shared_rows_writable: true,
             set_based_push: true,
             pushes: push::PushCounters::default(),
@@ -301,6 +310,8 @@ impl Engine {
             Ok(mut c) => *c = fresh.clone(),
             Err(p) => *p.into_inner() = fresh.clone(),
         }
+        // The rules were resolved again: memberships are read afresh.
+        self.subscriptions.clear();
         Ok(fresh)
     }
 

@@ -5,13 +5,15 @@
 //! caller's scope is sent as a delete (`engine::scope`), and checkpoints are only stored for
 //! subscribed buckets, whatever bucket ids the request names.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use postgres::GenericClient;
 
+use super::heads;
 use super::replica_reads::PageKind;
 use super::rows::{self, to_record};
 use super::scope::ClientBuckets;
+use super::subscriptions::is_rule_bucket;
 use super::{CatalogState, Engine, EngineError};
 use crate::protocol::{BucketUpdate, DeleteEntry, PullRequest, PullResponse, Record};
 use crate::store::changelog::{self, ChangelogEntry};
@@ -30,6 +32,18 @@ fn behind_retention(r: &Retention, cp: i64) -> bool {
     }
 }
 
+/// Why the changelog after `cp` is not whole any more, as a snapshot reason: history lost
+/// with the replication slot, or compacted.
+pub(super) fn history_gone(r: &Retention, cp: i64) -> Option<&'static str> {
+    if r.reset > 0 && cp < r.reset {
+        Some("history_unavailable")
+    } else if behind_retention(r, cp) {
+        Some("checkpoint_before_retention")
+    } else {
+        None
+    }
+}
+
 impl Engine {
     /// One pull page.
     pub fn pull(&self, user: &UserId, req: &PullRequest) -> Result<PullResponse, EngineError> {
@@ -38,7 +52,19 @@ impl Engine {
         let per_bucket = !req.bucket_checkpoints.is_empty();
         // One round trip for the catalog snapshot, the client, retention and the first page.
         let defaults = clients::default_subscriptions(user);
-        let map: Vec<(String, i64)> = req.bucket_checkpoints.iter().map(|(b, s)| (b.clone(), *s)).collect();
+        // When the buckets the device most likely holds (the request map, or the user's cached
+        // subscriptions) are known to hold nothing after its positions, the probe skips the
+        // changelog; what the device really holds is checked against the same knowledge below.
+        let through = self.heads.refresh(&mut ***dbs.store(), heads::MAX_AGE)?;
+        let bare = if per_bucket {
+            self.heads.all_empty(req.bucket_checkpoints.iter().map(|(b, p)| (b.as_str(), *p)))
+        } else {
+            let hint = self.subscription_hint(user, &defaults);
+            self.heads.all_empty(hint.iter().map(|b| (b.as_str(), req.checkpoint)))
+        };
+        // The bare probe does not read the map.
+        let map: Vec<(String, i64)> =
+            if bare { Vec::new() } else { req.bucket_checkpoints.iter().map(|(b, s)| (b.clone(), *s)).collect() };
         let probe = pull_probe::probe(
             dbs.store(),
             &PullProbeRequest {
@@ -49,6 +75,7 @@ impl Engine {
                 bucket_checkpoints: &map,
                 tables: &req.tables,
                 limit: req.limit + 1,
+                page: !bare,
             },
         )?;
         // The probe's snapshot is the store's; with a separate store the catalog check needs the
@@ -59,6 +86,13 @@ impl Engine {
         let client = probe.client.ok_or(EngineError::ClientNotRegistered)?;
         let buckets = ClientBuckets::of(&client, user);
         let subs = buckets.list();
+        // With bucket rules, what the user is subscribed to now may differ from what the device
+        // holds (`subs`): a membership changed since the device was brought in line.
+        let current = self.current_subscriptions(&mut dbs, &cat, user, probe.subscription_version, subs)?;
+        // Sets: a user in many teams has dozens of bucket ids that share a long prefix.
+        let held_set: HashSet<&str> = subs.iter().map(String::as_str).collect();
+        let current_set: HashSet<&str> = current.iter().map(String::as_str).collect();
+        let in_line = probe.departing.is_empty() && held_set == current_set;
         let stale = probe.retention;
         let empty = |checkpoint: i64| PullResponse {
             changes: vec![],
@@ -75,15 +109,49 @@ impl Engine {
             schema_hash: cat.schema.hash.clone(),
         };
         let positions: Vec<(String, i64)> = if per_bucket {
-            let rebuild: Vec<String> = subs
+            // Buckets the device holds that the user left: the device is told to drop their
+            // rows (a departure each), and they stop being what it holds.
+            let leaving: Vec<(String, i64)> = subs
                 .iter()
-                .filter(|b| match req.bucket_checkpoints.get(*b) {
-                    None => stale.min_seq > 0 || stale.compacted > 0,
-                    // C12: after any compaction a bucket at 0 may have missed compacted rows.
-                    Some(&cp) => behind_retention(&stale, cp) || (stale.reset > 0 && cp < stale.reset),
+                .filter(|b| !current_set.contains(b.as_str()))
+                .map(|b| (b.clone(), req.bucket_checkpoints.get(b).copied().unwrap_or(0)))
+                .collect();
+            if !leaving.is_empty() {
+                crate::store::subscriptions::start_departures(
+                    &mut ***dbs.store(),
+                    user,
+                    &req.client_id,
+                    &leaving,
+                    &defaults,
+                )?;
+            }
+            let held: Vec<String> = subs.iter().filter(|b| current_set.contains(b.as_str())).cloned().collect();
+            // A departure runs even when the bucket is a subscription again (left and joined
+            // anew, or a copy that stopped being whole): it only removes what the user cannot
+            // see, and the bucket is rebuilt after it (it is not held).
+            let mut departing: Vec<String> =
+                probe.departing.iter().cloned().chain(leaving.into_iter().map(|(b, _)| b)).collect();
+            departing.sort();
+            departing.dedup();
+            // A bucket the user joined (not held by the device yet) reaches it whole through a
+            // rebuild, like a stale one.
+            let rebuild: Vec<String> = current
+                .iter()
+                .filter(|b| {
+                    !held_set.contains(b.as_str())
+                        || match req.bucket_checkpoints.get(*b) {
+                            None => stale.min_seq > 0 || stale.compacted > 0,
+                            // C12: after any compaction a bucket at 0 may have missed compacted rows.
+                            Some(&cp) => behind_retention(&stale, cp) || (stale.reset > 0 && cp < stale.reset),
+                        }
                 })
                 .cloned()
                 .collect();
+            if !departing.is_empty() {
+                let leaving =
+                    super::departures::Leaving { held: &held, departing: &departing, rebuild, retention: &stale };
+                return self.departure_page(&mut dbs, &cat, user, req, leaving);
+            }
             if !rebuild.is_empty() {
                 return Ok(PullResponse { rebuild_buckets: rebuild, ..empty(req.checkpoint) });
             }
@@ -91,10 +159,12 @@ impl Engine {
         } else {
             let reason = if req.checkpoint == 0 && client.last_pull_at.is_none() {
                 Some("initial_sync_required")
-            } else if stale.reset > 0 && req.checkpoint < stale.reset {
+            } else if let Some(reason) = history_gone(&stale, req.checkpoint) {
+                Some(reason)
+            } else if !in_line {
+                // Joined or left a rule bucket: the device's history does not cover the new
+                // bucket's rows (or the removal of the old one's), so it snapshots again.
                 Some("history_unavailable")
-            } else if behind_retention(&stale, req.checkpoint) {
-                Some("checkpoint_before_retention")
             } else {
                 None
             };
@@ -111,9 +181,25 @@ impl Engine {
         // The page came with the probe and needs no transaction (the changelog has no RLS):
         // empty pulls, the common case, end here. Rows are hydrated in a read-only transaction
         // with app.user_id set, so RLS policies apply to them.
-        let mut entries = probe.page;
+        let mut entries = if !bare || self.heads.all_empty(positions.iter().map(|(b, p)| (b.as_str(), *p))) {
+            probe.page
+        } else {
+            // The device holds a bucket the hint did not name, or one with new rows.
+            let tables = (!req.tables.is_empty()).then_some(req.tables.as_slice());
+            changelog::read_page(&mut ***dbs.store(), &positions, tables, req.limit + 1)?
+        };
         let has_more = entries.len() as i64 > req.limit;
         entries.truncate(req.limit as usize);
+        if !has_more {
+            // Every bucket was read to its end: none holds anything after its last row here.
+            let mut bounds: HashMap<&str, i64> = positions.iter().map(|(b, p)| (b.as_str(), *p)).collect();
+            for e in &entries {
+                if let Some(bound) = bounds.get_mut(e.bucket.as_str()) {
+                    *bound = (*bound).max(e.seq.0);
+                }
+            }
+            self.heads.learn(through, bounds);
+        }
         let Some(last) = entries.last() else {
             if pull_stamp_is_stale(&client) {
                 clients::touch_pull(&mut ***dbs.store(), user, &req.client_id)?;
@@ -124,16 +210,24 @@ impl Engine {
         let checkpoint = last.seq.0;
         // The page was read above, so the primary's WAL position taken now covers every change
         // it announces: a replica that replayed past it holds at least those versions.
-        let on_replica =
-            self.read_on_replica(dbs.app(), PageKind::Pull, |replica| read_changes(replica, user, &cat, &entries))?;
-        let (changes, deletes) = match on_replica {
+        let on_replica = self.read_on_replica(dbs.app(), PageKind::Pull, |replica| {
+            read_changes(replica, user, &cat, &entries, per_bucket)
+        })?;
+        let mut page = match on_replica {
             Some(read) => read,
             None => {
-                let read = read_changes(dbs.app(), user, &cat, &entries)?;
+                let read = read_changes(dbs.app(), user, &cat, &entries, per_bucket)?;
                 self.reads.count(PageKind::Pull, false);
                 read
             }
         };
+        keep_held(&mut ***dbs.store(), subs, &mut page)?;
+        let Materialised { changes, deletes, lost, .. } = page;
+        if !lost.is_empty() {
+            let at =
+                |b: &str| if per_bucket { req.bucket_checkpoints.get(b).copied().unwrap_or(0) } else { req.checkpoint };
+            self.lost_buckets(&mut dbs, user, &req.client_id, &lost, subs, at)?;
+        }
         // Checksums come from the bucket edges (the sync store), after the rows were read.
         let bucket_checksums: BTreeMap<String, i32> = if has_more {
             BTreeMap::new()
@@ -186,7 +280,7 @@ impl Engine {
         })
     }
 
-    fn notify_snapshot_required(&self, user: &UserId, client_id: &str, reason: &str) {
+    pub(super) fn notify_snapshot_required(&self, user: &UserId, client_id: &str, reason: &str) {
         crate::debug!("snapshot required", user = user.as_str(), client_id = client_id, reason = reason);
         self.settings.hooks.on_snapshot_required(user, client_id, reason);
     }
@@ -202,7 +296,7 @@ fn pull_stamp_is_stale(client: &clients::ClientRow) -> bool {
 }
 
 /// §6.7: only when the client listed `known_buckets`.
-fn bucket_updates(subs: &[String], known: &[String]) -> Option<BucketUpdate> {
+pub(super) fn bucket_updates(subs: &[String], known: &[String]) -> Option<BucketUpdate> {
     if known.is_empty() {
         return None;
     }
@@ -234,11 +328,12 @@ fn read_changes(
     user: &UserId,
     cat: &CatalogState,
     entries: &[ChangelogEntry],
-) -> Result<(Vec<Record>, Vec<DeleteEntry>), EngineError> {
+    per_bucket: bool,
+) -> Result<Materialised, EngineError> {
     let (client, cache) = db.parts();
     let mut tx = client.build_transaction().read_only(true).start().map_err(StoreError::query("starting the pull"))?;
     set_user(&mut tx, user)?;
-    let out = materialise(&mut tx, cache, user, cat, entries)?;
+    let out = materialise(&mut tx, cache, user, cat, entries, per_bucket)?;
     tx.commit().map_err(StoreError::query("finishing the pull"))?;
     Ok(out)
 }
@@ -247,13 +342,20 @@ fn read_changes(
 /// last), split into changes and deletes, hydrate changes with one query per table. A row that
 /// is no longer in the user's scope (transferred away while capture lags behind) is sent as a
 /// delete, never as data.
-fn materialise(
+///
+/// With `per_bucket`, a removal is sent only for a row the user cannot see any more (one query
+/// per table with removals): each bucket is read from its own position, so a bucket can be
+/// behind the record's new bucket, which the device already holds it through (rebuilt after a
+/// join, or pulled further), and a removal from the old bucket must not take the row away.
+/// A row the user can see reaches the device through the bucket it is in now.
+pub(super) fn materialise(
     db: &mut impl GenericClient,
     cache: &mut StatementCache,
     user: &UserId,
     cat: &CatalogState,
     entries: &[ChangelogEntry],
-) -> Result<(Vec<Record>, Vec<DeleteEntry>), EngineError> {
+    per_bucket: bool,
+) -> Result<Materialised, EngineError> {
     let mut order: Vec<(&str, &str)> = Vec::new();
     let mut last: HashMap<(&str, &str), &ChangelogEntry> = HashMap::new();
     for e in entries {
@@ -263,14 +365,34 @@ fn materialise(
         }
     }
     let mut deletes = Vec::new();
+    let mut lost = BTreeSet::new();
     let mut wanted: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut removed: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for key in &order {
         let e = last[key];
         if e.op == Op::Delete {
             deletes.push(DeleteEntry { id: e.record_id.clone(), table_name: e.table.clone() });
+            removed.entry(key.0).or_default().push(key.1.to_string());
         } else {
             wanted.entry(key.0).or_default().push(key.1.to_string());
         }
+    }
+    let mut visible_removals = Vec::new();
+    if per_bucket && !removed.is_empty() {
+        let mut visible: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
+        for (table_name, ids) in removed {
+            // A table no longer synced: nothing of it is visible.
+            let Some(table) = cat.registry.table(table_name) else { continue };
+            visible.extend(
+                rows::visible(db, cache, &cat.registry, table, user, &ids)?
+                    .into_iter()
+                    .map(|id| (table_name.to_string(), id)),
+            );
+        }
+        let (kept, gone): (Vec<_>, Vec<_>) =
+            deletes.into_iter().partition(|d: &DeleteEntry| visible.contains(&(d.table_name.clone(), d.id.clone())));
+        deletes = gone;
+        visible_removals = kept;
     }
     let mut changes = Vec::new();
     for (table_name, ids) in wanted {
@@ -282,13 +404,56 @@ fn materialise(
         let mut rows = rows::hydrate(db, cache, &cat.registry, table, user, &ids)?;
         for id in ids {
             let Some(row) = rows.remove(&id) else { continue };
+            let e = last[&(table_name, id.as_str())];
             if !row.in_scope {
+                if is_rule_bucket(&cat.registry, &e.bucket) {
+                    lost.insert(e.bucket.clone());
+                }
                 deletes.push(DeleteEntry { id, table_name: table_name.to_string() });
                 continue;
             }
-            let e = last[&(table_name, id.as_str())];
             changes.push(to_record(table_name, id, row, Some(e.created_at), Some(e.bucket.clone()), true)?);
         }
     }
-    Ok((changes, deletes))
+    Ok(Materialised { changes, deletes, lost, visible_removals })
+}
+
+/// What a page of changelog entries became.
+pub(super) struct Materialised {
+    pub changes: Vec<Record>,
+    pub deletes: Vec<DeleteEntry>,
+    /// Rule buckets with a row the user no longer sees by the membership tables, though the
+    /// subscriptions (as capture has reported them) still include the bucket: the device's copy
+    /// of the bucket is no longer whole (see [`Engine::lost_buckets`]).
+    pub lost: BTreeSet<String>,
+    /// Per-bucket removals of rows the user still sees: sent only when the row is not in a
+    /// bucket the device holds ([`keep_held`]).
+    pub visible_removals: Vec<DeleteEntry>,
+}
+
+/// Per-bucket mode: each bucket is read from its own position, so a bucket can be behind the
+/// record's new bucket, which the device already holds it through (rebuilt after a join, or
+/// pulled further), and a removal from the old bucket must not take the row away. A removal
+/// of a row the user still sees is dropped when the row is in a bucket the device holds (its
+/// edges, in the sync store): the row reaches the device through that bucket. Otherwise it is
+/// sent (the row reaches the device again if it enters a held bucket).
+pub(super) fn keep_held(
+    store: &mut impl GenericClient,
+    held: &[String],
+    page: &mut Materialised,
+) -> Result<(), StoreError> {
+    let removals = std::mem::take(&mut page.visible_removals);
+    if removals.is_empty() {
+        return Ok(());
+    }
+    let mut by_table: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for d in &removals {
+        by_table.entry(d.table_name.as_str()).or_default().push(d.id.clone());
+    }
+    let mut in_held: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
+    for (table, ids) in by_table {
+        in_held.extend(changelog::members_in(store, table, &ids, held)?.into_iter().map(|id| (table.to_string(), id)));
+    }
+    page.deletes.extend(removals.into_iter().filter(|d| !in_held.contains(&(d.table_name.clone(), d.id.clone()))));
+    Ok(())
 }

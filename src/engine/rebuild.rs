@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use super::pull::set_user;
 use super::rows::{self, to_record};
 use super::scope::ClientBuckets;
+use super::subscriptions::is_rule_bucket;
 use super::{Engine, EngineError};
 use crate::protocol::{
     ChangelogStats, DebugBucket, DebugClient, DebugRequest, DebugResponse, RebuildRequest, RebuildResponse,
@@ -21,14 +22,33 @@ use crate::store::pool::StoreError;
 use crate::time::format_timestamp;
 use crate::types::UserId;
 
-/// A parsed rebuild cursor: `(checkpoint, table, record id)`.
-fn parse_cursor(cursor: &str) -> Option<(Option<i64>, String, String)> {
+/// A parsed rebuild cursor.
+#[derive(Debug, PartialEq, Eq)]
+struct Cursor {
+    /// The checkpoint captured on the first page (`None` for the reference's form).
+    checkpoint: Option<i64>,
+    /// An earlier page left out a row of a rule bucket the user did not see (`~` after the
+    /// checkpoint): the device's copy of the bucket is not whole.
+    partial: bool,
+    table: String,
+    record: String,
+}
+
+/// Parses `<checkpoint>[~]:<table>|<record id>`, or the reference's `<table>|<record id>`.
+fn parse_cursor(cursor: &str) -> Option<Cursor> {
     let (head, record) = cursor.split_once('|')?;
-    match head.split_once(':') {
-        Some((cp, table)) if !cp.is_empty() && cp.bytes().all(|b| b.is_ascii_digit()) => {
-            Some((cp.parse().ok(), table.to_string(), record.to_string()))
-        }
-        _ => Some((None, head.to_string(), record.to_string())),
+    let plain = || Cursor { checkpoint: None, partial: false, table: head.to_string(), record: record.to_string() };
+    let Some((cp, table)) = head.split_once(':') else { return Some(plain()) };
+    let (digits, partial) = match cp.strip_suffix('~') {
+        Some(d) => (d, true),
+        None => (cp, false),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(plain());
+    }
+    match digits.parse() {
+        Ok(cp) => Some(Cursor { checkpoint: Some(cp), partial, table: table.to_string(), record: record.to_string() }),
+        Err(_) => Some(Cursor { checkpoint: None, partial, table: table.to_string(), record: record.to_string() }),
     }
 }
 
@@ -41,21 +61,32 @@ impl Engine {
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
         let client =
             clients::load(&mut ***dbs.store(), user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
-        if !ClientBuckets::of(&client, user).contains(&req.bucket_id) {
+        let held = ClientBuckets::of(&client, user);
+        // A bucket the user joined is rebuilt before the device holds it; with bucket rules the
+        // user's current subscriptions decide.
+        let joining = cat.registry.has_rules() && !held.contains(&req.bucket_id);
+        let subscribed = if joining {
+            let version = crate::store::subscriptions::version(&mut ***dbs.store(), user)?;
+            self.current_subscriptions(&mut dbs, &cat, user, version, held.list())?.contains(&req.bucket_id)
+        } else {
+            held.contains(&req.bucket_id)
+        };
+        if !subscribed {
             return Err(EngineError::Forbidden(format!("bucket {} is not subscribed by this client", req.bucket_id)));
         }
         // Read before the members and rows, as for snapshots: later changes have higher `seq`.
         let max_seq = changelog::max_seq(&mut ***dbs.store())?;
-        let (cp, after) = match req.cursor.as_deref().and_then(parse_cursor) {
-            Some((Some(cp), t, r)) => {
+        let (cp, after, mut partial) = match req.cursor.as_deref().and_then(parse_cursor) {
+            Some(Cursor { checkpoint: Some(cp), partial, table, record }) => {
                 if cp > max_seq {
                     return Err(EngineError::BadRequest("invalid rebuild cursor".into()));
                 }
-                (cp, Some((t, r)))
+                (cp, Some((table, record)), partial)
             }
-            Some((None, t, r)) => (max_seq, Some((t, r))),
-            None => (max_seq, None),
+            Some(Cursor { checkpoint: None, partial, table, record }) => (max_seq, Some((table, record)), partial),
+            None => (max_seq, None, false),
         };
+        let rule_bucket = is_rule_bucket(&cat.registry, &req.bucket_id);
         let mut members = changelog::bucket_members(
             &mut ***dbs.store(),
             &req.bucket_id,
@@ -83,6 +114,10 @@ impl Engine {
                 // An edge not yet moved after a transfer (capture lags) never turns into data:
                 // the row is left out, and the client drops it when the rebuild completes.
                 if row.deleted_at.is_some() || !row.in_scope {
+                    // In a rule bucket, a member the user does not see by the membership tables
+                    // means capture has not reported a membership change yet: the bucket the
+                    // device ends up with is not the whole bucket.
+                    partial |= !row.in_scope && rule_bucket;
                     continue;
                 }
                 records.push(to_record(table_name, id, row, None, Some(req.bucket_id.clone()), true)?);
@@ -96,9 +131,22 @@ impl Engine {
                 .first()
                 .map(|(_, c)| *c)
         };
-        let cursor = if has_more { members.last().map(|(t, r)| format!("{cp}:{t}|{r}")) } else { None };
+        let mark = if partial { "~" } else { "" };
+        let cursor = if has_more { members.last().map(|(t, r)| format!("{cp}{mark}:{t}|{r}")) } else { None };
         if !has_more {
             let store = &mut ***dbs.store();
+            let defaults = clients::default_subscriptions(user);
+            if partial {
+                // The device's copy of the bucket is not whole (see `Engine::lost_buckets`): it is
+                // not held, and a departure removes what the user cannot see if the bucket turns
+                // out to be left; if not, the next pull asks for this rebuild again.
+                let leaving = [(req.bucket_id.clone(), cp)];
+                crate::store::subscriptions::start_departures(store, user, &req.client_id, &leaving, &defaults)?;
+            }
+            if joining && !partial {
+                // The device now holds the bucket: its changes come with every pull from here.
+                crate::store::subscriptions::hold_bucket(store, user, &req.client_id, &req.bucket_id, &defaults)?;
+            }
             clients::set_bucket_checkpoint(store, user, &req.client_id, &req.bucket_id, cp)?;
             clients::reactivate(store, user, &req.client_id)?;
         }
@@ -154,10 +202,16 @@ mod tests {
 
     #[test]
     fn cursors() {
-        assert_eq!(parse_cursor("12:tasks|a|b"), Some((Some(12), "tasks".into(), "a|b".into())));
-        assert_eq!(parse_cursor("tasks|a"), Some((None, "tasks".into(), "a".into())));
+        let c = |checkpoint: Option<i64>, partial: bool, table: &str, record: &str| {
+            Some(Cursor { checkpoint, partial, table: table.into(), record: record.into() })
+        };
+        assert_eq!(parse_cursor("12:tasks|a|b"), c(Some(12), false, "tasks", "a|b"));
+        assert_eq!(parse_cursor("12~:tasks|a"), c(Some(12), true, "tasks", "a"));
+        assert_eq!(parse_cursor("tasks|a"), c(None, false, "tasks", "a"));
         assert_eq!(parse_cursor("no-bar"), None);
-        assert_eq!(parse_cursor(":t|r"), Some((None, ":t".into(), "r".into())));
-        assert_eq!(parse_cursor("99999999999999999999999:t|r"), Some((None, "t".into(), "r".into())));
+        assert_eq!(parse_cursor(":t|r"), c(None, false, ":t", "r"));
+        assert_eq!(parse_cursor("~:t|r"), c(None, false, "~:t", "r"));
+        assert_eq!(parse_cursor("1~2:t|r"), c(None, false, "1~2:t", "r"));
+        assert_eq!(parse_cursor("99999999999999999999999:t|r"), c(None, false, "t", "r"));
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! SQL identifiers come from the registry, quoted; the user id and keys are bound parameters.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 use postgres::types::Type;
@@ -85,6 +85,33 @@ pub(crate) fn hydrate(
             (r.get(0), row)
         })
         .collect())
+}
+
+/// The keys among `ids` whose rows exist, are live (not soft-deleted) and are in `user`'s read
+/// scope, in one query: the rows a device may keep when it leaves a bucket.
+pub(crate) fn visible(
+    db: &mut impl GenericClient,
+    cache: &mut StatementCache,
+    registry: &Registry,
+    table: &SyncTable,
+    user: &UserId,
+    ids: &[String],
+) -> Result<HashSet<String>, StoreError> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let sql = format!(
+        "SELECT t.{pk}::text FROM {q} t WHERE t.{pk} = ANY ($2::text[]::{ty}[]) AND {scope}{live}",
+        pk = quote_ident(&table.pk),
+        q = table.qualified(),
+        ty = pk_type(table),
+        scope = scope::row_predicate(registry, table, Access::Read),
+        live = table.deleted_at.real().map(|c| format!(" AND t.{} IS NULL", quote_ident(c))).unwrap_or_default(),
+    );
+    let rows = cache
+        .query(db, &sql, &[(&user.as_str(), Type::TEXT), (&ids, Type::TEXT_ARRAY)])
+        .map_err(StoreError::query(format!("checking the scope of rows of {}", table.name)))?;
+    Ok(rows.into_iter().map(|r| r.get(0)).collect())
 }
 
 /// Up to `limit` live rows of `table` in `user`'s scope with keys after `after` (`""`: from

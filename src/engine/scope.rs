@@ -3,7 +3,9 @@
 //! * **Rows.** [`row_predicate`] is the SQL condition (over alias `t`, `$1` = the user id) that
 //!   a row is in the user's scope: its owner column (or the first ancestor's, through the
 //!   foreign-key chain) is the user, or NULL/empty (a shared row, bucket `global`), or the
-//!   table has no ownership at all. It is the rule the default bucket assignment and the
+//!   table has no ownership at all; with bucket rules (`BUCKET_RULES`), a row whose rule column
+//!   (or an ancestor's) holds a key is in scope exactly for the members of that key, read in
+//!   the membership table by the same statement. It is the rule the bucket assignment and the
 //!   generated read policies express, so it holds without row-level security too. Every read
 //!   of a synced row evaluates it in the same statement that reads the row: pull hydration and
 //!   rebuild pages (a row no longer in scope becomes a delete, or is left out), snapshot pages
@@ -16,7 +18,7 @@
 //! said about an older version: capture may lag behind a transfer, and a pull must not hand the
 //! old owner the new owner's row.
 
-use crate::registry::{quote_ident, Registry, SyncTable};
+use crate::registry::{quote_ident, Registry, ScopeSql, SharedRoot, SyncTable};
 use crate::store::clients::ClientRow;
 use crate::types::UserId;
 
@@ -45,7 +47,7 @@ impl Access {
 /// user's scope for `access` (see the module documentation). Never NULL. Identifiers come from the
 /// registry, quoted; the user id is always the bound `$1`.
 pub(crate) fn row_predicate(registry: &Registry, table: &SyncTable, access: Access) -> String {
-    let owner_ok = |alias: &str, owner: &str| {
+    let owner_ok = |alias: &str, _: &SyncTable, owner: &str| {
         let c = format!("{alias}.{}", quote_ident(owner));
         if access.includes_shared() {
             format!("({c} IS NULL OR {c}::text = '' OR {c}::text = $1)")
@@ -54,38 +56,14 @@ pub(crate) fn row_predicate(registry: &Registry, table: &SyncTable, access: Acce
             format!("({c} IS NOT NULL AND {c}::text = $1)")
         }
     };
-    if let Some(owner) = &table.owner {
-        return owner_ok("t", owner);
-    }
-    // Walk up the parent chain to the first ancestor with an owner column.
-    let mut chain = Vec::new();
-    let mut current = table;
-    while let Some(link) = &current.parent {
-        let Some(parent) = registry.table(&link.table) else { break };
-        chain.push((link, parent));
-        // Cycles are refused at startup; the bound only guards a registry changed underneath.
-        if parent.owner.is_some() || chain.len() > 16 {
-            break;
-        }
-        current = parent;
-    }
+    // A row a bucket rule places is read and written by the members of its key, whatever the
+    // access: that is what sharing it with a team means.
+    let member = |root: &SharedRoot, alias: &str| root.member_check(alias, "$1");
     // Rows of a table without ownership are shared rows. `$1` is still typed so every
     // predicate takes the same parameter list.
     let shared = if access.includes_shared() { "($1::text IS NULL OR true)" } else { "($1::text IS NULL AND false)" };
-    let Some(owner) = chain.last().and_then(|(_, top)| top.owner.as_ref()) else { return shared.to_string() };
-    // Innermost condition first, then wrap outwards.
-    let mut cond = owner_ok(&format!("p{}", chain.len()), owner);
-    for (i, (link, parent)) in chain.iter().enumerate().rev() {
-        let alias = format!("p{}", i + 1);
-        let child_alias = if i == 0 { "t".to_string() } else { format!("p{i}") };
-        cond = format!(
-            "EXISTS (SELECT 1 FROM {} {alias} WHERE {alias}.{} = {child_alias}.{} AND {cond})",
-            parent.qualified(),
-            quote_ident(&link.parent_column),
-            quote_ident(&link.fk_column),
-        );
-    }
-    cond
+    let spec = ScopeSql { owner: &owner_ok, member: &member, unowned: Some(shared) };
+    registry.scope_sql(table, "t", &spec).unwrap_or_else(|| shared.to_string())
 }
 
 /// The buckets a client may use: its subscriptions (the default pair when none are stored).
@@ -141,6 +119,7 @@ mod tests {
                 parent_column: "id".into(),
             }),
             read_only: false,
+            shared: Vec::new(),
         }
     }
 

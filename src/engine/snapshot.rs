@@ -5,6 +5,7 @@
 use super::pull::set_user;
 use super::replica_reads::PageKind;
 use super::rows::{self, to_record};
+use super::subscriptions::is_rule_bucket;
 use super::{Engine, EngineError};
 use crate::protocol::{Record, SnapshotCursor, SnapshotRequest, SnapshotResponse};
 use crate::registry::{Registry, SyncTable};
@@ -24,7 +25,18 @@ impl Engine {
         let mut dbs = self.dbs()?;
         let cat = self.catalog(&mut dbs)?;
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
-        clients::load(&mut ***dbs.store(), user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        let client =
+            clients::load(&mut ***dbs.store(), user, &req.client_id)?.ok_or(EngineError::ClientNotRegistered)?;
+        let rules = cat.registry.has_rules();
+        let mut held = client.subscriptions(user);
+        if req.cursor.is_none() && rules {
+            // The snapshot brings the device in line with the user's memberships as the tables
+            // hold them now; its pages read rows through the scope predicate, which checks them
+            // in the statement that reads each row.
+            let version = crate::store::subscriptions::version(&mut ***dbs.store(), user)?;
+            held = self.fresh_subscriptions(&mut dbs, &cat, user, version, &held)?;
+            crate::store::subscriptions::hold_exactly(&mut ***dbs.store(), user, &req.client_id, &held)?;
+        }
         let tables = cat.registry.dependency_order();
         // Read before any row: every change committed after this point has a higher `seq`, so
         // the client catches up on it with its next pull (also with a separate sync store).
@@ -52,7 +64,28 @@ impl Engine {
                 page
             }
         };
-        let Pages { records, idx, after } = page;
+        let Pages { records, idx, after, memberships } = page;
+        if let Some(live) = memberships {
+            // A membership that changed between the first page and this one: rows of that
+            // bucket were read on one side of the change and not the other, so the device's
+            // copy of it is not whole (see `Engine::lost_buckets`).
+            let changed: Vec<(String, i64)> = held
+                .iter()
+                .filter(|b| is_rule_bucket(&cat.registry, b) && !live.contains(b))
+                .chain(live.iter().filter(|b| !held.contains(b)))
+                .map(|b| (b.clone(), cp))
+                .collect();
+            if !changed.is_empty() {
+                let defaults = clients::default_subscriptions(user);
+                crate::store::subscriptions::start_departures(
+                    &mut ***dbs.store(),
+                    user,
+                    &req.client_id,
+                    &changed,
+                    &defaults,
+                )?;
+            }
+        }
         let has_more = idx < tables.len();
         if !has_more {
             // A completed snapshot leaves the client with last_pull_at set (§6.5), even at cp 0.
@@ -77,6 +110,8 @@ struct Pages {
     records: Vec<Record>,
     idx: usize,
     after: String,
+    /// With bucket rules, the user's rule buckets as the page's transaction saw them.
+    memberships: Option<Vec<String>>,
 }
 
 /// Reads up to `limit` records from table `idx` on, after key `after`, in one read-only
@@ -117,6 +152,11 @@ fn read_pages(
             after = String::new();
         }
     }
+    let memberships = if registry.has_rules() {
+        Some(crate::store::subscriptions::memberships_in(&mut tx, registry, user)?)
+    } else {
+        None
+    };
     tx.commit().map_err(StoreError::query("finishing the snapshot page"))?;
-    Ok(Pages { records, idx, after })
+    Ok(Pages { records, idx, after, memberships })
 }

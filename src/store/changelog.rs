@@ -84,6 +84,22 @@ pub(crate) fn entry_from_row_at(row: &postgres::Row, at: usize) -> Result<Change
     })
 }
 
+/// The highest `seq` of every bucket with rows after `after`, and the highest `seq` read
+/// (`after` when there is none): the changelog's tail, for `engine::heads`. Rows become
+/// visible in `seq` order (one writer, commit order), so everything up to the returned
+/// position has been seen.
+pub fn heads_after(db: &mut impl GenericClient, after: i64) -> Result<(Vec<(String, i64)>, i64), StoreError> {
+    let rows = db
+        .query_typed(
+            "SELECT bucket_id, max(seq) FROM sync_changelog WHERE seq > $1 GROUP BY bucket_id",
+            &[(&after, Type::INT8)],
+        )
+        .map_err(StoreError::query("reading the changelog's tail"))?;
+    let heads: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let through = heads.iter().map(|(_, s)| *s).max().unwrap_or(after).max(after);
+    Ok((heads, through))
+}
+
 /// `COALESCE(MIN(seq), 0)` and `COALESCE(MAX(seq), 0)` of the changelog.
 pub fn bounds(db: &mut impl GenericClient) -> Result<(i64, i64), StoreError> {
     // Two index probes instead of one aggregate: MIN and MAX each read one end of the pkey.
@@ -97,9 +113,19 @@ pub fn bounds(db: &mut impl GenericClient) -> Result<(i64, i64), StoreError> {
     Ok((row.get(0), row.get(1)))
 }
 
-/// `MAX(seq)` only: the checkpoint a snapshot or rebuild starts from.
+/// The checkpoint a snapshot or rebuild starts from: `MAX(seq)`, or the compaction and
+/// history-reset watermarks when they are higher (a changelog compacted to nothing). A
+/// position below a watermark is one pulls send back to a snapshot or rebuild, so a snapshot
+/// that started there would be asked for again and again.
 pub fn max_seq(db: &mut impl GenericClient) -> Result<i64, StoreError> {
-    Ok(bounds(db)?.1)
+    let row = db
+        .query_one(
+            "SELECT GREATEST(COALESCE((SELECT seq FROM sync_changelog ORDER BY seq DESC LIMIT 1), 0), \
+                    COALESCE((SELECT max(seq) FROM synchro_watermarks WHERE name = ANY ($1::text[])), 0))",
+            &[&[watermark::COMPACTED_THROUGH, watermark::HISTORY_RESET].as_slice()],
+        )
+        .map_err(StoreError::query("reading the changelog head"))?;
+    Ok(row.get(0))
 }
 
 /// `BIT_XOR(checksum)` over each bucket's edges with a checksum; buckets without any are absent.
@@ -131,6 +157,23 @@ pub fn stats(db: &mut impl GenericClient) -> Result<(i64, i64, i64), StoreError>
         .query_one("SELECT COALESCE(min(seq), 0), COALESCE(max(seq), 0), count(*) FROM sync_changelog", &[])
         .map_err(StoreError::query("reading changelog statistics"))?;
     Ok((row.get(0), row.get(1), row.get(2)))
+}
+
+/// The keys among `ids` of `table` with an edge in one of `buckets`.
+pub fn members_in(
+    db: &mut impl GenericClient,
+    table: &str,
+    ids: &[String],
+    buckets: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT DISTINCT record_id FROM sync_bucket_edges WHERE table_name = $1 AND record_id = ANY ($2) \
+             AND bucket_id = ANY ($3)",
+            &[&table, &ids, &buckets],
+        )
+        .map_err(StoreError::query("reading bucket memberships of rows"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Gauges of the sync tables for `/metrics`.

@@ -50,14 +50,17 @@ pub fn compact(db: &mut impl GenericClient, settings: &CompactionSettings) -> Re
         )
         .map_err(StoreError::query("deactivating stale clients"))?;
     // Real positions only (C12): a bucket or legacy checkpoint of 0 is no position, and such a
-    // client is sent to a snapshot or rebuild once anything has been compacted.
+    // client is sent to a snapshot or rebuild once anything has been compacted. A device
+    // leaving a rule bucket still reads that bucket's changes after its position there.
     let row = db
         .query_one(
             "SELECT LEAST( \
                (SELECT min(k.checkpoint) FROM sync_client_checkpoints k JOIN sync_clients c \
                   ON c.user_id = k.user_id AND c.client_id = k.client_id WHERE c.is_active AND k.checkpoint > 0), \
                (SELECT min(c.last_pull_seq) FROM sync_clients c WHERE c.is_active AND c.last_pull_seq > 0 \
-                  AND NOT EXISTS (SELECT 1 FROM sync_client_checkpoints k WHERE k.user_id = c.user_id AND k.client_id = c.client_id)))",
+                  AND NOT EXISTS (SELECT 1 FROM sync_client_checkpoints k WHERE k.user_id = c.user_id AND k.client_id = c.client_id)), \
+               (SELECT min(d.since) FROM synchro_departures d JOIN sync_clients c \
+                  ON c.user_id = d.user_id AND c.client_id = d.client_id WHERE c.is_active AND d.since > 0))",
             &[],
         )
         .map_err(StoreError::query("computing the safe sequence"))?;

@@ -9,7 +9,8 @@ use postgres::GenericClient;
 
 use super::pool::{Session, StatementCache, StoreError};
 use crate::config::TableName;
-use crate::registry::{Column, ForeignKey, ParentLink, Registry, SyncTable, TimestampColumn};
+use crate::registry::{Column, ForeignKey, Membership, ParentLink, Registry, SharedRoot, SyncTable, TimestampColumn};
+use crate::rules::{BucketRules, RulesError};
 use crate::schema::{logical_type, Schema, SchemaError, TypeCatalog};
 use crate::types::Oid;
 
@@ -28,6 +29,8 @@ pub struct RegistrySettings {
     pub updated_at_column: String,
     /// The deleted-at column name.
     pub deleted_at_column: String,
+    /// The bucket rules (`BUCKET_RULES`), resolved against the catalog with the tables.
+    pub rules: BucketRules,
 }
 
 /// Why the declared tables cannot be synced. Every message names the table and says what to do.
@@ -86,6 +89,8 @@ pub enum RegistryError {
     },
     /// A column the SDKs cannot handle.
     Schema(SchemaError),
+    /// A bucket rule does not fit the database (the message names the file, rule and field).
+    Rules(RulesError),
 }
 
 impl fmt::Display for RegistryError {
@@ -119,11 +124,20 @@ impl fmt::Display for RegistryError {
             ),
             RegistryError::ReadOnlyNotSynced { table } => write!(f, "READ_ONLY_TABLES names {table}, which is not synced"),
             RegistryError::Schema(e) => write!(f, "{e}"),
+            RegistryError::Rules(e) => write!(f, "{e}"),
         }
     }
 }
 
-impl std::error::Error for RegistryError {}
+impl std::error::Error for RegistryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RegistryError::Store(e) => Some(e),
+            RegistryError::Rules(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<StoreError> for RegistryError {
     fn from(e: StoreError) -> Self {
@@ -359,14 +373,131 @@ pub fn load_registry(db: &mut impl GenericClient, settings: &RegistrySettings) -
             columns,
             schema: t.schema,
             name: t.name,
+            shared: Vec::new(),
         });
     }
-    let registry = Registry { tables };
+    let mut registry = Registry { tables };
     if let Some(cycle) = registry.find_cycle() {
         return Err(RegistryError::ForeignKeyCycle { tables: cycle });
     }
     Schema::build(&registry, &catalog).map_err(RegistryError::Schema)?;
+    resolve_rules(db, &mut registry, settings)?;
     Ok(registry)
+}
+
+/// Types a bucket key cannot be: its text would not name one team (arrays, documents) or
+/// would not be stable (floating point).
+fn unusable_key_type(db_type: &str) -> bool {
+    db_type.ends_with("[]")
+        || matches!(db_type, "json" | "jsonb" | "real" | "double precision" | "bytea" | "boolean")
+        || db_type.starts_with("timestamp")
+}
+
+/// Resolves every bucket rule against the registry and the catalog, recording each on its
+/// table as a [`SharedRoot`]. Every error names the file, the rule and the field, and says
+/// what to change.
+fn resolve_rules(
+    db: &mut impl GenericClient,
+    registry: &mut Registry,
+    settings: &RegistrySettings,
+) -> Result<(), RegistryError> {
+    let rules = &settings.rules;
+    let mut roots: Vec<(usize, SharedRoot)> = Vec::new();
+    for (i, rule) in rules.shared.iter().enumerate() {
+        let fail = |field: &str, message: String| RegistryError::Rules(rules.error(i, field, message));
+        let Some((index, table)) =
+            registry.tables.iter().enumerate().find(|(_, t)| matches(&rule.table, &t.schema, &t.name))
+        else {
+            let synced: Vec<&str> = registry.tables.iter().map(|t| t.name.as_str()).collect();
+            return Err(fail(
+                "table",
+                format!(
+                    "{} is not a synced table (synced: {}); add it to SYNC_TABLES, or place the rule on a synced table",
+                    rule.table,
+                    synced.join(", ")
+                ),
+            ));
+        };
+        let Some(column) = table.column(&rule.column) else {
+            let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+            return Err(fail(
+                "column",
+                format!("{} has no column {:?} (its columns: {})", table.name, rule.column, names.join(", ")),
+            ));
+        };
+        let role = if table.owner.as_deref() == Some(column.name.as_str()) {
+            Some("the owner column (OWNER_COLUMN): a row has one owner, a shared key names a group")
+        } else if table.updated_at.real() == Some(column.name.as_str())
+            || table.deleted_at.real() == Some(column.name.as_str())
+        {
+            Some("a timestamp column (UPDATED_AT_COLUMN / DELETED_AT_COLUMN)")
+        } else if column.excluded {
+            Some("in EXCLUDE_COLUMNS: its values would reach clients inside bucket ids")
+        } else {
+            None
+        };
+        if let Some(role) = role {
+            return Err(fail(
+                "column",
+                format!("{}.{} is {role}; choose the column holding the group's key", table.name, column.name),
+            ));
+        }
+        if unusable_key_type(&column.db_type) {
+            return Err(fail(
+                "column",
+                format!(
+                    "{}.{} is of type {}, which cannot key a bucket (use a scalar key: uuid, text, an integer)",
+                    table.name, column.name, column.db_type
+                ),
+            ));
+        }
+        let key_type = column.db_type.clone();
+        let Some((oid, schema, name)) = resolve(db, &rule.members.table)? else {
+            return Err(fail(
+                "members.table",
+                format!(
+                    "table {} does not exist (check the name and the search_path, or qualify it as schema.table)",
+                    rule.members.table
+                ),
+            ));
+        };
+        let members = read_table(db, oid, schema.clone(), name.clone())?;
+        let member_column = |field: &str, wanted: &str| -> Result<Column, RegistryError> {
+            members.columns.iter().find(|c| c.name == wanted).cloned().ok_or_else(|| {
+                let names: Vec<&str> = members.columns.iter().map(|c| c.name.as_str()).collect();
+                fail(field, format!("{schema}.{name} has no column {wanted:?} (its columns: {})", names.join(", ")))
+            })
+        };
+        let key = member_column("members.key", &rule.members.key)?;
+        let user = member_column("members.user", &rule.members.user)?;
+        if key.db_type != key_type {
+            return Err(fail(
+                "members.key",
+                format!(
+                    "{schema}.{name}.{} is of type {} but {}.{} is of type {}; the key columns must have the same type",
+                    key.name, key.db_type, table.name, column.name, key_type
+                ),
+            ));
+        }
+        if unusable_key_type(&user.db_type) {
+            return Err(fail(
+                "members.user",
+                format!("{schema}.{name}.{} is of type {}, which cannot hold a user id", user.name, user.db_type),
+            ));
+        }
+        let deleted_at = members
+            .columns
+            .iter()
+            .any(|c| c.name == settings.deleted_at_column)
+            .then(|| settings.deleted_at_column.clone());
+        let members =
+            Membership { schema, name, oid, key: key.name, user: user.name, user_type: user.db_type, deleted_at };
+        roots.push((index, SharedRoot { bucket: rule.bucket.clone(), column: column.name.clone(), members }));
+    }
+    for (index, root) in roots {
+        registry.tables[index].shared.push(root);
+    }
+    Ok(())
 }
 
 /// The catalog fingerprint query over the relation oids in `$1` (see [`catalog_fingerprint`]),

@@ -153,6 +153,29 @@ ON CONFLICT (name) DO UPDATE SET seq = GREATEST(synchro_watermarks.seq, EXCLUDED
 DELETE FROM synchro_watermarks WHERE name = 'edges_seq' OR name LIKE 'edges\_lsn:%';
 "#,
     },
+    Migration {
+        version: 6,
+        name: "rule-bucket subscriptions: membership versions and departures",
+        sql: r#"
+CREATE TABLE IF NOT EXISTS synchro_subscription_versions (
+    user_id    TEXT PRIMARY KEY,
+    version    BIGINT NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS synchro_departures (
+    user_id      TEXT NOT NULL,
+    client_id    TEXT NOT NULL,
+    bucket_id    TEXT NOT NULL,
+    since        BIGINT NOT NULL,
+    after_table  TEXT,
+    after_record TEXT,
+    members_done BOOLEAN NOT NULL DEFAULT false,
+    created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, client_id, bucket_id)
+);
+"#,
+    },
 ];
 
 const LEDGER: &str = r#"

@@ -15,6 +15,7 @@ pub mod publication;
 pub mod pull_probe;
 pub mod replicas;
 pub mod stores;
+pub mod subscriptions;
 pub mod visibility;
 pub mod writer_session;
 

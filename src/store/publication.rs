@@ -21,7 +21,8 @@ pub enum PublicationChange {
 /// Serialises publication changes of instances starting at the same time.
 const PUBLICATION_LOCK: i64 = 91_110_044;
 
-/// Makes `publication` cover every registered table (one transaction, under an advisory lock so
+/// Makes `publication` cover every registered table and every membership table of the bucket
+/// rules, whose changes move subscriptions (one transaction, under an advisory lock so
 /// concurrent starts do not race on `CREATE PUBLICATION`).
 pub fn ensure_publication(
     db: &mut impl GenericClient,
@@ -44,7 +45,15 @@ fn ensure_in(
     let exists = db
         .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&publication])
         .map_err(StoreError::query("looking up the publication"))?;
-    let tables: Vec<String> = registry.tables.iter().map(|t| t.qualified()).collect();
+    // (schema, name, quoted) of every table the slot must stream.
+    let mut wanted: Vec<(String, String, String)> =
+        registry.tables.iter().map(|t| (t.schema.clone(), t.name.clone(), t.qualified())).collect();
+    for m in registry.membership_tables() {
+        if !wanted.iter().any(|(s, n, _)| s == &m.schema && n == &m.name) {
+            wanted.push((m.schema.clone(), m.name.clone(), m.qualified()));
+        }
+    }
+    let tables: Vec<String> = wanted.iter().map(|(_, _, q)| q.clone()).collect();
     match exists {
         None => {
             if tables.is_empty() {
@@ -69,18 +78,15 @@ fn ensure_in(
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
-            let missing: Vec<&crate::registry::SyncTable> = registry
-                .tables
-                .iter()
-                .filter(|t| !covered.iter().any(|(s, n)| s == &t.schema && n == &t.name))
-                .collect();
+            let missing: Vec<&(String, String, String)> =
+                wanted.iter().filter(|(s, n, _)| !covered.iter().any(|(cs, cn)| cs == s && cn == n)).collect();
             if missing.is_empty() {
                 return Ok(PublicationChange::Unchanged);
             }
-            let list: Vec<String> = missing.iter().map(|t| t.qualified()).collect();
+            let list: Vec<&str> = missing.iter().map(|(_, _, q)| q.as_str()).collect();
             db.batch_execute(&format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(publication), list.join(", ")))
                 .map_err(StoreError::query(format!("adding tables to publication {publication}")))?;
-            Ok(PublicationChange::Added(missing.iter().map(|t| t.name.clone()).collect()))
+            Ok(PublicationChange::Added(missing.iter().map(|(_, n, _)| n.clone()).collect()))
         }
     }
 }

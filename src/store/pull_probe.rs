@@ -32,6 +32,9 @@ pub struct PullProbeRequest<'a> {
     pub tables: &'a [String],
     /// Rows to read (the request limit + 1, to tell `has_more`).
     pub limit: i64,
+    /// Read the page (`false`: the caller knows every bucket is empty after its position, or
+    /// reads the page itself).
+    pub page: bool,
 }
 
 /// The retention state: the lowest changelog `seq` and both watermarks (0 when unset).
@@ -57,12 +60,17 @@ pub struct PullProbe {
     /// Up to `limit` changelog rows in `seq` order after each subscribed bucket's position; empty
     /// when the client is unknown or, in legacy mode, when it still needs its initial snapshot.
     pub page: Vec<ChangelogEntry>,
+    /// The version of the user's rule-bucket subscriptions (`store::subscriptions::version`).
+    pub subscription_version: i64,
+    /// The rule buckets the client is leaving (`store::subscriptions::departures`), sorted.
+    pub departing: Vec<String>,
 }
 
 /// Parameters: $1 user, $2 client id, $3 default subscriptions, $4 legacy checkpoint (the
 /// default position), $5/$6 per-bucket map keys/values, $7 tables, $8 limit, $9/$10 watermark
 /// names. Columns: snapshot, min_seq, compacted, reset (0-3), the client (4-15, NULL when not
-/// registered), the page entry (16-21, NULL when the page is empty). The page reads each
+/// registered), the page entry (16-21, NULL when the page is empty), the subscription version
+/// (22) and the buckets the client is leaving (23). The page reads each
 /// subscribed bucket through the `(bucket_id, seq)` index with its own LIMIT and merges them,
 /// exactly as [`changelog::read_page`] does (C7).
 ///
@@ -74,42 +82,58 @@ pub struct PullProbe {
 /// their bucket.
 macro_rules! probe_sql {
     ($page_filter:literal) => {
-        concat!(
-            "WITH st AS (SELECT pg_current_snapshot()::text AS snapshot, \
-               COALESCE((SELECT seq FROM sync_changelog ORDER BY seq LIMIT 1), 0) AS min_seq, \
-               COALESCE((SELECT seq FROM synchro_watermarks WHERE name = $9), 0) AS compacted, \
-               COALESCE((SELECT seq FROM synchro_watermarks WHERE name = $10), 0) AS reset), \
-             cl AS (SELECT ",
-            client_columns!(),
-            ", COALESCE(NULLIF(bucket_subs, '{}'), $3::text[]) AS subs \
-               FROM sync_clients WHERE user_id = $1 AND client_id = $2) \
-             SELECT st.snapshot, st.min_seq, st.compacted, st.reset, \
-                    cl.id, cl.user_id, cl.client_id, cl.client_name, cl.platform, cl.app_version, cl.bucket_subs, \
-                    cl.last_sync_at, cl.last_pull_at, cl.last_push_at, cl.last_pull_seq, cl.is_active, \
-                    p.seq, p.bucket_id, p.table_name, p.record_id, p.operation, p.created_at \
-             FROM st LEFT JOIN cl ON true LEFT JOIN LATERAL ( \
-               SELECT e.* FROM unnest(cl.subs) AS b(bucket) CROSS JOIN LATERAL ( \
+        probe_sql!(@page concat!(
+            "SELECT e.* FROM unnest(cl.subs) AS b(bucket) \
+               LEFT JOIN unnest($5::text[], $6::int8[]) AS m(k, v) ON m.k = b.bucket CROSS JOIN LATERAL ( \
                  SELECT seq, bucket_id, table_name, record_id, operation, created_at FROM sync_changelog \
                  WHERE bucket_id = b.bucket AND ",
             $page_filter,
             " ORDER BY seq LIMIT $8) e \
                WHERE NOT (cardinality($5::text[]) = 0 AND $4 = 0 AND cl.last_pull_at IS NULL) \
-               ORDER BY e.seq LIMIT $8) p ON true \
-             ORDER BY p.seq"
+               ORDER BY e.seq LIMIT $8"
+        ))
+    };
+    (@page $page:expr) => {
+        concat!(
+            "WITH st AS (SELECT pg_current_snapshot()::text AS snapshot, \
+               COALESCE((SELECT seq FROM sync_changelog ORDER BY seq LIMIT 1), 0) AS min_seq, \
+               COALESCE((SELECT seq FROM synchro_watermarks WHERE name = $9), 0) AS compacted, \
+               COALESCE((SELECT seq FROM synchro_watermarks WHERE name = $10), 0) AS reset, \
+               COALESCE((SELECT max(version) FROM synchro_subscription_versions WHERE user_id IN ($1, '')), 0)::int8 \
+                 AS subs_version), \
+             cl AS (SELECT ",
+            client_columns!(),
+            ", COALESCE(NULLIF(bucket_subs, '{}'), $3::text[]) AS subs, \
+                 ARRAY(SELECT d.bucket_id FROM synchro_departures d WHERE d.user_id = $1 AND d.client_id = $2 \
+                       ORDER BY d.bucket_id) AS departing \
+               FROM sync_clients WHERE user_id = $1 AND client_id = $2) \
+             SELECT st.snapshot, st.min_seq, st.compacted, st.reset, \
+                    cl.id, cl.user_id, cl.client_id, cl.client_name, cl.platform, cl.app_version, cl.bucket_subs, \
+                    cl.last_sync_at, cl.last_pull_at, cl.last_push_at, cl.last_pull_seq, cl.is_active, \
+                    p.seq, p.bucket_id, p.table_name, p.record_id, p.operation, p.created_at, \
+                    st.subs_version, cl.departing \
+             FROM st LEFT JOIN cl ON true LEFT JOIN LATERAL (",
+            $page,
+            ") p ON true ORDER BY p.seq"
         )
     };
 }
 
-const PROBE_SQL: &str = probe_sql!(
-    "seq > COALESCE((SELECT m.v FROM unnest($5::text[], $6::int8[]) AS m(k, v) WHERE m.k = b.bucket LIMIT 1), $4) \
-     AND (cardinality($7::text[]) = 0 OR table_name = ANY ($7::text[]))"
-);
+const PROBE_SQL: &str =
+    probe_sql!("seq > COALESCE(m.v, $4) AND (cardinality($7::text[]) = 0 OR table_name = ANY ($7::text[]))");
 
 /// The same for the most frequent request of all, a legacy pull of every table: one position
 /// for every bucket and no table filter. The per-bucket lookup and the filter are expressions
 /// PostgreSQL sets up on every execution even when they decide nothing; without them the probe
 /// runs about 10% faster under pgbench.
 const PROBE_SQL_PLAIN: &str = probe_sql!("seq > $4");
+
+/// Without the page, for a pull whose buckets are known to hold nothing after their positions
+/// (`engine::heads`): the client, the retention state and the subscription state alone.
+const PROBE_SQL_BARE: &str = probe_sql!(@page
+    "SELECT NULL::int8 AS seq, NULL::text AS bucket_id, NULL::text AS table_name, NULL::text AS record_id, \
+     NULL::int2 AS operation, NULL::timestamptz AS created_at WHERE false"
+);
 
 const PROBE_TYPES: &[Type] = &[
     Type::TEXT,
@@ -128,7 +152,13 @@ const PROBE_TYPES: &[Type] = &[
 pub fn probe(session: &mut Session, req: &PullProbeRequest<'_>) -> Result<PullProbe, StoreError> {
     let keys: Vec<&str> = req.bucket_checkpoints.iter().map(|(b, _)| b.as_str()).collect();
     let values: Vec<i64> = req.bucket_checkpoints.iter().map(|(_, s)| *s).collect();
-    let sql = if req.bucket_checkpoints.is_empty() && req.tables.is_empty() { PROBE_SQL_PLAIN } else { PROBE_SQL };
+    let sql = if !req.page {
+        PROBE_SQL_BARE
+    } else if req.bucket_checkpoints.is_empty() && req.tables.is_empty() {
+        PROBE_SQL_PLAIN
+    } else {
+        PROBE_SQL
+    };
     let rows = session
         .query_cached(
             sql,
@@ -157,5 +187,7 @@ pub fn probe(session: &mut Session, req: &PullProbeRequest<'_>) -> Result<PullPr
             page.push(entry_from_row_at(row, 16)?);
         }
     }
-    Ok(PullProbe { snapshot, retention, client, page })
+    let subscription_version = first.get(22);
+    let departing = first.get::<_, Option<Vec<String>>>(23).unwrap_or_default();
+    Ok(PullProbe { snapshot, retention, client, page, subscription_version, departing })
 }

@@ -308,6 +308,16 @@ impl<'s> Batch<'s> {
         changelog::record_failures(self.client, &self.statements.failure, failures)
     }
 
+    /// Records that the memberships of `users` changed at `version` (the batch's position), with
+    /// the batch ([`super::subscriptions::record_changes`]).
+    pub fn record_membership_changes(&mut self, users: &[&str], version: Lsn) -> Result<(), StoreError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        self.open()?;
+        super::subscriptions::record_changes(self.client, users, version.0 as i64)
+    }
+
     /// Removes every edge of the truncated `tables` and appends a removal for each; returns how
     /// many rows it appended.
     pub fn record_truncate(&mut self, tables: &[String]) -> Result<u64, StoreError> {

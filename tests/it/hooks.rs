@@ -78,6 +78,7 @@ fn hooks_authorize_audit_in_the_push_transaction_and_observe() {
             excluded: vec![],
             updated_at_column: "updated_at".into(),
             deleted_at_column: "deleted_at".into(),
+            rules: Default::default(),
         },
         min_client_version: String::new(),
         push_role: None,

@@ -13,6 +13,7 @@ fn settings(tables: &[&str]) -> RegistrySettings {
         excluded: vec![],
         updated_at_column: "updated_at".into(),
         deleted_at_column: "deleted_at".into(),
+        rules: Default::default(),
     }
 }
 

@@ -22,6 +22,7 @@ mod push_paths;
 mod replicas;
 mod replication_conn;
 mod rls;
+mod rules;
 mod scope;
 mod scope_property;
 mod server;
@@ -29,6 +30,8 @@ mod store;
 mod streaming;
 mod sync_api;
 mod sync_store;
+mod teams;
+mod teams_property;
 #[cfg(feature = "tls")]
 mod tls;
 mod types;

@@ -129,6 +129,7 @@ impl Paths {
                 excluded: vec![],
                 updated_at_column: "updated_at".into(),
                 deleted_at_column: "deleted_at".into(),
+                rules: Default::default(),
             },
             min_client_version: String::new(),
             push_role: role,
@@ -304,11 +305,11 @@ fn mixed_batch(paths: &Paths, rls: bool) {
     let got = outcomes(&r);
     let want = |id: &str, status: &str, reason: &str| (id.to_string(), status.to_string(), reason.to_string());
     // Under RLS bob's task does not exist for alice, and a comment under it fails PostgreSQL's
-    // own WITH CHECK (a terminal rejection) before synchro's scope check could see it.
+    // own WITH CHECK before synchro's scope check could see it: an ownership violation too.
     let (bob_update, bob_child) = if rls {
         (
             want(B1, "rejected_terminal", "record_not_found"),
-            want("c0000000-0000-0000-0000-0000000000f2", "rejected_terminal", "create_failed"),
+            want("c0000000-0000-0000-0000-0000000000f2", "rejected_terminal", "ownership_violation"),
         )
     } else {
         (

@@ -23,6 +23,7 @@ fn policies_bind_the_push_role() {
         excluded: vec![],
         updated_at_column: "updated_at".into(),
         deleted_at_column: "deleted_at".into(),
+        rules: Default::default(),
     };
     let registry = introspect::load_registry(&mut db.client(), &settings).unwrap();
     let statements = synchro::rls::policies(&registry, "user_id");

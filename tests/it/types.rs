@@ -326,6 +326,7 @@ fn checksums_rendered_from_wal_text_equal_row_to_json() {
         excluded: ["nm", "dm"].map(|c| (TableName { schema: None, name: "rendered".into() }, c.into())).to_vec(),
         updated_at_column: "updated_at".into(),
         deleted_at_column: "deleted_at".into(),
+        rules: Default::default(),
     };
     let registry = synchro::store::introspect::load_registry(&mut c, &settings).unwrap();
     let table = &registry.tables[0];

@@ -50,7 +50,8 @@ impl Outcome {
 }
 
 /// A database error inside a record, classified per C3: data and integrity errors (classes
-/// 22, 23, and insufficient privilege 42501 from RLS) are terminal, everything else retryable.
+/// 22 and 23) are terminal, a refusal by row-level security (42501) is an
+/// `ownership_violation`, everything else retryable.
 /// The client's message says what was wrong in terms of its own data ([`describe`]); the
 /// database's full text, with its relation and constraint names, is logged at debug level
 /// (with the request id).
@@ -75,7 +76,12 @@ pub(super) fn sql_failure(
         constraint = db.constraint().unwrap_or(""),
     );
     let code = db.code().code();
-    if code.starts_with("22") || code.starts_with("23") || code == "42501" {
+    if code == "42501" {
+        // Row-level security refused the row (PUSH_ROLE): an ownership question, whatever the
+        // operation.
+        return Outcome::terminal("ownership_violation", format!("ownership violation: {}", describe(db, t)));
+    }
+    if code.starts_with("22") || code.starts_with("23") {
         Outcome::terminal(reason, format!("{message}: {}", describe(db, t)))
     } else {
         Outcome::rejected("rejected_retryable", reason, message)
