@@ -116,8 +116,13 @@ impl Heads {
             s.bounds.clear();
         }
         for (bucket, position) in positions {
-            let slot = s.bounds.entry(bucket.to_string()).or_insert(position);
-            *slot = (*slot).max(position);
+            // Known buckets (the common case) are updated in place, without a key to allocate.
+            match s.bounds.get_mut(bucket) {
+                Some(slot) => *slot = (*slot).max(position),
+                None => {
+                    s.bounds.insert(bucket.to_string(), position);
+                }
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 //! caller's scope is sent as a delete (`engine::scope`), and checkpoints are only stored for
 //! subscribed buckets, whatever bucket ids the request names.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use postgres::GenericClient;
 
@@ -90,8 +90,8 @@ impl Engine {
         // holds (`subs`): a membership changed since the device was brought in line.
         let current = self.current_subscriptions(&mut dbs, &cat, user, probe.subscription_version, subs)?;
         // Sets: a user in many teams has dozens of bucket ids that share a long prefix.
-        let held_set: HashSet<&str> = subs.iter().map(String::as_str).collect();
-        let current_set: HashSet<&str> = current.iter().map(String::as_str).collect();
+        let held_set = BucketSet::of(subs);
+        let current_set = BucketSet::of(&current);
         let in_line = probe.departing.is_empty() && held_set == current_set;
         let stale = probe.retention;
         let empty = |checkpoint: i64| PullResponse {
@@ -108,12 +108,12 @@ impl Engine {
             schema_version: cat.version,
             schema_hash: cat.schema.hash.clone(),
         };
-        let positions: Vec<(String, i64)> = if per_bucket {
+        let positions: Vec<(&str, i64)> = if per_bucket {
             // Buckets the device holds that the user left: the device is told to drop their
             // rows (a departure each), and they stop being what it holds.
             let leaving: Vec<(String, i64)> = subs
                 .iter()
-                .filter(|b| !current_set.contains(b.as_str()))
+                .filter(|b| !current_set.contains(b))
                 .map(|b| (b.clone(), req.bucket_checkpoints.get(b).copied().unwrap_or(0)))
                 .collect();
             if !leaving.is_empty() {
@@ -125,7 +125,7 @@ impl Engine {
                     &defaults,
                 )?;
             }
-            let held: Vec<String> = subs.iter().filter(|b| current_set.contains(b.as_str())).cloned().collect();
+            let held: Vec<String> = subs.iter().filter(|b| current_set.contains(b)).cloned().collect();
             // A departure runs even when the bucket is a subscription again (left and joined
             // anew, or a copy that stopped being whole): it only removes what the user cannot
             // see, and the bucket is rebuilt after it (it is not held).
@@ -138,7 +138,7 @@ impl Engine {
             let rebuild: Vec<String> = current
                 .iter()
                 .filter(|b| {
-                    !held_set.contains(b.as_str())
+                    !held_set.contains(b)
                         || match req.bucket_checkpoints.get(*b) {
                             None => stale.min_seq > 0 || stale.compacted > 0,
                             // C12: after any compaction a bucket at 0 may have missed compacted rows.
@@ -155,7 +155,7 @@ impl Engine {
             if !rebuild.is_empty() {
                 return Ok(PullResponse { rebuild_buckets: rebuild, ..empty(req.checkpoint) });
             }
-            subs.iter().map(|b| (b.clone(), req.bucket_checkpoints.get(b).copied().unwrap_or(0))).collect()
+            subs.iter().map(|b| (b.as_str(), req.bucket_checkpoints.get(b).copied().unwrap_or(0))).collect()
         } else {
             let reason = if req.checkpoint == 0 && client.last_pull_at.is_none() {
                 Some("initial_sync_required")
@@ -174,14 +174,15 @@ impl Engine {
                 self.notify_snapshot_required(user, &req.client_id, reason);
                 return Ok(resp);
             }
-            subs.iter().map(|b| (b.clone(), req.checkpoint)).collect()
+            subs.iter().map(|b| (b.as_str(), req.checkpoint)).collect()
         };
         let from = positions.iter().map(|(_, p)| *p).min().unwrap_or(0);
 
         // The page came with the probe and needs no transaction (the changelog has no RLS):
         // empty pulls, the common case, end here. Rows are hydrated in a read-only transaction
         // with app.user_id set, so RLS policies apply to them.
-        let mut entries = if !bare || self.heads.all_empty(positions.iter().map(|(b, p)| (b.as_str(), *p))) {
+        let known_empty = bare && self.heads.all_empty(positions.iter().copied());
+        let mut entries = if !bare || known_empty {
             probe.page
         } else {
             // The device holds a bucket the hint did not name, or one with new rows.
@@ -190,9 +191,9 @@ impl Engine {
         };
         let has_more = entries.len() as i64 > req.limit;
         entries.truncate(req.limit as usize);
-        if !has_more {
+        if !has_more && !known_empty {
             // Every bucket was read to its end: none holds anything after its last row here.
-            let mut bounds: HashMap<&str, i64> = positions.iter().map(|(b, p)| (b.as_str(), *p)).collect();
+            let mut bounds: HashMap<&str, i64> = positions.iter().copied().collect();
             for e in &entries {
                 if let Some(bound) = bounds.get_mut(e.bucket.as_str()) {
                     *bound = (*bound).max(e.seq.0);
@@ -283,6 +284,24 @@ impl Engine {
     pub(super) fn notify_snapshot_required(&self, user: &UserId, client_id: &str, reason: &str) {
         crate::debug!("snapshot required", user = user.as_str(), client_id = client_id, reason = reason);
         self.settings.hooks.on_snapshot_required(user, client_id, reason);
+    }
+}
+
+/// A set of bucket ids as a sorted list: built and compared without hashing (a user in many
+/// teams has dozens of ids sharing a long prefix, and a pull builds two of these).
+#[derive(PartialEq, Eq)]
+struct BucketSet<'a>(Vec<&'a str>);
+
+impl<'a> BucketSet<'a> {
+    fn of(buckets: &'a [String]) -> BucketSet<'a> {
+        let mut ids: Vec<&str> = buckets.iter().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        BucketSet(ids)
+    }
+
+    fn contains(&self, bucket: &str) -> bool {
+        self.0.binary_search(&bucket).is_ok()
     }
 }
 

@@ -32,9 +32,9 @@ pub struct ChangelogEntry {
 /// The per-bucket filter is inside SQL (contract C7): each bucket is read through the
 /// `(bucket_id, seq)` index with its own `LIMIT`, then merged, so one lagging bucket can neither
 /// starve another nor make the query scan the whole backlog.
-pub fn read_page(
+pub fn read_page<B: ToSql + Sync>(
     db: &mut impl GenericClient,
-    positions: &[(String, i64)],
+    positions: &[(B, i64)],
     tables: Option<&[String]>,
     limit: i64,
 ) -> Result<Vec<ChangelogEntry>, StoreError> {

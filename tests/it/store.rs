@@ -71,15 +71,15 @@ fn pages_filter_each_bucket_in_sql() {
     rows.push(("user:c", "t", "other", 1));
     let rows: Vec<(&str, &str, &str, i16)> = rows.into_iter().collect();
     insert(&mut c, &rows);
-    let page = changelog::read_page(&mut c, &[("user:a".into(), 51), ("user:b".into(), 0)], None, 5).unwrap();
+    let page = changelog::read_page(&mut c, &[("user:a", 51), ("user:b", 0)], None, 5).unwrap();
     let ids: Vec<&str> = page.iter().map(|e| e.record_id.as_str()).collect();
     assert_eq!(ids, vec!["early", "late"]);
-    let page = changelog::read_page(&mut c, &[("user:a".into(), 0), ("user:b".into(), 0)], None, 3).unwrap();
+    let page = changelog::read_page(&mut c, &[("user:a", 0), ("user:b", 0)], None, 3).unwrap();
     assert_eq!(page.len(), 3);
     assert!(page.windows(2).all(|w| w[0].seq < w[1].seq));
     assert_eq!(page[0].op, Op::Create);
     let filtered =
-        changelog::read_page(&mut c, &[("user:b".into(), 0)], Some(&["other_table".to_string()]), 10).unwrap();
+        changelog::read_page(&mut c, &[("user:b", 0)], Some(&["other_table".to_string()]), 10).unwrap();
     assert!(filtered.is_empty());
     assert_eq!(changelog::bounds(&mut c).unwrap(), (1, 53));
 }
@@ -88,7 +88,7 @@ fn pages_filter_each_bucket_in_sql() {
 fn corrupt_operations_are_reported_not_panicked() {
     let (_db, mut c) = migrated();
     insert(&mut c, &[("global", "t", "1", 9)]);
-    let err = changelog::read_page(&mut c, &[("global".into(), 0)], None, 10).unwrap_err();
+    let err = changelog::read_page(&mut c, &[("global", 0)], None, 10).unwrap_err();
     assert!(err.to_string().contains("operation 9"), "{err}");
 }
 
