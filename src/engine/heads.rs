@@ -12,9 +12,11 @@
 //!   nothing beyond it, as of the tail read before the probe.
 //!
 //! When every bucket a pull asks about is known to hold nothing after its position, the pull's
-//! probe skips the changelog. The bounds only ever err high (a bucket then gets probed), and a
-//! row committed after the last tail read reaches the device with its next pull, exactly as if
-//! the pull had come a moment earlier. The map is bounded; a forgotten bucket is probed again.
+//! probe skips the per-bucket pages and instead asks whether any row came to the device's
+//! buckets after the tail read the knowledge comes from (one short range of the changelog's
+//! key); only then is the page read. So the knowledge never delays a row: a pull sees every row
+//! committed before its probe, as it would without it. The bounds only ever err high (a bucket
+//! then gets probed). The map is bounded; a forgotten bucket is probed again.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};

@@ -76,6 +76,7 @@ impl Engine {
                 tables: &req.tables,
                 limit: req.limit + 1,
                 page: !bare,
+                known_through: through,
             },
         )?;
         // The probe's snapshot is the store's; with a separate store the catalog check needs the
@@ -181,7 +182,9 @@ impl Engine {
         // The page came with the probe and needs no transaction (the changelog has no RLS):
         // empty pulls, the common case, end here. Rows are hydrated in a read-only transaction
         // with app.user_id set, so RLS policies apply to them.
-        let known_empty = bare && self.heads.all_empty(positions.iter().copied());
+        // Rows captured since the tail read the knowledge comes from are not in it: the bare
+        // probe saw whether any came to the device's buckets.
+        let known_empty = bare && !probe.fresh && self.heads.all_empty(positions.iter().copied());
         let mut entries = if !bare || known_empty {
             probe.page
         } else {

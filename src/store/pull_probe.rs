@@ -35,6 +35,9 @@ pub struct PullProbeRequest<'a> {
     /// Read the page (`false`: the caller knows every bucket is empty after its position, or
     /// reads the page itself).
     pub page: bool,
+    /// Without the page: the position up to which the caller's knowledge of the buckets holds
+    /// (`engine::heads`); the probe tells whether any of the client's buckets has rows after it.
+    pub known_through: i64,
 }
 
 /// The retention state: the lowest changelog `seq` and both watermarks (0 when unset).
@@ -64,13 +67,17 @@ pub struct PullProbe {
     pub subscription_version: i64,
     /// The rule buckets the client is leaving (`store::subscriptions::departures`), sorted.
     pub departing: Vec<String>,
+    /// Probed without the page: one of the client's buckets has rows after `known_through`
+    /// (then the caller's knowledge is behind, and it reads the page itself).
+    pub fresh: bool,
 }
 
 /// Parameters: $1 user, $2 client id, $3 default subscriptions, $4 legacy checkpoint (the
 /// default position), $5/$6 per-bucket map keys/values, $7 tables, $8 limit, $9/$10 watermark
 /// names. Columns: snapshot, min_seq, compacted, reset (0-3), the client (4-15, NULL when not
 /// registered), the page entry (16-21, NULL when the page is empty), the subscription version
-/// (22) and the buckets the client is leaving (23). The page reads each
+/// (22), the buckets the client is leaving (23) and, probed without the page, whether any of
+/// the client's buckets has rows after $11 (24). The page reads each
 /// subscribed bucket through the `(bucket_id, seq)` index with its own LIMIT and merges them,
 /// exactly as [`changelog::read_page`] does (C7).
 ///
@@ -91,9 +98,9 @@ macro_rules! probe_sql {
             " ORDER BY seq LIMIT $8) e \
                WHERE NOT (cardinality($5::text[]) = 0 AND $4 = 0 AND cl.last_pull_at IS NULL) \
                ORDER BY e.seq LIMIT $8"
-        ))
+        ), "false")
     };
-    (@page $page:expr) => {
+    (@page $page:expr, $fresh:expr) => {
         concat!(
             "WITH st AS (SELECT pg_current_snapshot()::text AS snapshot, \
                COALESCE((SELECT seq FROM sync_changelog ORDER BY seq LIMIT 1), 0) AS min_seq, \
@@ -111,8 +118,9 @@ macro_rules! probe_sql {
                     cl.id, cl.user_id, cl.client_id, cl.client_name, cl.platform, cl.app_version, cl.bucket_subs, \
                     cl.last_sync_at, cl.last_pull_at, cl.last_push_at, cl.last_pull_seq, cl.is_active, \
                     p.seq, p.bucket_id, p.table_name, p.record_id, p.operation, p.created_at, \
-                    st.subs_version, cl.departing \
-             FROM st LEFT JOIN cl ON true LEFT JOIN LATERAL (",
+                    st.subs_version, cl.departing, ",
+            $fresh,
+            " FROM st LEFT JOIN cl ON true LEFT JOIN LATERAL (",
             $page,
             ") p ON true ORDER BY p.seq"
         )
@@ -129,10 +137,13 @@ const PROBE_SQL: &str =
 const PROBE_SQL_PLAIN: &str = probe_sql!("seq > $4");
 
 /// Without the page, for a pull whose buckets are known to hold nothing after their positions
-/// (`engine::heads`): the client, the retention state and the subscription state alone.
+/// as of the changelog's tail read through $11 (`engine::heads`): the client, the retention
+/// state, the subscription state, and whether rows came to one of the client's buckets since
+/// that read (one range of the changelog's key, the rows of the last few milliseconds).
 const PROBE_SQL_BARE: &str = probe_sql!(@page
     "SELECT NULL::int8 AS seq, NULL::text AS bucket_id, NULL::text AS table_name, NULL::text AS record_id, \
-     NULL::int2 AS operation, NULL::timestamptz AS created_at WHERE false"
+     NULL::int2 AS operation, NULL::timestamptz AS created_at WHERE false",
+    "EXISTS (SELECT 1 FROM sync_changelog f WHERE f.seq > $11 AND f.bucket_id = ANY (cl.subs))"
 );
 
 const PROBE_TYPES: &[Type] = &[
@@ -146,6 +157,7 @@ const PROBE_TYPES: &[Type] = &[
     Type::INT8,
     Type::TEXT,
     Type::TEXT,
+    Type::INT8,
 ];
 
 /// Runs the probe (one round trip on a prepared statement).
@@ -174,6 +186,7 @@ pub fn probe(session: &mut Session, req: &PullProbeRequest<'_>) -> Result<PullPr
                 &req.limit,
                 &changelog::watermark::COMPACTED_THROUGH,
                 &changelog::watermark::HISTORY_RESET,
+                &req.known_through,
             ],
         )
         .map_err(StoreError::query("starting the pull"))?;
@@ -189,5 +202,6 @@ pub fn probe(session: &mut Session, req: &PullProbeRequest<'_>) -> Result<PullPr
     }
     let subscription_version = first.get(22);
     let departing = first.get::<_, Option<Vec<String>>>(23).unwrap_or_default();
-    Ok(PullProbe { snapshot, retention, client, page, subscription_version, departing })
+    let fresh = first.get::<_, Option<bool>>(24).unwrap_or(false);
+    Ok(PullProbe { snapshot, retention, client, page, subscription_version, departing, fresh })
 }

@@ -78,8 +78,7 @@ fn pages_filter_each_bucket_in_sql() {
     assert_eq!(page.len(), 3);
     assert!(page.windows(2).all(|w| w[0].seq < w[1].seq));
     assert_eq!(page[0].op, Op::Create);
-    let filtered =
-        changelog::read_page(&mut c, &[("user:b", 0)], Some(&["other_table".to_string()]), 10).unwrap();
+    let filtered = changelog::read_page(&mut c, &[("user:b", 0)], Some(&["other_table".to_string()]), 10).unwrap();
     assert!(filtered.is_empty());
     assert_eq!(changelog::bounds(&mut c).unwrap(), (1, 53));
 }

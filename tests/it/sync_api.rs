@@ -703,3 +703,49 @@ fn writes_during_a_paged_snapshot_reach_the_device_by_pull() {
     snapshot_under_writes(&db, &server);
     server.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn a_captured_row_is_in_the_very_next_pull_while_others_pull_empty() {
+    // Empty pulls teach the server which buckets hold nothing after which position (read from
+    // the changelog's tail every few milliseconds); another user pulling all the time keeps
+    // that knowledge fresh. A row in the changelog must still be in the next pull that follows,
+    // never one pull later.
+    let (db, server) = setup();
+    let mut alice = Device::new(server.addr, "alice", "a1");
+    let bob = Device::new(server.addr, "bob", "b1");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let stop = stop.clone();
+        let body = json!({"client_id": "b1", "checkpoint": bob.checkpoint, "schema_version": bob.version, "schema_hash": bob.hash});
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(bob.call("/sync/pull", body.clone()).status, 200);
+            }
+        })
+    };
+    let mut c = db.client();
+    for k in 0..40 {
+        alice.pull();
+        let at = alice.checkpoint;
+        let id = format!("20000000-0000-0000-0000-{k:012}");
+        c.execute("INSERT INTO tasks (id, user_id, title) VALUES ($1::text::uuid, 'alice', 'new')", &[&id]).unwrap();
+        // Polled without a pause, so the pull follows the changelog row within a millisecond or
+        // so, before the next tail read.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while c.query_one("SELECT count(*) FROM sync_changelog WHERE record_id = $1", &[&id]).unwrap().get::<_, i64>(0)
+            == 0
+        {
+            assert!(std::time::Instant::now() < deadline, "row {k} never captured");
+        }
+        let r = alice.call("/sync/pull", json!({"client_id": "a1", "checkpoint": at, "limit": 100, "schema_version": alice.version, "schema_hash": alice.hash}));
+        let changes = r.json()["changes"].clone();
+        assert!(
+            changes.as_array().is_some_and(|ch| ch.iter().any(|rec| rec["id"] == id.as_str())),
+            "row {k} missing from the next pull: {}",
+            r.body
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    busy.join().unwrap();
+    server.shutdown(Duration::from_secs(5));
+}
