@@ -102,18 +102,11 @@ impl Engine {
         version: i64,
         held: &[String],
     ) -> Result<Vec<String>, EngineError> {
-        if !cat.registry.has_rules() {
-            return Ok(held.to_vec());
+        let cached = if cat.registry.has_rules() { self.subscriptions.get(user, version) } else { None };
+        match cached {
+            Some(buckets) => Ok(compose(cat, user, &buckets, held)),
+            None => self.fresh_subscriptions(dbs, cat, user, version, held),
         }
-        let rule_buckets = match self.subscriptions.get(user, version) {
-            Some(buckets) => buckets,
-            None => {
-                let buckets: RuleBuckets = store::memberships(dbs.app(), &cat.registry, user)?.into();
-                self.subscriptions.put(user, version, buckets.clone());
-                buckets
-            }
-        };
-        Ok(compose(cat, user, &rule_buckets, held))
     }
 
     /// [`Engine::current_subscriptions`] read from the membership tables whatever the cache
