@@ -15,13 +15,15 @@ use crate::registry::{quote_ident, Registry, ScopeSql, SharedRoot, SyncTable};
 
 const USER: &str = "current_setting('app.user_id', true)";
 
-fn owner_check(alias: Option<&str>, column: &str, nullable: bool) -> String {
+/// The owner condition: the user's own rows and, with `shared`, rows without an owner (NULL
+/// or empty, which bucket assignment and the engine's scope treat as global rows).
+fn owner_check(alias: Option<&str>, column: &str, shared: bool) -> String {
     let c = match alias {
         Some(a) => format!("{a}.{}", quote_ident(column)),
         None => quote_ident(column),
     };
-    if nullable {
-        format!("({c} IS NULL OR {c}::text = {USER})")
+    if shared {
+        format!("({c} IS NULL OR {c}::text = '' OR {c}::text = {USER})")
     } else {
         format!("{c}::text = {USER}")
     }
@@ -36,7 +38,7 @@ fn parent_check(registry: &Registry, table: &SyncTable, owner: &str, depth: usiz
     }
     let alias = format!("p{depth}");
     let inner = match parent.column(owner) {
-        Some(col) => owner_check(Some(&alias), owner, col.nullable),
+        Some(_) => owner_check(Some(&alias), owner, true),
         None => parent_check(registry, parent, owner, depth + 1, &alias)?,
     };
     Some(format!(
@@ -115,8 +117,7 @@ fn shared_checks(registry: &Registry, table: &SyncTable, q: &str) -> (String, St
         Some(function) => format!("{function}({alias}.{})", quote_ident(&root.column)),
         None => root.member_check(alias, USER),
     };
-    let read_owner =
-        |alias: &str, t: &SyncTable, c: &str| owner_check(Some(alias), c, t.column(c).is_some_and(|col| col.nullable));
+    let read_owner = |alias: &str, _: &SyncTable, c: &str| owner_check(Some(alias), c, true);
     let write_owner = |alias: &str, _: &SyncTable, c: &str| owner_check(Some(alias), c, false);
     // Rows without a key, an owner or an owned ancestor are global: everyone reads them, nobody
     // writes them (as tables without ownership).
@@ -141,8 +142,8 @@ pub fn policies(registry: &Registry, owner_column: &str) -> Vec<String> {
         let (read, write) = if chain_has_rules(registry, t) {
             let (read, write) = shared_checks(registry, t, &q);
             (read, Some(write))
-        } else if let Some(col) = t.column(owner_column) {
-            (owner_check(None, owner_column, col.nullable), Some(owner_check(None, owner_column, false)))
+        } else if t.column(owner_column).is_some() {
+            (owner_check(None, owner_column, true), Some(owner_check(None, owner_column, false)))
         } else if t.parent.is_some() {
             match parent_check(registry, t, owner_column, 1, &q) {
                 Some(e) => (e.clone(), Some(e)),

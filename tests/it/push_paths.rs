@@ -331,7 +331,8 @@ fn mixed_batch(paths: &Paths, rls: bool) {
         want(A3, "applied", ""),
         want(A2, "applied", ""),
     ];
-    // The generated read policies show no shared rows: under RLS the shared task is not there.
+    // The generated policies let everyone read a shared row and no client write it: under RLS
+    // the update of the shared task is refused.
     if !rls {
         expected.push(want(S1, "applied", ""));
     }
@@ -359,7 +360,7 @@ fn mixed_batch(paths: &Paths, rls: bool) {
         want("f0000000-0000-0000-0000-000000000002", "rejected_terminal", "create_failed"),
     ]);
     if rls {
-        expected.push(want(S1, "rejected_terminal", "record_not_found"));
+        expected.push(want(S1, "rejected_terminal", "ownership_violation"));
     }
     assert_eq!(got, expected, "{r:#}");
     let rejected = r["rejected"].as_array().unwrap();

@@ -58,6 +58,25 @@ fn policies_bind_the_push_role() {
     let err = tx.batch_execute("INSERT INTO tasks (user_id, title) VALUES ('bob', 'forged')").unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("42501"));
     tx.rollback().unwrap();
+    // A row with an empty owner is a global row (so bucket assignment and the engine's scope
+    // have it, even in a NOT NULL owner column): readable by everyone under the policies too,
+    // with its comments; the policies let no client claim it at the top level.
+    db.execute(
+        "INSERT INTO tasks (id, user_id, title) VALUES ('60000000-0000-0000-0000-0000000000a2', '', 'empty owner'); \
+         INSERT INTO comments (task_id, body) VALUES ('60000000-0000-0000-0000-0000000000a2', 'on a shared task');",
+    );
+    let mut tx = c.transaction().unwrap();
+    tx.batch_execute(&format!(
+        "SET LOCAL ROLE push_role_{}; SELECT set_config('app.user_id', 'alice', true);",
+        db.name
+    ))
+    .unwrap();
+    let titles: Vec<String> =
+        tx.query("SELECT title FROM tasks ORDER BY title", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(titles, ["empty owner"], "the ownerless row is visible, bob's is not");
+    assert_eq!(tx.query("SELECT * FROM comments", &[]).unwrap().len(), 1, "a comment under a shared task");
+    assert_eq!(tx.execute("UPDATE tasks SET title = 'claimed'", &[]).unwrap(), 0);
+    tx.rollback().unwrap();
     // synchrod pushes through the same policies when PUSH_ROLE is set.
     let role = format!("push_role_{}", db.name);
     let server = start(
