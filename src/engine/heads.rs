@@ -19,7 +19,7 @@
 //! then gets probed). The map is bounded; a forgotten bucket is probed again.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use crate::store::changelog;
@@ -43,7 +43,8 @@ struct State {
 
 /// The per-process bucket heads.
 pub(crate) struct Heads {
-    state: Mutex<State>,
+    /// Read by every pull, written by tail reads and probes that teach something.
+    state: RwLock<State>,
     /// Held by the one request reading the tail; the others go on with what is known.
     reading: Mutex<()>,
 }
@@ -51,15 +52,22 @@ pub(crate) struct Heads {
 impl Default for Heads {
     fn default() -> Heads {
         Heads {
-            state: Mutex::new(State { through: 0, bounds: HashMap::new(), read_at: None }),
+            state: RwLock::new(State { through: 0, bounds: HashMap::new(), read_at: None }),
             reading: Mutex::new(()),
         }
     }
 }
 
 impl Heads {
-    fn state(&self) -> MutexGuard<'_, State> {
-        match self.state.lock() {
+    fn state(&self) -> RwLockReadGuard<'_, State> {
+        match self.state.read() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn state_mut(&self) -> RwLockWriteGuard<'_, State> {
+        match self.state.write() {
             Ok(s) => s,
             Err(p) => p.into_inner(),
         }
@@ -82,7 +90,7 @@ impl Heads {
         let start = if self.state().read_at.is_none() { changelog::max_seq(db)? } else { through };
         let (heads, read) =
             if self.state().read_at.is_none() { (Vec::new(), start) } else { changelog::heads_after(db, start)? };
-        let mut s = self.state();
+        let mut s = self.state_mut();
         if s.bounds.len() + heads.len() > CAPACITY {
             s.bounds.clear();
         }
@@ -108,7 +116,7 @@ impl Heads {
     /// buckets after their positions: each position bounds its bucket as of `through` (later
     /// rows come with later tail reads).
     pub(crate) fn learn<'a>(&self, through: i64, positions: impl IntoIterator<Item = (&'a str, i64)>) {
-        let mut s = self.state();
+        let mut s = self.state_mut();
         // Bounds learnt against a tail read the map has since dropped (or a first read that has
         // not happened) would miss rows between that read and now.
         if s.read_at.is_none() || s.through < through {
@@ -134,7 +142,7 @@ mod tests {
     use super::*;
 
     fn read(heads: &Heads, through: i64, rows: &[(&str, i64)]) {
-        let mut s = heads.state();
+        let mut s = heads.state_mut();
         for (b, seq) in rows {
             let slot = s.bounds.entry(b.to_string()).or_insert(*seq);
             *slot = (*slot).max(*seq);
