@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::capture::{changelog, edges, wait_for, SCHEMA, TABLES};
 use crate::harness::{private_cluster, TestDb};
+use crate::rng::Rng;
 use crate::server::start;
 
 /// A synchrod child process, killed when dropped (also when a test fails half-way).
@@ -105,20 +106,6 @@ pub fn assert_consistent_in(db: &TestDb, store: &TestDb) {
     let actual: BTreeSet<(String, String, String)> =
         edges(store).into_iter().filter(|(t, _, _)| t == "projects" || t == "tags").collect();
     assert_eq!(actual, expected_edges, "bucket edges match the tables");
-}
-
-/// A deterministic pseudo-random sequence (no extra crates).
-pub struct Rng(pub u64);
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 pub fn random_workload(db: &TestDb, rng: &mut Rng, statements: usize) {

@@ -12,8 +12,9 @@ use synchro::cluster::free_port;
 
 use crate::capture::wait_for;
 use crate::capture::SCHEMA;
-use crate::capture_faults::{assert_consistent_in, catch_up_in, random_workload, spawn_synchrod_with, Rng, Synchrod};
+use crate::capture_faults::{assert_consistent_in, catch_up_in, random_workload, spawn_synchrod_with, Synchrod};
 use crate::harness::TestDb;
+use crate::rng::Rng;
 
 /// A gauge from an instance's `/metrics`, or `None` while it is not answering.
 fn gauge(port: u16, name: &str) -> Option<f64> {

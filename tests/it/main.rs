@@ -22,6 +22,7 @@ mod push_paths;
 mod replicas;
 mod replication_conn;
 mod rls;
+mod rng;
 mod rules;
 mod scope;
 mod scope_property;

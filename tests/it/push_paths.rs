@@ -14,6 +14,7 @@ use synchro::store::{migrations, pool};
 use synchro::types::UserId;
 
 use crate::harness::{cluster, TestDb};
+use crate::rng::Rng;
 
 /// The demo tables plus: `notes` (hard deletes, no timestamps), `labels` (a unique index besides
 /// the key), `folders` (a foreign key to itself), `items` (none of these: runs of any shape
@@ -528,22 +529,6 @@ fn runs_of_creates_give_the_per_record_outcomes() {
         ]),
     );
     assert_eq!(r["rejected"][0]["reason_code"], "record_exists", "{r}");
-}
-
-/// A small deterministic generator (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
 }
 
 /// A random record: any table, operation and user-visible outcome, over small pools of ids so

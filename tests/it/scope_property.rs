@@ -23,23 +23,8 @@ use serde_json::{json, Value};
 use crate::capture::wait_for;
 use crate::client::{get, post};
 use crate::harness::TestDb;
+use crate::rng::Rng;
 use crate::sync_api::start_demo;
-
-/// A deterministic xorshift generator (the seed is printed on failure).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-}
 
 fn task_id(n: u64) -> String {
     format!("f1000000-0000-0000-0000-{n:012}")

@@ -453,13 +453,8 @@ pub(crate) fn converge(db: &TestDb, server: &synchro::server::Running) {
         .flat_map(|u| (0..2).map(move |d| (u, d)))
         .map(|(u, d)| Device::new(server.addr, u, &format!("{u}-{d}")))
         .collect();
-    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
+    let mut rng = crate::rng::Rng(0x2545_f491_4f6c_dd1d);
+    let mut next = move |n: u64| rng.below(n);
     for round in 0..120 {
         let dev = next(devices.len() as u64) as usize;
         let id = format!("70000000-0000-0000-0000-{:012}", next(12));

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use crate::capture::wait_for;
 use crate::client::{get, post};
 use crate::harness::TestDb;
+use crate::rng::Rng;
 use crate::rules::RulesFile;
 
 pub(crate) const SCHEMA: &str = "
@@ -42,22 +43,6 @@ const USERS: [&str; 3] = ["alice", "bob", "carol"];
 const TEAMS: u64 = 3;
 /// A team nobody joins, whose name is bumped as a capture marker (teams are global rows).
 pub(crate) const MARKER_TEAM: &str = "c1000000-0000-0000-0000-0000000000ff";
-
-/// A deterministic xorshift generator.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-}
 
 pub(crate) fn team(n: u64) -> String {
     format!("c1000000-0000-0000-0000-{n:012}")
