@@ -53,19 +53,12 @@ fn main() {
     let dir = cluster.dir().to_path_buf();
     cluster.psql(DB, synchro::dev::DEMO_SCHEMA).expect("schema");
     synchro::logging::set_level(synchro::config::LogLevel::Error);
-    let mut vars = HashMap::new();
-    vars.insert("DATABASE_URL".to_string(), cluster.url(DB));
-    vars.insert("SYNC_TABLES".to_string(), "tasks,comments,categories".to_string());
-    vars.insert("LISTEN_ADDR".to_string(), "127.0.0.1:0".to_string());
-    // BENCH_HTTP_THREADS overrides the worker count (default 8, the figure in docs/benchmarks.md).
-    let workers = std::env::var("BENCH_HTTP_THREADS").unwrap_or_else(|_| "8".to_string());
-    vars.insert("HTTP_THREADS".to_string(), workers.clone());
+    let vars = server_vars(&cluster, &[("SYNC_TABLES", "tasks,comments,categories")]);
+    let workers = vars["HTTP_THREADS"].clone();
     let running = synchro::server::start(&Config::from_vars(&vars).unwrap()).expect("server");
     let addr = running.addr;
     let mut admin = Conn::new(addr);
-    let (_, schema) = admin.call("GET", "/sync/schema", "u0", "");
-    let schema: Value = serde_json::from_slice(&schema).unwrap();
-    let (v, h) = (schema["schema_version"].as_i64().unwrap(), schema["schema_hash"].as_str().unwrap().to_string());
+    let (v, h) = schema_pair(&mut admin, "u0");
     let clients = 64;
     for i in 0..clients {
         let user = format!("u{i}");
@@ -455,19 +448,13 @@ fn rules_bench() {
             "members": {"table": "team_members", "key": "team_id", "user": "user_id"}}]}"#,
     )
     .unwrap();
-    let mut vars = HashMap::new();
-    vars.insert("DATABASE_URL".to_string(), cluster.url(DB));
-    vars.insert("SYNC_TABLES".to_string(), "teams,projects".to_string());
-    vars.insert("BUCKET_RULES".to_string(), rules.display().to_string());
-    vars.insert("LISTEN_ADDR".to_string(), "127.0.0.1:0".to_string());
-    let workers = std::env::var("BENCH_HTTP_THREADS").unwrap_or_else(|_| "8".to_string());
-    vars.insert("HTTP_THREADS".to_string(), workers.clone());
+    let rules = rules.display().to_string();
+    let vars = server_vars(&cluster, &[("SYNC_TABLES", "teams,projects"), ("BUCKET_RULES", &rules)]);
+    let workers = vars["HTTP_THREADS"].clone();
     let running = synchro::server::start(&Config::from_vars(&vars).unwrap()).expect("server");
     let addr = running.addr;
     let mut admin = Conn::new(addr);
-    let (_, schema) = admin.call("GET", "/sync/schema", "a0", "");
-    let schema: Value = serde_json::from_slice(&schema).unwrap();
-    let (v, h) = (schema["schema_version"].as_i64().unwrap(), schema["schema_hash"].as_str().unwrap().to_string());
+    let (v, h) = schema_pair(&mut admin, "a0");
     // Every device: registered, snapshotted, and then the bucket checkpoints the latest SDK
     // adopts at its next start.
     let mut maps: Vec<Value> = Vec::new();
@@ -537,6 +524,27 @@ fn rules_bench() {
         );
     }
     running.shutdown(Duration::from_secs(5));
+}
+
+/// The configuration of an in-process synchrod on the bench database with `extra` variables;
+/// `BENCH_HTTP_THREADS` overrides the worker count (default 8, the figure in
+/// docs/benchmarks.md).
+fn server_vars(cluster: &LocalCluster, extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut vars = HashMap::new();
+    vars.insert("DATABASE_URL".to_string(), cluster.url(DB));
+    vars.insert("LISTEN_ADDR".to_string(), "127.0.0.1:0".to_string());
+    vars.insert("HTTP_THREADS".to_string(), std::env::var("BENCH_HTTP_THREADS").unwrap_or_else(|_| "8".to_string()));
+    for (k, v) in extra {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    vars
+}
+
+/// The current schema version and hash, as `user` reads them.
+fn schema_pair(admin: &mut Conn, user: &str) -> (i64, String) {
+    let (_, schema) = admin.call("GET", "/sync/schema", user, "");
+    let schema: Value = serde_json::from_slice(&schema).unwrap();
+    (schema["schema_version"].as_i64().unwrap(), schema["schema_hash"].as_str().unwrap().to_string())
 }
 
 /// What one pgbench run measured.
