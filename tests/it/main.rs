@@ -18,6 +18,7 @@ mod jwks;
 mod leader;
 mod logging;
 mod migrations;
+mod oracle;
 mod push_paths;
 mod replicas;
 mod replication_conn;

@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 use crate::capture::wait_for;
 use crate::client::{get, post};
 use crate::harness::TestDb;
+use crate::oracle::{Key, Oracle};
 use crate::rng::Rng;
 use crate::sync_api::start_demo;
 
@@ -34,50 +35,23 @@ fn comment_id(n: u64) -> String {
     format!("f2000000-0000-0000-0000-{n:012}")
 }
 
-type Key = (String, String);
-
 /// The test's own statement of who may read a row (`$1` = user): owners and shared rows; a
 /// comment belongs to its task's owner.
-fn readable_sql(table: &str) -> &'static str {
+fn readable_sql(table: &str) -> String {
     match table {
         "tasks" => "t.user_id IN ($1, '')",
         "comments" => "EXISTS (SELECT 1 FROM tasks p WHERE p.id = t.task_id AND p.user_id IN ($1, ''))",
         "notes" => "(t.user_id IS NULL OR t.user_id IN ($1, ''))",
         _ => "$1::text IS NOT NULL",
     }
+    .to_string()
 }
 
-/// Every live row `user` may read, as PostgreSQL holds it now.
-fn truth(db: &mut postgres::Client, user: &str) -> BTreeMap<Key, Value> {
-    let mut out = BTreeMap::new();
-    for table in ["tasks", "comments", "notes", "categories"] {
-        let live = if table == "notes" { "true" } else { "t.deleted_at IS NULL" };
-        let sql =
-            format!("SELECT t.id::text, row_to_json(t)::text FROM {table} t WHERE {live} AND {}", readable_sql(table));
-        for r in db.query(&sql, &[&user]).unwrap() {
-            let json: String = r.get(1);
-            out.insert((table.to_string(), r.get(0)), serde_json::from_str(&json).unwrap());
-        }
-    }
-    out
-}
-
-/// Checks the records of one response: each row exists now, `user` may read it, and, when
-/// `current`, its data is the row as it is now.
-fn check_records(db: &mut postgres::Client, user: &str, records: &[Value], current: bool, context: &str) {
-    for rec in records {
-        let table = rec["table_name"].as_str().unwrap();
-        let id = rec["id"].as_str().unwrap();
-        let sql = format!("SELECT row_to_json(t)::text, {} FROM {table} t WHERE t.id::text = $2", readable_sql(table));
-        let row = db.query_opt(&sql, &[&user, &id]).unwrap();
-        let Some(row) = row else { panic!("{context}: {user} received {table}/{id}, which does not exist: {rec}") };
-        assert!(row.get::<_, bool>(1), "{context}: {user} received {table}/{id} outside their scope: {rec}");
-        if current {
-            let now: Value = serde_json::from_str(&row.get::<_, String>(0)).unwrap();
-            assert_eq!(rec["data"], now, "{context}: {user} received {table}/{id} in a state it is not in");
-        }
-    }
-}
+const ORACLE: Oracle = Oracle {
+    tables: &["tasks", "comments", "notes", "categories"],
+    without_deleted_at: &["notes"],
+    readable: readable_sql,
+};
 
 /// A device that behaves like an SDK and remembers the bucket each row arrived through.
 struct Dev {
@@ -130,7 +104,7 @@ impl Dev {
         loop {
             let page = self.call("/sync/snapshot", json!({"cursor": cursor, "limit": limit}));
             let records = page["records"].as_array().unwrap();
-            check_records(db, self.user, records, true, "snapshot");
+            ORACLE.check_records(db, self.user, records, true, "snapshot");
             for rec in records {
                 let key = (rec["table_name"].as_str().unwrap().to_string(), rec["id"].as_str().unwrap().to_string());
                 self.rows.insert(key, (rec["data"].clone(), String::new()));
@@ -158,7 +132,7 @@ impl Dev {
                 .call("/sync/pull", json!({"checkpoint": self.checkpoint, "bucket_checkpoints": map, "limit": limit}));
             assert!(page.get("snapshot_required").is_none() && page.get("rebuild_buckets").is_none(), "{page}");
             let changes = page["changes"].as_array().unwrap();
-            check_records(db, self.user, changes, true, "pull");
+            ORACLE.check_records(db, self.user, changes, true, "pull");
             for rec in changes {
                 let key = (rec["table_name"].as_str().unwrap().to_string(), rec["id"].as_str().unwrap().to_string());
                 let bucket = rec["bucket_id"].as_str().unwrap().to_string();
@@ -194,7 +168,7 @@ impl Dev {
         loop {
             let page = self.call("/sync/rebuild", json!({"bucket_id": bucket, "cursor": cursor, "limit": limit}));
             let records = page["records"].as_array().unwrap();
-            check_records(db, self.user, records, true, "rebuild");
+            ORACLE.check_records(db, self.user, records, true, "rebuild");
             if !apply {
                 if !page["has_more"].as_bool().unwrap() {
                     return;
@@ -223,7 +197,7 @@ impl Dev {
         let r = self.call("/sync/push", json!({"changes": changes}));
         let shown: Vec<Value> =
             r["rejected"].as_array().unwrap().iter().filter_map(|x| x.get("server_version").cloned()).collect();
-        check_records(db, self.user, &shown, false, "push");
+        ORACLE.check_records(db, self.user, &shown, false, "push");
     }
 }
 
@@ -355,7 +329,7 @@ fn no_device_ever_receives_a_row_outside_its_users_scope_and_all_converge() {
                 .then_some(())
         });
         let held: BTreeMap<Key, Value> = d.rows.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect();
-        let expected = truth(&mut c, d.user);
+        let expected = ORACLE.truth(&mut c, d.user);
         tables.extend(expected.keys().map(|(t, _)| t.clone()));
         let mut diff: Vec<String> = held
             .keys()

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use crate::capture::wait_for;
 use crate::client::{get, post};
 use crate::harness::TestDb;
+use crate::oracle::{Key, Oracle};
 use crate::rng::Rng;
 use crate::rules::RulesFile;
 
@@ -56,8 +57,6 @@ pub(crate) fn task(n: u64) -> String {
     format!("c3000000-0000-0000-0000-{n:012}")
 }
 
-type Key = (String, String);
-
 /// The test's own statement of who may read a row of `table` (alias `t`, `$1` = the user): a
 /// project with a team is its members', one without is its owner's (or everyone's without
 /// an owner); a task is readable with its project; a membership row is its user's; teams are
@@ -78,35 +77,11 @@ fn readable_sql(table: &str) -> String {
     }
 }
 
-/// Every live row `user` may read, as PostgreSQL holds it now.
-pub(crate) fn truth(db: &mut postgres::Client, user: &str) -> BTreeMap<Key, Value> {
-    let mut out = BTreeMap::new();
-    for table in ["teams", "team_members", "projects", "tasks"] {
-        let live = if table == "team_members" { "true" } else { "t.deleted_at IS NULL" };
-        let sql =
-            format!("SELECT t.id::text, row_to_json(t)::text FROM {table} t WHERE {live} AND {}", readable_sql(table));
-        for r in db.query(&sql, &[&user]).unwrap() {
-            let json: String = r.get(1);
-            out.insert((table.to_string(), r.get(0)), serde_json::from_str(&json).unwrap());
-        }
-    }
-    out
-}
-
-/// Each record exists now, `user` may read it, and its data is the row as it is now.
-fn check_records(db: &mut postgres::Client, user: &str, records: &[Value], context: &str) {
-    for rec in records {
-        let table = rec["table_name"].as_str().unwrap();
-        let id = rec["id"].as_str().unwrap();
-        let sql = format!("SELECT row_to_json(t)::text, {} FROM {table} t WHERE t.id::text = $2", readable_sql(table));
-        let Some(row) = db.query_opt(&sql, &[&user, &id]).unwrap() else {
-            panic!("{context}: {user} received {table}/{id}, which does not exist: {rec}")
-        };
-        assert!(row.get::<_, bool>(1), "{context}: {user} received {table}/{id} outside their teams: {rec}");
-        let now: Value = serde_json::from_str(&row.get::<_, String>(0)).unwrap();
-        assert_eq!(rec["data"], now, "{context}: {user} received {table}/{id} in a state it is not in");
-    }
-}
+const ORACLE: Oracle = Oracle {
+    tables: &["teams", "team_members", "projects", "tasks"],
+    without_deleted_at: &["team_members"],
+    readable: readable_sql,
+};
 
 /// A device that behaves like an SDK: rows with the bucket each arrived through.
 pub(crate) struct Dev {
@@ -188,7 +163,7 @@ impl Dev {
         loop {
             let page = self.call_logged("/sync/snapshot", json!({"cursor": cursor, "limit": limit}));
             let records = page["records"].as_array().unwrap();
-            check_records(db, self.user, records, &format!("{} snapshot", self.client_id));
+            ORACLE.check_records(db, self.user, records, true, &format!("{} snapshot", self.client_id));
             for rec in records {
                 let key = (rec["table_name"].as_str().unwrap().to_string(), rec["id"].as_str().unwrap().to_string());
                 self.rows.insert(key, (rec["data"].clone(), String::new()));
@@ -221,7 +196,7 @@ impl Dev {
                 return asked;
             }
             let changes = page["changes"].as_array().unwrap();
-            check_records(db, self.user, changes, &format!("{} pull", self.client_id));
+            ORACLE.check_records(db, self.user, changes, true, &format!("{} pull", self.client_id));
             for rec in changes {
                 let key = (rec["table_name"].as_str().unwrap().to_string(), rec["id"].as_str().unwrap().to_string());
                 let bucket = rec["bucket_id"].as_str().unwrap().to_string();
@@ -257,7 +232,7 @@ impl Dev {
             let page =
                 self.call_logged("/sync/rebuild", json!({"bucket_id": bucket, "cursor": cursor, "limit": limit}));
             let records = page["records"].as_array().unwrap();
-            check_records(db, self.user, records, &format!("{} rebuild of {bucket}", self.client_id));
+            ORACLE.check_records(db, self.user, records, true, &format!("{} rebuild of {bucket}", self.client_id));
             for rec in records {
                 let key = (rec["table_name"].as_str().unwrap().to_string(), rec["id"].as_str().unwrap().to_string());
                 seen.insert(key.clone());
@@ -495,7 +470,7 @@ pub(crate) fn caught_up(db: &mut postgres::Client, markers: &mut i64) {
 
 pub(crate) fn assert_holds_exactly(db: &mut postgres::Client, d: &Dev, when: &str) {
     let held: BTreeMap<Key, Value> = d.rows.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect();
-    let expected = truth(db, d.user);
+    let expected = ORACLE.truth(db, d.user);
     let diff: Vec<String> = held
         .keys()
         .chain(expected.keys())
