@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 /// Request bodies: the body parser and every endpoint's decoder.
 pub fn request_body(data: &[u8]) {
+    crate::protocol::pull_decodings_agree(data);
     if let Ok(body) = crate::http::routes::parse_object(data) {
         let _ = crate::protocol::RegisterRequest::decode(&body);
         let _ = crate::protocol::PullRequest::decode(&body);

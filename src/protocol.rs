@@ -21,6 +21,14 @@ use serde_json::{Map, Value};
 
 use crate::json_text::push_string;
 
+mod pull_wire;
+
+/// Panics when the pull request's two decodings disagree on `body` (for the fuzz targets).
+#[doc(hidden)]
+pub fn pull_decodings_agree(body: &[u8]) {
+    pull_wire::check_agrees(body);
+}
+
 /// A request that does not satisfy the contract; the message is the 400 body's `error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadRequest(pub String);
@@ -34,6 +42,16 @@ impl BadRequest {
     /// `<key> is required`: a presence check failed.
     pub fn required(key: &str) -> BadRequest {
         BadRequest(format!("{key} is required"))
+    }
+}
+
+/// Parses a request body per §0.2: the first JSON value must be an object; bytes after it are
+/// ignored.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, BadRequest> {
+    let mut values = serde_json::Deserializer::from_slice(body).into_iter::<Value>();
+    match values.next() {
+        Some(Ok(Value::Object(map))) => Ok(map),
+        _ => Err(BadRequest::invalid()),
     }
 }
 
@@ -252,6 +270,18 @@ pub struct PullRequest {
 }
 
 impl PullRequest {
+    /// Decodes a request body: [`parse_object`], then [`PullRequest::decode`]. The plain shape
+    /// SDKs send takes a shorter way to the same request, without building a tree of the body.
+    pub fn from_json(body: &[u8]) -> Result<PullRequest, BadRequest> {
+        match pull_wire::decode(body) {
+            Some(req) => {
+                req.validate()?;
+                Ok(req)
+            }
+            None => PullRequest::decode(&parse_object(body)?),
+        }
+    }
+
     /// Decodes per §1.3.
     pub fn decode(body: &Map<String, Value>) -> Result<PullRequest, BadRequest> {
         let f = Fields::new(body);

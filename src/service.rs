@@ -37,6 +37,13 @@ impl EngineApi {
         EngineApi { engine, metrics: Arc::new(Metrics::default()), capture, slot_name: slot_name.to_string() }
     }
 
+    /// A decoded pull, answered.
+    fn pull_request(&self, user: &UserId, req: PullRequest) -> Result<Body, ApiError> {
+        let failure = "failed to pull changes";
+        let resp = self.engine.pull(user, req).map_err(|e| to_api_error(e, failure, false))?;
+        page_body(resp, |r| &mut r.changes, failure)
+    }
+
     fn samples(&self) -> Vec<Sample> {
         let mut out = Vec::new();
         let mut push = |name, kind, help, value: f64| out.push(Sample { name, kind, help, value });
@@ -271,10 +278,13 @@ impl SyncApi for EngineApi {
     }
 
     fn pull_body(&self, user: &UserId, body: &Map<String, Value>) -> Result<Body, ApiError> {
-        let failure = "failed to pull changes";
         let req = PullRequest::decode(body).map_err(|e| ApiError::BadRequest(e.0))?;
-        let resp = self.engine.pull(user, &req).map_err(|e| to_api_error(e, failure, false))?;
-        page_body(resp, |r| &mut r.changes, failure)
+        self.pull_request(user, req)
+    }
+
+    fn pull_json(&self, user: &UserId, body: &[u8]) -> Result<Body, ApiError> {
+        let req = PullRequest::from_json(body).map_err(|e| ApiError::BadRequest(e.0))?;
+        self.pull_request(user, req)
     }
 
     fn push(&self, user: &UserId, body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {

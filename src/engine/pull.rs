@@ -32,6 +32,12 @@ fn behind_retention(r: &Retention, cp: i64) -> bool {
     }
 }
 
+/// Whether a per-bucket position `cp` needs its bucket rebuilt: it is behind retention (C12:
+/// after any compaction a bucket at 0 may have missed compacted rows) or before a history reset.
+fn needs_rebuild(r: &Retention, cp: i64) -> bool {
+    behind_retention(r, cp) || (r.reset > 0 && cp < r.reset)
+}
+
 /// Why the changelog after `cp` is not whole any more, as a snapshot reason: history lost
 /// with the replication slot, or compacted.
 pub(super) fn history_gone(r: &Retention, cp: i64) -> Option<&'static str> {
@@ -45,8 +51,9 @@ pub(super) fn history_gone(r: &Retention, cp: i64) -> Option<&'static str> {
 }
 
 impl Engine {
-    /// One pull page.
-    pub fn pull(&self, user: &UserId, req: &PullRequest) -> Result<PullResponse, EngineError> {
+    /// One pull page. The request is consumed: a page with nothing in it hands the request's
+    /// bucket checkpoints back as they came.
+    pub fn pull(&self, user: &UserId, mut req: PullRequest) -> Result<PullResponse, EngineError> {
         req.validate()?;
         let mut dbs = self.dbs()?;
         let per_bucket = !req.bucket_checkpoints.is_empty();
@@ -56,15 +63,16 @@ impl Engine {
         // subscriptions) are known to hold nothing after its positions, the probe skips the
         // changelog; what the device really holds is checked against the same knowledge below.
         let through = self.heads.refresh(&mut ***dbs.store(), heads::MAX_AGE)?;
+        let hint = if per_bucket { None } else { self.subscription_hint(user) };
         let bare = if per_bucket {
             self.heads.all_empty(req.bucket_checkpoints.iter().map(|(b, p)| (b.as_str(), *p)))
         } else {
-            let hint = self.subscription_hint(user, &defaults);
-            self.heads.all_empty(hint.iter().map(|b| (b.as_str(), req.checkpoint)))
+            let rules = hint.iter().flat_map(|r| r.iter());
+            self.heads.all_empty(defaults.iter().chain(rules).map(|b| (b.as_str(), req.checkpoint)))
         };
         // The bare probe does not read the map.
-        let map: Vec<(String, i64)> =
-            if bare { Vec::new() } else { req.bucket_checkpoints.iter().map(|(b, s)| (b.clone(), *s)).collect() };
+        let map: Vec<(&str, i64)> =
+            if bare { Vec::new() } else { req.bucket_checkpoints.iter().map(|(b, s)| (b.as_str(), *s)).collect() };
         let probe = pull_probe::probe(
             dbs.store(),
             &PullProbeRequest {
@@ -79,27 +87,28 @@ impl Engine {
                 known_through: through,
             },
         )?;
+        drop(map);
         // The probe's snapshot is the store's; with a separate store the catalog check needs the
         // application database's own (one more round trip, on the other connection).
         let snapshot = if dbs.is_split() { introspect::current_snapshot(dbs.app())? } else { probe.snapshot };
         let cat = self.catalog_at(&mut dbs, &snapshot)?;
         Engine::check_schema(&cat, req.schema.version, &req.schema.hash)?;
-        let client = probe.client.ok_or(EngineError::ClientNotRegistered)?;
-        let buckets = ClientBuckets::of(&client, user);
+        let mut client = probe.client.ok_or(EngineError::ClientNotRegistered)?;
+        let buckets = ClientBuckets::take(&mut client, user);
         let subs = buckets.list();
         // With bucket rules, what the user is subscribed to now may differ from what the device
         // holds (`subs`): a membership changed since the device was brought in line.
         let current = self.current_subscriptions(&mut dbs, &cat, user, probe.subscription_version, subs)?;
         // Sets: a user in many teams has dozens of bucket ids that share a long prefix.
-        let held_set = BucketSet::of(subs);
-        let current_set = BucketSet::of(&current);
+        let held_set = BucketSet::of(subs.iter().map(String::as_str));
+        let current_set = BucketSet::of(current.iter());
         let in_line = probe.departing.is_empty() && held_set == current_set;
         let stale = probe.retention;
-        let empty = |checkpoint: i64| PullResponse {
+        let empty = |checkpoint: i64, bucket_checkpoints: Option<BTreeMap<String, i64>>| PullResponse {
             changes: vec![],
             deletes: vec![],
             checkpoint,
-            bucket_checkpoints: per_bucket.then(|| req.bucket_checkpoints.clone()),
+            bucket_checkpoints,
             has_more: false,
             rebuild_buckets: vec![],
             bucket_checksums: BTreeMap::new(),
@@ -109,7 +118,19 @@ impl Engine {
             schema_version: cat.version,
             schema_hash: cat.schema.hash.clone(),
         };
-        let positions: Vec<(&str, i64)> = if per_bucket {
+        // The common per-bucket case: the device holds exactly the user's buckets, names each
+        // of them in its map, and none is behind retention. Its positions are then the map's,
+        // with nothing to leave, join or rebuild.
+        let aligned = per_bucket
+            && in_line
+            && req.bucket_checkpoints.keys().map(String::as_str).eq(held_set.0.iter().copied())
+            && req.bucket_checkpoints.values().all(|&cp| !needs_rebuild(&stale, cp));
+        // Whether the bare probe's knowledge was about exactly these positions (or more): the
+        // map itself, or in legacy mode the cached rule buckets the user is subscribed to.
+        let mut checked = aligned;
+        let positions: Vec<(&str, i64)> = if aligned {
+            req.bucket_checkpoints.iter().map(|(b, p)| (b.as_str(), *p)).collect()
+        } else if per_bucket {
             // Buckets the device holds that the user left: the device is told to drop their
             // rows (a departure each), and they stop being what it holds.
             let leaving: Vec<(String, i64)> = subs
@@ -142,19 +163,19 @@ impl Engine {
                     !held_set.contains(b)
                         || match req.bucket_checkpoints.get(*b) {
                             None => stale.min_seq > 0 || stale.compacted > 0,
-                            // C12: after any compaction a bucket at 0 may have missed compacted rows.
-                            Some(&cp) => behind_retention(&stale, cp) || (stale.reset > 0 && cp < stale.reset),
+                            Some(&cp) => needs_rebuild(&stale, cp),
                         }
                 })
-                .cloned()
+                .map(str::to_string)
                 .collect();
             if !departing.is_empty() {
                 let leaving =
                     super::departures::Leaving { held: &held, departing: &departing, rebuild, retention: &stale };
-                return self.departure_page(&mut dbs, &cat, user, req, leaving);
+                return self.departure_page(&mut dbs, &cat, user, &req, leaving);
             }
             if !rebuild.is_empty() {
-                return Ok(PullResponse { rebuild_buckets: rebuild, ..empty(req.checkpoint) });
+                let echo = Some(req.bucket_checkpoints.clone());
+                return Ok(PullResponse { rebuild_buckets: rebuild, ..empty(req.checkpoint, echo) });
             }
             subs.iter().map(|b| (b.as_str(), req.bucket_checkpoints.get(b).copied().unwrap_or(0))).collect()
         } else {
@@ -170,11 +191,17 @@ impl Engine {
                 None
             };
             if let Some(reason) = reason {
-                let resp =
-                    PullResponse { snapshot_required: true, snapshot_reason: Some(reason), ..empty(req.checkpoint) };
+                let resp = PullResponse {
+                    snapshot_required: true,
+                    snapshot_reason: Some(reason),
+                    ..empty(req.checkpoint, None)
+                };
                 self.notify_snapshot_required(user, &req.client_id, reason);
                 return Ok(resp);
             }
+            // In line, the device holds the defaults and exactly the rule buckets the hint named
+            // when both came from the same cache entry.
+            checked = matches!((&hint, current.rules()), (Some(h), Some(c)) if std::sync::Arc::ptr_eq(h, c));
             subs.iter().map(|b| (b.as_str(), req.checkpoint)).collect()
         };
         let from = positions.iter().map(|(_, p)| *p).min().unwrap_or(0);
@@ -184,7 +211,7 @@ impl Engine {
         // with app.user_id set, so RLS policies apply to them.
         // Rows captured since the tail read the knowledge comes from are not in it: the bare
         // probe saw whether any came to the device's buckets.
-        let known_empty = bare && !probe.fresh && self.heads.all_empty(positions.iter().copied());
+        let known_empty = bare && !probe.fresh && (checked || self.heads.all_empty(positions.iter().copied()));
         let mut entries = if !bare || known_empty {
             probe.page
         } else {
@@ -209,7 +236,9 @@ impl Engine {
                 clients::touch_pull(&mut ***dbs.store(), user, &req.client_id)?;
             }
             let checkpoint = if per_bucket { from } else { req.checkpoint };
-            return Ok(PullResponse { bucket_updates: bucket_updates(subs, &req.known_buckets), ..empty(checkpoint) });
+            let updates = bucket_updates(subs, &req.known_buckets);
+            let echo = per_bucket.then(|| std::mem::take(&mut req.bucket_checkpoints));
+            return Ok(PullResponse { bucket_updates: updates, ..empty(checkpoint, echo) });
         };
         let checkpoint = last.seq.0;
         // The page was read above, so the primary's WAL position taken now covers every change
@@ -240,7 +269,7 @@ impl Engine {
         };
 
         let bucket_checkpoints = per_bucket.then(|| {
-            let mut map = req.bucket_checkpoints.clone();
+            let mut map = std::mem::take(&mut req.bucket_checkpoints);
             for e in &entries {
                 let slot = map.entry(e.bucket.clone()).or_insert(0);
                 *slot = (*slot).max(e.seq.0);
@@ -296,8 +325,8 @@ impl Engine {
 struct BucketSet<'a>(Vec<&'a str>);
 
 impl<'a> BucketSet<'a> {
-    fn of(buckets: &'a [String]) -> BucketSet<'a> {
-        let mut ids: Vec<&str> = buckets.iter().map(String::as_str).collect();
+    fn of(buckets: impl Iterator<Item = &'a str>) -> BucketSet<'a> {
+        let mut ids: Vec<&str> = buckets.collect();
         ids.sort_unstable();
         ids.dedup();
         BucketSet(ids)

@@ -76,6 +76,15 @@ impl ClientBuckets {
         ClientBuckets(client.subscriptions(user))
     }
 
+    /// The subscriptions of `client`, moved out of the row (its `bucket_subs` is left empty).
+    pub(crate) fn take(client: &mut ClientRow, user: &UserId) -> ClientBuckets {
+        if client.bucket_subs.is_empty() {
+            ClientBuckets::of(client, user)
+        } else {
+            ClientBuckets(std::mem::take(&mut client.bucket_subs))
+        }
+    }
+
     /// The subscribed buckets, in subscription order.
     pub(crate) fn list(&self) -> &[String] {
         &self.0

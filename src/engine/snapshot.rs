@@ -34,7 +34,8 @@ impl Engine {
             // hold them now; its pages read rows through the scope predicate, which checks them
             // in the statement that reads each row.
             let version = crate::store::subscriptions::version(&mut ***dbs.store(), user)?;
-            held = self.fresh_subscriptions(&mut dbs, &cat, user, version, &held)?;
+            let fresh = self.fresh_subscriptions(&mut dbs, &cat, user, version, &held)?.to_vec();
+            held = fresh;
             crate::store::subscriptions::hold_exactly(&mut ***dbs.store(), user, &req.client_id, &held)?;
         }
         let tables = cat.registry.dependency_order();

@@ -94,47 +94,43 @@ impl Engine {
     /// `version`: `user:<id>`, `global`, the rule buckets of the user's memberships (from the
     /// cache, or read from the membership tables when the version moved), then any other
     /// bucket the device holds (set by an embedder). Without bucket rules, `held` itself.
-    pub(crate) fn current_subscriptions(
+    pub(crate) fn current_subscriptions<'h>(
         &self,
         dbs: &mut Conns,
         cat: &CatalogState,
         user: &UserId,
         version: i64,
-        held: &[String],
-    ) -> Result<Vec<String>, EngineError> {
+        held: &'h [String],
+    ) -> Result<Current<'h>, EngineError> {
         let cached = if cat.registry.has_rules() { self.subscriptions.get(user, version) } else { None };
         match cached {
-            Some(buckets) => Ok(compose(cat, user, &buckets, held)),
+            Some(buckets) => Ok(Current::compose(cat, user, buckets, held)),
             None => self.fresh_subscriptions(dbs, cat, user, version, held),
         }
     }
 
     /// [`Engine::current_subscriptions`] read from the membership tables whatever the cache
     /// holds (and kept in it): what a snapshot brings a device in line with.
-    pub(crate) fn fresh_subscriptions(
+    pub(crate) fn fresh_subscriptions<'h>(
         &self,
         dbs: &mut Conns,
         cat: &CatalogState,
         user: &UserId,
         version: i64,
-        held: &[String],
-    ) -> Result<Vec<String>, EngineError> {
+        held: &'h [String],
+    ) -> Result<Current<'h>, EngineError> {
         if !cat.registry.has_rules() {
-            return Ok(held.to_vec());
+            return Ok(Current { defaults: Vec::new(), rules: None, extra: held.iter().map(String::as_str).collect() });
         }
         let buckets: RuleBuckets = store::memberships(dbs.app(), &cat.registry, user)?.into();
         self.subscriptions.put(user, version, buckets.clone());
-        Ok(compose(cat, user, &buckets, held))
+        Ok(Current::compose(cat, user, buckets, held))
     }
 
-    /// The buckets `user`'s devices most likely hold: `defaults` and the rule buckets last
-    /// read for the user, whatever their version (a hint, checked after the probe).
-    pub(crate) fn subscription_hint(&self, user: &UserId, defaults: &[String]) -> Vec<String> {
-        let mut out = defaults.to_vec();
-        if let Some(buckets) = self.subscriptions.any(user) {
-            out.extend(buckets.iter().cloned());
-        }
-        out
+    /// The rule buckets `user`'s devices most likely hold: those last read for the user,
+    /// whatever their version (a hint, checked after the probe).
+    pub(crate) fn subscription_hint(&self, user: &UserId) -> Option<RuleBuckets> {
+        self.subscriptions.any(user)
     }
 
     /// How many times users' memberships were read (subscription cache misses) since start.
@@ -143,15 +139,48 @@ impl Engine {
     }
 }
 
-/// `user:<id>`, `global`, the rule buckets, then the other buckets of `held` (an embedder's).
-fn compose(cat: &CatalogState, user: &UserId, rule_buckets: &[String], held: &[String]) -> Vec<String> {
-    let defaults = [BucketId::user(user.as_str()).into_string(), BucketId::global().into_string()];
-    let mut out = Vec::with_capacity(2 + rule_buckets.len());
-    out.extend(defaults.iter().cloned());
-    out.extend(rule_buckets.iter().cloned());
-    // An embedder's own buckets the device holds stay subscriptions.
-    out.extend(held.iter().filter(|b| !defaults.contains(b) && !is_rule_bucket(&cat.registry, b)).cloned());
-    out
+/// A user's current subscriptions: `user:<id>`, `global`, the rule buckets, then the other
+/// buckets the device holds (an embedder's); without bucket rules, what the device holds.
+/// The cached rule buckets are shared and the device's own borrowed, not copied: a user in
+/// many teams has dozens of them, and every pull looks at them.
+pub(crate) struct Current<'h> {
+    defaults: Vec<String>,
+    rules: Option<RuleBuckets>,
+    extra: Vec<&'h str>,
+}
+
+impl<'h> Current<'h> {
+    fn compose(cat: &CatalogState, user: &UserId, rules: RuleBuckets, held: &'h [String]) -> Current<'h> {
+        let defaults = vec![BucketId::user(user.as_str()).into_string(), BucketId::global().into_string()];
+        // An embedder's own buckets the device holds stay subscriptions.
+        let extra = held
+            .iter()
+            .filter(|b| !defaults.contains(b) && !is_rule_bucket(&cat.registry, b))
+            .map(String::as_str)
+            .collect();
+        Current { defaults, rules: Some(rules), extra }
+    }
+
+    /// The buckets, in subscription order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        let rules = self.rules.iter().flat_map(|r| r.iter());
+        self.defaults.iter().chain(rules).map(String::as_str).chain(self.extra.iter().copied())
+    }
+
+    /// Whether `bucket` is one of them.
+    pub(crate) fn contains(&self, bucket: &str) -> bool {
+        self.iter().any(|b| b == bucket)
+    }
+
+    /// The rule buckets they were composed from (`None` without bucket rules).
+    pub(crate) fn rules(&self) -> Option<&RuleBuckets> {
+        self.rules.as_ref()
+    }
+
+    /// The buckets as owned strings.
+    pub(crate) fn to_vec(&self) -> Vec<String> {
+        self.iter().map(str::to_string).collect()
+    }
 }
 
 /// True when `bucket` belongs to a bucket rule of `registry` (`team:<key>`): the only buckets

@@ -268,6 +268,12 @@ pub trait SyncApi: Send + Sync {
     fn pull_body(&self, user: &UserId, body: &Map<String, Value>) -> Result<Body, ApiError> {
         self.pull(user, body).map(Body::Bytes)
     }
+    /// POST /sync/pull from the body's bytes, as the router calls it: the most frequent
+    /// request may skip the parsed object. Defaults to [`routes::parse_object`] and
+    /// [`SyncApi::pull_body`].
+    fn pull_json(&self, user: &UserId, body: &[u8]) -> Result<Body, ApiError> {
+        self.pull_body(user, &routes::parse_object(body)?)
+    }
     /// POST /sync/push.
     fn push(&self, _user: &UserId, _body: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
         Err(ApiError::NotImplemented)

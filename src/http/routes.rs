@@ -117,12 +117,7 @@ pub struct Router {
 
 /// Parses a body per §0.2: the first JSON value must be an object; bytes after it are ignored.
 pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let invalid = || ApiError::BadRequest("invalid request body".into());
-    let mut values = serde_json::Deserializer::from_slice(body).into_iter::<Value>();
-    match values.next() {
-        Some(Ok(Value::Object(map))) => Ok(map),
-        _ => Err(invalid()),
-    }
+    crate::protocol::parse_object(body).map_err(|e| ApiError::BadRequest(e.0))
 }
 
 /// The decoded value of query parameter `key`: `None` when absent, `Err` when it does not
@@ -259,15 +254,18 @@ impl Router {
                     Err(BodyError::TooLarge) => return (Some(endpoint), Reply::error(413, "request body too large")),
                     Err(BodyError::Io(_)) => return (Some(endpoint), Reply::error(400, "invalid request body")),
                 };
-                match parse_object(&body) {
-                    Err(e) => Err(e),
-                    Ok(map) => match endpoint {
-                        Endpoint::Register => bytes(self.api.register(&user, &map)),
-                        Endpoint::Pull => self.api.pull_body(&user, &map),
-                        Endpoint::Push => bytes(self.api.push(&user, &map)),
-                        Endpoint::Snapshot => self.api.snapshot_body(&user, &map),
-                        _ => self.api.rebuild_body(&user, &map),
-                    },
+                if endpoint == Endpoint::Pull {
+                    self.api.pull_json(&user, &body)
+                } else {
+                    match parse_object(&body) {
+                        Err(e) => Err(e),
+                        Ok(map) => match endpoint {
+                            Endpoint::Register => bytes(self.api.register(&user, &map)),
+                            Endpoint::Push => bytes(self.api.push(&user, &map)),
+                            Endpoint::Snapshot => self.api.snapshot_body(&user, &map),
+                            _ => self.api.rebuild_body(&user, &map),
+                        },
+                    }
                 }
             }
         };

@@ -27,7 +27,7 @@ pub struct PullProbeRequest<'a> {
     /// Legacy mode: the request checkpoint. Per-bucket mode: 0, with `bucket_checkpoints` set.
     pub checkpoint: i64,
     /// Per-bucket mode: the request map (empty in legacy mode).
-    pub bucket_checkpoints: &'a [(String, i64)],
+    pub bucket_checkpoints: &'a [(&'a str, i64)],
     /// Only changelog rows of these tables (empty = all).
     pub tables: &'a [String],
     /// Rows to read (the request limit + 1, to tell `has_more`).
@@ -162,7 +162,7 @@ const PROBE_TYPES: &[Type] = &[
 
 /// Runs the probe (one round trip on a prepared statement).
 pub fn probe(session: &mut Session, req: &PullProbeRequest<'_>) -> Result<PullProbe, StoreError> {
-    let keys: Vec<&str> = req.bucket_checkpoints.iter().map(|(b, _)| b.as_str()).collect();
+    let keys: Vec<&str> = req.bucket_checkpoints.iter().map(|(b, _)| *b).collect();
     let values: Vec<i64> = req.bucket_checkpoints.iter().map(|(_, s)| *s).collect();
     let sql = if !req.page {
         PROBE_SQL_BARE

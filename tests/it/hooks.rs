@@ -134,7 +134,7 @@ fn hooks_authorize_audit_in_the_push_transaction_and_observe() {
         known_buckets: vec![],
         schema: schema.clone(),
     };
-    let r = engine.pull(&user, &pull).unwrap();
+    let r = engine.pull(&user, pull).unwrap();
     assert!(r.snapshot_required);
     assert_eq!(hooks.snapshots.load(Ordering::SeqCst), 1);
 }

@@ -214,7 +214,7 @@ fn a_large_pull_page_is_streamed_byte_for_byte() {
         known_buckets: vec![],
         schema: SchemaPair { version: device.version, hash: device.hash.clone() },
     };
-    let whole = server.engine.pull(&UserId::new("alice").unwrap(), &req).unwrap();
+    let whole = server.engine.pull(&UserId::new("alice").unwrap(), req).unwrap();
     let mut expected = serde_json::to_vec(&whole).unwrap();
     expected.push(b'\n');
     assert!(streamed == expected, "streamed {} bytes, whole {} bytes", streamed.len(), expected.len());
