@@ -100,9 +100,12 @@ impl Engine {
         // holds (`subs`): a membership changed since the device was brought in line.
         let current = self.current_subscriptions(&mut dbs, &cat, user, probe.subscription_version, subs)?;
         // Sets: a user in many teams has dozens of bucket ids that share a long prefix.
+        // The device usually holds them in the order they are composed in: then the sets are
+        // one and the same.
         let held_set = BucketSet::of(subs.iter().map(String::as_str));
-        let current_set = BucketSet::of(current.iter());
-        let in_line = probe.departing.is_empty() && held_set == current_set;
+        let same_order = current.iter().eq(subs.iter().map(String::as_str));
+        let current_set = if same_order { held_set.clone() } else { BucketSet::of(current.iter()) };
+        let in_line = probe.departing.is_empty() && (same_order || held_set == current_set);
         let stale = probe.retention;
         let empty = |checkpoint: i64, bucket_checkpoints: Option<BTreeMap<String, i64>>| PullResponse {
             changes: vec![],
@@ -321,7 +324,7 @@ impl Engine {
 
 /// A set of bucket ids as a sorted list: built and compared without hashing (a user in many
 /// teams has dozens of ids sharing a long prefix, and a pull builds two of these).
-#[derive(PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 struct BucketSet<'a>(Vec<&'a str>);
 
 impl<'a> BucketSet<'a> {
