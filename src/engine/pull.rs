@@ -203,8 +203,8 @@ impl Engine {
                 return Ok(resp);
             }
             // In line, the device holds the defaults and exactly the rule buckets the hint named
-            // when both came from the same cache entry.
-            checked = matches!((&hint, current.rules()), (Some(h), Some(c)) if std::sync::Arc::ptr_eq(h, c));
+            // when both came from the same cache entry, and it holds no bucket of an embedder's.
+            checked = current.is_defaults_and(hint.as_ref());
             subs.iter().map(|b| (b.as_str(), req.checkpoint)).collect()
         };
         let from = positions.iter().map(|(_, p)| *p).min().unwrap_or(0);

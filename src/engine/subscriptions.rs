@@ -172,9 +172,13 @@ impl<'h> Current<'h> {
         self.iter().any(|b| b == bucket)
     }
 
-    /// The rule buckets they were composed from (`None` without bucket rules).
-    pub(crate) fn rules(&self) -> Option<&RuleBuckets> {
-        self.rules.as_ref()
+    /// True when they are exactly `user:<id>`, `global` and the rule buckets `rules` (the very
+    /// list, as the cache handed it out): no bucket of an embedder's besides.
+    pub(crate) fn is_defaults_and(&self, rules: Option<&RuleBuckets>) -> bool {
+        match (&self.rules, rules) {
+            (Some(mine), Some(theirs)) => Arc::ptr_eq(mine, theirs) && self.extra.is_empty(),
+            _ => false,
+        }
     }
 
     /// The buckets as owned strings.
@@ -199,6 +203,21 @@ mod tests {
 
     fn user(u: &str) -> UserId {
         UserId::new(u).unwrap()
+    }
+
+    #[test]
+    fn only_the_defaults_and_the_very_rule_list_count_as_the_hint() {
+        let rules: RuleBuckets = vec!["team:1".to_string()].into();
+        let defaults = || vec!["user:a".to_string(), "global".to_string()];
+        let plain = Current { defaults: defaults(), rules: Some(rules.clone()), extra: vec![] };
+        assert!(plain.is_defaults_and(Some(&rules)));
+        let copy: RuleBuckets = vec!["team:1".to_string()].into();
+        assert!(!plain.is_defaults_and(Some(&copy)), "another cache entry may be another version");
+        assert!(!plain.is_defaults_and(None));
+        let own = Current { defaults: defaults(), rules: Some(rules.clone()), extra: vec!["custom:x"] };
+        assert!(!own.is_defaults_and(Some(&rules)), "an embedder's bucket is not in the hint");
+        assert_eq!(own.iter().collect::<Vec<_>>(), ["user:a", "global", "team:1", "custom:x"]);
+        assert!(own.contains("custom:x") && !own.contains("team:2"));
     }
 
     #[test]
