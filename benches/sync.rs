@@ -18,7 +18,7 @@
 //! * Bucket rules: empty pulls (legacy and per-bucket) of users in 50 teams vs users in none,
 //!   on one server with `BUCKET_RULES`, alternating the two groups (ABBA) in one run.
 //!
-//! `BENCH_ONLY=rules` runs the last comparison alone.
+//! `BENCH_ONLY=rules` runs the last comparison alone, `BENCH_ONLY=empty` the first.
 
 #[allow(dead_code)]
 mod common;
@@ -109,6 +109,10 @@ fn main() {
         "empty pull, 64 clients: {rps:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms | pgbench (prepared): {tps:.0} tx/s | ratio {:.2}x (target >= 0.7x, p99 <= 10 ms)",
         rps / tps
     );
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "empty") {
+        running.shutdown(Duration::from_secs(5));
+        return;
+    }
 
     // The HTTP edge alone: a path the router answers 404 without touching the database, so
     // the figure is parsing, hand-offs and writing only.
