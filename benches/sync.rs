@@ -13,12 +13,15 @@
 //!   record by record with change capture paused, vs pgbench inserting the same 100 rows per
 //!   transaction with 16 clients (one INSERT of all 100, alternating with the pushes; one
 //!   INSERT per row).
+//! * The bucket checksums of a final page for a bucket of 3,000 and of 100,000 rows: the kept
+//!   per-bucket rows vs aggregating the bucket's edges.
 //! * 10,000 idle keep-alive connections held open against a synchrod process: its RSS, and
 //!   `/healthz` p50/p99 beside the same probe with no idle connections.
 //! * Bucket rules: empty pulls (legacy and per-bucket) of users in 50 teams vs users in none,
 //!   on one server with `BUCKET_RULES`, alternating the two groups (ABBA) in one run.
 //!
-//! `BENCH_ONLY=rules` runs the last comparison alone, `BENCH_ONLY=empty` the first.
+//! `BENCH_ONLY=rules` runs the last comparison alone, `BENCH_ONLY=empty` the first,
+//! `BENCH_ONLY=checksums` the bucket checksums.
 
 #[allow(dead_code)]
 mod common;
@@ -47,6 +50,15 @@ fn load(clients: usize, secs: u64, f: Request, addr: SocketAddr) -> (f64, f64, f
 fn main() {
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "rules") {
         rules_bench();
+        return;
+    }
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "checksums") {
+        let cluster = bench_cluster("sync-checksums", DB, &[]);
+        cluster.psql(DB, synchro::dev::DEMO_SCHEMA).expect("schema");
+        let vars = server_vars(&cluster, &[("SYNC_TABLES", "tasks,comments,categories")]);
+        let running = synchro::server::start(&Config::from_vars(&vars).unwrap()).expect("server");
+        checksum_reads(&cluster.url(DB));
+        running.shutdown(Duration::from_secs(5));
         return;
     }
     let cluster = bench_cluster("sync", DB, &[]);
@@ -314,9 +326,60 @@ fn main() {
         set_based / per_row
     );
 
+    checksum_reads(&cluster.url(DB));
     idle_connections(&cluster.url(DB), 10_000);
     drop(cluster);
     rules_bench();
+}
+
+/// The bucket checksums of a final page for a device holding a large bucket: the kept
+/// per-bucket rows (`sync_bucket_checksums`, what pulls read) against aggregating the
+/// bucket's edges (what they replace), prepared, p50 of 50 reads each on one connection.
+fn checksum_reads(url: &str) {
+    let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let kept = c
+        .prepare(
+            "SELECT bucket_id, checksum FROM sync_bucket_checksums WHERE bucket_id = ANY ($1) AND members > 0 \
+             ORDER BY bucket_id",
+        )
+        .unwrap();
+    let aggregated = c
+        .prepare(
+            "SELECT bucket_id, BIT_XOR(checksum) FROM sync_bucket_edges WHERE bucket_id = ANY ($1) \
+             AND checksum IS NOT NULL GROUP BY bucket_id ORDER BY bucket_id",
+        )
+        .unwrap();
+    for rows in [3_000, 100_000] {
+        let bucket = format!("bench:{rows}");
+        c.execute(
+            "INSERT INTO sync_bucket_edges (table_name, record_id, bucket_id, checksum) \
+             SELECT 'bench_checksums', g::text, $1, g FROM generate_series(1, $2::int) g",
+            &[&bucket, &rows],
+        )
+        .unwrap();
+        c.batch_execute("ANALYZE sync_bucket_edges").unwrap();
+        let buckets = vec![bucket.clone(), "global".to_string()];
+        let read = |c: &mut postgres::Client, statement: &postgres::Statement| {
+            let mut times: Vec<f64> = (0..50)
+                .map(|_| {
+                    let started = Instant::now();
+                    c.query(statement, &[&buckets]).unwrap();
+                    started.elapsed().as_secs_f64() * 1000.0
+                })
+                .collect();
+            times.sort_by(f64::total_cmp);
+            percentile(&times, 0.5)
+        };
+        let same = |c: &mut postgres::Client, s: &postgres::Statement| -> Vec<(String, i32)> {
+            c.query(s, &[&buckets]).unwrap().iter().map(|r| (r.get(0), r.get(1))).collect()
+        };
+        assert_eq!(same(&mut c, &kept), same(&mut c, &aggregated), "the kept checksums are the edges'");
+        let (k, a) = (read(&mut c, &kept), read(&mut c, &aggregated));
+        println!(
+            "bucket checksums of a final page, a bucket of {rows} rows + global: kept per bucket {k:.3} ms | aggregated from the edges {a:.3} ms (p50 of 50)"
+        );
+        c.execute("DELETE FROM sync_bucket_edges WHERE bucket_id = $1", &[&bucket]).unwrap();
+    }
 }
 
 /// Commits rows for `u0` one at a time and pulls until each is seen: the times from commit to
@@ -652,7 +715,7 @@ fn page_ceiling(cluster: &LocalCluster, dir: &Path, head: i64, clients: usize) -
          SELECT set_config('app.user_id', 'u' || CAST(:u AS text), true), set_config('enable_seqscan', 'off', true);\n\
          SELECT t.id::text, row_to_json(t)::text, t.updated_at, t.deleted_at, (t.user_id IS NULL OR t.user_id = '' OR t.user_id = 'u' || CAST(:u AS text)) FROM tasks t WHERE t.id = ANY (string_to_array(CAST(:ids AS text), ',')::uuid[]);\n\
          COMMIT;\n\
-         SELECT bucket_id, bit_xor(checksum) FROM sync_bucket_edges WHERE bucket_id = ANY (ARRAY['user:' || 'u' || CAST(:u AS text), 'global']) AND checksum IS NOT NULL GROUP BY bucket_id;\n\
+         SELECT bucket_id, checksum FROM sync_bucket_checksums WHERE bucket_id = ANY (ARRAY['user:' || 'u' || CAST(:u AS text), 'global']) AND members > 0 ORDER BY bucket_id;\n\
          UPDATE sync_clients SET last_pull_seq = :head, last_pull_at = now() WHERE user_id = 'u' || CAST(:u AS text) AND client_id = 'c' AND last_pull_seq < :head;\n\
          UPDATE sync_client_checkpoints SET checkpoint = :head WHERE user_id = 'u' || CAST(:u AS text) AND client_id = 'c' AND checkpoint < :head;\n",
     );

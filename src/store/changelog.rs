@@ -129,14 +129,16 @@ pub fn max_seq(db: &mut impl GenericClient) -> Result<i64, StoreError> {
 }
 
 /// `BIT_XOR(checksum)` over each bucket's edges with a checksum; buckets without any are absent.
+/// Read from `sync_bucket_checksums`, which a trigger keeps in the transaction of every write
+/// to the edges (migration 7): one row per bucket, whatever the bucket's size.
 pub fn bucket_checksums(db: &mut impl ConstQuery, buckets: &[String]) -> Result<Vec<(String, i32)>, StoreError> {
     if buckets.is_empty() {
         return Ok(Vec::new());
     }
     let rows = db
         .query_const(
-            "SELECT bucket_id, BIT_XOR(checksum) FROM sync_bucket_edges \
-             WHERE bucket_id = ANY($1) AND checksum IS NOT NULL GROUP BY bucket_id ORDER BY bucket_id",
+            "SELECT bucket_id, checksum FROM sync_bucket_checksums \
+             WHERE bucket_id = ANY($1) AND members > 0 ORDER BY bucket_id",
             &[(&buckets, Type::TEXT_ARRAY)],
         )
         .map_err(StoreError::query("computing bucket checksums"))?;

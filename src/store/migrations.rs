@@ -176,6 +176,70 @@ CREATE TABLE IF NOT EXISTS synchro_departures (
 );
 "#,
     },
+    Migration {
+        version: 7,
+        name: "bucket checksums kept per bucket",
+        sql: r#"
+-- Per bucket, the BIT_XOR of its edges' non-null checksums and how many there are (§6.8): a
+-- pull's final page reads one row per bucket instead of aggregating every edge of the bucket.
+-- Kept by a statement-level trigger in the transaction of every write to the edges, whatever
+-- writes them (the changelog writer, the backfill, a TRUNCATE's removals, an operator).
+CREATE TABLE IF NOT EXISTS sync_bucket_checksums (
+    bucket_id TEXT PRIMARY KEY,
+    checksum  INTEGER NOT NULL,
+    members   BIGINT NOT NULL
+);
+
+CREATE OR REPLACE FUNCTION synchro_bucket_checksums_follow() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    -- An edge leaving XORs its checksum out, one arriving XORs its checksum in: the same
+    -- operation, so each side is a list of (bucket, checksum, +1 or -1).
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO sync_bucket_checksums AS s (bucket_id, checksum, members)
+        SELECT bucket_id, BIT_XOR(checksum), count(*) FROM synchro_edges_added
+        WHERE checksum IS NOT NULL GROUP BY bucket_id ORDER BY bucket_id
+        ON CONFLICT (bucket_id) DO UPDATE
+        SET checksum = s.checksum # EXCLUDED.checksum, members = s.members + EXCLUDED.members;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO sync_bucket_checksums AS s (bucket_id, checksum, members)
+        SELECT bucket_id, BIT_XOR(checksum), -count(*) FROM synchro_edges_removed
+        WHERE checksum IS NOT NULL GROUP BY bucket_id ORDER BY bucket_id
+        ON CONFLICT (bucket_id) DO UPDATE
+        SET checksum = s.checksum # EXCLUDED.checksum, members = s.members + EXCLUDED.members;
+    ELSE
+        INSERT INTO sync_bucket_checksums AS s (bucket_id, checksum, members)
+        SELECT bucket_id, BIT_XOR(checksum), sum(n) FROM (
+            SELECT bucket_id, checksum, 1 AS n FROM synchro_edges_added WHERE checksum IS NOT NULL
+            UNION ALL
+            SELECT bucket_id, checksum, -1 FROM synchro_edges_removed WHERE checksum IS NOT NULL) d
+        GROUP BY bucket_id ORDER BY bucket_id
+        ON CONFLICT (bucket_id) DO UPDATE
+        SET checksum = s.checksum # EXCLUDED.checksum, members = s.members + EXCLUDED.members;
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+
+DROP TRIGGER IF EXISTS synchro_bucket_checksums_insert ON sync_bucket_edges;
+DROP TRIGGER IF EXISTS synchro_bucket_checksums_delete ON sync_bucket_edges;
+DROP TRIGGER IF EXISTS synchro_bucket_checksums_update ON sync_bucket_edges;
+CREATE TRIGGER synchro_bucket_checksums_insert AFTER INSERT ON sync_bucket_edges
+    REFERENCING NEW TABLE AS synchro_edges_added
+    FOR EACH STATEMENT EXECUTE FUNCTION synchro_bucket_checksums_follow();
+CREATE TRIGGER synchro_bucket_checksums_delete AFTER DELETE ON sync_bucket_edges
+    REFERENCING OLD TABLE AS synchro_edges_removed
+    FOR EACH STATEMENT EXECUTE FUNCTION synchro_bucket_checksums_follow();
+CREATE TRIGGER synchro_bucket_checksums_update AFTER UPDATE ON sync_bucket_edges
+    REFERENCING OLD TABLE AS synchro_edges_removed NEW TABLE AS synchro_edges_added
+    FOR EACH STATEMENT EXECUTE FUNCTION synchro_bucket_checksums_follow();
+
+-- The edges as they are now (the triggers hold writes off until this transaction ends).
+DELETE FROM sync_bucket_checksums;
+INSERT INTO sync_bucket_checksums (bucket_id, checksum, members)
+SELECT bucket_id, BIT_XOR(checksum), count(*) FROM sync_bucket_edges
+WHERE checksum IS NOT NULL GROUP BY bucket_id;
+"#,
+    },
 ];
 
 const LEDGER: &str = r#"

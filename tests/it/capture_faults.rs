@@ -106,6 +106,7 @@ pub fn assert_consistent_in(db: &TestDb, store: &TestDb) {
     let actual: BTreeSet<(String, String, String)> =
         edges(store).into_iter().filter(|(t, _, _)| t == "projects" || t == "tags").collect();
     assert_eq!(actual, expected_edges, "bucket edges match the tables");
+    crate::harness::assert_bucket_checksums_follow_edges(&mut store.client());
 }
 
 pub fn random_workload(db: &TestDb, rng: &mut Rng, statements: usize) {

@@ -108,3 +108,27 @@ impl Drop for Kill {
         let _ = self.0.wait();
     }
 }
+
+/// Panics unless the per-bucket checksums (`sync_bucket_checksums`, kept by a trigger) equal
+/// the aggregate of the edges themselves, bucket by bucket, in the sync store at `db`.
+pub fn assert_bucket_checksums_follow_edges(db: &mut impl postgres::GenericClient) {
+    let rows = db
+        .query(
+            "SELECT COALESCE(a.bucket_id, e.bucket_id), a.checksum, a.members, e.x, e.n \
+             FROM (SELECT * FROM sync_bucket_checksums WHERE members <> 0) a \
+             FULL JOIN (SELECT bucket_id, BIT_XOR(checksum) x, count(checksum) n FROM sync_bucket_edges \
+                        WHERE checksum IS NOT NULL GROUP BY bucket_id) e ON a.bucket_id = e.bucket_id \
+             WHERE a.checksum IS DISTINCT FROM e.x OR a.members IS DISTINCT FROM e.n",
+            &[],
+        )
+        .expect("comparing bucket checksums");
+    let wrong: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let (b, c, m, x, n): (String, Option<i32>, Option<i64>, Option<i32>, Option<i64>) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            format!("{b}: kept {c:?} over {m:?} members, edges {x:?} over {n:?}")
+        })
+        .collect();
+    assert!(wrong.is_empty(), "bucket checksums differ from their edges: {wrong:?}");
+}

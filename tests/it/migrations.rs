@@ -114,3 +114,50 @@ fn edges_left_behind_by_the_two_session_mode_are_rebuilt_and_clients_resnapshot(
     let marker: i64 = count(&mut c, "SELECT seq FROM sync_changelog WHERE bucket_id = '__synchro_history_reset__'");
     assert_eq!(count(&mut c, "SELECT seq FROM synchro_watermarks WHERE name = 'history_reset'"), marker);
 }
+
+/// Migration 7 starts the per-bucket checksums from the edges already there, and from then on
+/// every kind of write to the edges keeps them: multi-row inserts, updates and deletes, the
+/// three at once in one statement's data-modifying CTEs (as the writer does), NULL checksums,
+/// and a bucket losing its last member.
+#[test]
+fn bucket_checksums_start_from_the_edges_and_follow_every_write() {
+    let db = TestDb::new();
+    let mut c = db.client();
+    let before_7 = 1 + 2 * migrations::MIGRATIONS.iter().filter(|m| m.version < 7).count();
+    for stmt in migrations::statements().into_iter().take(before_7) {
+        c.batch_execute(&stmt).unwrap();
+    }
+    c.batch_execute(
+        "INSERT INTO sync_bucket_edges (table_name, record_id, bucket_id, checksum) \
+         SELECT 't', g::text, 'b' || (g % 3), g * 7919 FROM generate_series(1, 30) g; \
+         INSERT INTO sync_bucket_edges (table_name, record_id, bucket_id, checksum) VALUES ('t', 'n', 'b0', NULL)",
+    )
+    .unwrap();
+    assert_eq!(migrations::apply(&mut c).unwrap(), [7]);
+    crate::harness::assert_bucket_checksums_follow_edges(&mut c);
+    let kept = |c: &mut postgres::Client, b: &str| -> Option<(i32, i64)> {
+        c.query_opt("SELECT checksum, members FROM sync_bucket_checksums WHERE bucket_id = $1 AND members > 0", &[&b])
+            .unwrap()
+            .map(|r| (r.get(0), r.get(1)))
+    };
+    assert_eq!(kept(&mut c, "b0").map(|k| k.1), Some(10), "a NULL checksum is not a member");
+    for sql in [
+        "WITH removed AS (DELETE FROM sync_bucket_edges WHERE (record_id, bucket_id) IN (('1', 'b1'), ('2', 'b2'))), \
+              added AS (INSERT INTO sync_bucket_edges (table_name, record_id, bucket_id, checksum) \
+                        VALUES ('t', '100', 'b1', 5), ('t', '101', 'b9', 6), ('t', '102', 'b9', NULL)), \
+              rechecked AS (UPDATE sync_bucket_edges SET checksum = 42 WHERE record_id IN ('3', 'n')) \
+         SELECT 1",
+        "UPDATE sync_bucket_edges SET checksum = NULL WHERE record_id = '6'",
+        "UPDATE sync_bucket_edges SET bucket_id = 'b4' WHERE record_id IN ('7', '8')",
+        "DELETE FROM sync_bucket_edges WHERE bucket_id = 'b9'",
+    ] {
+        c.batch_execute(sql).unwrap();
+        crate::harness::assert_bucket_checksums_follow_edges(&mut c);
+    }
+    assert_eq!(kept(&mut c, "b9"), None, "a bucket without members has no checksum");
+    let mut tx = c.transaction().unwrap();
+    tx.batch_execute("DELETE FROM sync_bucket_edges WHERE bucket_id = 'b1'").unwrap();
+    tx.rollback().unwrap();
+    crate::harness::assert_bucket_checksums_follow_edges(&mut c);
+    assert!(kept(&mut c, "b1").is_some(), "a rolled-back write changes nothing");
+}

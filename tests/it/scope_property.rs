@@ -363,5 +363,6 @@ fn no_device_ever_receives_a_row_outside_its_users_scope_and_all_converge() {
         assert!(diff.is_empty(), "seed {seed:#x}: {} holds exactly its user's rows:\n{}", d.client_id, diff.join("\n"));
     }
     assert_eq!(tables.len(), 4, "the workload left rows in every table: {tables:?}");
+    crate::harness::assert_bucket_checksums_follow_edges(&mut c);
     server.shutdown(Duration::from_secs(5));
 }

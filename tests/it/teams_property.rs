@@ -588,5 +588,6 @@ fn devices_hold_exactly_their_users_teams_while_users_join_and_leave() {
     // The memberships moved in both directions for every user, by SQL and by pushes.
     let versions: i64 = c.query_one("SELECT count(*) FROM synchro_subscription_versions", &[]).unwrap().get(0);
     assert!(versions >= 3, "{versions}");
+    crate::harness::assert_bucket_checksums_follow_edges(&mut c);
     server.shutdown(Duration::from_secs(5));
 }
