@@ -6,6 +6,15 @@
 //! The slot must exist first: every row committed after it was created is streamed, every row
 //! committed before is backfilled (a row in both is planned twice, which the edge probe makes
 //! harmless).
+//!
+//! An edge's checksum is that of the row as clients receive it, so it depends on the table's
+//! served shape: its columns and their types, and which of them `EXCLUDE_COLUMNS` leaves out.
+//! When that shape differs from the one the edges were computed for (a column added or
+//! dropped, an exclusion changed, or edges from before shapes were recorded), the table is
+//! backfilled again at the start of capture, which corrects every edge whose checksum changed.
+//! Without this, a bucket's kept checksum would differ from what its members hash to on
+//! every device until each row changed, and SDKs would rebuild the bucket after every pull
+//! that brought a change.
 
 use std::sync::Arc;
 
@@ -13,7 +22,7 @@ use super::buckets::{BucketAssigner, RoutingTable, TableRouting};
 use super::events::{ChangeKind, ColumnValue, RelColumn, RowChange};
 use super::source;
 use super::writer::{plan_chunk, Reads, Tables, WriterConfig, WriterError};
-use crate::store::changelog::{raise_watermark, read_watermark};
+use crate::store::changelog::{raise_watermark, read_watermark, set_watermark};
 use crate::store::writer_session::{self, WriterSession};
 use crate::types::Oid;
 
@@ -38,8 +47,10 @@ pub fn backfill_edges(
     let mut total = 0;
     for t in routed {
         let mark = format!("backfill:{}", t.name);
+        let shape_mark = format!("served_shape:{}", t.name);
+        let shape = served_shape(t);
         let mut batch = store.begin();
-        if read_watermark(batch.client(), &mark)? > 0 {
+        if read_watermark(batch.client(), &mark)? > 0 && read_watermark(batch.client(), &shape_mark)? == shape {
             continue;
         }
         drop(batch);
@@ -57,6 +68,7 @@ pub fn backfill_edges(
             };
             if rows.is_empty() {
                 raise_watermark(batch.client(), &mark, 1)?;
+                set_watermark(batch.client(), &shape_mark, shape)?;
                 batch.commit()?;
                 break;
             }
@@ -83,4 +95,52 @@ pub fn backfill_edges(
         }
     }
     Ok(total)
+}
+
+/// A fingerprint of what the checksums of `t`'s rows are computed over: its served row JSON
+/// and its columns with their types (FNV-1a, stable across processes and builds; never 0, the
+/// value of an absent mark).
+fn served_shape(t: &TableRouting) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes.iter().chain([&0xffu8]) {
+            hash = (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    feed(t.row_json.as_bytes());
+    for (column, type_oid) in t.columns.iter().zip(&t.type_oids) {
+        feed(column.as_bytes());
+        feed(&type_oid.to_be_bytes());
+    }
+    ((hash >> 1) as i64).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(columns: &[(&str, u32)], row_json: &str) -> TableRouting {
+        TableRouting {
+            columns: columns.iter().map(|(c, _)| c.to_string()).collect(),
+            type_oids: columns.iter().map(|(_, t)| *t).collect(),
+            render_oids: columns.iter().map(|(_, t)| *t).collect(),
+            row_json: row_json.to_string(),
+            ..TableRouting::default()
+        }
+    }
+
+    #[test]
+    fn the_served_shape_moves_with_columns_types_and_exclusions() {
+        let base = served_shape(&table(&[("id", 25), ("title", 25)], "row_to_json(t)"));
+        assert_eq!(base, served_shape(&table(&[("id", 25), ("title", 25)], "row_to_json(t)")), "stable");
+        assert!(base > 0);
+        for other in [
+            table(&[("id", 25), ("title", 25), ("done", 16)], "row_to_json(t)"),
+            table(&[("id", 25), ("title", 1043)], "row_to_json(t)"),
+            table(&[("id", 25), ("title", 25)], "json_build_object('id', t.id)"),
+            table(&[("idt", 25), ("itle", 25)], "row_to_json(t)"),
+        ] {
+            assert_ne!(served_shape(&other), base);
+        }
+    }
 }

@@ -13,7 +13,7 @@ use crate::registry::Registry;
 use crate::types::BucketId;
 
 /// How one table is routed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableRouting {
     /// Registered name.
     pub name: String,

@@ -256,6 +256,17 @@ pub fn raise_watermark(db: &mut impl GenericClient, name: &str, seq: i64) -> Res
     Ok(())
 }
 
+/// Sets a mark to `value`, whatever it was (a fingerprint rather than a position).
+pub fn set_watermark(db: &mut impl GenericClient, name: &str, value: i64) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO synchro_watermarks (name, seq) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET seq = EXCLUDED.seq, updated_at = now()",
+        &[&name, &value],
+    )
+    .map_err(StoreError::query("setting a mark"))?;
+    Ok(())
+}
+
 /// A change the bucket assigner refused: recorded in `sync_rule_failures` (§10.5) instead of
 /// the changelog.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -572,6 +572,52 @@ fn excluded_columns_never_leave_the_server() {
     server.shutdown(Duration::from_secs(5));
 }
 
+/// Edges written while a column was served keep the checksum of the row with it; once the
+/// column is excluded (a restart with another `EXCLUDE_COLUMNS`), capture recomputes them, so a
+/// bucket's checksum is again the XOR of what clients receive and SDKs do not rebuild it over
+/// and over.
+#[test]
+fn edge_checksums_follow_a_change_of_the_excluded_columns() {
+    let db = TestDb::new();
+    db.execute(synchro::dev::DEMO_SCHEMA);
+    db.execute("ALTER TABLE tasks ADD COLUMN secret text NOT NULL DEFAULT 'classified';");
+    let tables = ("SYNC_TABLES", "tasks,comments,categories");
+    let server = start(&db, &[tables]);
+    db.execute(&format!(
+        "INSERT INTO tasks (id, user_id, title) VALUES ('{T}', 'alice', 'one'), ('{B}', 'alice', 'two')"
+    ));
+    wait_changelog(&db, "user:alice", "tasks", B);
+    server.shutdown(Duration::from_secs(5));
+    let kept = |db: &TestDb| -> i32 {
+        db.client()
+            .query_one("SELECT checksum FROM sync_bucket_checksums WHERE bucket_id = 'user:alice'", &[])
+            .unwrap()
+            .get(0)
+    };
+    let before = kept(&db);
+
+    let server = start(&db, &[tables, ("EXCLUDE_COLUMNS", "tasks.secret")]);
+    let mut a = Device::new(server.addr, "alice", "a1");
+    a.snapshot(100);
+    let rebuild = |a: &Device| {
+        a.call(
+            "/sync/rebuild",
+            json!({"client_id": "a1", "bucket_id": "user:alice", "schema_version": a.version, "schema_hash": a.hash}),
+        )
+        .json()
+    };
+    let page = wait_for(30, "the edges recomputed without the excluded column", || {
+        let page = rebuild(&a);
+        let xor = page["records"].as_array()?.iter().fold(0i32, |x, r| x ^ r["checksum"].as_i64().unwrap() as i32);
+        (page["bucket_checksum"].as_i64().map(|v| v as i32) == Some(xor)).then_some(page)
+    });
+    assert_eq!(page["records"].as_array().unwrap().len(), 2, "{page}");
+    assert!(!page.to_string().contains("classified"));
+    assert_ne!(kept(&db), before, "the kept checksum moved with the served rows");
+    crate::harness::assert_bucket_checksums_follow_edges(&mut db.client());
+    server.shutdown(Duration::from_secs(5));
+}
+
 #[test]
 fn child_rows_follow_their_parent_to_its_new_owner() {
     let db = TestDb::new();
