@@ -29,8 +29,16 @@ fn owner_check(alias: Option<&str>, column: &str, shared: bool) -> String {
     }
 }
 
-/// The EXISTS chain for a child table, or `None` when no ancestor has the owner column.
-fn parent_check(registry: &Registry, table: &SyncTable, owner: &str, depth: usize, child_ref: &str) -> Option<String> {
+/// The EXISTS chain for a child table, or `None` when no ancestor has the owner column; with
+/// `shared`, rows under an ancestor without an owner pass.
+fn parent_check(
+    registry: &Registry,
+    table: &SyncTable,
+    owner: &str,
+    shared: bool,
+    depth: usize,
+    child_ref: &str,
+) -> Option<String> {
     let link = table.parent.as_ref()?;
     let parent = registry.table(&link.table)?;
     if depth > 16 {
@@ -38,8 +46,8 @@ fn parent_check(registry: &Registry, table: &SyncTable, owner: &str, depth: usiz
     }
     let alias = format!("p{depth}");
     let inner = match parent.column(owner) {
-        Some(_) => owner_check(Some(&alias), owner, true),
-        None => parent_check(registry, parent, owner, depth + 1, &alias)?,
+        Some(_) => owner_check(Some(&alias), owner, shared),
+        None => parent_check(registry, parent, owner, shared, depth + 1, &alias)?,
     };
     Some(format!(
         "EXISTS (SELECT 1 FROM {} {alias} WHERE {alias}.{} = {child_ref}.{} AND {inner})",
@@ -112,17 +120,18 @@ fn definer_functions(registry: &Registry) -> Vec<String> {
 
 /// The read and write conditions of a table placed by bucket rules (directly or through an
 /// ancestor), over the policy's table `q`.
-fn shared_checks(registry: &Registry, table: &SyncTable, q: &str) -> (String, String) {
+fn shared_checks(registry: &Registry, table: &SyncTable, q: &str, shared_writable: bool) -> (String, String) {
     let member = |root: &SharedRoot, alias: &str| match definer_function(registry, root) {
         Some(function) => format!("{function}({alias}.{})", quote_ident(&root.column)),
         None => root.member_check(alias, USER),
     };
     let read_owner = |alias: &str, _: &SyncTable, c: &str| owner_check(Some(alias), c, true);
-    let write_owner = |alias: &str, _: &SyncTable, c: &str| owner_check(Some(alias), c, false);
-    // Rows without a key, an owner or an owned ancestor are global: everyone reads them, nobody
-    // writes them (as tables without ownership).
+    let write_owner = |alias: &str, _: &SyncTable, c: &str| owner_check(Some(alias), c, shared_writable);
+    // Rows without a key, an owner or an owned ancestor are global: everyone reads them, and
+    // everyone writes them when shared rows are writable (as tables without ownership).
     let read = ScopeSql { owner: &read_owner, member: &member, unowned: Some("true") };
-    let write = ScopeSql { owner: &write_owner, member: &member, unowned: Some("false") };
+    let unowned_write = if shared_writable { "true" } else { "false" };
+    let write = ScopeSql { owner: &write_owner, member: &member, unowned: Some(unowned_write) };
     (
         registry.scope_sql(table, q, &read).unwrap_or_else(|| "true".into()),
         registry.scope_sql(table, q, &write).unwrap_or_else(|| "false".into()),
@@ -132,26 +141,32 @@ fn shared_checks(registry: &Registry, table: &SyncTable, q: &str) -> (String, St
 /// The policy statements for every synced table, in registration order (not idempotent:
 /// `CREATE POLICY` fails when the policy exists), preceded by the membership functions that
 /// bucket rules on synced membership tables need.
-pub fn policies(registry: &Registry, owner_column: &str) -> Vec<String> {
+///
+/// They grant what synchro's own scope grants (`engine::scope`): a user reads their own rows,
+/// shared rows (no owner, an empty owner, no owned ancestor, tables without ownership) and the
+/// rows of their teams; they write their own rows and their teams' rows, and shared rows too
+/// when `shared_rows_writable` (`SHARED_ROWS_WRITABLE`).
+pub fn policies(registry: &Registry, owner_column: &str, shared_rows_writable: bool) -> Vec<String> {
     let mut out = definer_functions(registry);
+    let shared_write = || shared_rows_writable.then(|| "true".to_string());
     for t in &registry.tables {
         let q = t.qualified();
         let name = |kind: &str| quote_ident(&format!("sync_{kind}_{}", t.name));
         out.push(format!("ALTER TABLE {q} ENABLE ROW LEVEL SECURITY;"));
         out.push(format!("ALTER TABLE {q} FORCE ROW LEVEL SECURITY;"));
         let (read, write) = if chain_has_rules(registry, t) {
-            let (read, write) = shared_checks(registry, t, &q);
+            let (read, write) = shared_checks(registry, t, &q, shared_rows_writable);
             (read, Some(write))
         } else if t.column(owner_column).is_some() {
-            (owner_check(None, owner_column, true), Some(owner_check(None, owner_column, false)))
+            (owner_check(None, owner_column, true), Some(owner_check(None, owner_column, shared_rows_writable)))
         } else if t.parent.is_some() {
-            match parent_check(registry, t, owner_column, 1, &q) {
-                Some(e) => (e.clone(), Some(e)),
-                // No ancestor has an owner: no policy at all (unreadable under FORCE).
-                None => continue,
+            match parent_check(registry, t, owner_column, true, 1, &q) {
+                Some(read) => (read, parent_check(registry, t, owner_column, shared_rows_writable, 1, &q)),
+                // No ancestor has an owner: shared rows, as for a table without ownership.
+                None => ("true".to_string(), shared_write()),
             }
         } else {
-            ("true".to_string(), None)
+            ("true".to_string(), shared_write())
         };
         out.push(format!("CREATE POLICY {} ON {q} FOR SELECT USING ({read});", name("read")));
         if let Some(w) = write {

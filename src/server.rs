@@ -239,7 +239,7 @@ pub fn rls_statements(config: &Config) -> Result<Vec<String>, ServerError> {
     let mut db = pool::connect(&config.database_url)?;
     let registry =
         introspect::load_registry(&mut db, &settings.registry).map_err(|e| ServerError::Config(e.to_string()))?;
-    Ok(crate::rls::policies(&registry, &config.owner_column))
+    Ok(crate::rls::policies(&registry, &config.owner_column, config.shared_rows_writable))
 }
 
 /// A callback run once the HTTP listener is bound, with the base URL (the dev banner).

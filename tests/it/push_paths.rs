@@ -141,7 +141,7 @@ impl Paths {
         if let Some(role) = &role {
             let registry =
                 introspect::load_registry(&mut first.client(), &settings(Arc::default(), None).registry).unwrap();
-            first.execute(&synchro::rls::policies(&registry, "user_id").join("\n"));
+            first.execute(&synchro::rls::policies(&registry, "user_id", true).join("\n"));
             first.execute(&format!(
                 "CREATE ROLE {role} NOLOGIN; GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {role}",
                 TABLES.join(", ")
@@ -332,11 +332,9 @@ fn mixed_batch(paths: &Paths, rls: bool) {
         want(A3, "applied", ""),
         want(A2, "applied", ""),
     ];
-    // The generated policies let everyone read a shared row and no client write it: under RLS
-    // the update of the shared task is refused.
-    if !rls {
-        expected.push(want(S1, "applied", ""));
-    }
+    // Shared rows are writable by default, and the generated policies say so too: the update of
+    // the shared task applies with and without RLS.
+    expected.push(want(S1, "applied", ""));
     expected.extend([
         want("a0000000-0000-0000-0000-0000000000a1", "applied", ""),
         want("a0000000-0000-0000-0000-0000000000a2", "applied", ""),
@@ -360,9 +358,6 @@ fn mixed_batch(paths: &Paths, rls: bool) {
         want("1a000000-0000-0000-0000-000000000003", "rejected_terminal", "create_failed"),
         want("f0000000-0000-0000-0000-000000000002", "rejected_terminal", "create_failed"),
     ]);
-    if rls {
-        expected.push(want(S1, "rejected_terminal", "ownership_violation"));
-    }
     assert_eq!(got, expected, "{r:#}");
     let rejected = r["rejected"].as_array().unwrap();
     assert_eq!(rejected[0]["server_version"]["data"]["title"], "a1", "record_exists shows the row");

@@ -169,7 +169,7 @@ fn rls_policies_cover_rule_buckets() {
            ('20000000-0000-0000-0000-000000000002', 'blue task');",
     );
     let registry = registry_with_rules(&db, MINIMAL, &["teams", "projects", "tasks"]);
-    let sql = synchro::rls::policies(&registry, "user_id").join("\n");
+    let sql = synchro::rls::policies(&registry, "user_id", true).join("\n");
     assert!(!sql.contains("FUNCTION"), "a membership table without policies is read inline:\n{sql}");
     assert!(
         sql.contains("CREATE POLICY \"sync_read_projects\" ON \"public\".\"projects\" FOR SELECT USING ((CASE WHEN"),
@@ -242,7 +242,7 @@ fn rls_for_a_membership_table_shared_by_its_own_rule() {
         {"bucket": "team", "table": "projects", "column": "team_id", "members": {"table": "team_members", "key": "team_id", "user": "user_id"}},
         {"bucket": "team", "table": "team_members", "column": "team_id", "members": {"table": "team_members", "key": "team_id", "user": "user_id"}}]}"#;
     let registry = registry_with_rules(&db, rules, &["teams", "projects", "tasks", "team_members"]);
-    let sql = synchro::rls::policies(&registry, "user_id").join("\n");
+    let sql = synchro::rls::policies(&registry, "user_id", true).join("\n");
     assert!(sql.contains("CREATE OR REPLACE FUNCTION \"public\".\"synchro_member_team\"(key uuid)"), "{sql}");
     assert!(sql.contains("SECURITY DEFINER"), "{sql}");
     db.execute(&sql);

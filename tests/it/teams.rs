@@ -408,7 +408,7 @@ fn team_writes(set_based: bool, rls: bool) -> (Value, Vec<String>) {
     let role = format!("push_role_{}", db.name);
     if rls {
         let registry = crate::rules::registry_with_rules(&db, crate::rules::MINIMAL, &tables);
-        db.execute(&synchro::rls::policies(&registry, "user_id").join("\n"));
+        db.execute(&synchro::rls::policies(&registry, "user_id", true).join("\n"));
         db.execute(&format!(
             "CREATE ROLE {role} NOLOGIN; GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {role}",
             tables.join(", ")
