@@ -83,13 +83,24 @@ pub fn check_text(field: &str, value: &str, max_bytes: usize) -> Result<(), BadR
     Ok(())
 }
 
-/// [`check_text`] for every item of a list.
+/// The most entries of a pull's lists (`bucket_checkpoints`, `tables`, `known_buckets`): far
+/// above any device's buckets or any schema's tables, and a bound on the work a request can
+/// ask for (each is compared with the others, or sent to PostgreSQL as an array).
+pub const MAX_LIST_ENTRIES: usize = 10_000;
+
+/// [`check_text`] for every item of a list of at most [`MAX_LIST_ENTRIES`].
 fn check_each<'a>(
     field: &str,
     values: impl IntoIterator<Item = &'a String>,
     max_bytes: usize,
 ) -> Result<(), BadRequest> {
-    values.into_iter().try_for_each(|v| check_text(field, v, max_bytes))
+    for (n, v) in values.into_iter().enumerate() {
+        if n == MAX_LIST_ENTRIES {
+            return Err(BadRequest(format!("{field} has too many entries (at most {MAX_LIST_ENTRIES})")));
+        }
+        check_text(field, v, max_bytes)?;
+    }
+    Ok(())
 }
 
 /// Typed access to a request object with the contract's decoding rules.

@@ -270,6 +270,9 @@ fn nul_bytes_and_oversized_strings_are_refused_with_4xx() {
     let a = Device::new(server.addr, "alice", "a1");
     let (v, h) = (a.version, a.hash.clone());
     let huge = "x".repeat(1 << 20);
+    // One entry more than a pull's lists may hold.
+    let many: Vec<String> = (0..=synchro::protocol::MAX_LIST_ENTRIES).map(|n| format!("b{n}")).collect();
+    let many_positions: serde_json::Map<String, Value> = many.iter().map(|b| (b.clone(), json!(0))).collect();
     let cases: Vec<(&str, Value)> = vec![
         ("/sync/register", json!({"client_id": "a\u{0}b", "schema_version": v, "schema_hash": h})),
         ("/sync/register", json!({"client_id": huge, "schema_version": v, "schema_hash": h})),
@@ -295,6 +298,15 @@ fn nul_bytes_and_oversized_strings_are_refused_with_4xx() {
             json!({"client_id": "a1", "checkpoint": 1, "tables": ["ta\u{0}sks"], "schema_version": v, "schema_hash": h}),
         ),
         ("/sync/pull", json!({"client_id": "a1", "known_buckets": ["\u{0}"], "schema_version": v, "schema_hash": h})),
+        (
+            "/sync/pull",
+            json!({"client_id": "a1", "known_buckets": many.clone(), "schema_version": v, "schema_hash": h}),
+        ),
+        ("/sync/pull", json!({"client_id": "a1", "tables": many.clone(), "schema_version": v, "schema_hash": h})),
+        (
+            "/sync/pull",
+            json!({"client_id": "a1", "bucket_checkpoints": many_positions, "schema_version": v, "schema_hash": h}),
+        ),
         ("/sync/push", json!({"client_id": "a\u{0}1", "changes": [], "schema_version": v, "schema_hash": h})),
         ("/sync/snapshot", json!({"client_id": "a\u{0}1", "schema_version": v, "schema_hash": h})),
         (
@@ -316,6 +328,9 @@ fn nul_bytes_and_oversized_strings_are_refused_with_4xx() {
         let shown: String = body.to_string().chars().take(160).collect();
         assert_eq!(r.status, 400, "{path} {shown}: {}", r.body);
         assert!(r.json()["error"].is_string());
+        if shown.contains("\"b0\"") {
+            assert!(r.body.contains("too many entries (at most 10000)"), "{}", r.body);
+        }
     }
     for query in ["a%00b", "%ff", &"x".repeat(4096)] {
         let r = get(server.addr, &format!("/sync/debug?client_id={query}"), &a.headers());
