@@ -430,10 +430,14 @@ pub fn start_elected_capture(config: &Config, engine: Arc<Engine>) -> Result<Ele
 /// Makes sure the publication covers the synced tables and the slot exists, backfills bucket
 /// edges for rows that predate the consumer (C17), then starts the pipeline.
 fn begin_capture(config: &Config, engine: &Engine, status: Arc<CaptureStatus>) -> Result<CaptureHandle, CaptureError> {
-    let cat = engine.cached_catalog();
+    // The catalog as it is now: a term also starts after DDL on a synced table. If it cannot be
+    // read (requests then fail the same way), capture goes on with the one last loaded.
+    let cat = engine.current_catalog().unwrap_or_else(|e| {
+        crate::warn!("reading the current catalog failed; capture uses the last one loaded", error = e.to_string());
+        engine.cached_catalog()
+    });
     {
         let mut db = engine.pool().get().map_err(pool::StoreError::from)?;
-        let cat = engine.cached_catalog();
         match publication::ensure_publication(&mut **db, &config.publication_name, &cat.registry)? {
             PublicationChange::Unchanged => {}
             PublicationChange::Created => {

@@ -239,6 +239,31 @@ fn run(
                     break;
                 }
                 match session.as_mut().map(LockSession::ping) {
+                    Some(Ok(())) if status.schema_changed.swap(false, Ordering::AcqRel) => {
+                        // A synced table's definition changed under the running capture: a new
+                        // term reads the catalog as it is now (routing, served shape), and its
+                        // backfill recomputes the edge checksums of the changed table. The lock
+                        // stays held; the new term resumes from the stored WAL position.
+                        crate::info!("a synced table's definition changed; restarting capture on the current catalog");
+                        handle.stop();
+                        terms.fetch_add(1, Ordering::Relaxed);
+                        match start_term(status.clone()) {
+                            Ok(h) => Role::Leader(h),
+                            Err(e) => {
+                                crate::error!(
+                                    "restarting change capture failed; releasing leadership",
+                                    error = crate::store::pool::with_causes(&e),
+                                    retry_in_ms = config.retry_after_failure.as_millis() as u64
+                                );
+                                if let Some(s) = session.as_mut() {
+                                    s.unlock();
+                                }
+                                status.set(CaptureState::Standby);
+                                sleep_unless_stopped(config.retry_after_failure, stop);
+                                Role::Standby
+                            }
+                        }
+                    }
                     Some(Ok(())) => Role::Leader(handle),
                     failed => {
                         let error = match failed {

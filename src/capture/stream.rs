@@ -25,6 +25,9 @@ pub enum Streamed {
         /// The server asks for a status update now.
         reply_requested: bool,
     },
+    /// A Relation message changed the columns of a registered table (DDL) since this session
+    /// first described it.
+    SchemaChanged,
     /// Nothing to hand on: a message for no registered table, or a read that timed out.
     Nothing,
 }
@@ -88,7 +91,7 @@ impl ReplicationStream {
                         }
                         Decoded::SchemaChanged { table } => {
                             crate::info!("table definition changed in the stream", table = table);
-                            Ok(Streamed::Nothing)
+                            Ok(Streamed::SchemaChanged)
                         }
                         Decoded::Nothing => Ok(Streamed::Nothing),
                     }

@@ -98,6 +98,10 @@ pub struct CaptureStatus {
     pub wal_messages: AtomicU64,
     /// Commit time (Unix ms) of the newest replicated transaction in the changelog.
     pub last_commit_ms: AtomicU64,
+    /// A registered table's columns changed in the stream (DDL): the capture started with
+    /// another definition of it, so the leader starts a new term on the current catalog
+    /// ([`super::leader`]), which recomputes the table's edge checksums.
+    pub schema_changed: AtomicBool,
 }
 
 impl CaptureStatus {
@@ -408,6 +412,10 @@ fn run_session(
                         Some(wal_end) => send_event(&tx, WalEvent::Idle { wal_end }, &mut stream, &progress, stop)?,
                         None => Sent::Sent,
                     }
+                }
+                Streamed::SchemaChanged => {
+                    status.schema_changed.store(true, Ordering::Release);
+                    Sent::Sent
                 }
                 Streamed::Nothing => Sent::Sent,
             };

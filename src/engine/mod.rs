@@ -315,7 +315,14 @@ impl Engine {
         Ok(fresh)
     }
 
-    /// The catalog as last loaded, without checking for DDL (for change capture routing).
+    /// The current catalog, reloaded first when DDL touched a registered table since it was
+    /// last loaded (change capture reads it at the start of each term).
+    pub fn current_catalog(&self) -> Result<Arc<CatalogState>, EngineError> {
+        let mut dbs = self.dbs()?;
+        self.catalog(&mut dbs)
+    }
+
+    /// The catalog as last loaded, without checking for DDL.
     pub fn cached_catalog(&self) -> Arc<CatalogState> {
         match self.catalog.read() {
             Ok(c) => c.clone(),
