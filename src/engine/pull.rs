@@ -85,6 +85,7 @@ impl Engine {
                 limit: req.limit + 1,
                 page: !bare,
                 known_through: through,
+                rules: !self.settings.registry.rules.shared.is_empty(),
             },
         )?;
         drop(map);
