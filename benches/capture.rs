@@ -559,7 +559,7 @@ enum Placement {
 }
 
 /// A synchrod syncing one side of the comparison from `slot`.
-fn spawn_placement(cluster: &LocalCluster, slot: &str, placement: Placement, rules: &std::path::Path) -> Synchrod {
+fn spawn_placement(cluster: &LocalCluster, slot: &str, placement: Placement, rules: &str) -> Synchrod {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_synchrod"));
     match placement {
         Placement::Owner => cmd.env("SYNC_TABLES", "owned,events").env("PUBLICATION_NAME", "pub_owned"),
@@ -596,13 +596,7 @@ fn rules_ingest() {
          CREATE PUBLICATION pub_shared FOR TABLE shared, events, team_members;",
     )
     .unwrap();
-    let rules = cluster.dir().join("rules.json");
-    std::fs::write(
-        &rules,
-        r#"{"shared": [{"bucket": "team", "table": "shared", "column": "team_id",
-            "members": {"table": "team_members", "key": "team_id", "user": "user_id"}}]}"#,
-    )
-    .unwrap();
+    let rules = common::team_rules(&cluster, "shared");
     println!("bucket rules: capture ingest of {rows} rows in 1k-row transactions, a rule table vs an owner table");
     // Migrations, slots and the (empty) backfills first, so the drains below do only the ingest.
     let drains = [

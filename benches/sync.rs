@@ -508,14 +508,7 @@ fn rules_bench() {
         users - 1
     ));
     cluster.psql(DB, &seed).expect("seed");
-    let rules = cluster.dir().join("rules.json");
-    std::fs::write(
-        &rules,
-        r#"{"shared": [{"bucket": "team", "table": "projects", "column": "team_id",
-            "members": {"table": "team_members", "key": "team_id", "user": "user_id"}}]}"#,
-    )
-    .unwrap();
-    let rules = rules.display().to_string();
+    let rules = common::team_rules(&cluster, "projects");
     let vars = server_vars(&cluster, &[("SYNC_TABLES", "teams,projects"), ("BUCKET_RULES", &rules)]);
     let workers = vars["HTTP_THREADS"].clone();
     let running = synchro::server::start(&Config::from_vars(&vars).unwrap()).expect("server");

@@ -10,6 +10,18 @@ use std::time::{Duration, Instant};
 
 use synchro::cluster::{ClusterOptions, LocalCluster};
 
+/// Writes a `BUCKET_RULES` file in `cluster`'s directory sharing `table` by its `team_id`
+/// through `team_members` (bucket `team`), and returns its path.
+pub fn team_rules(cluster: &LocalCluster, table: &str) -> String {
+    let path = cluster.dir().join("rules.json");
+    let rules = format!(
+        r#"{{"shared": [{{"bucket": "team", "table": "{table}", "column": "team_id",
+            "members": {{"table": "team_members", "key": "team_id", "user": "user_id"}}}}]}}"#
+    );
+    std::fs::write(&path, rules).expect("writing the rules file");
+    path.display().to_string()
+}
+
 /// A throwaway cluster for one benchmark run (fast, unsafe settings, deleted when the process
 /// exits) holding an empty database `db`; `extra_conf` lines go to postgresql.conf.
 pub fn bench_cluster(name: &str, db: &str, extra_conf: &[&str]) -> LocalCluster {

@@ -18,6 +18,8 @@
 
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
+
 use super::buckets::{BucketAssigner, RoutingTable, TableRouting};
 use super::events::{ChangeKind, ColumnValue, RelColumn, RowChange};
 use super::source;
@@ -98,21 +100,19 @@ pub fn backfill_edges(
 }
 
 /// A fingerprint of what the checksums of `t`'s rows are computed over: its served row JSON
-/// and its columns with their types (FNV-1a, stable across processes and builds; never 0, the
+/// and its columns with their types (SHA-256, stable across processes and builds; never 0, the
 /// value of an absent mark).
 fn served_shape(t: &TableRouting) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes.iter().chain([&0xffu8]) {
-            hash = (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    feed(t.row_json.as_bytes());
+    let mut hash = Sha256::new();
+    hash.update(t.row_json.as_bytes());
     for (column, type_oid) in t.columns.iter().zip(&t.type_oids) {
-        feed(column.as_bytes());
-        feed(&type_oid.to_be_bytes());
+        hash.update([0u8]);
+        hash.update(column.as_bytes());
+        hash.update(type_oid.to_be_bytes());
     }
-    ((hash >> 1) as i64).max(1)
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.finalize()[..8]);
+    (i64::from_be_bytes(first) >> 1).max(1)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use postgres::types::Type;
 use super::changelog::{self, entry_from_row_at, ChangelogEntry};
 use super::clients::{client_columns, client_from_row_at, ClientRow};
 use super::pool::{Session, StoreError};
+use super::subscriptions::subscription_version_sql;
 use crate::types::UserId;
 
 /// What a pull asks the probe for.
@@ -128,11 +129,8 @@ macro_rules! probe_sql {
             ") p ON true ORDER BY p.seq"
         )
     };
-    // The user's subscription version and the every-user row's, the greater (two key lookups:
-    // an `IN` list made it a bitmap scan, a third of the bare probe's cost under pgbench).
     (@version rules) => {
-        "GREATEST(COALESCE((SELECT version FROM synchro_subscription_versions WHERE user_id = $1), 0), \
-                  COALESCE((SELECT version FROM synchro_subscription_versions WHERE user_id = ''), 0))::int8"
+        subscription_version_sql!()
     };
     (@departing rules) => {
         "ARRAY(SELECT d.bucket_id FROM synchro_departures d WHERE d.user_id = $1 AND d.client_id = $2 \

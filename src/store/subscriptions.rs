@@ -26,13 +26,21 @@ use crate::types::UserId;
 /// The version row that stands for every user.
 pub const EVERY_USER: &str = "";
 
+/// The version of user `$1`'s subscriptions, as SQL: the greater of the user's row and the
+/// every-user row (two key lookups; an `IN` list of both made PostgreSQL plan a bitmap scan,
+/// which cost a third of the pull probe). 0 when no membership change was ever captured.
+macro_rules! subscription_version_sql {
+    () => {
+        "GREATEST(COALESCE((SELECT version FROM synchro_subscription_versions WHERE user_id = $1), 0), \
+                  COALESCE((SELECT version FROM synchro_subscription_versions WHERE user_id = ''), 0))::int8"
+    };
+}
+pub(crate) use subscription_version_sql;
+
 /// The version of `user`'s subscriptions (0 when no membership change was ever captured).
 pub fn version(db: &mut impl GenericClient, user: &UserId) -> Result<i64, StoreError> {
     let row = db
-        .query_typed(
-            "SELECT COALESCE(max(version), 0)::int8 FROM synchro_subscription_versions WHERE user_id IN ($1, '')",
-            &[(&user.as_str(), Type::TEXT)],
-        )
+        .query_typed(concat!("SELECT ", subscription_version_sql!()), &[(&user.as_str(), Type::TEXT)])
         .map_err(StoreError::query("reading the subscription version"))?;
     Ok(row.first().map(|r| r.get(0)).unwrap_or(0))
 }

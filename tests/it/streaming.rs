@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use synchro::http::routes::Router;
@@ -132,14 +132,14 @@ fn a_client_that_does_not_read_a_stream_costs_one_piece_and_no_worker() {
     // 256 MB: far more than socket buffers take; the client reads none of it.
     let mut deaf = connect(addr);
     deaf.write_all(&pull(256 << 20, false, "HTTP/1.1")).unwrap();
-    // Rendering stops once the socket is full: the count settles.
-    let mut last = usize::MAX;
+    // Rendering stops once the socket is full: the count settles (unchanged for 300 ms).
+    let (mut last, mut since) = (usize::MAX, Instant::now());
     wait_for(20, "the stream to stall", || {
-        std::thread::sleep(Duration::from_millis(300));
         let now = fills.load(Ordering::SeqCst);
-        let settled = now == last && now > 0;
-        last = now;
-        settled.then_some(())
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+        (now > 0 && since.elapsed() >= Duration::from_millis(300)).then_some(())
     });
     assert!(last < 200, "only what the socket took was rendered: {last} pieces");
     assert!(server.stats().buffered_bytes < 1 << 20, "one piece held: {}", server.stats().buffered_bytes);
