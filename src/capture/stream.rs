@@ -119,8 +119,10 @@ impl ReplicationStream {
         self.conn.send_status(lsn, lsn, lsn, false)
     }
 
-    /// Ends the stream and the session politely.
-    pub fn close(self) {
+    /// Ends the stream and the session politely, once the server has left copy mode (so it
+    /// has read every status update sent before).
+    pub fn close(mut self) {
+        self.conn.end_copy();
         self.conn.close();
     }
 }

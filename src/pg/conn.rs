@@ -6,7 +6,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::auth::{self, Scram, ScramError};
 use crate::pg::tls::{TlsError, TlsSettings};
@@ -532,6 +532,25 @@ impl ReplicationConn {
         self.flush_out("sending a standby status update")
     }
 
+    /// Leaves copy mode (streaming): CopyDone, then what the server still sends is read until it
+    /// is ready for queries again (at most [`CLOSE_DRAIN`]). Closing the socket with unread
+    /// data in it resets the connection, and the server could lose with it what we sent just
+    /// before: the final standby status update of a graceful shutdown.
+    pub fn end_copy(&mut self) {
+        frontend::copy_done(&mut self.out);
+        if self.flush_out("ending the replication stream").is_err() {
+            return;
+        }
+        let deadline = Instant::now() + CLOSE_DRAIN;
+        while Instant::now() < deadline {
+            match self.read_frame("ending the replication stream") {
+                Ok(Some(frame)) if frame.tag == b'Z' => return,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Ends the stream and the session politely (CopyDone, then Terminate).
     pub fn close(mut self) {
         frontend::copy_done(&mut self.out);
@@ -539,6 +558,9 @@ impl ReplicationConn {
         let _ = self.flush_out("closing the replication connection");
     }
 }
+
+/// How long [`ReplicationConn::end_copy`] waits for the server to leave copy mode.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 
 fn server_error(context: &str, fields: PgErrorFields) -> ReplError {
     if fields.message.contains("unsupported startup parameter")
